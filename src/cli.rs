@@ -1,0 +1,174 @@
+//! Command-line arguments and the terminal progress display.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Parser)]
+#[command(
+    name = "snap",
+    version,
+    about = "Snapshots of application data directories, with exact rollback"
+)]
+pub struct Cli {
+    /// Repository path [default: a repository in the user's data directory, created on first use]
+    #[arg(long, global = true, env = "SNAP_REPO", value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+
+    /// No progress display
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a repository (a new or empty directory)
+    Init {
+        /// Where [default: --repo, SNAP_REPO, or the default repository]
+        path: Option<PathBuf>,
+    },
+    /// Snapshot a directory
+    Create(CreateArgs),
+    /// List snapshots, oldest first
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the entries of a snapshot, like `ls -l`
+    Ls {
+        /// Snapshot id, unique prefix, or `latest`
+        id: String,
+        /// Path inside the snapshot
+        path: Option<PathBuf>,
+        /// List subdirectories too
+        #[arg(long, short)]
+        recursive: bool,
+    },
+    /// Restore a snapshot: into its source directory, or into --target
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Directory to snapshot
+    pub path: PathBuf,
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Compare against this snapshot instead of the latest of the same path
+    #[arg(long, value_name = "ID")]
+    pub parent: Option<String>,
+    /// Read every file, trusting no metadata from the parent snapshot
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// Snapshot id, unique prefix, or `latest`
+    pub id: String,
+    /// Restore into DIR instead of the snapshot's source directory
+    #[arg(long, value_name = "DIR")]
+    pub target: Option<PathBuf>,
+    /// Restore only this path of the snapshot
+    #[arg(long, value_name = "SUBPATH")]
+    pub path: Option<PathBuf>,
+    /// Print the plan; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Compare file contents by hash, not by size and mtime
+    #[arg(long)]
+    pub verify: bool,
+    /// Do not snapshot the current state before changing it
+    #[arg(long)]
+    pub no_safety_snapshot: bool,
+    /// Print the result (or the plan) as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Progress on stderr when it is a terminal.
+pub struct TermProgress {
+    bar: Option<ProgressBar>,
+    warnings: Mutex<u64>,
+}
+
+impl TermProgress {
+    pub fn new(quiet: bool) -> Self {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {pos} entries, {prefix} [{elapsed}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
+        TermProgress {
+            bar,
+            warnings: Mutex::new(0),
+        }
+    }
+
+    pub fn warnings(&self) -> u64 {
+        *self.warnings.lock().unwrap()
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl snap::progress::Progress for TermProgress {
+    fn phase(&self, name: &str, _total: Option<u64>) {
+        if let Some(b) = &self.bar {
+            b.set_message(name.to_string());
+        }
+    }
+    fn entries(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+    fn bytes(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            // Bytes as a prefix; the position counts entries.
+            let total = b.length().unwrap_or(0) + n;
+            b.set_length(total);
+            b.set_prefix(human_bytes(total));
+        }
+    }
+    fn warn(&self, message: &str) {
+        *self.warnings.lock().unwrap() += 1;
+        match &self.bar {
+            Some(b) => b.suspend(|| eprintln!("warning: {message}")),
+            None => eprintln!("warning: {message}"),
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

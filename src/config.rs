@@ -1,0 +1,95 @@
+//! Repository configuration: the parameters that are part of the format.
+//!
+//! Chunker sizes and the compression level are fixed when a repository is
+//! created and stored in its index, so later versions of snap keep cutting the
+//! same boundaries and keep deduplicating against old data.
+
+use crate::error::{Error, Result};
+
+/// The repository format this build writes and the newest it can read.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoConfig {
+    pub format_version: u32,
+    pub chunk_min_bytes: u32,
+    pub chunk_avg_bytes: u32,
+    pub chunk_max_bytes: u32,
+    pub zstd_level: i32,
+    pub pack_target_bytes: u64,
+}
+
+impl Default for RepoConfig {
+    /// Sizes chosen for application data (see docs/design.md, "Chunk sizes"):
+    /// SQLite rewrites 4 KiB pages in place, so chunks of 16 KiB on average
+    /// keep the cost of a small database change small, while 64 KiB at most
+    /// bounds the index to about one row per 16 KiB of unique data.
+    fn default() -> Self {
+        RepoConfig {
+            format_version: FORMAT_VERSION,
+            chunk_min_bytes: 4 * 1024,
+            chunk_avg_bytes: 16 * 1024,
+            chunk_max_bytes: 64 * 1024,
+            zstd_level: 3,
+            pack_target_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Upper bound on any chunk, whatever a (possibly damaged) config says.
+pub const CHUNK_MAX_LIMIT: u32 = 16 * 1024 * 1024;
+
+impl RepoConfig {
+    /// fastcdc only debug-asserts its bounds: check them here.
+    pub fn validate(&self) -> Result<()> {
+        let (min, avg, max) = (
+            self.chunk_min_bytes,
+            self.chunk_avg_bytes,
+            self.chunk_max_bytes,
+        );
+        let bad = |why: &str| Err(Error::BadConfig(why.to_string()));
+        if min < 64 || min > 1_048_576 {
+            return bad("chunk_min_bytes must be in 64..=1 MiB");
+        }
+        if !(256..=4_194_304).contains(&avg) {
+            return bad("chunk_avg_bytes must be in 256..=4 MiB");
+        }
+        if !(1024..=CHUNK_MAX_LIMIT).contains(&max) {
+            return bad("chunk_max_bytes must be in 1 KiB..=16 MiB");
+        }
+        if !(min <= avg && avg <= max) {
+            return bad("chunk sizes must satisfy min <= avg <= max");
+        }
+        if min % 2 != 0 || avg % 2 != 0 || max % 2 != 0 {
+            return bad("chunk sizes must be even");
+        }
+        if !(1..=19).contains(&self.zstd_level) {
+            return bad("zstd_level must be in 1..=19");
+        }
+        if self.pack_target_bytes < 1024 * 1024 || self.pack_target_bytes > 1024 * 1024 * 1024 {
+            return bad("pack_target_bytes must be in 1 MiB..=1 GiB");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_bad_sizes_are_refused() {
+        RepoConfig::default().validate().unwrap();
+        let odd = RepoConfig {
+            chunk_avg_bytes: 16385,
+            ..RepoConfig::default()
+        };
+        assert!(odd.validate().is_err());
+        let inverted = RepoConfig {
+            chunk_min_bytes: 32768,
+            chunk_avg_bytes: 16384,
+            ..RepoConfig::default()
+        };
+        assert!(inverted.validate().is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! The library's one error type. Every variant that concerns a file names it.
+
+use std::io;
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{path}: not a snap repository (no index.db); run `snap init {path}` to create one", path = .path.display())]
+    NotARepository { path: PathBuf },
+
+    #[error("{path}: directory is not empty and is not a snap repository; refusing to initialise it", path = .path.display())]
+    InitNonEmpty { path: PathBuf },
+
+    #[error("{path}: repository format version {found} is newer than this snap supports ({supported}); upgrade snap", path = .path.display())]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    #[error("{path}: repository is locked by another process ({holder}); waited {waited_secs} s", path = .path.display())]
+    Locked {
+        path: PathBuf,
+        holder: String,
+        waited_secs: u64,
+    },
+
+    #[error("{path}: index database error: {source}", path = .path.display())]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    #[error("{path}: damaged: {reason}", path = .path.display())]
+    Damaged { path: PathBuf, reason: String },
+
+    #[error("chunk {id} is not in the index: {context}")]
+    MissingChunk { id: String, context: String },
+
+    #[error("tree {id} is not in the index")]
+    MissingTree { id: String },
+
+    #[error("no snapshot matches {0:?}")]
+    NoSuchSnapshot(String),
+
+    #[error("{prefix:?} matches {count} snapshots; give more digits")]
+    AmbiguousSnapshot { prefix: String, count: usize },
+
+    #[error("{path}: {reason}", path = .path.display())]
+    BadSource { path: PathBuf, reason: String },
+
+    #[error("{path}: not found in snapshot {snapshot}", path = .path.display())]
+    NotInSnapshot { path: PathBuf, snapshot: String },
+
+    #[error("invalid repository config: {0}")]
+    BadConfig(String),
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    /// Attach a path to an io::Error; used through `IoContext`.
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True for errors that mean stored data is damaged (exit code 5).
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Error::Damaged { .. } | Error::MissingChunk { .. } | Error::MissingTree { .. }
+        )
+    }
+}
+
+/// `.at(path)` turns an `io::Result` into a `Result` that names the path.
+pub trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,552 @@
+//! The SQLite index: config, packs, chunk locations, trees and snapshots.
+//! The only module that sees rusqlite; its types never leave it.
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::compress::Codec;
+use crate::config::{FORMAT_VERSION, RepoConfig};
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
+use crate::pack::{FinishedPack, PackEntry};
+use crate::snapshot::{Snapshot, SnapshotStats};
+
+pub use schema::SCHEMA_VERSION;
+
+/// Where a chunk lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub pack: PackId,
+    pub offset: u32,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+}
+
+#[derive(Debug, Clone)]
+pub struct PackRow {
+    pub rowid: i64,
+    pub id: PackId,
+    pub size: u64,
+    pub chunk_count: u64,
+}
+
+pub struct Index {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn blob_id<T>(v: Vec<u8>, f: fn(&[u8]) -> Option<T>) -> rusqlite::Result<T> {
+    f(&v).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            "bad id length".into(),
+        )
+    })
+}
+
+impl Index {
+    fn err(&self, source: rusqlite::Error) -> Error {
+        Error::Index {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn connect(path: &Path, flags: OpenFlags) -> Result<Connection> {
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| Error::Index {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .and_then(|_| conn.pragma_update(None, "foreign_keys", "ON"))
+            .and_then(|_| conn.pragma_update(None, "cache_size", -65536))
+            .map_err(|source| Error::Index {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(conn)
+    }
+
+    /// Create a new index with `config`.
+    pub fn create(path: &Path, config: &RepoConfig) -> Result<Index> {
+        let conn = Self::connect(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
+        let idx = Index {
+            conn,
+            path: path.to_path_buf(),
+        };
+        idx.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| idx.err(e))?;
+        let tx = || -> rusqlite::Result<()> {
+            idx.conn.execute_batch("BEGIN IMMEDIATE")?;
+            idx.conn.execute_batch(schema::CREATE)?;
+            let rows: [(&str, String); 6] = [
+                ("format_version", config.format_version.to_string()),
+                ("chunk_min_bytes", config.chunk_min_bytes.to_string()),
+                ("chunk_avg_bytes", config.chunk_avg_bytes.to_string()),
+                ("chunk_max_bytes", config.chunk_max_bytes.to_string()),
+                ("zstd_level", config.zstd_level.to_string()),
+                ("pack_target_bytes", config.pack_target_bytes.to_string()),
+            ];
+            for (k, v) in rows {
+                idx.conn.execute(
+                    "INSERT INTO config(key, value) VALUES (?1, ?2)",
+                    params![k, v],
+                )?;
+            }
+            idx.conn
+                .pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            idx.conn.execute_batch("COMMIT")
+        };
+        tx().map_err(|e| idx.err(e))?;
+        Ok(idx)
+    }
+
+    /// Open an existing index, checking its versions. `repo` names the
+    /// repository in messages.
+    pub fn open(path: &Path, repo: &Path, read_only: bool) -> Result<(Index, RepoConfig)> {
+        let flags = if read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        };
+        let conn = Self::connect(path, flags)?;
+        let idx = Index {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let not_db = |e: rusqlite::Error| Error::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("not a readable snap index ({e})"),
+        };
+        let version: u32 = idx
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(not_db)?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::NewerFormat {
+                path: repo.to_path_buf(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version == 0 {
+            return Err(Error::Damaged {
+                path: path.to_path_buf(),
+                reason: "not a snap index (schema version 0)".into(),
+            });
+        }
+        let map: BTreeMap<String, String> = {
+            let mut st = idx
+                .conn
+                .prepare("SELECT key, value FROM config")
+                .map_err(not_db)?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect())
+                .map_err(not_db)?
+        };
+        let get = |k: &str| -> Result<&str> {
+            map.get(k)
+                .map(|s| s.as_str())
+                .ok_or_else(|| Error::BadConfig(format!("missing key {k}")))
+        };
+        let num = |k: &str| -> Result<i64> {
+            get(k)?
+                .parse()
+                .map_err(|_| Error::BadConfig(format!("{k} is not a number")))
+        };
+        let format_version = num("format_version")? as u32;
+        if format_version > FORMAT_VERSION {
+            return Err(Error::NewerFormat {
+                path: repo.to_path_buf(),
+                found: format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let config = RepoConfig {
+            format_version,
+            chunk_min_bytes: num("chunk_min_bytes")? as u32,
+            chunk_avg_bytes: num("chunk_avg_bytes")? as u32,
+            chunk_max_bytes: num("chunk_max_bytes")? as u32,
+            zstd_level: num("zstd_level")? as i32,
+            pack_target_bytes: num("pack_target_bytes")? as u64,
+        };
+        config.validate()?;
+        Ok((idx, config))
+    }
+
+    pub fn begin(&self) -> Result<()> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn commit(&self) -> Result<()> {
+        self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))
+    }
+
+    pub fn rollback(&self) -> Result<()> {
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.conn.execute_batch("ROLLBACK").map_err(|e| self.err(e))
+    }
+
+    // ---- packs and chunks ----
+
+    /// Record a finished pack and its chunks. Chunks already indexed keep
+    /// their first location.
+    pub fn insert_pack(&self, pack: &FinishedPack) -> Result<i64> {
+        let f = || -> rusqlite::Result<i64> {
+            self.conn
+                .prepare_cached("INSERT INTO packs(hash, size, chunk_count) VALUES (?1, ?2, ?3)")?
+                .execute(params![
+                    pack.id.as_bytes(),
+                    pack.size as i64,
+                    pack.entries.len() as i64
+                ])?;
+            let rowid = self.conn.last_insert_rowid();
+            let mut st = self.conn.prepare_cached(
+                "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored_len, raw_len, codec)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for e in &pack.entries {
+                st.execute(params![
+                    e.id.as_bytes(),
+                    rowid,
+                    e.offset,
+                    e.stored_len,
+                    e.raw_len,
+                    e.codec as u8
+                ])?;
+            }
+            Ok(rowid)
+        };
+        f().map_err(|e| self.err(e))
+    }
+
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")
+            .and_then(|mut st| st.exists([id.as_bytes()]))
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        self.conn
+            .prepare_cached(
+                "SELECT p.hash, c.offset, c.stored_len, c.raw_len, c.codec
+                 FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.hash = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_row([id.as_bytes()], |r| {
+                    let codec: u8 = r.get(4)?;
+                    Ok(ChunkLocation {
+                        pack: blob_id(r.get(0)?, PackId::from_slice)?,
+                        offset: r.get(1)?,
+                        stored_len: r.get(2)?,
+                        raw_len: r.get(3)?,
+                        codec: Codec::from_u8(codec).ok_or_else(|| {
+                            rusqlite::Error::IntegralValueOutOfRange(4, codec as i64)
+                        })?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn packs(&self) -> Result<Vec<PackRow>> {
+        let f = || -> rusqlite::Result<Vec<PackRow>> {
+            let mut st = self
+                .conn
+                .prepare("SELECT id, hash, size, chunk_count FROM packs ORDER BY id")?;
+            st.query_map([], |r| {
+                Ok(PackRow {
+                    rowid: r.get(0)?,
+                    id: blob_id(r.get(1)?, PackId::from_slice)?,
+                    size: r.get::<_, i64>(2)? as u64,
+                    chunk_count: r.get::<_, i64>(3)? as u64,
+                })
+            })?
+            .collect()
+        };
+        f().map_err(|e| self.err(e))
+    }
+
+    /// The chunk rows that point into one pack.
+    pub fn chunks_in_pack(&self, pack_rowid: i64) -> Result<Vec<PackEntry>> {
+        let f = || -> rusqlite::Result<Vec<PackEntry>> {
+            let mut st = self.conn.prepare_cached(
+                "SELECT hash, offset, stored_len, raw_len, codec FROM chunks WHERE pack = ?1 ORDER BY offset",
+            )?;
+            st.query_map([pack_rowid], |r| {
+                let codec: u8 = r.get(4)?;
+                Ok(PackEntry {
+                    id: blob_id(r.get(0)?, ChunkId::from_slice)?,
+                    offset: r.get(1)?,
+                    stored_len: r.get(2)?,
+                    raw_len: r.get(3)?,
+                    codec: Codec::from_u8(codec)
+                        .ok_or(rusqlite::Error::IntegralValueOutOfRange(4, codec as i64))?,
+                })
+            })?
+            .collect()
+        };
+        f().map_err(|e| self.err(e))
+    }
+
+    pub fn delete_pack(&self, pack_rowid: i64) -> Result<()> {
+        let f = || -> rusqlite::Result<()> {
+            self.conn
+                .prepare_cached("DELETE FROM chunks WHERE pack = ?1")?
+                .execute([pack_rowid])?;
+            self.conn
+                .prepare_cached("DELETE FROM packs WHERE id = ?1")?
+                .execute([pack_rowid])?;
+            Ok(())
+        };
+        f().map_err(|e| self.err(e))
+    }
+
+    pub fn delete_chunk(&self, id: &ChunkId) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM chunks WHERE hash = ?1")
+            .and_then(|mut st| st.execute([id.as_bytes()]))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Point a chunk at a new location (gc repacking).
+    pub fn move_chunk(&self, id: &ChunkId, pack_rowid: i64, e: &PackEntry) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO chunks(hash, pack, offset, stored_len, raw_len, codec)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    id.as_bytes(),
+                    pack_rowid,
+                    e.offset,
+                    e.stored_len,
+                    e.raw_len,
+                    e.codec as u8
+                ])
+            })
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn chunk_count(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM chunks", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    // ---- trees ----
+
+    /// Store an encoded tree (compressed with zstd when that helps).
+    pub fn insert_tree(&self, id: &TreeId, codec: Codec, data: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO trees(hash, codec, data) VALUES (?1, ?2, ?3)")
+            .and_then(|mut st| st.execute(params![id.as_bytes(), codec as u8, data]))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn has_tree(&self, id: &TreeId) -> Result<bool> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM trees WHERE hash = ?1")
+            .and_then(|mut st| st.exists([id.as_bytes()]))
+            .map_err(|e| self.err(e))
+    }
+
+    /// The stored bytes of a tree and their codec.
+    pub fn tree_data(&self, id: &TreeId) -> Result<Option<(Codec, Vec<u8>)>> {
+        self.conn
+            .prepare_cached("SELECT codec, data FROM trees WHERE hash = ?1")
+            .and_then(|mut st| {
+                st.query_row([id.as_bytes()], |r| {
+                    let c: u8 = r.get(0)?;
+                    Ok((
+                        Codec::from_u8(c)
+                            .ok_or(rusqlite::Error::IntegralValueOutOfRange(0, c as i64))?,
+                        r.get(1)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn tree_ids(&self) -> Result<Vec<TreeId>> {
+        let f = || -> rusqlite::Result<Vec<TreeId>> {
+            let mut st = self.conn.prepare("SELECT hash FROM trees")?;
+            st.query_map([], |r| blob_id(r.get(0)?, TreeId::from_slice))?
+                .collect()
+        };
+        f().map_err(|e| self.err(e))
+    }
+
+    pub fn delete_tree(&self, id: &TreeId) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM trees WHERE hash = ?1")
+            .and_then(|mut st| st.execute([id.as_bytes()]))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    // ---- snapshots ----
+
+    pub fn insert_snapshot(&self, s: &Snapshot) -> Result<()> {
+        let json = |v: &dyn erased::Json| v.to_json();
+        self.conn
+            .execute(
+                "INSERT INTO snapshots(hash, time_ns, host, source, root, parent, tags, labels,
+                                       complete, pinned, unreadable, stats, root_meta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    s.id.as_bytes(),
+                    s.time_ns,
+                    s.host,
+                    s.source.as_os_str().as_bytes(),
+                    s.root.as_bytes(),
+                    s.parent.as_ref().map(|p| p.as_bytes().to_vec()),
+                    json(&s.tags),
+                    json(&s.labels),
+                    s.complete,
+                    s.pinned,
+                    json(&s.unreadable),
+                    json(&s.stats),
+                    json(&s.root_meta),
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// All snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.query_snapshots("SELECT hash, time_ns, host, source, root, parent, tags, labels, complete, pinned, unreadable, stats, root_meta FROM snapshots ORDER BY time_ns, id", [])
+    }
+
+    /// The newest snapshot of `source`, the parent for change detection.
+    pub fn latest_snapshot_of(&self, source: &Path) -> Result<Option<Snapshot>> {
+        Ok(self
+            .query_snapshots(
+                "SELECT hash, time_ns, host, source, root, parent, tags, labels, complete, pinned, unreadable, stats, root_meta
+                 FROM snapshots WHERE source = ?1 ORDER BY time_ns DESC, id DESC LIMIT 1",
+                [source.as_os_str().as_bytes()],
+            )?
+            .pop())
+    }
+
+    fn query_snapshots<P: rusqlite::Params>(&self, sql: &str, p: P) -> Result<Vec<Snapshot>> {
+        let f = || -> rusqlite::Result<Vec<Snapshot>> {
+            let mut st = self.conn.prepare_cached(sql)?;
+            let rows = st.query_map(p, |r| {
+                let parse = |i: usize, s: String| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        i,
+                        rusqlite::types::Type::Text,
+                        s.into(),
+                    )
+                };
+                let tags: String = r.get(6)?;
+                let labels: String = r.get(7)?;
+                let unreadable: String = r.get(10)?;
+                let stats: String = r.get(11)?;
+                let root_meta: String = r.get(12)?;
+                let source: Vec<u8> = r.get(3)?;
+                let parent: Option<Vec<u8>> = r.get(5)?;
+                Ok(Snapshot {
+                    id: blob_id(r.get(0)?, SnapshotId::from_slice)?,
+                    time_ns: r.get(1)?,
+                    host: r.get(2)?,
+                    source: PathBuf::from(std::ffi::OsStr::from_bytes(&source)),
+                    root: blob_id(r.get(4)?, TreeId::from_slice)?,
+                    parent: match parent {
+                        Some(p) => Some(blob_id(p, SnapshotId::from_slice)?),
+                        None => None,
+                    },
+                    tags: serde_json::from_str(&tags).map_err(|e| parse(6, e.to_string()))?,
+                    labels: serde_json::from_str(&labels).map_err(|e| parse(7, e.to_string()))?,
+                    complete: r.get(8)?,
+                    pinned: r.get(9)?,
+                    unreadable: serde_json::from_str(&unreadable)
+                        .map_err(|e| parse(10, e.to_string()))?,
+                    stats: serde_json::from_str::<SnapshotStats>(&stats)
+                        .map_err(|e| parse(11, e.to_string()))?,
+                    root_meta: serde_json::from_str(&root_meta)
+                        .map_err(|e| parse(12, e.to_string()))?,
+                })
+            })?;
+            rows.collect()
+        };
+        f().map_err(|e| self.err(e))
+    }
+
+    pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<bool> {
+        self.conn
+            .execute("DELETE FROM snapshots WHERE hash = ?1", [id.as_bytes()])
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_pinned(&self, id: &SnapshotId, pinned: bool) -> Result<bool> {
+        self.conn
+            .execute(
+                "UPDATE snapshots SET pinned = ?2 WHERE hash = ?1",
+                params![id.as_bytes(), pinned],
+            )
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_tags(&self, id: &SnapshotId, tags: &[String]) -> Result<bool> {
+        self.conn
+            .execute(
+                "UPDATE snapshots SET tags = ?2 WHERE hash = ?1",
+                params![
+                    id.as_bytes(),
+                    serde_json::to_string(tags).expect("tags serialize")
+                ],
+            )
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Run a full integrity check of the SQLite file itself.
+    pub fn integrity_check(&self) -> Result<Vec<String>> {
+        let f = || -> rusqlite::Result<Vec<String>> {
+            let mut st = self.conn.prepare("PRAGMA integrity_check")?;
+            st.query_map([], |r| r.get::<_, String>(0))?.collect()
+        };
+        let rows = f().map_err(|e| self.err(e))?;
+        Ok(if rows == ["ok"] { Vec::new() } else { rows })
+    }
+}
+
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> String {
+            serde_json::to_string(self).expect("plain data serializes")
+        }
+    }
+}

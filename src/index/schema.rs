@@ -1,0 +1,48 @@
+//! The index schema. `PRAGMA user_version` holds the schema version; the
+//! repository format version is also kept in the `config` table.
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub const CREATE: &str = r#"
+CREATE TABLE config (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE packs (
+    id          INTEGER PRIMARY KEY,
+    hash        BLOB NOT NULL UNIQUE,
+    size        INTEGER NOT NULL,
+    chunk_count INTEGER NOT NULL
+);
+CREATE TABLE chunks (
+    hash       BLOB PRIMARY KEY,
+    pack       INTEGER NOT NULL REFERENCES packs(id),
+    offset     INTEGER NOT NULL,
+    stored_len INTEGER NOT NULL,
+    raw_len    INTEGER NOT NULL,
+    codec      INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX chunks_by_pack ON chunks(pack);
+CREATE TABLE trees (
+    hash  BLOB PRIMARY KEY,
+    codec INTEGER NOT NULL,
+    data  BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE snapshots (
+    id         INTEGER PRIMARY KEY,
+    hash       BLOB NOT NULL UNIQUE,
+    time_ns    INTEGER NOT NULL,
+    host       TEXT NOT NULL,
+    source     BLOB NOT NULL,
+    root       BLOB NOT NULL,
+    parent     BLOB,
+    tags       TEXT NOT NULL,
+    labels     TEXT NOT NULL,
+    complete   INTEGER NOT NULL,
+    pinned     INTEGER NOT NULL DEFAULT 0,
+    unreadable TEXT NOT NULL,
+    stats      TEXT NOT NULL,
+    root_meta  TEXT NOT NULL
+);
+CREATE INDEX snapshots_by_source ON snapshots(source, time_ns);
+"#;

@@ -1,0 +1,100 @@
+//! The repository lock: `flock` on `<repo>/lock`.
+//!
+//! Writers (create, restore with a safety snapshot, gc, forget, pin) hold it
+//! exclusively; readers that open pack files (restore, check) hold it shared,
+//! so gc never deletes a pack under them. A process that waits gives up after
+//! a bounded time and names the holder, whose description the exclusive
+//! holder writes into the file.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+pub struct RepoLock {
+    file: File,
+    mode: LockMode,
+}
+
+impl Drop for RepoLock {
+    fn drop(&mut self) {
+        // Clear the holder's description before the lock goes with the file.
+        if self.mode == LockMode::Exclusive {
+            let _ = self.file.set_len(0);
+        }
+    }
+}
+
+/// How long to wait for a busy lock: `SNAP_LOCK_WAIT` seconds, default 30.
+pub fn default_wait() -> Duration {
+    std::env::var("SNAP_LOCK_WAIT")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(30))
+}
+
+impl RepoLock {
+    pub fn acquire(repo: &Path, mode: LockMode, wait: Duration) -> Result<RepoLock> {
+        let path: PathBuf = repo.join("lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at(&path)?;
+        let start = Instant::now();
+        loop {
+            let got = match mode {
+                LockMode::Shared => file.try_lock_shared(),
+                LockMode::Exclusive => file.try_lock(),
+            };
+            match got {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    if start.elapsed() >= wait {
+                        let mut holder = String::new();
+                        let _ = file.seek(SeekFrom::Start(0));
+                        let _ = file.read_to_string(&mut holder);
+                        let holder = holder.trim();
+                        return Err(Error::Locked {
+                            path: repo.to_path_buf(),
+                            holder: if holder.is_empty() {
+                                "a reader: restore or check".to_string()
+                            } else {
+                                holder.to_string()
+                            },
+                            waited_secs: wait.as_secs(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
+        }
+        if mode == LockMode::Exclusive {
+            let who = format!(
+                "pid {} on {}, `{}`, since {}",
+                std::process::id(),
+                crate::hostname(),
+                std::env::args().collect::<Vec<_>>().join(" "),
+                jiff::Timestamp::now()
+                    .round(jiff::Unit::Second)
+                    .unwrap_or(jiff::Timestamp::now()),
+            );
+            file.set_len(0).at(&path)?;
+            file.seek(SeekFrom::Start(0)).at(&path)?;
+            file.write_all(who.as_bytes()).at(&path)?;
+        }
+        Ok(RepoLock { file, mode })
+    }
+}

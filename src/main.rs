@@ -1,0 +1,374 @@
+//! The `snap` binary: parse arguments, call the library, print results,
+//! map the outcome to an exit code (see README, "Exit codes").
+
+mod cli;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use serde_json::json;
+
+use cli::{Cli, Command, TermProgress, human_bytes};
+use snap::lock::LockMode;
+use snap::ops::create::{CreateOptions, create};
+use snap::ops::ls::{lookup, mode_string, walk};
+use snap::ops::restore::{RestoreOptions, Step, restore};
+use snap::progress::Progress;
+use snap::snapshot::{Snapshot, format_time_local};
+use snap::tree::{Kind, Payload};
+use snap::{Error, Repository};
+
+/// Exit codes (documented in README.md).
+mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const PARTIAL: u8 = 3;
+    pub const LOCKED: u8 = 4;
+    pub const DAMAGED: u8 = 5;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("snap: error: {err:#}");
+            let code = match err.downcast_ref::<Error>() {
+                Some(Error::Locked { .. }) => exit::LOCKED,
+                Some(e) if e.is_damage() => exit::DAMAGED,
+                _ => exit::FAILURE,
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The default repository: `$XDG_DATA_HOME/snap/repo` (or the platform's
+/// equivalent).
+fn default_repo() -> anyhow::Result<PathBuf> {
+    let dirs = directories::ProjectDirs::from("", "", "snap").context(
+        "cannot find a home directory for the default repository; pass --repo or set SNAP_REPO",
+    )?;
+    Ok(dirs.data_dir().join("repo"))
+}
+
+/// Open the repository, creating the default one on first use.
+fn open_repo(cli_repo: &Option<PathBuf>, mode: Option<LockMode>) -> anyhow::Result<Repository> {
+    let path = match cli_repo {
+        Some(p) => p.clone(),
+        None => {
+            let p = default_repo()?;
+            if !snap::repo::is_repository(&p) {
+                Repository::init(&p, &Default::default())?;
+                eprintln!("created repository {}", p.display());
+            }
+            p
+        }
+    };
+    Ok(Repository::open(&path, mode)?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let progress = TermProgress::new(cli.quiet);
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Init { path } => {
+            let path = match path.or(cli.repo) {
+                Some(p) => p,
+                None => default_repo()?,
+            };
+            Repository::init(&path, &Default::default())?;
+            writeln!(out, "created repository {}", path.display())?;
+            Ok(0)
+        }
+        Command::Create(args) => {
+            let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
+            let parent = match &args.parent {
+                Some(p) => Some(repo.find_snapshot(p)?.id),
+                None => None,
+            };
+            let snap = create(
+                &repo,
+                &CreateOptions {
+                    source: args.path.clone(),
+                    tags: args.tags.clone(),
+                    parent,
+                    force: args.force,
+                    ..Default::default()
+                },
+                &progress,
+            )?;
+            if args.json {
+                serde_json::to_writer(&mut out, &snapshot_json(&snap))?;
+                writeln!(out)?;
+            } else {
+                let s = &snap.stats;
+                writeln!(out, "snapshot {}", snap.id)?;
+                writeln!(
+                    out,
+                    "  {} files, {} dirs, {} in total; read {}, stored {} new ({} chunks, {} packs) in {:.2} s",
+                    s.files,
+                    s.dirs,
+                    human_bytes(s.total_bytes),
+                    human_bytes(s.read_bytes),
+                    human_bytes(s.new_stored_bytes),
+                    s.new_chunks,
+                    s.new_packs,
+                    s.duration_ms as f64 / 1000.0
+                )?;
+            }
+            if !snap.complete {
+                eprintln!(
+                    "snap: {} path(s) could not be read; the snapshot is marked incomplete:",
+                    snap.unreadable.len()
+                );
+                for (p, why) in &snap.unreadable {
+                    eprintln!("  {p}: {why}");
+                }
+                return Ok(exit::PARTIAL);
+            }
+            Ok(0)
+        }
+        Command::List { json } => {
+            let repo = open_repo(&cli.repo, None)?;
+            let snaps = repo.snapshots()?;
+            if json {
+                let v: Vec<_> = snaps.iter().map(snapshot_json).collect();
+                serde_json::to_writer_pretty(&mut out, &v)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<10} {:<19} {:>8} {:>10}  {:<20} SOURCE",
+                    "ID", "TIME", "FILES", "SIZE", "TAGS"
+                )?;
+                for s in &snaps {
+                    let mut tags = s.tags.join(",");
+                    if s.pinned {
+                        tags = if tags.is_empty() {
+                            "pinned".into()
+                        } else {
+                            format!("{tags},pinned")
+                        };
+                    }
+                    if !s.complete {
+                        tags = if tags.is_empty() {
+                            "incomplete".into()
+                        } else {
+                            format!("{tags},incomplete")
+                        };
+                    }
+                    writeln!(
+                        out,
+                        "{:<10} {:<19} {:>8} {:>10}  {:<20} {}",
+                        s.id.short(),
+                        format_time_local(s.time_ns),
+                        s.stats.files,
+                        human_bytes(s.stats.total_bytes),
+                        tags,
+                        s.source.display()
+                    )?;
+                }
+            }
+            Ok(0)
+        }
+        Command::Ls {
+            id,
+            path,
+            recursive,
+        } => {
+            let repo = open_repo(&cli.repo, None)?;
+            let snap = repo.find_snapshot(&id)?;
+            let rel = path.unwrap_or_default();
+            let rel = rel.strip_prefix("/").unwrap_or(&rel).to_path_buf();
+            let tree = match lookup(&repo, &snap, &rel)? {
+                None => snap.root,
+                Some((e, _)) if e.kind == Kind::Dir => e.subtree().expect("dir has a tree"),
+                Some((e, p)) => {
+                    print_entry(&mut out, &p, &e)?;
+                    return Ok(0);
+                }
+            };
+            if recursive {
+                walk(&repo, &tree, &rel, &mut |p, e| {
+                    print_entry(&mut out, p, e).map_err(|err| Error::io(p, err))
+                })?;
+            } else {
+                for e in repo.load_tree(&tree)?.entries {
+                    print_entry(&mut out, Path::new(e.name_os()), &e)?;
+                }
+            }
+            Ok(0)
+        }
+        Command::Restore(args) => {
+            let mode = if args.dry_run {
+                LockMode::Shared
+            } else {
+                LockMode::Exclusive
+            };
+            let repo = open_repo(&cli.repo, Some(mode))?;
+            let snap = repo.find_snapshot(&args.id)?;
+            let opts = RestoreOptions {
+                target: args.target.clone(),
+                subpath: args.path.clone(),
+                dry_run: args.dry_run,
+                verify: args.verify,
+                safety_snapshot: !args.no_safety_snapshot,
+            };
+            let (plan, stats) = restore(&repo, &snap, &opts, &progress)?;
+            progress.finish();
+            match stats {
+                None => {
+                    if args.json {
+                        serde_json::to_writer_pretty(&mut out, &plan)?;
+                        writeln!(out)?;
+                    } else {
+                        for step in &plan.steps {
+                            let line = match step {
+                                Step::Delete { path, dir } => format!(
+                                    "delete   {}{}",
+                                    path.display(),
+                                    if *dir { "/" } else { "" }
+                                ),
+                                Step::MakeDir { path } => format!("mkdir    {}", path.display()),
+                                Step::Write { path, bytes } => {
+                                    format!("write    {} ({})", path.display(), human_bytes(*bytes))
+                                }
+                                Step::Symlink { path } => format!("symlink  {}", path.display()),
+                                Step::Special { path } => format!("special  {}", path.display()),
+                                Step::Link { path, to } => {
+                                    format!("link     {} -> {}", path.display(), to.display())
+                                }
+                                Step::FixMeta { path } => format!("metadata {}", path.display()),
+                                Step::DirMeta { .. } => continue,
+                            };
+                            writeln!(out, "{line}")?;
+                        }
+                        let s = &plan.summary;
+                        writeln!(
+                            out,
+                            "plan for {}: write {} files ({}), delete {}, create {} dirs, {} links, {} symlinks, fix metadata of {}, leave {} files ({}) alone",
+                            plan.target.display(),
+                            s.write_files,
+                            human_bytes(s.write_bytes),
+                            s.delete_entries,
+                            s.create_dirs,
+                            s.links,
+                            s.symlinks,
+                            s.fix_metadata,
+                            s.unchanged_files,
+                            human_bytes(s.unchanged_bytes)
+                        )?;
+                    }
+                    Ok(0)
+                }
+                Some(st) => {
+                    if args.json {
+                        let mut v = serde_json::to_value(&st)?;
+                        v["snapshot"] = json!(snap.id.to_hex());
+                        v["target"] = json!(plan.target.to_string_lossy());
+                        serde_json::to_writer_pretty(&mut out, &v)?;
+                        writeln!(out)?;
+                    } else {
+                        if let Some(id) = &st.safety_snapshot {
+                            writeln!(
+                                out,
+                                "safety snapshot {id} (undo this restore with `snap restore {}`)",
+                                &id[..8]
+                            )?;
+                        }
+                        writeln!(
+                            out,
+                            "restored {} to {}: wrote {} files ({}), deleted {}, created {} dirs, {} links, {} symlinks, fixed metadata of {}, left {} files alone, in {:.2} s",
+                            snap.id.short(),
+                            plan.target.display(),
+                            st.written_files,
+                            human_bytes(st.written_bytes),
+                            st.deleted_entries,
+                            st.created_dirs,
+                            st.links,
+                            st.symlinks,
+                            st.fixed_metadata,
+                            st.unchanged_files,
+                            st.duration_ms as f64 / 1000.0
+                        )?;
+                    }
+                    for p in &plan.not_in_snapshot {
+                        eprintln!(
+                            "snap: {}: was unreadable when the snapshot was taken; left as it is",
+                            p.display()
+                        );
+                    }
+                    if !st.failed.is_empty() {
+                        eprintln!("snap: {} entries could not be restored:", st.failed.len());
+                        for (p, why) in &st.failed {
+                            eprintln!("  {p}: {why}");
+                        }
+                        return Ok(exit::PARTIAL);
+                    }
+                    Ok(0)
+                }
+            }
+        }
+    }
+}
+
+fn snapshot_json(s: &Snapshot) -> serde_json::Value {
+    json!({
+        "id": s.id.to_hex(),
+        "time": s.time_string(),
+        "host": s.host,
+        "source": s.source.to_string_lossy(),
+        "tags": s.tags,
+        "labels": s.labels,
+        "parent": s.parent.map(|p| p.to_hex()),
+        "root": s.root.to_hex(),
+        "complete": s.complete,
+        "pinned": s.pinned,
+        "unreadable": s.unreadable,
+        "stats": s.stats,
+    })
+}
+
+fn print_entry(out: &mut impl Write, path: &Path, e: &snap::tree::Entry) -> std::io::Result<()> {
+    let size = match e.kind {
+        Kind::CharDev | Kind::BlockDev => match e.payload {
+            Payload::Device(r) => format!("{},{}", libc_major(r), libc_minor(r)),
+            _ => String::new(),
+        },
+        _ => e.size.to_string(),
+    };
+    let mut line = format!(
+        "{} {:>5} {:>5} {:>12} {} {}",
+        mode_string(e.kind, e.mode),
+        e.uid,
+        e.gid,
+        size,
+        format_time_local(e.mtime_ns),
+        path.display()
+    );
+    if let Payload::Target(t) = &e.payload {
+        line.push_str(&format!(" -> {}", String::from_utf8_lossy(t)));
+    }
+    writeln!(out, "{line}")
+}
+
+fn libc_major(dev: u64) -> u64 {
+    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)
+}
+
+fn libc_minor(dev: u64) -> u64 {
+    ((dev >> 12) & 0xffff_ff00) | (dev & 0xff)
+}

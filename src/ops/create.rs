@@ -1,0 +1,876 @@
+//! `snap create`: snapshot one directory.
+//!
+//! The walk runs on the calling thread and hands files that must be read to
+//! a pool of readers (chunk, hash, dedup, compress; CPU work inside a file
+//! fans out over rayon). New chunks go through a bounded queue to a single
+//! pack writer. The calling thread owns the index transaction: it records
+//! each pack after the writer has made it durable, stores each directory's
+//! tree as soon as its last file is done, and commits the snapshot at the end
+//! in the same transaction. Memory is bounded by the queues and by the
+//! directories still waiting for files, not by the size of the source.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Select, Sender, bounded, unbounded};
+use rayon::prelude::*;
+
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::compress::{Codec, Compressor};
+use crate::error::{Error, IoContext, Result};
+use crate::id::{ChunkId, SnapshotId, TreeId};
+use crate::index::Index;
+use crate::pack::{FinishedPack, PackWriter};
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::snapshot::{RootMeta, Snapshot, SnapshotStats};
+use crate::source::{entry_from_metadata, unchanged};
+use crate::tree::{Entry, Kind, Payload, Tree, flags};
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub source: PathBuf,
+    pub tags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Compare against this snapshot instead of the latest of the same source.
+    pub parent: Option<SnapshotId>,
+    /// Read every file, trusting no metadata.
+    pub force: bool,
+    pub pinned: bool,
+}
+
+/// Files modified this close to the snapshot's start are re-read next time:
+/// a write in the same timestamp tick could leave mtime unchanged.
+const RACY_WINDOW_NS: i64 = 2_000_000_000;
+/// How much of a file one reader chunks before fanning out the CPU work.
+const BATCH_BYTES: usize = 4 << 20;
+/// A file that keeps changing is read at most this many times.
+const READ_ATTEMPTS: usize = 3;
+
+struct FileJob {
+    node: usize,
+    slot: usize,
+    path: PathBuf,
+    rel: PathBuf,
+    ino: u64,
+}
+
+enum FileOutcome {
+    Stored {
+        chunks: Vec<ChunkId>,
+        meta: Entry,
+        read_bytes: u64,
+        changed: bool,
+    },
+    Vanished,
+    Unreadable(String),
+    Fatal(Error),
+}
+
+struct FileResult {
+    node: usize,
+    slot: usize,
+    rel: PathBuf,
+    outcome: FileOutcome,
+}
+
+struct NewChunk {
+    id: ChunkId,
+    codec: Codec,
+    raw_len: u32,
+    data: Vec<u8>,
+}
+
+/// A directory whose tree is not yet complete.
+struct Node {
+    entries: Vec<Entry>,
+    /// Slots whose file vanished before it could be read.
+    dropped: Vec<usize>,
+    pending: usize,
+    walked: bool,
+    parent: Option<(usize, usize)>,
+}
+
+pub fn create(
+    repo: &Repository,
+    opts: &CreateOptions,
+    progress: &dyn Progress,
+) -> Result<Snapshot> {
+    let started = Instant::now();
+    let start_ns = now_ns();
+    let source = fs::canonicalize(&opts.source).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::BadSource {
+                path: opts.source.clone(),
+                reason: "no such file or directory".into(),
+            }
+        } else {
+            Error::io(&opts.source, e)
+        }
+    })?;
+    let md = fs::metadata(&source).at(&source)?;
+    if !md.is_dir() {
+        return Err(Error::BadSource {
+            path: opts.source.clone(),
+            reason: "not a directory".into(),
+        });
+    }
+    let parent = match &opts.parent {
+        Some(id) => Some(
+            repo.snapshot_by_id(id)?
+                .ok_or_else(|| Error::NoSuchSnapshot(id.to_hex()))?,
+        ),
+        None => repo.latest_snapshot_of(&source)?,
+    };
+    let repo_md = fs::metadata(repo.root()).at(repo.root())?;
+
+    progress.phase("create", None);
+    repo.index.begin()?;
+    let result = run(
+        repo,
+        opts,
+        &source,
+        parent.as_ref(),
+        (repo_md.dev(), repo_md.ino()),
+        start_ns,
+        progress,
+    );
+    let (root, mut stats, unreadable) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = repo.index.rollback();
+            progress.finish();
+            return Err(e);
+        }
+    };
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    let host = crate::hostname();
+    let nonce: u64 = rand::random();
+    let id = Snapshot::compute_id(
+        start_ns,
+        &host,
+        source.as_os_str().as_bytes(),
+        &root,
+        parent.as_ref().map(|p| &p.id),
+        nonce,
+    );
+    let snapshot = Snapshot {
+        id,
+        time_ns: start_ns,
+        host,
+        source,
+        root,
+        parent: parent.map(|p| p.id),
+        tags: opts.tags.clone(),
+        labels: opts.labels.clone(),
+        complete: unreadable.is_empty(),
+        pinned: opts.pinned,
+        unreadable,
+        stats,
+        root_meta: RootMeta {
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        },
+    };
+    let commit = repo
+        .index
+        .insert_snapshot(&snapshot)
+        .and_then(|_| repo.index.commit());
+    if let Err(e) = commit {
+        let _ = repo.index.rollback();
+        progress.finish();
+        return Err(e);
+    }
+    progress.finish();
+    Ok(snapshot)
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+type RunOutput = (TreeId, SnapshotStats, Vec<(String, String)>);
+
+fn run(
+    repo: &Repository,
+    opts: &CreateOptions,
+    source: &Path,
+    parent: Option<&Snapshot>,
+    repo_key: (u64, u64),
+    start_ns: i64,
+    progress: &dyn Progress,
+) -> Result<RunOutput> {
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
+    let (job_tx, job_rx) = bounded::<FileJob>(workers * 4);
+    let (res_tx, res_rx) = unbounded::<FileResult>();
+    let (chunk_tx, chunk_rx) = bounded::<NewChunk>(64);
+    let (pack_tx, pack_rx) = unbounded::<Result<FinishedPack>>();
+    let claimed: Arc<Mutex<HashSet<ChunkId>>> = Arc::default();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let params = ChunkerParams::from(repo.config());
+    let level = repo.config().zstd_level;
+    let packs_dir = repo.packs_dir();
+    let target = repo.config().pack_target_bytes;
+
+    std::thread::scope(|scope| {
+        let writer = {
+            let packs_dir = packs_dir.clone();
+            scope.spawn(move || pack_writer(chunk_rx, pack_tx, &packs_dir, target))
+        };
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            let reader_index = repo.reader_index()?;
+            let ctx = WorkerCtx {
+                index: reader_index,
+                claimed: claimed.clone(),
+                params,
+                level,
+                chunk_tx: chunk_tx.clone(),
+                cancel: cancel.clone(),
+                progress,
+            };
+            let job_rx = job_rx.clone();
+            let res_tx = res_tx.clone();
+            handles.push(scope.spawn(move || {
+                for job in job_rx {
+                    let outcome = if ctx.cancel.load(Ordering::Relaxed) {
+                        FileOutcome::Fatal(Error::Interrupted)
+                    } else {
+                        read_file(&ctx, &job)
+                    };
+                    if res_tx
+                        .send(FileResult {
+                            node: job.node,
+                            slot: job.slot,
+                            rel: job.rel,
+                            outcome,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }));
+        }
+        drop((chunk_tx, res_tx, job_rx));
+
+        let mut walk = Walk {
+            repo,
+            force: opts.force,
+            repo_key,
+            start_ns,
+            progress,
+            nodes: HashMap::new(),
+            next_node: 0,
+            root: None,
+            stats: SnapshotStats::default(),
+            unreadable: Vec::new(),
+            job_tx: Some(job_tx),
+            res_rx,
+            pack_rx,
+        };
+        let result = walk.run(source, parent.map(|p| p.root));
+        if result.is_err() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        drop(walk.job_tx.take());
+        for h in handles {
+            let _ = h.join();
+        }
+        let writer_result = writer.join().expect("pack writer thread panicked");
+        result?;
+        writer_result?;
+        // Packs finished after the last file result: record them too.
+        walk.drain_packs()?;
+        let root = walk.root.expect("walk finished with a root tree");
+        Ok((root, walk.stats, walk.unreadable))
+    })
+}
+
+struct Walk<'a> {
+    repo: &'a Repository,
+    force: bool,
+    repo_key: (u64, u64),
+    start_ns: i64,
+    progress: &'a dyn Progress,
+    nodes: HashMap<usize, Node>,
+    next_node: usize,
+    root: Option<TreeId>,
+    stats: SnapshotStats,
+    unreadable: Vec<(String, String)>,
+    job_tx: Option<Sender<FileJob>>,
+    res_rx: Receiver<FileResult>,
+    pack_rx: Receiver<Result<FinishedPack>>,
+}
+
+impl Walk<'_> {
+    fn run(&mut self, source: &Path, parent_root: Option<TreeId>) -> Result<()> {
+        // Stack of directories to visit: (absolute path, relative path,
+        // parent snapshot's tree for it, where its tree id goes).
+        let mut stack: Vec<(PathBuf, PathBuf, Option<TreeId>, Option<(usize, usize)>)> =
+            vec![(source.to_path_buf(), PathBuf::new(), parent_root, None)];
+        while let Some((abs, rel, old_tree, slot)) = stack.pop() {
+            self.visit_dir(&abs, &rel, old_tree, slot, &mut stack)?;
+        }
+        drop(self.job_tx.take());
+        while self.root.is_none() {
+            self.wait_one()?;
+        }
+        Ok(())
+    }
+
+    fn new_node(&mut self, node: Node) -> usize {
+        let id = self.next_node;
+        self.next_node += 1;
+        self.nodes.insert(id, node);
+        id
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn visit_dir(
+        &mut self,
+        abs: &Path,
+        rel: &Path,
+        old_tree: Option<TreeId>,
+        slot: Option<(usize, usize)>,
+        stack: &mut Vec<(PathBuf, PathBuf, Option<TreeId>, Option<(usize, usize)>)>,
+    ) -> Result<()> {
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let listing = fs::read_dir(abs).and_then(|rd| {
+            for de in rd {
+                names.push(de?.file_name().as_bytes().to_vec());
+            }
+            Ok(())
+        });
+        if let Err(e) = listing {
+            if slot.is_none() {
+                return Err(Error::io(abs, e));
+            }
+            self.record_unreadable(rel, &e.to_string());
+            let (pn, pe) = slot.unwrap();
+            let empty = self.repo.store_tree(&Tree::default())?;
+            let parent = self.nodes.get_mut(&pn).expect("parent node");
+            parent.entries[pe].flags |= flags::UNREADABLE;
+            parent.entries[pe].payload = Payload::Subtree(empty);
+            return self.resolve(pn);
+        }
+        names.sort();
+        let old = match old_tree {
+            Some(t) if !self.force => self.repo.load_tree(&t).ok(),
+            _ => None,
+        };
+        let node_id = self.new_node(Node {
+            entries: Vec::with_capacity(names.len()),
+            dropped: Vec::new(),
+            pending: 0,
+            walked: false,
+            parent: slot,
+        });
+        self.stats.dirs += 1;
+        for name in names {
+            let path = abs.join(std::ffi::OsStr::from_bytes(&name));
+            let child_rel = rel.join(std::ffi::OsStr::from_bytes(&name));
+            let md = match fs::symlink_metadata(&path) {
+                Ok(md) => md,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.progress.warn(&format!(
+                        "{}: vanished during the walk; not in the snapshot",
+                        path.display()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    self.record_unreadable(&child_rel, &e.to_string());
+                    continue;
+                }
+            };
+            if md.is_dir() && (md.dev(), md.ino()) == self.repo_key {
+                self.progress
+                    .warn(&format!("{}: is the repository; excluded", path.display()));
+                continue;
+            }
+            self.progress.entries(1);
+            let mut entry = entry_from_metadata(name.clone(), &md);
+            let old_entry = old.as_ref().and_then(|t| t.get(&name));
+            let slot_idx = self.nodes[&node_id].entries.len();
+            match entry.kind {
+                Kind::Dir => {
+                    let old_sub = old_entry
+                        .filter(|o| o.kind == Kind::Dir)
+                        .and_then(|o| o.subtree());
+                    stack.push((path, child_rel, old_sub, Some((node_id, slot_idx))));
+                    self.nodes.get_mut(&node_id).unwrap().pending += 1;
+                }
+                Kind::File => {
+                    if let Some(o) = old_entry.filter(|o| unchanged(o, &entry)) {
+                        entry.payload = o.payload.clone();
+                        entry.flags = self.racy_flag(&entry);
+                        self.stats.reused_files += 1;
+                        self.progress.bytes(entry.size);
+                    } else {
+                        self.submit(FileJob {
+                            node: node_id,
+                            slot: slot_idx,
+                            path,
+                            rel: child_rel,
+                            ino: md.ino(),
+                        })?;
+                        self.nodes.get_mut(&node_id).unwrap().pending += 1;
+                    }
+                }
+                Kind::Symlink => match fs::read_link(&path) {
+                    Ok(t) => {
+                        let t = t.as_os_str().as_bytes().to_vec();
+                        entry.size = t.len() as u64;
+                        entry.payload = Payload::Target(t);
+                    }
+                    Err(e) => {
+                        self.record_unreadable(&child_rel, &e.to_string());
+                        continue;
+                    }
+                },
+                _ => {}
+            }
+            self.nodes.get_mut(&node_id).unwrap().entries.push(entry);
+        }
+        self.nodes.get_mut(&node_id).unwrap().walked = true;
+        self.resolve(node_id)
+    }
+
+    fn racy_flag(&self, e: &Entry) -> u8 {
+        if e.mtime_ns > self.start_ns - RACY_WINDOW_NS
+            || e.ctime_ns > self.start_ns - RACY_WINDOW_NS
+        {
+            flags::RACY
+        } else {
+            0
+        }
+    }
+
+    fn record_unreadable(&mut self, rel: &Path, reason: &str) {
+        let shown = if rel.as_os_str().is_empty() {
+            ".".to_string()
+        } else {
+            rel.to_string_lossy().into_owned()
+        };
+        self.progress
+            .warn(&format!("{shown}: could not be read: {reason}"));
+        self.unreadable.push((shown, reason.to_string()));
+    }
+
+    /// Send a job to the readers, handling results while the queue is full.
+    fn submit(&mut self, job: FileJob) -> Result<()> {
+        let mut job = Some(job);
+        while let Some(j) = job.take() {
+            let tx = self.job_tx.clone().expect("job queue open during the walk");
+            let mut sel = Select::new();
+            let s = sel.send(&tx);
+            let r = sel.recv(&self.res_rx);
+            let p = sel.recv(&self.pack_rx);
+            let op = sel.select();
+            match op.index() {
+                i if i == s => op
+                    .send(&tx, j)
+                    .map_err(|_| Error::Invalid("file readers stopped".into()))?,
+                i if i == r => {
+                    job = Some(j);
+                    let res = op
+                        .recv(&self.res_rx)
+                        .map_err(|_| Error::Invalid("file readers stopped".into()))?;
+                    self.handle(res)?;
+                }
+                i if i == p => {
+                    job = Some(j);
+                    if let Ok(pack) = op.recv(&self.pack_rx) {
+                        self.record_pack(pack?)?;
+                    }
+                }
+                _ => unreachable!(),
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait for one file result or finished pack.
+    fn wait_one(&mut self) -> Result<()> {
+        let mut sel = Select::new();
+        let r = sel.recv(&self.res_rx);
+        let p = sel.recv(&self.pack_rx);
+        let op = sel.select();
+        if op.index() == r {
+            let res = op.recv(&self.res_rx).map_err(|_| {
+                Error::Invalid("file readers stopped before the walk finished".into())
+            })?;
+            self.handle(res)
+        } else {
+            debug_assert_eq!(op.index(), p);
+            match op.recv(&self.pack_rx) {
+                Ok(pack) => self.record_pack(pack?),
+                // The writer ends only after the readers: keep waiting for them.
+                Err(_) => {
+                    let res = self.res_rx.recv().map_err(|_| {
+                        Error::Invalid("file readers stopped before the walk finished".into())
+                    })?;
+                    self.handle(res)
+                }
+            }
+        }
+    }
+
+    fn drain_packs(&mut self) -> Result<()> {
+        while let Ok(pack) = self.pack_rx.recv() {
+            self.record_pack(pack?)?;
+        }
+        Ok(())
+    }
+
+    fn record_pack(&mut self, pack: FinishedPack) -> Result<()> {
+        self.repo.index.insert_pack(&pack)?;
+        self.stats.new_packs += 1;
+        self.stats.new_chunks += pack.entries.len() as u64;
+        for e in &pack.entries {
+            self.stats.new_raw_bytes += e.raw_len as u64;
+            self.stats.new_stored_bytes += e.stored_len as u64;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, res: FileResult) -> Result<()> {
+        let node = self
+            .nodes
+            .get_mut(&res.node)
+            .expect("node of a pending file");
+        match res.outcome {
+            FileOutcome::Stored {
+                chunks,
+                meta,
+                read_bytes,
+                changed,
+            } => {
+                let e = &mut node.entries[res.slot];
+                let name = std::mem::take(&mut e.name);
+                *e = meta;
+                e.name = name;
+                e.payload = Payload::Chunks(chunks);
+                if changed {
+                    e.flags |= flags::CHANGED_DURING_READ;
+                    self.progress.warn(&format!(
+                        "{}: changed while it was read, even after {READ_ATTEMPTS} attempts; stored as read and flagged",
+                        res.rel.display()
+                    ));
+                }
+                let racy = self.racy_flag(&self.nodes[&res.node].entries[res.slot]);
+                self.nodes.get_mut(&res.node).unwrap().entries[res.slot].flags |= racy;
+                self.stats.read_bytes += read_bytes;
+            }
+            FileOutcome::Vanished => {
+                node.dropped.push(res.slot);
+                self.progress.warn(&format!(
+                    "{}: vanished before it could be read; not in the snapshot",
+                    res.rel.display()
+                ));
+            }
+            FileOutcome::Unreadable(reason) => {
+                let e = &mut node.entries[res.slot];
+                e.flags |= flags::UNREADABLE;
+                e.payload = Payload::Chunks(Vec::new());
+                self.record_unreadable(&res.rel, &reason);
+            }
+            FileOutcome::Fatal(e) => return Err(e),
+        }
+        let node = self.nodes.get_mut(&res.node).unwrap();
+        node.pending -= 1;
+        self.resolve(res.node)
+    }
+
+    /// Store the trees of finished directories, bottom-up.
+    fn resolve(&mut self, mut node_id: usize) -> Result<()> {
+        loop {
+            let node = &self.nodes[&node_id];
+            if !node.walked || node.pending > 0 {
+                return Ok(());
+            }
+            let mut node = self.nodes.remove(&node_id).unwrap();
+            node.dropped.sort_unstable();
+            let mut entries = std::mem::take(&mut node.entries);
+            for slot in node.dropped.iter().rev() {
+                entries.remove(*slot);
+            }
+            for e in &entries {
+                match e.kind {
+                    Kind::File => {
+                        self.stats.files += 1;
+                        self.stats.total_bytes += e.size;
+                    }
+                    Kind::Dir => {}
+                    Kind::Symlink => self.stats.symlinks += 1,
+                    _ => self.stats.others += 1,
+                }
+            }
+            let id = self.repo.store_tree(&Tree::new(entries))?;
+            match node.parent {
+                None => {
+                    self.root = Some(id);
+                    return Ok(());
+                }
+                Some((pn, pe)) => {
+                    let parent = self.nodes.get_mut(&pn).expect("parent node");
+                    parent.entries[pe].payload = Payload::Subtree(id);
+                    parent.pending -= 1;
+                    node_id = pn;
+                }
+            }
+        }
+    }
+}
+
+struct WorkerCtx<'a> {
+    index: Index,
+    claimed: Arc<Mutex<HashSet<ChunkId>>>,
+    params: ChunkerParams,
+    level: i32,
+    chunk_tx: Sender<NewChunk>,
+    cancel: Arc<AtomicBool>,
+    progress: &'a dyn Progress,
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, Compressor)>> = const { RefCell::new(None) };
+}
+
+fn compress_with(level: i32, data: &[u8]) -> io::Result<(Codec, Vec<u8>)> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, Compressor::new(level)?));
+        }
+        c.as_mut().unwrap().1.compress(data)
+    })
+}
+
+/// Open a regular file without following links, blocking on FIFOs or
+/// updating atime (where permitted).
+fn open_source(path: &Path) -> io::Result<File> {
+    let base = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(base | libc::O_NOATIME)
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            OpenOptions::new().read(true).custom_flags(base).open(path)
+        }
+        r => r,
+    }
+}
+
+fn read_file(ctx: &WorkerCtx, job: &FileJob) -> FileOutcome {
+    let file = match open_source(&job.path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return FileOutcome::Vanished,
+        Err(e) => return FileOutcome::Unreadable(e.to_string()),
+    };
+    let mut changed = false;
+    for _attempt in 0..READ_ATTEMPTS {
+        let before = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => return FileOutcome::Unreadable(e.to_string()),
+        };
+        if !before.is_file() {
+            return FileOutcome::Unreadable(
+                "replaced by a non-regular file during the walk".into(),
+            );
+        }
+        if before.ino() != job.ino {
+            ctx.progress.warn(&format!(
+                "{}: replaced during the walk; storing the new file",
+                job.rel.display()
+            ));
+        }
+        let read = chunk_file(ctx, &file);
+        let (chunks, read_bytes) = match read {
+            Ok(r) => r,
+            Err(ReadError::Io(e)) => return FileOutcome::Unreadable(e.to_string()),
+            Err(ReadError::Fatal(e)) => return FileOutcome::Fatal(e),
+        };
+        let after = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => return FileOutcome::Unreadable(e.to_string()),
+        };
+        let same = before.len() == read_bytes
+            && after.len() == before.len()
+            && after.mtime() == before.mtime()
+            && after.mtime_nsec() == before.mtime_nsec()
+            && after.ctime() == before.ctime()
+            && after.ctime_nsec() == before.ctime_nsec();
+        let mut meta = entry_from_metadata(Vec::new(), &before);
+        meta.size = read_bytes;
+        if same || _attempt + 1 == READ_ATTEMPTS {
+            changed = !same;
+            return FileOutcome::Stored {
+                chunks,
+                meta,
+                read_bytes,
+                changed,
+            };
+        }
+        if let Err(e) = (&file).seek_start() {
+            return FileOutcome::Unreadable(e.to_string());
+        }
+    }
+    unreachable!("the last attempt always returns (changed = {changed})")
+}
+
+trait SeekStart {
+    fn seek_start(self) -> io::Result<()>;
+}
+impl SeekStart for &File {
+    fn seek_start(self) -> io::Result<()> {
+        use std::io::Seek;
+        let mut f = self;
+        f.seek(io::SeekFrom::Start(0)).map(|_| ())
+    }
+}
+
+enum ReadError {
+    Io(io::Error),
+    Fatal(Error),
+}
+
+/// Chunk a file, sending new chunks to the pack writer. Returns the chunk
+/// list and the number of bytes read.
+fn chunk_file(ctx: &WorkerCtx, file: &File) -> std::result::Result<(Vec<ChunkId>, u64), ReadError> {
+    let mut chunker = Chunker::new(ReadAdapter(file), ctx.params, BATCH_BYTES);
+    let mut ids_all = Vec::new();
+    let mut total = 0u64;
+    loop {
+        let (buf, cuts) = match chunker.next_batch() {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(e) => return Err(ReadError::Io(e)),
+        };
+        let ids: Vec<ChunkId> = if cuts.len() > 1 {
+            cuts.par_iter()
+                .map(|&(o, l)| ChunkId::of(&buf[o..o + l]))
+                .collect()
+        } else {
+            cuts.iter()
+                .map(|&(o, l)| ChunkId::of(&buf[o..o + l]))
+                .collect()
+        };
+        // Claim the chunks nobody has stored: once in this run (the set) or
+        // before it (the index, as committed).
+        let mut fresh = Vec::new();
+        {
+            let mut claimed = ctx.claimed.lock().expect("claim set");
+            for (i, id) in ids.iter().enumerate() {
+                if claimed.contains(id) {
+                    continue;
+                }
+                let known = ctx.index.has_chunk(id).map_err(ReadError::Fatal)?;
+                if !known {
+                    claimed.insert(*id);
+                    fresh.push(i);
+                }
+            }
+        }
+        let level = ctx.level;
+        let compress = |&i: &usize| -> io::Result<NewChunk> {
+            let (o, l) = cuts[i];
+            let (codec, data) = compress_with(level, &buf[o..o + l])?;
+            Ok(NewChunk {
+                id: ids[i],
+                codec,
+                raw_len: l as u32,
+                data,
+            })
+        };
+        let new: Vec<NewChunk> = if fresh.len() > 1 {
+            fresh.par_iter().map(compress).collect::<io::Result<_>>()
+        } else {
+            fresh.iter().map(compress).collect::<io::Result<_>>()
+        }
+        .map_err(|e| ReadError::Fatal(Error::Invalid(format!("compression failed: {e}"))))?;
+        for c in new {
+            if ctx.chunk_tx.send(c).is_err() {
+                return Err(ReadError::Fatal(Error::Invalid(
+                    "pack writer stopped".into(),
+                )));
+            }
+        }
+        let batch_bytes: u64 = cuts.iter().map(|c| c.1 as u64).sum();
+        total += batch_bytes;
+        ctx.progress.bytes(batch_bytes);
+        ids_all.extend(ids);
+        if ctx.cancel.load(Ordering::Relaxed) {
+            return Err(ReadError::Fatal(Error::Interrupted));
+        }
+    }
+    Ok((ids_all, total))
+}
+
+struct ReadAdapter<'a>(&'a File);
+impl Read for ReadAdapter<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut f = self.0;
+        f.read(buf)
+    }
+}
+
+/// The single pack writer: appends chunks, rolls packs at the target size,
+/// reports each durable pack. After an error it drains its queue so readers
+/// never block, and reports the error once.
+fn pack_writer(
+    rx: Receiver<NewChunk>,
+    done: Sender<Result<FinishedPack>>,
+    packs_dir: &Path,
+    target: u64,
+) -> Result<()> {
+    let mut current: Option<PackWriter> = None;
+    let mut failed: Option<String> = None;
+    for c in rx {
+        if failed.is_some() {
+            continue;
+        }
+        let step = (|| -> Result<()> {
+            if current.is_none() {
+                current = Some(PackWriter::create(packs_dir)?);
+            }
+            let w = current.as_mut().unwrap();
+            w.add(c.id, c.codec, c.raw_len, &c.data)?;
+            if w.len() >= target {
+                let fp = current.take().unwrap().finish(packs_dir)?;
+                let _ = done.send(Ok(fp));
+            }
+            Ok(())
+        })();
+        if let Err(e) = step {
+            failed = Some(e.to_string());
+            current = None;
+            let _ = done.send(Err(e));
+        }
+    }
+    if let Some(msg) = failed {
+        return Err(Error::Invalid(format!("pack writer failed: {msg}")));
+    }
+    if let Some(w) = current.take() {
+        let fp = w.finish(packs_dir)?;
+        let _ = done.send(Ok(fp));
+    }
+    Ok(())
+}

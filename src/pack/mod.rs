@@ -1,0 +1,87 @@
+//! Pack files: immutable containers of compressed chunks.
+//!
+//! Layout (all integers little-endian; docs/format.md is the reference):
+//!
+//! ```text
+//! header   16 bytes   "SNAPPACK" | version u32 (=1) | reserved u32 (=0)
+//! frames   ...        each chunk's stored bytes, back to back
+//! footer   48 * N     per chunk: id [32] | offset u32 | stored_len u32 | raw_len u32 | codec u8 | 0 0 0
+//! trailer  48 bytes   count u32 | reserved u32 (=0) | BLAKE3(footer) [32] | "SNAPEND1"
+//! ```
+//!
+//! A pack's id is the BLAKE3 of the whole file. The footer alone lists every
+//! chunk, so the index can be rebuilt from the packs, and a damaged footer is
+//! detected by its hash.
+
+mod reader;
+mod writer;
+
+pub use reader::{PackReader, decode_chunk, read_footer};
+pub use writer::{FinishedPack, PackWriter, pack_path, sync_dir};
+
+use crate::compress::Codec;
+use crate::id::ChunkId;
+
+pub const HEADER_MAGIC: &[u8; 8] = b"SNAPPACK";
+pub const TRAILER_MAGIC: &[u8; 8] = b"SNAPEND1";
+pub const PACK_VERSION: u32 = 1;
+pub const HEADER_LEN: u64 = 16;
+pub const ENTRY_LEN: u64 = 48;
+pub const TRAILER_LEN: u64 = 48;
+
+/// Where one chunk sits inside a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: ChunkId,
+    pub offset: u32,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+}
+
+impl PackEntry {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.stored_len.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        out.push(self.codec as u8);
+        out.extend_from_slice(&[0, 0, 0]);
+    }
+
+    /// Decode one 48-byte entry; `None` when a field is impossible.
+    pub fn decode(b: &[u8]) -> Option<PackEntry> {
+        if b.len() != ENTRY_LEN as usize || b[45..48] != [0, 0, 0] {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        Some(PackEntry {
+            id: ChunkId::from_slice(&b[..32])?,
+            offset: u32_at(32),
+            stored_len: u32_at(36),
+            raw_len: u32_at(40),
+            codec: Codec::from_u8(b[44])?,
+        })
+    }
+}
+
+pub fn encode_header() -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(HEADER_MAGIC);
+    h[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
+    h
+}
+
+/// Footer entries plus trailer, as written at the end of a pack.
+pub fn encode_footer(entries: &[PackEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * ENTRY_LEN as usize + TRAILER_LEN as usize);
+    for e in entries {
+        e.encode(&mut out);
+    }
+    let hash = blake3::hash(&out);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(TRAILER_MAGIC);
+    out
+}

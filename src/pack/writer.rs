@@ -1,0 +1,118 @@
+//! Writes one pack to a temporary file and publishes it atomically.
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+use super::{HEADER_LEN, PackEntry, encode_footer, encode_header};
+use crate::compress::Codec;
+use crate::error::{Error, IoContext, Result};
+use crate::id::{ChunkId, PackId};
+
+/// A pack being written. Dropping it without `finish` removes the temp file.
+pub struct PackWriter {
+    tmp_path: PathBuf,
+    file: BufWriter<NamedTempFile>,
+    hasher: blake3::Hasher,
+    entries: Vec<PackEntry>,
+    len: u64,
+}
+
+/// A pack that is durable under its final name.
+#[derive(Debug, Clone)]
+pub struct FinishedPack {
+    pub id: PackId,
+    pub size: u64,
+    pub entries: Vec<PackEntry>,
+}
+
+impl PackWriter {
+    /// Start a pack in `tmp_dir`, which must be on the same filesystem as
+    /// its final place so that the rename is atomic.
+    pub fn create(tmp_dir: &Path) -> Result<Self> {
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-pack-")
+            .suffix(".tmp")
+            .tempfile_in(tmp_dir)
+            .at(tmp_dir)?;
+        let tmp_path = tmp.path().to_path_buf();
+        let mut w = PackWriter {
+            tmp_path,
+            file: BufWriter::with_capacity(1 << 20, tmp),
+            hasher: blake3::Hasher::new(),
+            entries: Vec::new(),
+            len: 0,
+        };
+        w.write(&encode_header())?;
+        debug_assert_eq!(w.len, HEADER_LEN);
+        Ok(w)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file.write_all(bytes).at(&self.tmp_path)?;
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub fn add(&mut self, id: ChunkId, codec: Codec, raw_len: u32, stored: &[u8]) -> Result<()> {
+        let offset =
+            u32::try_from(self.len).map_err(|_| Error::Invalid("pack larger than 4 GiB".into()))?;
+        self.write(stored)?;
+        self.entries.push(PackEntry {
+            id,
+            offset,
+            stored_len: stored.len() as u32,
+            raw_len,
+            codec,
+        });
+        Ok(())
+    }
+
+    /// Bytes written so far (header and frames).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Write the footer, fsync, and rename to `<dir>/<2 hex>/<id>.pack`,
+    /// fsyncing the directories so the name is durable too.
+    pub fn finish(mut self, packs_dir: &Path) -> Result<FinishedPack> {
+        let footer = encode_footer(&self.entries);
+        self.write(&footer)?;
+        let id = PackId(*self.hasher.finalize().as_bytes());
+        let tmp = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp_path, e.into_error()))?;
+        tmp.as_file().sync_all().at(&self.tmp_path)?;
+        let final_path = pack_path(packs_dir, &id);
+        let sub = final_path.parent().expect("pack path has a parent");
+        if !sub.exists() {
+            fs::create_dir_all(sub).at(sub)?;
+            sync_dir(packs_dir)?;
+        }
+        tmp.persist(&final_path)
+            .map_err(|e| Error::io(&final_path, e.error))?;
+        sync_dir(sub)?;
+        Ok(FinishedPack {
+            id,
+            size: self.len,
+            entries: self.entries,
+        })
+    }
+}
+
+pub fn pack_path(packs_dir: &Path, id: &PackId) -> PathBuf {
+    let hex = id.to_hex();
+    packs_dir.join(&hex[..2]).join(format!("{hex}.pack"))
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir).and_then(|f| f.sync_all()).at(dir)
+}

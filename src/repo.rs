@@ -1,0 +1,264 @@
+//! A repository on the local filesystem: opening, initialising, and the
+//! shared reads (trees, chunks, snapshots) every operation needs.
+//!
+//! ```text
+//! <repo>/index.db               SQLite index (WAL mode)
+//! <repo>/packs/<2 hex>/<id>.pack
+//! <repo>/lock                   flock target; holds the exclusive holder's description
+//! ```
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::compress::{Codec, decompress};
+use crate::config::RepoConfig;
+use crate::error::{Error, IoContext, Result};
+use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
+use crate::index::{ChunkLocation, Index};
+use crate::lock::{LockMode, RepoLock, default_wait};
+use crate::pack::{PackReader, sync_dir};
+use crate::snapshot::Snapshot;
+use crate::tree::Tree;
+
+pub const INDEX_FILE: &str = "index.db";
+pub const PACKS_DIR: &str = "packs";
+
+pub struct Repository {
+    root: PathBuf,
+    pub(crate) index: Index,
+    config: RepoConfig,
+    _lock: Option<RepoLock>,
+}
+
+/// Is `path` a directory holding a snap repository?
+pub fn is_repository(path: &Path) -> bool {
+    path.join(INDEX_FILE).is_file()
+}
+
+impl Repository {
+    /// Create a repository at `path` (new or empty directory).
+    pub fn init(path: &Path, config: &RepoConfig) -> Result<()> {
+        config.validate()?;
+        if is_repository(path) {
+            return Err(Error::Invalid(format!(
+                "{}: already a snap repository",
+                path.display()
+            )));
+        }
+        match fs::read_dir(path) {
+            Ok(mut rd) => {
+                if rd.next().is_some() {
+                    return Err(Error::InitNonEmpty {
+                        path: path.to_path_buf(),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(path).at(path)?;
+            }
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        let lock = RepoLock::acquire(path, LockMode::Exclusive, default_wait())?;
+        let packs = path.join(PACKS_DIR);
+        fs::create_dir_all(&packs).at(&packs)?;
+        // The index is written last: its presence is what makes a repository.
+        let tmp_index = path.join(".index.db.init");
+        let _ = fs::remove_file(&tmp_index);
+        Index::create(&tmp_index, config)?;
+        fs::rename(&tmp_index, path.join(INDEX_FILE)).at(path)?;
+        sync_dir(path)?;
+        drop(lock);
+        Ok(())
+    }
+
+    /// Open an existing repository holding the lock in `mode` (or none).
+    pub fn open(path: &Path, mode: Option<LockMode>) -> Result<Repository> {
+        if !path.is_dir() || !is_repository(path) {
+            return Err(Error::NotARepository {
+                path: path.to_path_buf(),
+            });
+        }
+        let lock = match mode {
+            Some(m) => Some(RepoLock::acquire(path, m, default_wait())?),
+            None => None,
+        };
+        let (index, config) = Index::open(&path.join(INDEX_FILE), path, false)?;
+        Ok(Repository {
+            root: path.to_path_buf(),
+            index,
+            config,
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.root.join(INDEX_FILE)
+    }
+
+    pub fn packs_dir(&self) -> PathBuf {
+        self.root.join(PACKS_DIR)
+    }
+
+    pub fn pack_path(&self, id: &PackId) -> PathBuf {
+        crate::pack::pack_path(&self.packs_dir(), id)
+    }
+
+    /// Open a second, read-only connection (for worker threads).
+    pub fn reader_index(&self) -> Result<Index> {
+        Ok(Index::open(&self.index_path(), &self.root, true)?.0)
+    }
+
+    // ---- trees ----
+
+    pub fn store_tree(&self, tree: &Tree) -> Result<TreeId> {
+        let enc = tree.encode();
+        let id = Tree::id_of_encoding(&enc);
+        if !self.index.has_tree(&id)? {
+            let (codec, data) = compress_tree(&enc);
+            self.index.insert_tree(&id, codec, &data)?;
+        }
+        Ok(id)
+    }
+
+    /// Load and verify a tree.
+    pub fn load_tree(&self, id: &TreeId) -> Result<Tree> {
+        load_tree_from(&self.index, &self.index_path(), id)
+    }
+
+    // ---- snapshots ----
+
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.index.snapshots()
+    }
+
+    /// Resolve `latest`, a full id, or a unique hex prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
+        let all = self.index.snapshots()?;
+        if spec == "latest" {
+            return all
+                .into_iter()
+                .next_back()
+                .ok_or_else(|| Error::NoSuchSnapshot(spec.to_string()));
+        }
+        let want = spec.to_ascii_lowercase();
+        if want.is_empty() || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::NoSuchSnapshot(spec.to_string()));
+        }
+        let mut hits: Vec<Snapshot> = all
+            .into_iter()
+            .filter(|s| s.id.to_hex().starts_with(&want))
+            .collect();
+        match hits.len() {
+            0 => Err(Error::NoSuchSnapshot(spec.to_string())),
+            1 => Ok(hits.pop().unwrap()),
+            count => Err(Error::AmbiguousSnapshot {
+                prefix: spec.to_string(),
+                count,
+            }),
+        }
+    }
+
+    pub fn snapshot_by_id(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {
+        Ok(self.index.snapshots()?.into_iter().find(|s| s.id == *id))
+    }
+
+    pub fn latest_snapshot_of(&self, source: &Path) -> Result<Option<Snapshot>> {
+        self.index.latest_snapshot_of(source)
+    }
+
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        self.index.chunk_location(id)
+    }
+}
+
+/// Trees are compressed with zstd when that helps.
+pub fn compress_tree(enc: &[u8]) -> (Codec, Vec<u8>) {
+    match zstd::bulk::compress(enc, 3) {
+        Ok(c) if c.len() < enc.len() => (Codec::Zstd, c),
+        _ => (Codec::Raw, enc.to_vec()),
+    }
+}
+
+/// Largest encoded tree accepted: bounds decompression of a damaged row.
+const TREE_MAX_BYTES: usize = 1 << 30;
+
+pub fn load_tree_from(index: &Index, index_path: &Path, id: &TreeId) -> Result<Tree> {
+    let (codec, data) = index
+        .tree_data(id)?
+        .ok_or_else(|| Error::MissingTree { id: id.to_hex() })?;
+    let damaged = |reason: String| Error::Damaged {
+        path: index_path.to_path_buf(),
+        reason,
+    };
+    let enc = match codec {
+        Codec::Raw => data,
+        Codec::Zstd => {
+            // The frame records its content size; refuse absurd ones.
+            let size = match zstd::zstd_safe::get_frame_content_size(&data) {
+                Ok(Some(n)) if n <= TREE_MAX_BYTES as u64 => n as usize,
+                _ => return Err(damaged(format!("tree {} has a bad zstd frame", id.short()))),
+            };
+            decompress(Codec::Zstd, &data, size)
+                .map_err(|e| damaged(format!("tree {} does not decompress: {e}", id.short())))?
+        }
+    };
+    if Tree::id_of_encoding(&enc) != *id {
+        return Err(damaged(format!(
+            "tree {} fails its BLAKE3 check",
+            id.short()
+        )));
+    }
+    Tree::decode(&enc).map_err(|e| damaged(format!("tree {}: {e}", id.short())))
+}
+
+/// Reads chunks from packs, keeping recently used pack files open.
+pub struct ChunkReader {
+    packs_dir: PathBuf,
+    open: HashMap<PackId, Arc<PackReader>>,
+}
+
+impl ChunkReader {
+    pub fn new(packs_dir: PathBuf) -> Self {
+        ChunkReader {
+            packs_dir,
+            open: HashMap::new(),
+        }
+    }
+
+    pub fn pack(&mut self, id: &PackId) -> Result<Arc<PackReader>> {
+        if let Some(r) = self.open.get(id) {
+            return Ok(r.clone());
+        }
+        if self.open.len() >= 64 {
+            self.open.clear();
+        }
+        let r = Arc::new(PackReader::open(&crate::pack::pack_path(
+            &self.packs_dir,
+            id,
+        ))?);
+        self.open.insert(*id, r.clone());
+        Ok(r)
+    }
+
+    /// Read and verify one chunk.
+    pub fn read(&mut self, id: &ChunkId, loc: &ChunkLocation) -> Result<Vec<u8>> {
+        let pack = self.pack(&loc.pack)?;
+        pack.read_chunk(
+            id,
+            loc.offset as u64,
+            loc.stored_len,
+            loc.raw_len,
+            loc.codec,
+        )
+    }
+}
