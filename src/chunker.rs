@@ -28,6 +28,9 @@ impl From<&RepoConfig> for ChunkerParams {
     }
 }
 
+/// A buffer and the (offset, len) of each whole chunk in it.
+pub type Batch<'a> = (&'a [u8], Vec<(usize, usize)>);
+
 /// Reads a stream and hands out batches of whole chunks.
 pub struct Chunker<R> {
     reader: R,
@@ -81,7 +84,7 @@ impl<R: Read> Chunker<R> {
 
     /// The next batch: the buffer and the (offset, len) of each chunk in it.
     /// Returns `None` at the end of the stream.
-    pub fn next_batch(&mut self) -> io::Result<Option<(&[u8], Vec<(usize, usize)>)>> {
+    pub fn next_batch(&mut self) -> io::Result<Option<Batch<'_>>> {
         self.fill()?;
         if self.buf.len() == self.pos {
             return Ok(None);

@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -100,7 +99,6 @@ pub struct RestoreArgs {
 /// Progress on stderr when it is a terminal.
 pub struct TermProgress {
     bar: Option<ProgressBar>,
-    warnings: Mutex<u64>,
 }
 
 impl TermProgress {
@@ -114,14 +112,7 @@ impl TermProgress {
             b.enable_steady_tick(Duration::from_millis(120));
             b
         });
-        TermProgress {
-            bar,
-            warnings: Mutex::new(0),
-        }
-    }
-
-    pub fn warnings(&self) -> u64 {
-        *self.warnings.lock().unwrap()
+        TermProgress { bar }
     }
 }
 
@@ -160,7 +151,6 @@ impl snap::progress::Progress for TermProgress {
         }
     }
     fn warn(&self, message: &str) {
-        *self.warnings.lock().unwrap() += 1;
         match &self.bar {
             Some(b) => b.suspend(|| eprintln!("warning: {message}")),
             None => eprintln!("warning: {message}"),

@@ -48,7 +48,7 @@ impl RepoConfig {
             self.chunk_max_bytes,
         );
         let bad = |why: &str| Err(Error::BadConfig(why.to_string()));
-        if min < 64 || min > 1_048_576 {
+        if !(64..=1_048_576).contains(&min) {
             return bad("chunk_min_bytes must be in 64..=1 MiB");
         }
         if !(256..=4_194_304).contains(&avg) {

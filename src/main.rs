@@ -357,12 +357,31 @@ fn print_entry(out: &mut impl Write, path: &Path, e: &snap::tree::Entry) -> std:
         e.gid,
         size,
         format_time_local(e.mtime_ns),
-        path.display()
+        escape(path.as_os_str().as_encoded_bytes())
     );
     if let Payload::Target(t) = &e.payload {
-        line.push_str(&format!(" -> {}", String::from_utf8_lossy(t)));
+        line.push_str(&format!(" -> {}", escape(t)));
     }
     writeln!(out, "{line}")
+}
+
+/// Printable names as they are; control characters and bytes that are not
+/// UTF-8 as escapes (like `ls -b`), so one entry is always one line.
+fn escape(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.extend(c.escape_default()),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 fn libc_major(dev: u64) -> u64 {

@@ -48,7 +48,9 @@ pub struct CreateOptions {
 }
 
 /// Files modified this close to the snapshot's start are re-read next time:
-/// a write in the same timestamp tick could leave mtime unchanged.
+/// a second write in the same timestamp tick would leave size and mtime
+/// unchanged (the "racy git" problem). Linux stamps files from a clock with
+/// jiffy resolution; 2 s also covers coarser filesystems.
 const RACY_WINDOW_NS: i64 = 2_000_000_000;
 /// How much of a file one reader chunks before fanning out the CPU work.
 const BATCH_BYTES: usize = 4 << 20;
@@ -302,6 +304,10 @@ fn run(
     })
 }
 
+/// A directory to visit: absolute path, path relative to the source, the
+/// parent snapshot's tree for it, and where its tree id goes.
+type DirVisit = (PathBuf, PathBuf, Option<TreeId>, Option<(usize, usize)>);
+
 struct Walk<'a> {
     repo: &'a Repository,
     force: bool,
@@ -322,7 +328,7 @@ impl Walk<'_> {
     fn run(&mut self, source: &Path, parent_root: Option<TreeId>) -> Result<()> {
         // Stack of directories to visit: (absolute path, relative path,
         // parent snapshot's tree for it, where its tree id goes).
-        let mut stack: Vec<(PathBuf, PathBuf, Option<TreeId>, Option<(usize, usize)>)> =
+        let mut stack: Vec<DirVisit> =
             vec![(source.to_path_buf(), PathBuf::new(), parent_root, None)];
         while let Some((abs, rel, old_tree, slot)) = stack.pop() {
             self.visit_dir(&abs, &rel, old_tree, slot, &mut stack)?;
@@ -348,7 +354,7 @@ impl Walk<'_> {
         rel: &Path,
         old_tree: Option<TreeId>,
         slot: Option<(usize, usize)>,
-        stack: &mut Vec<(PathBuf, PathBuf, Option<TreeId>, Option<(usize, usize)>)>,
+        stack: &mut Vec<DirVisit>,
     ) -> Result<()> {
         let mut names: Vec<Vec<u8>> = Vec::new();
         let listing = fs::read_dir(abs).and_then(|rd| {
@@ -367,6 +373,7 @@ impl Walk<'_> {
             let parent = self.nodes.get_mut(&pn).expect("parent node");
             parent.entries[pe].flags |= flags::UNREADABLE;
             parent.entries[pe].payload = Payload::Subtree(empty);
+            parent.pending -= 1;
             return self.resolve(pn);
         }
         names.sort();
@@ -453,9 +460,7 @@ impl Walk<'_> {
     }
 
     fn racy_flag(&self, e: &Entry) -> u8 {
-        if e.mtime_ns > self.start_ns - RACY_WINDOW_NS
-            || e.ctime_ns > self.start_ns - RACY_WINDOW_NS
-        {
+        if e.mtime_ns > self.start_ns - RACY_WINDOW_NS {
             flags::RACY
         } else {
             0

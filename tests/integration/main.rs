@@ -1,1 +1,10 @@
+//! One integration test binary (faster to link): every test drives the real
+//! `snap` binary against real directories, SQLite files and pack files.
 
+mod common;
+
+mod cli;
+mod dedup;
+mod format;
+mod restore_in_place;
+mod roundtrip;

@@ -1,0 +1,304 @@
+//! Helpers shared by the integration tests: a scratch repository, the real
+//! binary, fixture directories and an entry-by-entry tree comparison.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use filetime::FileTime;
+use tempfile::TempDir;
+
+pub struct Env {
+    pub dir: TempDir,
+    pub repo: PathBuf,
+}
+
+impl Env {
+    /// A fresh directory with an initialised repository at `<dir>/repo`.
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("snap-it-")
+            .tempdir()
+            .unwrap();
+        let repo = dir.path().join("repo");
+        let env = Env { dir, repo };
+        env.snap().arg("init").assert().success();
+        env
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The snap binary, pointed at this repository.
+    pub fn snap(&self) -> Command {
+        let mut c = Command::cargo_bin("snap").unwrap();
+        c.env("SNAP_REPO", &self.repo)
+            .env("SNAP_LOCK_WAIT", "10")
+            .env_remove("XDG_DATA_HOME");
+        c
+    }
+
+    /// `snap create DIR --json`, returning the parsed JSON (asserts exit 0).
+    pub fn create(&self, dir: &Path) -> serde_json::Value {
+        let out = self
+            .snap()
+            .args(["create", "--json"])
+            .arg(dir)
+            .assert()
+            .success();
+        serde_json::from_slice(&out.get_output().stdout).expect("create --json prints JSON")
+    }
+
+    pub fn create_id(&self, dir: &Path) -> String {
+        self.create(dir)["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        let out = self.snap().args(["list", "--json"]).assert().success();
+        serde_json::from_slice(&out.get_output().stdout).unwrap()
+    }
+
+    /// Total bytes of all files in the repository.
+    pub fn repo_bytes(&self) -> u64 {
+        dir_bytes(&self.repo)
+    }
+}
+
+pub fn dir_bytes(p: &Path) -> u64 {
+    walkdir::WalkDir::new(p)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// Deterministic incompressible bytes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new_keyed(&key)
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+pub fn set_mtime(p: &Path, secs: i64, nanos: u32) {
+    filetime::set_symlink_file_times(
+        p,
+        FileTime::from_unix_time(secs, nanos),
+        FileTime::from_unix_time(secs, nanos),
+    )
+    .unwrap();
+}
+
+pub fn write(p: &Path, data: impl AsRef<[u8]>) {
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(p, data).unwrap();
+}
+
+pub fn sqlite_db(path: &Path, rows: usize) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT, email TEXT, score REAL);
+         CREATE INDEX users_email ON users(email);",
+    )
+    .unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare("INSERT INTO users(name, email, score) VALUES (?1, ?2, ?3)")
+            .unwrap();
+        for i in 0..rows {
+            st.execute(rusqlite::params![
+                format!("user {i}"),
+                format!("u{i}@example.org"),
+                i as f64 * 0.5
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+/// A directory holding every kind of entry snap must round-trip.
+pub fn make_rich_tree(root: &Path) {
+    fs::create_dir_all(root).unwrap();
+    write(&root.join("prefs.json"), br#"{"theme":"dark","volume":7}"#);
+    write(&root.join("docs/readme.txt"), b"hello\n");
+    write(
+        &root.join("docs/big.log"),
+        "log line with some repetition 0123456789\n".repeat(60_000),
+    );
+    write(&root.join("media/photo.jpg"), noise(1, 1_500_000));
+    write(&root.join("media/copy-of-photo.jpg"), noise(1, 1_500_000));
+    write(&root.join("empty-file"), b"");
+    fs::create_dir_all(root.join("empty-dir")).unwrap();
+    fs::create_dir_all(root.join("deep/a/b/c/d")).unwrap();
+    write(&root.join("deep/a/b/c/d/leaf"), b"leaf");
+    // Names that are not UTF-8, and awkward ones.
+    write(
+        &root.join(OsStr::from_bytes(b"caf\xe9-latin1")),
+        b"latin1 name",
+    );
+    write(&root.join("spaces and\nnewline"), b"odd");
+    write(&root.join("-starts-with-dash"), b"dash");
+    // Symlinks: relative, absolute, dangling, to a directory, a loop.
+    std::os::unix::fs::symlink("prefs.json", root.join("link-rel")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", root.join("link-abs")).unwrap();
+    std::os::unix::fs::symlink("does/not/exist", root.join("link-dangling")).unwrap();
+    std::os::unix::fs::symlink("docs", root.join("link-dir")).unwrap();
+    std::os::unix::fs::symlink("loop-b", root.join("loop-a")).unwrap();
+    std::os::unix::fs::symlink("loop-a", root.join("loop-b")).unwrap();
+    // A hard link pair across directories.
+    write(&root.join("hard/one"), b"shared by two names");
+    fs::hard_link(root.join("hard/one"), root.join("docs/two")).unwrap();
+    // Modes.
+    for (name, mode) in [
+        ("m0444", 0o444),
+        ("m0600", 0o600),
+        ("m0700", 0o700),
+        ("m0755", 0o755),
+    ] {
+        let p = root.join("modes").join(name);
+        write(&p, name);
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    fs::create_dir_all(root.join("modes/private-dir")).unwrap();
+    fs::set_permissions(
+        root.join("modes/private-dir"),
+        fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    // A FIFO (never read, recreated).
+    let fifo = std::ffi::CString::new(root.join("pipe").as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // A SQLite database.
+    sqlite_db(&root.join("data/app.db"), 5000);
+    // Nanosecond mtimes everywhere, directories last (children first).
+    let mut all: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .contents_first(true)
+        .into_iter()
+        .map(|e| e.unwrap().path().to_path_buf())
+        .collect();
+    all.retain(|p| p != root);
+    for (i, p) in all.iter().enumerate() {
+        set_mtime(p, 1_600_000_000 + i as i64 * 1000, 123_456_789 + i as u32);
+    }
+    set_mtime(root, 1_650_000_000, 987_654_321);
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Info {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+    pub size: u64,
+    pub content: Option<blake3::Hash>,
+    pub target: Option<PathBuf>,
+    /// Index of the first path with the same inode (hard links), if any.
+    pub link_group: Option<PathBuf>,
+}
+
+/// Every entry under `root` (root itself as ""), with metadata and content.
+pub fn listing(root: &Path) -> BTreeMap<PathBuf, Info> {
+    let mut out = BTreeMap::new();
+    let mut first_path_of_ino: BTreeMap<u64, PathBuf> = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        let ft = m.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else if ft.is_file() {
+            "file"
+        } else {
+            "other"
+        };
+        let link_group = if ft.is_file() && m.nlink() > 1 {
+            Some(
+                first_path_of_ino
+                    .entry(m.ino())
+                    .or_insert_with(|| rel.clone())
+                    .clone(),
+            )
+        } else {
+            None
+        };
+        out.insert(
+            rel,
+            Info {
+                kind,
+                mode: if ft.is_symlink() {
+                    0
+                } else {
+                    m.mode() & 0o7777
+                },
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                size: if ft.is_dir() { 0 } else { m.size() },
+                content: ft
+                    .is_file()
+                    .then(|| blake3::hash(&fs::read(e.path()).unwrap())),
+                target: ft.is_symlink().then(|| fs::read_link(e.path()).unwrap()),
+                link_group,
+            },
+        );
+    }
+    out
+}
+
+/// Assert two trees are equal entry by entry, metadata included.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let a = listing(expected);
+    let b = listing(actual);
+    let names_a: Vec<_> = a.keys().collect();
+    let names_b: Vec<_> = b.keys().collect();
+    assert_eq!(
+        names_a,
+        names_b,
+        "different entries in {} and {}",
+        expected.display(),
+        actual.display()
+    );
+    for (k, va) in &a {
+        assert_eq!(Some(va), b.get(k), "entry {} differs", k.display());
+    }
+}
+
+pub fn inode(p: &Path) -> u64 {
+    fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// Copy a tree with `cp -a`, the reference the model tests compare against.
+pub fn cp_a(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,121 @@
+//! The on-disk formats through the library: packs and the index version.
+
+use snap::compress::Codec;
+use snap::id::ChunkId;
+use snap::pack::{PackReader, PackWriter, read_footer};
+
+use crate::common::*;
+
+#[test]
+fn pack_round_trip_and_the_footer_alone_lists_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let packs = dir.path().join("packs");
+    std::fs::create_dir_all(&packs).unwrap();
+    let chunks: Vec<Vec<u8>> = (0..20).map(|i| noise(i, 1000 + i as usize * 517)).collect();
+    let mut w = PackWriter::create(&packs).unwrap();
+    for (i, c) in chunks.iter().enumerate() {
+        let (codec, stored) = if i % 2 == 0 {
+            (Codec::Zstd, zstd::bulk::compress(c, 3).unwrap())
+        } else {
+            (Codec::Raw, c.clone())
+        };
+        w.add(ChunkId::of(c), codec, c.len() as u32, &stored)
+            .unwrap();
+    }
+    let finished = w.finish(&packs).unwrap();
+    let path = snap::pack::pack_path(&packs, &finished.id);
+    assert!(path.is_file());
+    // The pack id is the hash of the whole file.
+    assert_eq!(
+        blake3::hash(&std::fs::read(&path).unwrap()).as_bytes(),
+        finished.id.as_bytes()
+    );
+    // No temporary file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&packs)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp")
+        })
+        .collect();
+    assert!(leftovers.is_empty());
+
+    let footer = read_footer(&path).unwrap();
+    assert_eq!(footer, finished.entries);
+    let reader = PackReader::open(&path).unwrap();
+    for (e, c) in footer.iter().zip(&chunks) {
+        assert_eq!(e.id, ChunkId::of(c));
+        let got = reader
+            .read_chunk(&e.id, e.offset as u64, e.stored_len, e.raw_len, e.codec)
+            .unwrap();
+        assert_eq!(&got, c);
+    }
+}
+
+#[test]
+fn damaged_packs_are_reported_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let packs = dir.path();
+    let data = noise(9, 5000);
+    let mut w = PackWriter::create(packs).unwrap();
+    w.add(ChunkId::of(&data), Codec::Raw, 5000, &data).unwrap();
+    let f = w.finish(packs).unwrap();
+    let path = snap::pack::pack_path(packs, &f.id);
+    let good = std::fs::read(&path).unwrap();
+
+    // A flipped byte in the chunk frame: the footer is fine, the chunk is not.
+    let mut bad = good.clone();
+    bad[100] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    let e = read_footer(&path).unwrap()[0];
+    let err = PackReader::open(&path)
+        .unwrap()
+        .read_chunk(&e.id, e.offset as u64, e.stored_len, e.raw_len, e.codec)
+        .unwrap_err();
+    assert!(err.to_string().contains("BLAKE3"), "{err}");
+
+    // A flipped byte in the footer.
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 60] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    assert!(
+        read_footer(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("footer")
+    );
+
+    // Truncated.
+    std::fs::write(&path, &good[..good.len() - 10]).unwrap();
+    assert!(read_footer(&path).is_err());
+}
+
+#[test]
+fn a_repository_of_a_newer_format_is_refused() {
+    let env = Env::new();
+    let conn = rusqlite::Connection::open(env.repo.join("index.db")).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let out = env.snap().args(["list"]).assert().failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("newer") && err.contains("99"), "{err}");
+}
+
+#[test]
+fn an_index_that_is_not_a_database_is_reported() {
+    let env = Env::new();
+    std::fs::write(
+        env.repo.join("index.db"),
+        b"this is not sqlite, just text that is long enough to look like a header..",
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(env.repo.join("index.db-wal"));
+    let _ = std::fs::remove_file(env.repo.join("index.db-shm"));
+    let out = env.snap().args(["list"]).assert().failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("index.db"), "{err}");
+}
