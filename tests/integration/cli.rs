@@ -154,8 +154,8 @@ fn unreadable_files_are_listed_and_the_snapshot_is_incomplete() {
     write(&src.join("ok.txt"), b"fine");
     write(&src.join("secret.txt"), b"hidden");
     write(&src.join("locked-dir/inside"), b"x");
-    fs::set_permissions(&src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
-    fs::set_permissions(&src.join("locked-dir"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(src.join("locked-dir"), fs::Permissions::from_mode(0o000)).unwrap();
     if is_root() {
         // Let the unprivileged user into the scratch directory and repository.
         for p in [
@@ -169,9 +169,7 @@ fn unreadable_files_are_listed_and_the_snapshot_is_incomplete() {
         for f in ["index.db", "lock"] {
             fs::set_permissions(env.repo.join(f), fs::Permissions::from_mode(0o666)).unwrap();
         }
-        for f in ["ok.txt"] {
-            fs::set_permissions(src.join(f), fs::Permissions::from_mode(0o644)).unwrap();
-        }
+        fs::set_permissions(src.join("ok.txt"), fs::Permissions::from_mode(0o644)).unwrap();
     }
     let out = as_nobody(&env)
         .args(["create", "--json"])
