@@ -52,6 +52,59 @@ pub enum Command {
     },
     /// Restore a snapshot: into its source directory, or into --target
     Restore(RestoreArgs),
+    /// Remove snapshots (run `snap gc` to reclaim their space)
+    Forget {
+        /// Snapshot ids or unique prefixes
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Keep a snapshot whatever the retention policy says
+    Pin { id: String },
+    /// Let the retention policy remove a snapshot again
+    Unpin { id: String },
+    /// Apply a retention policy (if given), then delete unused data
+    Gc(GcArgs),
+    /// Check the repository's consistency; --read-data also verifies every chunk
+    Check {
+        /// Read every pack and verify every chunk's BLAKE3 id
+        #[arg(long)]
+        read_data: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    /// Keep the N newest snapshots (per source)
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// ... days
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// ... ISO weeks
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// ... months
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// ... years
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep snapshots within DURATION of the newest (e.g. 7d, 2w, 36h, 6m, 1y)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep snapshots with this tag (repeatable)
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// Report what would be removed; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

@@ -9,6 +9,7 @@
 //! - [`index`]: the SQLite index (the only module that sees rusqlite).
 //! - [`lock`], [`repo`]: the repository on disk and its lock.
 //! - [`source`]: reading metadata of the directory being snapshotted.
+//! - [`retention`]: which snapshots a gc keeps.
 //! - [`ops`]: create, restore, ls, gc, check: options in, statistics out.
 
 pub mod chunker;
@@ -22,6 +23,7 @@ pub mod ops;
 pub mod pack;
 pub mod progress;
 pub mod repo;
+pub mod retention;
 pub mod snapshot;
 pub mod source;
 pub mod tree;

@@ -13,10 +13,13 @@ use serde_json::json;
 
 use cli::{Cli, Command, TermProgress, human_bytes};
 use snap::lock::LockMode;
+use snap::ops::check::{CheckOptions, check};
 use snap::ops::create::{CreateOptions, create};
+use snap::ops::gc::{GcOptions, forget, gc, set_pinned};
 use snap::ops::ls::{lookup, mode_string, walk};
 use snap::ops::restore::{RestoreOptions, Step, restore};
 use snap::progress::Progress;
+use snap::retention::{Policy, parse_duration};
 use snap::snapshot::{Snapshot, format_time_local};
 use snap::tree::{Kind, Payload};
 use snap::{Error, Repository};
@@ -62,6 +65,21 @@ fn default_repo() -> anyhow::Result<PathBuf> {
         "cannot find a home directory for the default repository; pass --repo or set SNAP_REPO",
     )?;
     Ok(dirs.data_dir().join("repo"))
+}
+
+fn open_repo_read_only(
+    cli_repo: &Option<PathBuf>,
+    mode: Option<LockMode>,
+) -> anyhow::Result<Repository> {
+    let path = match cli_repo {
+        Some(p) => p.clone(),
+        None => {
+            // Create the default repository on first use, then open it read-only.
+            drop(open_repo(cli_repo, None)?);
+            default_repo()?
+        }
+    };
+    Ok(Repository::open_read_only(&path, mode)?)
 }
 
 /// Open the repository, creating the default one on first use.
@@ -141,8 +159,46 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Forget { ids } => {
+            let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
+            let mut resolved = Vec::new();
+            for id in &ids {
+                let s = repo.find_snapshot(id)?;
+                if s.pinned {
+                    anyhow::bail!(
+                        "snapshot {} is pinned; `snap unpin {}` first",
+                        s.id.short(),
+                        s.id.short()
+                    );
+                }
+                resolved.push(s.id);
+            }
+            forget(&repo, &resolved)?;
+            for id in &resolved {
+                writeln!(out, "forgot snapshot {id}")?;
+            }
+            Ok(0)
+        }
+        Command::Pin { id } => {
+            let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
+            let s = repo.find_snapshot(&id)?;
+            set_pinned(&repo, &s.id, true)?;
+            writeln!(out, "pinned snapshot {}", s.id)?;
+            Ok(0)
+        }
+        Command::Unpin { id } => {
+            let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
+            let s = repo.find_snapshot(&id)?;
+            set_pinned(&repo, &s.id, false)?;
+            writeln!(out, "unpinned snapshot {}", s.id)?;
+            Ok(0)
+        }
+        Command::Gc(args) => gc_command(&cli.repo, args, &progress, &mut out),
+        Command::Check { read_data, json } => {
+            check_command(&cli.repo, read_data, json, &progress, &mut out)
+        }
         Command::List { json } => {
-            let repo = open_repo(&cli.repo, None)?;
+            let repo = open_repo_read_only(&cli.repo, None)?;
             let snaps = repo.snapshots()?;
             if json {
                 let v: Vec<_> = snaps.iter().map(snapshot_json).collect();
@@ -323,6 +379,133 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         }
     }
+}
+
+fn gc_command(
+    cli_repo: &Option<PathBuf>,
+    args: cli::GcArgs,
+    progress: &TermProgress,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    let policy = Policy {
+        keep_last: args.keep_last,
+        keep_hourly: args.keep_hourly,
+        keep_daily: args.keep_daily,
+        keep_weekly: args.keep_weekly,
+        keep_monthly: args.keep_monthly,
+        keep_yearly: args.keep_yearly,
+        keep_within: args
+            .keep_within
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?,
+        keep_tags: args.keep_tags,
+    };
+    let repo = if args.dry_run {
+        open_repo_read_only(cli_repo, Some(LockMode::Shared))?
+    } else {
+        open_repo(cli_repo, Some(LockMode::Exclusive))?
+    };
+    let stats = gc(
+        &repo,
+        &GcOptions {
+            policy,
+            dry_run: args.dry_run,
+            ..GcOptions::default()
+        },
+        progress,
+    )?;
+    progress.finish();
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &stats)?;
+        writeln!(out)?;
+    } else {
+        let verb = if stats.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for id in &stats.snapshots_removed {
+            writeln!(out, "{verb} snapshot {id}")?;
+        }
+        writeln!(
+            out,
+            "{}{} {} snapshots (kept {}), deleted {} packs, repacked {}, {} orphaned files; {} {}",
+            if stats.dry_run { "dry run: " } else { "" },
+            verb,
+            stats.snapshots_removed.len(),
+            stats.snapshots_kept,
+            stats.packs_deleted,
+            stats.packs_repacked,
+            stats.orphan_packs_deleted,
+            human_bytes(stats.reclaimed_bytes),
+            if stats.dry_run {
+                "would be reclaimed"
+            } else {
+                "reclaimed"
+            }
+        )?;
+    }
+    Ok(0)
+}
+
+fn check_command(
+    cli_repo: &Option<PathBuf>,
+    read_data: bool,
+    json: bool,
+    progress: &TermProgress,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    let repo = open_repo_read_only(cli_repo, Some(LockMode::Shared))?;
+    let report = check(&repo, &CheckOptions { read_data }, progress)?;
+    progress.finish();
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &report)?;
+        writeln!(out)?;
+    } else {
+        for p in &report.problems {
+            match &p.pack {
+                Some(pack) => writeln!(out, "damaged: pack {pack}: {}", p.what)?,
+                None => writeln!(out, "damaged: {}", p.what)?,
+            }
+            for s in &p.snapshots {
+                writeln!(out, "  affects snapshot {s}")?;
+            }
+            for path in &p.paths {
+                writeln!(out, "  affects {path}")?;
+            }
+            if p.more_paths > 0 {
+                writeln!(out, "  ... and {} more paths", p.more_paths)?;
+            }
+        }
+        writeln!(
+            out,
+            "{}: {} snapshots, {} trees, {} chunks referenced, {} packs{}{}",
+            if report.is_sound() { "ok" } else { "DAMAGED" },
+            report.snapshots,
+            report.trees,
+            report.chunks_referenced,
+            report.packs,
+            if read_data {
+                format!(
+                    ", read {} chunks ({})",
+                    report.chunks_read,
+                    human_bytes(report.read_bytes)
+                )
+            } else {
+                String::new()
+            },
+            if report.unreferenced_packs > 0 {
+                format!(
+                    "; {} unreferenced pack files (snap gc removes them)",
+                    report.unreferenced_packs
+                )
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    Ok(if report.is_sound() { 0 } else { exit::DAMAGED })
 }
 
 fn snapshot_json(s: &Snapshot) -> serde_json::Value {

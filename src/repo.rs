@@ -75,6 +75,16 @@ impl Repository {
 
     /// Open an existing repository holding the lock in `mode` (or none).
     pub fn open(path: &Path, mode: Option<LockMode>) -> Result<Repository> {
+        Self::open_with(path, mode, false)
+    }
+
+    /// Open for reading only: the index is opened read-only, so not even a
+    /// WAL checkpoint changes the repository's bytes.
+    pub fn open_read_only(path: &Path, mode: Option<LockMode>) -> Result<Repository> {
+        Self::open_with(path, mode, true)
+    }
+
+    fn open_with(path: &Path, mode: Option<LockMode>, read_only: bool) -> Result<Repository> {
         if !path.is_dir() || !is_repository(path) {
             return Err(Error::NotARepository {
                 path: path.to_path_buf(),
@@ -84,7 +94,7 @@ impl Repository {
             Some(m) => Some(RepoLock::acquire(path, m, default_wait())?),
             None => None,
         };
-        let (index, config) = Index::open(&path.join(INDEX_FILE), path, false)?;
+        let (index, config) = Index::open(&path.join(INDEX_FILE), path, read_only)?;
         Ok(Repository {
             root: path.to_path_buf(),
             index,
@@ -174,6 +184,11 @@ impl Repository {
 
     pub fn latest_snapshot_of(&self, source: &Path) -> Result<Option<Snapshot>> {
         self.index.latest_snapshot_of(source)
+    }
+
+    /// The index, for operations in this crate and its tests.
+    pub fn index(&self) -> &Index {
+        &self.index
     }
 
     pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {

@@ -3,7 +3,7 @@
 
 mod schema;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -234,6 +234,110 @@ impl Index {
             Ok(rowid)
         };
         f().map_err(|e| self.err(e))
+    }
+
+    /// A pack row without chunk rows (gc points moved chunks at it).
+    pub fn insert_pack_row(&self, pack: &FinishedPack) -> Result<i64> {
+        self.conn
+            .prepare_cached("INSERT INTO packs(hash, size, chunk_count) VALUES (?1, ?2, ?3)")
+            .and_then(|mut st| {
+                st.execute(params![
+                    pack.id.as_bytes(),
+                    pack.size as i64,
+                    pack.entries.len() as i64
+                ])
+            })
+            .map(|_| self.conn.last_insert_rowid())
+            .map_err(|e| self.err(e))
+    }
+
+    // ---- liveness (gc) ----
+
+    /// A fresh temporary set of live chunk ids (lives in SQLite's temp
+    /// store, not in index.db, and not in RAM).
+    pub fn live_reset(&self) -> Result<()> {
+        self.conn
+            .execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS live(hash BLOB PRIMARY KEY) WITHOUT ROWID;
+                 DELETE FROM temp.live;",
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn live_add(&self, ids: &[ChunkId]) -> Result<()> {
+        let f = || -> rusqlite::Result<()> {
+            let mut st = self
+                .conn
+                .prepare_cached("INSERT OR IGNORE INTO temp.live(hash) VALUES (?1)")?;
+            for id in ids {
+                st.execute([id.as_bytes()])?;
+            }
+            Ok(())
+        };
+        f().map_err(|e| self.err(e))
+    }
+
+    /// Per pack: (rowid, live chunk count, live stored bytes).
+    pub fn pack_liveness(&self) -> Result<HashMap<i64, (u64, u64)>> {
+        let f = || -> rusqlite::Result<HashMap<i64, (u64, u64)>> {
+            let mut st = self.conn.prepare(
+                "SELECT c.pack, count(*), sum(c.stored_len) FROM chunks c
+                 JOIN temp.live l ON l.hash = c.hash GROUP BY c.pack",
+            )?;
+            st.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
+                ))
+            })?
+            .collect()
+        };
+        f().map_err(|e| self.err(e))
+    }
+
+    /// The live chunks of one pack, in pack order.
+    pub fn live_chunks_in_pack(&self, pack_rowid: i64) -> Result<Vec<PackEntry>> {
+        let f = || -> rusqlite::Result<Vec<PackEntry>> {
+            let mut st = self.conn.prepare_cached(
+                "SELECT c.hash, c.offset, c.stored_len, c.raw_len, c.codec FROM chunks c
+                 JOIN temp.live l ON l.hash = c.hash WHERE c.pack = ?1 ORDER BY c.offset",
+            )?;
+            st.query_map([pack_rowid], |r| {
+                let codec: u8 = r.get(4)?;
+                Ok(PackEntry {
+                    id: blob_id(r.get(0)?, ChunkId::from_slice)?,
+                    offset: r.get(1)?,
+                    stored_len: r.get(2)?,
+                    raw_len: r.get(3)?,
+                    codec: Codec::from_u8(codec)
+                        .ok_or(rusqlite::Error::IntegralValueOutOfRange(4, codec as i64))?,
+                })
+            })?
+            .collect()
+        };
+        f().map_err(|e| self.err(e))
+    }
+
+    /// Remove chunk rows no live snapshot references; returns how many.
+    pub fn delete_dead_chunks(&self) -> Result<u64> {
+        self.conn
+            .execute(
+                "DELETE FROM chunks WHERE hash NOT IN (SELECT hash FROM temp.live)",
+                [],
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Dead chunk rows and their stored bytes (for reports).
+    pub fn dead_chunk_stats(&self) -> Result<(u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(stored_len), 0) FROM chunks WHERE hash NOT IN (SELECT hash FROM temp.live)",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(|e| self.err(e))
     }
 
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {

@@ -1,5 +1,7 @@
 //! The operations: each takes `*Options`, returns a result with statistics.
 
+pub mod check;
 pub mod create;
+pub mod gc;
 pub mod ls;
 pub mod restore;

@@ -558,13 +558,18 @@ pub fn restore(
     };
     if opts.safety_snapshot && plan.changes_anything() {
         // Snapshot what is about to change, so the restore can be undone.
+        // The directory restore changes: the target itself, or, when a
+        // single entry (--path) is restored, the directory that holds it.
+        // A new target has nothing to protect.
         let dir = if plan.target.is_dir() {
             Some(plan.target.clone())
-        } else {
+        } else if opts.subpath.is_some() {
             plan.target
                 .parent()
                 .map(Path::to_path_buf)
                 .filter(|p| p.is_dir())
+        } else {
+            None
         };
         if let Some(dir) = dir
             && fs::read_dir(&dir).at(&dir)?.next().is_some()

@@ -6,5 +6,6 @@ mod common;
 mod cli;
 mod dedup;
 mod format;
+mod gc;
 mod restore_in_place;
 mod roundtrip;

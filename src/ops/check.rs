@@ -1,0 +1,351 @@
+//! `snap check [--read-data]`: prove the repository is sound, or name what
+//! is not: by pack id, with the snapshots and file paths it affects.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::id::{ChunkId, PackId, TreeId};
+use crate::pack::{HEADER_LEN, TRAILER_LEN, decode_chunk, read_footer};
+use crate::progress::Progress;
+use crate::repo::{ChunkReader, Repository};
+use crate::snapshot::Snapshot;
+use crate::tree::Kind;
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    pub read_data: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// The pack at fault, when there is one.
+    pub pack: Option<String>,
+    pub what: String,
+    /// Snapshots with files that depend on the damaged data.
+    pub snapshots: Vec<String>,
+    /// Affected paths, as `<snapshot prefix>:<path>` (at most 20 listed).
+    pub paths: Vec<String>,
+    pub more_paths: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    pub snapshots: u64,
+    pub trees: u64,
+    pub chunks_referenced: u64,
+    pub packs: u64,
+    pub packs_read: u64,
+    pub chunks_read: u64,
+    pub read_bytes: u64,
+    /// Pack files no index row references (removed by `snap gc`); not damage.
+    pub unreferenced_packs: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl CheckReport {
+    pub fn is_sound(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// What went wrong, before it is tied to snapshots and paths.
+enum Fault {
+    Pack(PackId, String),
+    Chunk(Option<PackId>, ChunkId, String),
+    Tree(TreeId, String),
+    Index(String),
+}
+
+pub fn check(
+    repo: &Repository,
+    opts: &CheckOptions,
+    progress: &dyn Progress,
+) -> Result<CheckReport> {
+    let index = repo.index();
+    let mut report = CheckReport::default();
+    let mut faults: Vec<Fault> = Vec::new();
+    for row in index.integrity_check()? {
+        faults.push(Fault::Index(format!("index.db: {row}")));
+    }
+
+    // Packs: every row's file exists and holds every chunk row's bytes.
+    progress.phase("check: packs", None);
+    let packs = index.packs()?;
+    report.packs = packs.len() as u64;
+    let mut bad_packs: HashSet<PackId> = HashSet::new();
+    let mut pack_of_chunk: HashMap<ChunkId, PackId> = HashMap::new();
+    for p in &packs {
+        let path = repo.pack_path(&p.id);
+        let rows = index.chunks_in_pack(p.rowid)?;
+        for r in &rows {
+            pack_of_chunk.insert(r.id, p.id);
+        }
+        let size = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) => {
+                faults.push(Fault::Pack(
+                    p.id,
+                    format!("pack file {}: {e}", path.display()),
+                ));
+                bad_packs.insert(p.id);
+                continue;
+            }
+        };
+        if size != p.size {
+            faults.push(Fault::Pack(
+                p.id,
+                format!("pack is {size} bytes, the index says {}", p.size),
+            ));
+            bad_packs.insert(p.id);
+        }
+        let needed = rows
+            .iter()
+            .map(|r| r.offset as u64 + r.stored_len as u64)
+            .max()
+            .unwrap_or(HEADER_LEN);
+        if needed + TRAILER_LEN > size && !bad_packs.contains(&p.id) {
+            faults.push(Fault::Pack(
+                p.id,
+                format!("pack is {size} bytes, too short for its chunks"),
+            ));
+            bad_packs.insert(p.id);
+        }
+        if opts.read_data && !bad_packs.contains(&p.id) {
+            check_pack_data(
+                repo,
+                &p.id,
+                &rows,
+                &path,
+                &mut report,
+                &mut faults,
+                progress,
+            );
+        }
+    }
+    let referenced: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
+    report.unreferenced_packs = count_unreferenced(&repo.packs_dir(), &referenced);
+
+    // Snapshots: every tree decodes and every chunk has a row.
+    progress.phase("check: snapshots", None);
+    let snapshots = repo.snapshots()?;
+    report.snapshots = snapshots.len() as u64;
+    let mut seen_trees: HashSet<TreeId> = HashSet::new();
+    let mut seen_chunks: HashSet<ChunkId> = HashSet::new();
+    for s in &snapshots {
+        let mut stack = vec![s.root];
+        while let Some(t) = stack.pop() {
+            if !seen_trees.insert(t) {
+                continue;
+            }
+            let tree = match repo.load_tree(&t) {
+                Ok(tree) => tree,
+                Err(e) => {
+                    faults.push(Fault::Tree(t, e.to_string()));
+                    continue;
+                }
+            };
+            for e in &tree.entries {
+                match e.kind {
+                    Kind::Dir => stack.extend(e.subtree()),
+                    Kind::File => {
+                        for c in e.chunks() {
+                            if seen_chunks.insert(*c) && !pack_of_chunk.contains_key(c) {
+                                faults.push(Fault::Chunk(
+                                    None,
+                                    *c,
+                                    "chunk has no index row".into(),
+                                ));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            progress.entries(1);
+        }
+    }
+    report.trees = seen_trees.len() as u64;
+    report.chunks_referenced = seen_chunks.len() as u64;
+    if !faults.is_empty() {
+        report.problems = attribute(repo, &snapshots, faults, &pack_of_chunk)?;
+    }
+    Ok(report)
+}
+
+fn check_pack_data(
+    repo: &Repository,
+    id: &PackId,
+    rows: &[crate::pack::PackEntry],
+    path: &Path,
+    report: &mut CheckReport,
+    faults: &mut Vec<Fault>,
+    progress: &dyn Progress,
+) {
+    report.packs_read += 1;
+    match fs::read(path) {
+        Ok(bytes) => {
+            report.read_bytes += bytes.len() as u64;
+            if blake3::hash(&bytes).as_bytes() != id.as_bytes() {
+                faults.push(Fault::Pack(
+                    *id,
+                    "pack content does not match its id".into(),
+                ));
+            }
+        }
+        Err(e) => faults.push(Fault::Pack(*id, format!("cannot read: {e}"))),
+    }
+    match read_footer(path) {
+        Ok(footer) => {
+            let by_id: HashMap<ChunkId, _> = footer.iter().map(|e| (e.id, *e)).collect();
+            for r in rows {
+                if by_id.get(&r.id) != Some(r) {
+                    faults.push(Fault::Chunk(
+                        Some(*id),
+                        r.id,
+                        "index row does not match the pack footer".into(),
+                    ));
+                }
+            }
+        }
+        Err(e) => faults.push(Fault::Pack(*id, e.to_string())),
+    }
+    let mut reader = ChunkReader::new(repo.packs_dir());
+    let pack = match reader.pack(id) {
+        Ok(p) => p,
+        Err(e) => {
+            faults.push(Fault::Pack(*id, e.to_string()));
+            return;
+        }
+    };
+    for r in rows {
+        let res = pack
+            .read_stored(r.offset as u64, r.stored_len)
+            .and_then(|stored| decode_chunk(path, &r.id, r.codec, &stored, r.raw_len));
+        report.chunks_read += 1;
+        progress.bytes(r.stored_len as u64);
+        if let Err(e) = res {
+            faults.push(Fault::Chunk(Some(*id), r.id, e.to_string()));
+        }
+    }
+}
+
+fn count_unreferenced(packs_dir: &Path, referenced: &HashSet<PackId>) -> u64 {
+    walk_pack_files(packs_dir)
+        .into_iter()
+        .filter(|id| !referenced.contains(id))
+        .count() as u64
+}
+
+fn walk_pack_files(packs_dir: &Path) -> Vec<PackId> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(packs_dir) else {
+        return out;
+    };
+    for sub in rd.flatten() {
+        if let Ok(files) = fs::read_dir(sub.path()) {
+            for f in files.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if let Some(id) = name.strip_suffix(".pack").and_then(PackId::from_hex) {
+                    out.push(id);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Tie faults to the snapshots and paths they affect.
+fn attribute(
+    repo: &Repository,
+    snapshots: &[Snapshot],
+    faults: Vec<Fault>,
+    pack_of_chunk: &HashMap<ChunkId, PackId>,
+) -> Result<Vec<Problem>> {
+    const MAX_PATHS: usize = 20;
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut by_pack: HashMap<PackId, usize> = HashMap::new();
+    let mut by_chunk: HashMap<ChunkId, usize> = HashMap::new();
+    let mut by_tree: HashMap<TreeId, usize> = HashMap::new();
+    for f in faults {
+        let (pack, what) = match &f {
+            Fault::Pack(p, w) => (Some(p.to_hex()), w.clone()),
+            Fault::Chunk(p, c, w) => (p.map(|p| p.to_hex()), format!("chunk {}: {w}", c.short())),
+            Fault::Tree(t, w) => (None, format!("tree {}: {w}", t.short())),
+            Fault::Index(w) => (None, w.clone()),
+        };
+        let i = problems.len();
+        problems.push(Problem {
+            pack,
+            what,
+            snapshots: Vec::new(),
+            paths: Vec::new(),
+            more_paths: 0,
+        });
+        match f {
+            Fault::Pack(p, _) => {
+                by_pack.insert(p, i);
+            }
+            Fault::Chunk(_, c, _) => {
+                by_chunk.insert(c, i);
+            }
+            Fault::Tree(t, _) => {
+                by_tree.insert(t, i);
+            }
+            Fault::Index(_) => {}
+        }
+    }
+    let mut snaps_of: Vec<BTreeSet<String>> = vec![BTreeSet::new(); problems.len()];
+    let mut paths_of: Vec<BTreeMap<String, ()>> = vec![BTreeMap::new(); problems.len()];
+    for s in snapshots {
+        let mut stack: Vec<(TreeId, PathBuf)> = vec![(s.root, PathBuf::new())];
+        while let Some((t, dir)) = stack.pop() {
+            let hit = |i: usize,
+                       path: &Path,
+                       snaps: &mut Vec<BTreeSet<String>>,
+                       paths: &mut Vec<BTreeMap<String, ()>>| {
+                snaps[i].insert(s.id.to_hex());
+                paths[i].insert(format!("{}:{}", s.id.short(), path.display()), ());
+            };
+            if let Some(&i) = by_tree.get(&t) {
+                let shown = if dir.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    dir.clone()
+                };
+                hit(i, &shown, &mut snaps_of, &mut paths_of);
+                continue;
+            }
+            let Ok(tree) = repo.load_tree(&t) else {
+                continue;
+            };
+            for e in &tree.entries {
+                let p = dir.join(e.name_os());
+                match e.kind {
+                    Kind::Dir => stack.extend(e.subtree().map(|sub| (sub, p.clone()))),
+                    Kind::File => {
+                        for c in e.chunks() {
+                            let i = by_chunk
+                                .get(c)
+                                .or_else(|| pack_of_chunk.get(c).and_then(|pk| by_pack.get(pk)));
+                            if let Some(&i) = i {
+                                hit(i, &p, &mut snaps_of, &mut paths_of);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    for (i, p) in problems.iter_mut().enumerate() {
+        p.snapshots = snaps_of[i].iter().cloned().collect();
+        let all: Vec<String> = paths_of[i].keys().cloned().collect();
+        p.more_paths = all.len().saturating_sub(MAX_PATHS) as u64;
+        p.paths = all.into_iter().take(MAX_PATHS).collect();
+    }
+    Ok(problems)
+}

@@ -1,0 +1,300 @@
+//! `snap gc`: apply a retention policy, then sweep what no snapshot uses.
+//!
+//! Order (each step is safe to interrupt):
+//! 1. mark: walk the trees of the snapshots that stay; their chunks go into a
+//!    temporary live set (SQLite temp store, not RAM);
+//! 2. repack: copy the live chunks of mostly-dead packs into new packs, each
+//!    fsynced and renamed into place (not yet referenced);
+//! 3. one transaction: drop forgotten snapshots, point moved chunks at the new
+//!    packs, drop rows of dead chunks, dead trees and dead packs; commit;
+//! 4. unlink the pack files no row references any more, packs no row ever
+//!    referenced (left by a crash), and stale temporary files.
+//!
+//! A crash before 3 leaves new unreferenced packs (removed by the next gc); a
+//! crash after 3 leaves unreferenced old packs (likewise). A kept snapshot
+//! never loses a chunk: rows move only after their new pack is durable, and
+//! files are unlinked only after the commit.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::id::{PackId, SnapshotId, TreeId};
+use crate::pack::{PackWriter, sync_dir};
+use crate::progress::Progress;
+use crate::repo::{ChunkReader, Repository};
+use crate::retention::{Policy, kept};
+use crate::tree::Kind;
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    pub policy: Policy,
+    pub dry_run: bool,
+    /// Repack a pack when more than this share of its bytes is dead.
+    pub repack_dead_share: f64,
+    pub time_zone: jiff::tz::TimeZone,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            policy: Policy::default(),
+            dry_run: false,
+            repack_dead_share: 0.3,
+            time_zone: jiff::tz::TimeZone::system(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcStats {
+    pub dry_run: bool,
+    pub snapshots_kept: u64,
+    /// Ids of the snapshots removed (or that would be, with --dry-run).
+    pub snapshots_removed: Vec<String>,
+    pub packs_deleted: u64,
+    pub packs_repacked: u64,
+    pub packs_written: u64,
+    /// Pack files on disk that no index row referenced (crash leftovers).
+    pub orphan_packs_deleted: u64,
+    pub chunks_removed: u64,
+    pub trees_removed: u64,
+    /// Bytes of pack files removed minus bytes of new packs written.
+    pub reclaimed_bytes: u64,
+    pub duration_ms: u64,
+}
+
+pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Result<GcStats> {
+    let started = std::time::Instant::now();
+    let index = repo.index();
+    let mut stats = GcStats {
+        dry_run: opts.dry_run,
+        ..GcStats::default()
+    };
+    progress.phase("gc: mark", None);
+    let all = repo.snapshots()?;
+    let keep: HashSet<SnapshotId> = if opts.policy.is_empty() {
+        all.iter().map(|s| s.id).collect()
+    } else {
+        kept(&all, &opts.policy, &opts.time_zone)
+    };
+    let (live_snaps, dead_snaps): (Vec<_>, Vec<_>) = all.iter().partition(|s| keep.contains(&s.id));
+    stats.snapshots_kept = live_snaps.len() as u64;
+    stats.snapshots_removed = dead_snaps.iter().map(|s| s.id.to_hex()).collect();
+
+    // 1. Mark.
+    index.live_reset()?;
+    let mut live_trees: HashSet<TreeId> = HashSet::new();
+    let mut stack: Vec<TreeId> = live_snaps.iter().map(|s| s.root).collect();
+    while let Some(t) = stack.pop() {
+        if !live_trees.insert(t) {
+            continue;
+        }
+        let tree = repo.load_tree(&t)?;
+        for e in &tree.entries {
+            match e.kind {
+                Kind::Dir => stack.extend(e.subtree()),
+                Kind::File => index.live_add(e.chunks())?,
+                _ => {}
+            }
+        }
+        progress.entries(1);
+    }
+
+    // 2. Decide per pack.
+    let liveness = index.pack_liveness()?;
+    let packs = index.packs()?;
+    let mut delete = Vec::new();
+    let mut repack = Vec::new();
+    for p in &packs {
+        let (live_n, live_bytes) = liveness.get(&p.rowid).copied().unwrap_or((0, 0));
+        if live_n == 0 {
+            delete.push(p.clone());
+        } else {
+            let payload = p.size.saturating_sub(16 + 48 + 48 * p.chunk_count);
+            let dead_bytes = payload.saturating_sub(live_bytes);
+            if payload > 0 && dead_bytes as f64 / payload as f64 > opts.repack_dead_share {
+                repack.push(p.clone());
+            }
+        }
+    }
+    let (dead_chunks, _) = index.dead_chunk_stats()?;
+    stats.chunks_removed = dead_chunks;
+    stats.trees_removed = index
+        .tree_ids()?
+        .iter()
+        .filter(|t| !live_trees.contains(t))
+        .count() as u64;
+    stats.packs_deleted = delete.len() as u64;
+    stats.packs_repacked = repack.len() as u64;
+    let old_bytes: u64 = delete.iter().chain(&repack).map(|p| p.size).sum();
+
+    let referenced: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
+    let orphans = orphan_files(repo, &referenced)?;
+    stats.orphan_packs_deleted = orphans.iter().filter(|(_, is_pack)| *is_pack).count() as u64;
+    let orphan_bytes: u64 = orphans
+        .iter()
+        .map(|(p, _)| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+
+    if opts.dry_run {
+        // Estimate: repacked packs keep their live bytes.
+        let live_in_repacked: u64 = repack
+            .iter()
+            .map(|p| liveness.get(&p.rowid).map_or(0, |l| l.1))
+            .sum();
+        stats.reclaimed_bytes = (old_bytes + orphan_bytes).saturating_sub(live_in_repacked);
+        stats.duration_ms = started.elapsed().as_millis() as u64;
+        return Ok(stats);
+    }
+
+    // 3. Repack: new packs durable before any row points at them.
+    progress.phase("gc: repack", None);
+    let packs_dir = repo.packs_dir();
+    let mut reader = ChunkReader::new(packs_dir.clone());
+    let mut moved = Vec::new();
+    let mut new_bytes = 0u64;
+    let mut writer: Option<PackWriter> = None;
+    let target = repo.config().pack_target_bytes;
+    for p in &repack {
+        let pack = reader.pack(&p.id)?;
+        for e in index.live_chunks_in_pack(p.rowid)? {
+            // Verify before copying: never spread a damaged chunk.
+            let stored = pack.read_stored(e.offset as u64, e.stored_len)?;
+            crate::pack::decode_chunk(pack.path(), &e.id, e.codec, &stored, e.raw_len)?;
+            if writer.is_none() {
+                writer = Some(PackWriter::create(&packs_dir)?);
+            }
+            let w = writer.as_mut().unwrap();
+            w.add(e.id, e.codec, e.raw_len, &stored)?;
+            progress.bytes(stored.len() as u64);
+            if w.len() >= target {
+                let f = writer.take().unwrap().finish(&packs_dir)?;
+                new_bytes += f.size;
+                moved.push(f);
+            }
+        }
+    }
+    if let Some(w) = writer.take()
+        && !w.is_empty()
+    {
+        let f = w.finish(&packs_dir)?;
+        new_bytes += f.size;
+        moved.push(f);
+    }
+    stats.packs_written = moved.len() as u64;
+    drop(reader);
+
+    // 4. One transaction.
+    index.begin()?;
+    let tx = (|| -> Result<()> {
+        for s in &dead_snaps {
+            index.delete_snapshot(&s.id)?;
+        }
+        for f in &moved {
+            let rowid = index.insert_pack_row(f)?;
+            for e in &f.entries {
+                index.move_chunk(&e.id, rowid, e)?;
+            }
+        }
+        index.delete_dead_chunks()?;
+        for p in delete.iter().chain(&repack) {
+            index.delete_pack(p.rowid)?;
+        }
+        for t in index.tree_ids()? {
+            if !live_trees.contains(&t) {
+                index.delete_tree(&t)?;
+            }
+        }
+        Ok(())
+    })();
+    match tx {
+        Ok(()) => index.commit()?,
+        Err(e) => {
+            let _ = index.rollback();
+            return Err(e);
+        }
+    }
+
+    // 5. Unlink what no row references any more.
+    progress.phase("gc: delete", None);
+    let mut dirs = HashSet::new();
+    for p in delete.iter().chain(&repack) {
+        let path = repo.pack_path(&p.id);
+        remove_if_exists(&path)?;
+        dirs.extend(path.parent().map(PathBuf::from));
+    }
+    for (path, _) in &orphans {
+        remove_if_exists(path)?;
+        dirs.extend(path.parent().map(PathBuf::from));
+    }
+    for d in dirs {
+        if d.is_dir() {
+            sync_dir(&d)?;
+        }
+    }
+    stats.reclaimed_bytes = (old_bytes + orphan_bytes).saturating_sub(new_bytes);
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(stats)
+}
+
+fn remove_if_exists(path: &std::path::Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Files under packs/ that no index row references: packs renamed into
+/// place by an interrupted create or gc, and temporaries. Safe to delete
+/// only under the exclusive lock. `(path, is_pack)`.
+fn orphan_files(repo: &Repository, referenced: &HashSet<PackId>) -> Result<Vec<(PathBuf, bool)>> {
+    let packs_dir = repo.packs_dir();
+    let mut out = Vec::new();
+    for de in fs::read_dir(&packs_dir).at(&packs_dir)? {
+        let de = de.at(&packs_dir)?;
+        let path = de.path();
+        let name = de.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-pack-") {
+            out.push((path, false));
+            continue;
+        }
+        if !de.file_type().at(&path)?.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&path).at(&path)? {
+            let f = f.at(&path)?;
+            let fname = f.file_name().to_string_lossy().into_owned();
+            if let Some(hex) = fname.strip_suffix(".pack")
+                && let Some(id) = PackId::from_hex(hex)
+                && !referenced.contains(&id)
+            {
+                out.push((f.path(), true));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Remove snapshots by id (no sweep: `gc` reclaims the space).
+pub fn forget(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
+    let index = repo.index();
+    index.begin()?;
+    for id in ids {
+        if !index.delete_snapshot(id)? {
+            let _ = index.rollback();
+            return Err(Error::NoSuchSnapshot(id.to_hex()));
+        }
+    }
+    index.commit()
+}
+
+pub fn set_pinned(repo: &Repository, id: &SnapshotId, pinned: bool) -> Result<()> {
+    if !repo.index().set_pinned(id, pinned)? {
+        return Err(Error::NoSuchSnapshot(id.to_hex()));
+    }
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! gc, forget, pin and check, against real repositories.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use predicates::prelude::*;
+
+use crate::common::*;
+
+/// Every file of the repository with its content hash.
+fn repo_state(repo: &Path) -> BTreeMap<PathBuf, blake3::Hash> {
+    walkdir::WalkDir::new(repo)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            (
+                e.path().to_path_buf(),
+                blake3::hash(&fs::read(e.path()).unwrap()),
+            )
+        })
+        .collect()
+}
+
+fn pack_files(repo: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(repo.join("packs"))
+        .into_iter()
+        .map(|e| e.unwrap().path().to_path_buf())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .collect()
+}
+
+/// Eight generations of an app directory with churn: each adds, rewrites
+/// and deletes files. Returns the ids and a `cp -a` copy of each generation.
+fn generations(env: &Env, src: &Path, n: usize) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    make_rich_tree(src);
+    for g in 0..n {
+        write(
+            &src.join(format!("gen/{g}.bin")),
+            noise(100 + g as u64, 400_000),
+        );
+        if g >= 2 {
+            fs::remove_file(src.join(format!("gen/{}.bin", g - 2))).unwrap();
+        }
+        write(&src.join("docs/readme.txt"), format!("generation {g}\n"));
+        let conn = rusqlite::Connection::open(src.join("data/app.db")).unwrap();
+        conn.execute(
+            "UPDATE users SET score = score + 1 WHERE id % 10 = ?1",
+            [g as i64],
+        )
+        .unwrap();
+        drop(conn);
+        let id = env.create_id(src);
+        let copy = env.path(&format!("gen-copy-{g}"));
+        cp_a(src, &copy);
+        out.push((id, copy));
+    }
+    out
+}
+
+#[test]
+fn gc_keep_last_two_after_eight_generations() {
+    let env = Env::new();
+    let src = env.path("src");
+    let gens = generations(&env, &src, 8);
+    let before = env.repo_bytes();
+    let out = env
+        .snap()
+        .args(["gc", "--keep-last", "2", "--json"])
+        .assert()
+        .success();
+    let stats: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(stats["snapshots_removed"].as_array().unwrap().len(), 6);
+    assert!(stats["reclaimed_bytes"].as_u64().unwrap() > 0);
+    let list = env.list();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["id"], gens[6].0.as_str());
+    assert_eq!(list[1]["id"], gens[7].0.as_str());
+
+    // The repository is not much larger than the live data of the two
+    // snapshots (compressed, deduplicated).
+    let after = env.repo_bytes();
+    let live = dir_bytes(&gens[7].1) + 400_000;
+    assert!(after < before, "{after} < {before}");
+    assert!(
+        after < live + live / 4,
+        "repository {after} bytes for {live} bytes of live data"
+    );
+
+    env.snap()
+        .args(["check", "--read-data"])
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("ok"));
+    for (id, copy) in &gens[6..] {
+        let out = env.path(&format!("restored-{}", &id[..8]));
+        env.snap()
+            .args(["restore", id, "--target"])
+            .arg(&out)
+            .assert()
+            .success();
+        assert_same_tree(copy, &out);
+    }
+}
+
+#[test]
+fn gc_dry_run_leaves_the_repository_byte_for_byte_unchanged() {
+    let env = Env::new();
+    let src = env.path("src");
+    generations(&env, &src, 4);
+    let before = repo_state(&env.repo);
+    let out = env
+        .snap()
+        .args(["gc", "--keep-last", "1", "--dry-run", "--json"])
+        .assert()
+        .success();
+    let stats: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(stats["snapshots_removed"].as_array().unwrap().len(), 3);
+    assert!(stats["reclaimed_bytes"].as_u64().unwrap() > 0);
+    // SQLite may add its empty -wal/-shm companions when it opens the index
+    // read-only; the index and the packs must not change by one byte.
+    let mut after = repo_state(&env.repo);
+    let empty = blake3::hash(b"");
+    after.retain(|p, h| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        !(name.ends_with("-shm") || (name.ends_with("-wal") && *h == empty))
+    });
+    let mut before = before;
+    before.retain(|p, _| !p.to_string_lossy().ends_with("-shm"));
+    assert_eq!(after, before);
+    assert_eq!(env.list().len(), 4);
+}
+
+#[test]
+fn pinned_snapshots_survive_every_policy() {
+    let env = Env::new();
+    let src = env.path("src");
+    let gens = generations(&env, &src, 3);
+    env.snap()
+        .args(["pin", &gens[0].0[..10]])
+        .assert()
+        .success();
+    for policy in [
+        vec!["--keep-last", "1"],
+        vec!["--keep-daily", "1"],
+        vec!["--keep-within", "1s"],
+        vec!["--keep-yearly", "1"],
+        vec!["--keep-tag", "nothing-has-this"],
+    ] {
+        env.snap().arg("gc").args(&policy).assert().success();
+        let ids: Vec<String> = env
+            .list()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            ids.contains(&gens[0].0),
+            "pinned snapshot removed by {policy:?}"
+        );
+    }
+    env.snap()
+        .args(["forget", &gens[0].0])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("pinned"));
+    // The tag policy kept nothing but the pinned snapshot.
+    let ids: Vec<String> = env
+        .list()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, vec![gens[0].0.clone()]);
+    let out = env.path("out");
+    env.snap()
+        .args(["restore", "latest", "--target"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert_same_tree(&gens[0].1, &out);
+    env.snap().args(["unpin", &gens[0].0]).assert().success();
+    env.snap().args(["forget", &gens[0].0]).assert().success();
+    assert!(env.list().is_empty());
+}
+
+#[test]
+fn forget_then_gc_reclaims_and_removes_orphans() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a.bin"), noise(1, 3_000_000));
+    let first = env.create_id(&src);
+    fs::remove_file(src.join("a.bin")).unwrap();
+    write(&src.join("b.bin"), noise(2, 1_000_000));
+    env.create(&src);
+    // A pack that no row references, as a crash between rename and commit leaves.
+    let orphan_dir = env.repo.join("packs/ab");
+    fs::create_dir_all(&orphan_dir).unwrap();
+    let orphan = orphan_dir.join(format!("ab{}.pack", "0".repeat(62)));
+    fs::write(&orphan, b"left by a crash").unwrap();
+    fs::write(env.repo.join("packs/.tmp-pack-123.tmp"), b"half a pack").unwrap();
+
+    env.snap().args(["forget", &first[..8]]).assert().success();
+    assert_eq!(env.list().len(), 1);
+    let before = env.repo_bytes();
+    env.snap().arg("gc").assert().success();
+    assert!(!orphan.exists());
+    assert!(!env.repo.join("packs/.tmp-pack-123.tmp").exists());
+    assert!(
+        env.repo_bytes() + 2_500_000 < before,
+        "forgotten data reclaimed"
+    );
+    env.snap().args(["check", "--read-data"]).assert().success();
+}
+
+#[test]
+fn check_finds_a_flipped_byte_a_truncated_pack_and_a_deleted_pack() {
+    for damage in ["flip", "truncate", "delete"] {
+        let env = Env::new();
+        let src = env.path("src");
+        write(&src.join("victim.bin"), noise(5, 200_000));
+        env.create(&src);
+        let packs = pack_files(&env.repo);
+        assert_eq!(packs.len(), 1);
+        let pack = &packs[0];
+        let pack_id = pack.file_stem().unwrap().to_string_lossy().to_string();
+        env.snap().arg("check").assert().success();
+        let mut bytes = fs::read(pack).unwrap();
+        match damage {
+            "flip" => {
+                bytes[1000] ^= 0x40;
+                fs::write(pack, &bytes).unwrap();
+            }
+            "truncate" => fs::write(pack, &bytes[..bytes.len() / 2]).unwrap(),
+            _ => fs::remove_file(pack).unwrap(),
+        }
+        let args: &[&str] = if damage == "flip" {
+            &["check", "--read-data"]
+        } else {
+            &["check"]
+        };
+        env.snap()
+            .args(args)
+            .assert()
+            .code(5)
+            .stdout(predicate::str::contains(&pack_id).and(predicate::str::contains("victim.bin")));
+    }
+}
+
+#[test]
+fn restore_of_a_damaged_snapshot_restores_the_rest_and_reports() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a-good.txt"), "fine text ".repeat(1000));
+    let id = env.create_id(&src);
+    write(&src.join("b-victim.bin"), noise(6, 100_000));
+    let id2 = env.create_id(&src);
+    // Damage the second pack only (the one holding b-victim.bin).
+    let victim_pack = pack_files(&env.repo)
+        .into_iter()
+        .find(|p| fs::metadata(p).unwrap().len() > 90_000)
+        .unwrap();
+    let mut bytes = fs::read(&victim_pack).unwrap();
+    bytes[500] ^= 1;
+    fs::write(&victim_pack, &bytes).unwrap();
+    let out = env.path("out");
+    env.snap()
+        .args(["restore", &id2, "--target"])
+        .arg(&out)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("b-victim.bin").and(predicate::str::contains("BLAKE3")));
+    assert_eq!(
+        fs::read_to_string(out.join("a-good.txt")).unwrap(),
+        "fine text ".repeat(1000)
+    );
+    assert!(!out.join("b-victim.bin").exists(), "no wrong data written");
+    let _ = id;
+}
