@@ -267,7 +267,7 @@ mod tests {
             ),
             (
                 Policy {
-                    keep_within: Some(parse_duration("1d").unwrap()),
+                    keep_within: Some(parse_duration("36h").unwrap()),
                     ..Default::default()
                 },
                 vec![5, 6, 7, 8],
