@@ -32,6 +32,9 @@ pub enum Command {
     Init {
         /// Where [default: --repo, SNAP_REPO, or the default repository]
         path: Option<PathBuf>,
+        /// Target size of pack files, in MiB (1 to 1024)
+        #[arg(long, value_name = "MIB", default_value_t = 16)]
+        pack_size: u64,
     },
     /// Snapshot a directory
     Create(CreateArgs),
@@ -100,6 +103,9 @@ pub struct GcArgs {
     /// Keep snapshots with this tag (repeatable)
     #[arg(long = "keep-tag", value_name = "TAG")]
     pub keep_tags: Vec<String>,
+    /// Repack a pack when more than PERCENT of its bytes are unused
+    #[arg(long, value_name = "PERCENT", default_value_t = 30.0)]
+    pub repack_threshold: f64,
     /// Report what would be removed; change nothing
     #[arg(long)]
     pub dry_run: bool,

@@ -16,6 +16,7 @@ pub mod chunker;
 pub mod compress;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod id;
 pub mod index;
 pub mod lock;

@@ -34,7 +34,11 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    if std::env::var_os("SNAP_FAULT_REPORT").is_some() {
+        eprintln!("snap: fault points passed: {}", snap::fault::passed());
+    }
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             if is_broken_pipe(&err) {
@@ -102,12 +106,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let progress = TermProgress::new(cli.quiet);
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Init { path } => {
+        Command::Init { path, pack_size } => {
             let path = match path.or(cli.repo) {
                 Some(p) => p,
                 None => default_repo()?,
             };
-            Repository::init(&path, &Default::default())?;
+            let config = snap::config::RepoConfig {
+                pack_target_bytes: pack_size.saturating_mul(1024 * 1024),
+                ..Default::default()
+            };
+            Repository::init(&path, &config)?;
             writeln!(out, "created repository {}", path.display())?;
             Ok(0)
         }
@@ -411,6 +419,7 @@ fn gc_command(
         &GcOptions {
             policy,
             dry_run: args.dry_run,
+            repack_dead_share: (args.repack_threshold / 100.0).clamp(0.0, 1.0),
             ..GcOptions::default()
         },
         progress,

@@ -193,7 +193,10 @@ impl Index {
     }
 
     pub fn commit(&self) -> Result<()> {
-        self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))
+        crate::fault::point("before index commit");
+        self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))?;
+        crate::fault::point("index committed");
+        Ok(())
     }
 
     pub fn rollback(&self) -> Result<()> {

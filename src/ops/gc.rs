@@ -225,8 +225,15 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     for p in delete.iter().chain(&repack) {
         let path = repo.pack_path(&p.id);
         remove_if_exists(&path)?;
+        crate::fault::point("gc unlinked a pack");
         dirs.extend(path.parent().map(PathBuf::from));
     }
+    // Orphans are listed again from the committed index: a repack may just
+    // have written a pack with exactly the content (and so the name) of an
+    // orphan left by an earlier crash, and that file is referenced now.
+    let referenced: HashSet<PackId> = index.packs()?.iter().map(|p| p.id).collect();
+    let orphans = orphan_files(repo, &referenced)?;
+    stats.orphan_packs_deleted = orphans.iter().filter(|(_, is_pack)| *is_pack).count() as u64;
     for (path, _) in &orphans {
         remove_if_exists(path)?;
         dirs.extend(path.parent().map(PathBuf::from));

@@ -621,6 +621,7 @@ fn execute(
                 Err(e) if e.kind() == io::ErrorKind::NotFound => stats.deleted_entries += 1,
                 Err(e) => return Err(Error::io(path, e)),
             }
+            crate::fault::point("restore deleted an entry");
         }
     }
     // 2. Directories, parents first (the plan lists them in that order).
@@ -670,6 +671,7 @@ fn execute(
             || ChunkReader::new(packs_dir.clone()),
             |reader, (path, e, locs)| {
                 let r = write_temp(reader, path, e, locs, is_root, progress);
+                crate::fault::point("restore wrote a temporary file");
                 (*path, *e, r)
             },
         )
@@ -688,9 +690,11 @@ fn execute(
     if !renames.is_empty() {
         // One barrier for all temporaries instead of an fsync per file.
         syncfs(&plan.target)?;
+        crate::fault::point("restore temporaries durable");
         for (path, e, tmp) in renames {
             tmp.persist(path)
                 .map_err(|err| Error::io(path, err.error))?;
+            crate::fault::point("restore renamed a file into place");
             stats.written_files += 1;
             stats.written_bytes += e.size;
         }
@@ -715,7 +719,10 @@ fn execute(
     for step in &plan.steps {
         if let Step::Link { path, to } = step {
             match fs::hard_link(to, path) {
-                Ok(()) => stats.links += 1,
+                Ok(()) => {
+                    stats.links += 1;
+                    crate::fault::point("restore linked a file");
+                }
                 Err(e) => fail(stats, path, format!("cannot link to {}: {e}", to.display())),
             }
         }
@@ -724,7 +731,10 @@ fn execute(
         if let Step::FixMeta { path } = step {
             let e = &plan.entries[path];
             match set_meta_path(path, e.kind, e.mode, e.uid, e.gid, e.mtime_ns, is_root) {
-                Ok(()) => stats.fixed_metadata += 1,
+                Ok(()) => {
+                    stats.fixed_metadata += 1;
+                    crate::fault::point("restore fixed metadata");
+                }
                 Err(err) => fail(stats, path, err.to_string()),
             }
         }

@@ -90,7 +90,9 @@ impl PackWriter {
             .file
             .into_inner()
             .map_err(|e| Error::io(&self.tmp_path, e.into_error()))?;
+        crate::fault::point("pack written");
         tmp.as_file().sync_all().at(&self.tmp_path)?;
+        crate::fault::point("pack fsynced");
         let final_path = pack_path(packs_dir, &id);
         let sub = final_path.parent().expect("pack path has a parent");
         if !sub.exists() {
@@ -99,7 +101,9 @@ impl PackWriter {
         }
         tmp.persist(&final_path)
             .map_err(|e| Error::io(&final_path, e.error))?;
+        crate::fault::point("pack renamed");
         sync_dir(sub)?;
+        crate::fault::point("pack directory fsynced");
         Ok(FinishedPack {
             id,
             size: self.len,

@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod crash;
 mod dedup;
 mod format;
 mod gc;
