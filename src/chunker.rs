@@ -35,9 +35,12 @@ pub type Batch<'a> = (&'a [u8], Vec<(usize, usize)>);
 pub struct Chunker<R> {
     reader: R,
     params: ChunkerParams,
+    /// Allocated (and zeroed) once; `start..end` holds unread data.
     buf: Vec<u8>,
-    /// Start of the bytes not yet handed out.
-    pos: usize,
+    start: usize,
+    end: usize,
+    /// The size the buffer grows to when a file is larger than its hint.
+    full_cap: usize,
     eof: bool,
     batch_bytes: usize,
 }
@@ -45,40 +48,51 @@ pub struct Chunker<R> {
 impl<R: Read> Chunker<R> {
     /// `batch_bytes` is how much data one `next_batch` aims to cover.
     pub fn new(reader: R, params: ChunkerParams, batch_bytes: usize) -> Self {
+        Self::with_size_hint(reader, params, batch_bytes, u64::MAX)
+    }
+
+    /// As `new`, for a stream of about `size_hint` bytes: small files get a
+    /// small buffer (zeroing a 4 MiB buffer per 2 KiB file would dominate).
+    pub fn with_size_hint(
+        reader: R,
+        params: ChunkerParams,
+        batch_bytes: usize,
+        size_hint: u64,
+    ) -> Self {
+        let batch_bytes = batch_bytes.max(params.max);
+        let full_cap = batch_bytes + params.max;
+        let cap = (size_hint.saturating_add(4096)).min(full_cap as u64) as usize;
         Chunker {
             reader,
             params,
-            buf: Vec::new(),
-            pos: 0,
+            buf: vec![0; cap],
+            start: 0,
+            end: 0,
+            full_cap,
             eof: false,
-            batch_bytes: batch_bytes.max(params.max),
+            batch_bytes,
         }
     }
 
-    /// Fill the buffer up to `batch_bytes + max` (or EOF).
+    /// Read until the buffer is full or the stream ends.
     fn fill(&mut self) -> io::Result<()> {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
         }
-        let want = self.batch_bytes + self.params.max;
-        let mut filled = self.buf.len();
-        if filled >= want || self.eof {
-            return Ok(());
+        if self.end == self.buf.len() && self.buf.len() < self.full_cap && !self.eof {
+            // The file is larger than its hint.
+            self.buf.resize(self.full_cap, 0);
         }
-        self.buf.resize(want, 0);
-        while !self.eof && filled < want {
-            match self.reader.read(&mut self.buf[filled..want]) {
+        while !self.eof && self.end < self.buf.len() {
+            match self.reader.read(&mut self.buf[self.end..]) {
                 Ok(0) => self.eof = true,
-                Ok(n) => filled += n,
+                Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.buf.truncate(filled);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
-        self.buf.truncate(filled);
         Ok(())
     }
 
@@ -86,27 +100,27 @@ impl<R: Read> Chunker<R> {
     /// Returns `None` at the end of the stream.
     pub fn next_batch(&mut self) -> io::Result<Option<Batch<'_>>> {
         self.fill()?;
-        if self.buf.len() == self.pos {
+        if self.end == self.start {
             return Ok(None);
         }
         let p = self.params;
         let mut cuts = Vec::new();
         let mut consumed = 0;
-        let data = &self.buf[self.pos..];
+        let data = &self.buf[self.start..self.end];
         for c in FastCDC::new(data, p.min, p.avg, p.max) {
             // A chunk is final only if at least `max` bytes followed its start
             // in the buffer, or the stream has ended.
             if !self.eof && data.len() - c.offset < p.max {
                 break;
             }
-            cuts.push((self.pos + c.offset, c.length));
+            cuts.push((self.start + c.offset, c.length));
             consumed = c.offset + c.length;
             if consumed >= self.batch_bytes && !self.eof {
                 break;
             }
         }
-        self.pos += consumed;
-        Ok(Some((&self.buf[..], cuts)))
+        self.start += consumed;
+        Ok(Some((&self.buf[..self.end], cuts)))
     }
 
     pub fn into_inner(self) -> R {
@@ -181,6 +195,28 @@ mod tests {
                 }
                 assert_eq!(got, whole, "step {step} batch {batch}");
             }
+        }
+    }
+
+    #[test]
+    fn wrong_size_hints_do_not_change_boundaries() {
+        let data = seeded_bytes(11, 300_000);
+        let whole = chunk_lengths(&data[..], params()).unwrap();
+        for hint in [0u64, 10, 70_000, 300_000, 10_000_000] {
+            let mut chunker = Chunker::with_size_hint(
+                Trickle {
+                    data: &data,
+                    step: 5000,
+                },
+                params(),
+                100_000,
+                hint,
+            );
+            let mut got = Vec::new();
+            while let Some((_, cuts)) = chunker.next_batch().unwrap() {
+                got.extend(cuts.iter().map(|c| c.1));
+            }
+            assert_eq!(got, whole, "hint {hint}");
         }
     }
 

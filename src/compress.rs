@@ -20,36 +20,50 @@ impl Codec {
     }
 }
 
-/// Bytes sampled to decide whether a chunk is worth compressing.
-const SAMPLE_BYTES: usize = 4096;
-
-/// A per-thread compressor; reuses zstd contexts between chunks.
+/// A per-thread compressor; reuses the zstd context between chunks.
 pub struct Compressor {
     main: zstd::bulk::Compressor<'static>,
-    probe: zstd::bulk::Compressor<'static>,
+}
+
+/// Order-0 entropy above which a chunk is stored raw without trying zstd
+/// (bits per byte; random data measures ~7.95 on a 4 KiB sample).
+const RAW_ENTROPY_BITS: f64 = 7.8;
+
+/// Shannon entropy of the byte histogram, in bits per byte.
+fn entropy_bits(data: &[u8]) -> f64 {
+    let mut counts = [0u32; 256];
+    for &b in data {
+        counts[b as usize] += 1;
+    }
+    let n = data.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
 }
 
 impl Compressor {
     pub fn new(level: i32) -> io::Result<Self> {
         Ok(Compressor {
             main: zstd::bulk::Compressor::new(level)?,
-            probe: zstd::bulk::Compressor::new(1)?,
         })
     }
 
     /// Compress `data`; returns `Raw` with a copy when that would not shrink it.
     ///
     /// Incompressible data (media, already-compressed files) is common in app
-    /// directories: a level-1 probe of a small sample spots most of it at a
-    /// fraction of the cost of running the full compressor.
+    /// directories: its byte histogram is flat, which a counting pass spots
+    /// at a small fraction of the cost of running zstd over it.
     pub fn compress(&mut self, data: &[u8]) -> io::Result<(Codec, Vec<u8>)> {
-        if data.len() > 2 * SAMPLE_BYTES {
-            let mid = data.len() / 2 - SAMPLE_BYTES / 2;
-            let sample = &data[mid..mid + SAMPLE_BYTES];
-            let probe = self.probe.compress(sample)?;
-            if probe.len() * 100 > sample.len() * 97 {
-                return Ok((Codec::Raw, data.to_vec()));
-            }
+        // A 4 KiB sample from the middle decides (a quarter of a 16 KiB chunk).
+        if data.len() >= 8192
+            && entropy_bits(&data[data.len() / 2 - 2048..data.len() / 2 + 2048]) > RAW_ENTROPY_BITS
+        {
+            return Ok((Codec::Raw, data.to_vec()));
         }
         let out = self.main.compress(data)?;
         if out.len() < data.len() {

@@ -28,7 +28,7 @@ use crate::compress::{Codec, Compressor};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::index::Index;
-use crate::pack::{FinishedPack, PackWriter};
+use crate::pack::{FinishedPack, PackWriter, SealedPack};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::snapshot::{RootMeta, Snapshot, SnapshotStats};
@@ -220,7 +220,7 @@ fn run(
         .max(2);
     let (job_tx, job_rx) = bounded::<FileJob>(workers * 4);
     let (res_tx, res_rx) = unbounded::<FileResult>();
-    let (chunk_tx, chunk_rx) = bounded::<NewChunk>(64);
+    let (chunk_tx, chunk_rx) = bounded::<Vec<NewChunk>>(16);
     let (pack_tx, pack_rx) = unbounded::<Result<FinishedPack>>();
     let claimed: Arc<Mutex<HashSet<ChunkId>>> = Arc::default();
     let cancel = Arc::new(AtomicBool::new(false));
@@ -649,7 +649,7 @@ struct WorkerCtx<'a> {
     claimed: Arc<Mutex<HashSet<ChunkId>>>,
     params: ChunkerParams,
     level: i32,
-    chunk_tx: Sender<NewChunk>,
+    chunk_tx: Sender<Vec<NewChunk>>,
     cancel: Arc<AtomicBool>,
     progress: &'a dyn Progress,
 }
@@ -707,7 +707,7 @@ fn read_file(ctx: &WorkerCtx, job: &FileJob) -> FileOutcome {
                 job.rel.display()
             ));
         }
-        let read = chunk_file(ctx, &file);
+        let read = chunk_file(ctx, &file, before.len());
         let (chunks, read_bytes) = match read {
             Ok(r) => r,
             Err(ReadError::Io(e)) => return FileOutcome::Unreadable(e.to_string()),
@@ -759,8 +759,13 @@ enum ReadError {
 
 /// Chunk a file, sending new chunks to the pack writer. Returns the chunk
 /// list and the number of bytes read.
-fn chunk_file(ctx: &WorkerCtx, file: &File) -> std::result::Result<(Vec<ChunkId>, u64), ReadError> {
-    let mut chunker = Chunker::new(ReadAdapter(file), ctx.params, BATCH_BYTES);
+fn chunk_file(
+    ctx: &WorkerCtx,
+    file: &File,
+    size_hint: u64,
+) -> std::result::Result<(Vec<ChunkId>, u64), ReadError> {
+    let mut chunker =
+        Chunker::with_size_hint(ReadAdapter(file), ctx.params, BATCH_BYTES, size_hint);
     let mut ids_all = Vec::new();
     let mut total = 0u64;
     loop {
@@ -811,12 +816,10 @@ fn chunk_file(ctx: &WorkerCtx, file: &File) -> std::result::Result<(Vec<ChunkId>
             fresh.iter().map(compress).collect::<io::Result<_>>()
         }
         .map_err(|e| ReadError::Fatal(Error::Invalid(format!("compression failed: {e}"))))?;
-        for c in new {
-            if ctx.chunk_tx.send(c).is_err() {
-                return Err(ReadError::Fatal(Error::Invalid(
-                    "pack writer stopped".into(),
-                )));
-            }
+        if !new.is_empty() && ctx.chunk_tx.send(new).is_err() {
+            return Err(ReadError::Fatal(Error::Invalid(
+                "pack writer stopped".into(),
+            )));
         }
         let batch_bytes: u64 = cuts.iter().map(|c| c.1 as u64).sum();
         total += batch_bytes;
@@ -838,44 +841,77 @@ impl Read for ReadAdapter<'_> {
 }
 
 /// The single pack writer: appends chunks, rolls packs at the target size,
-/// reports each durable pack. After an error it drains its queue so readers
-/// never block, and reports the error once.
+/// and hands each sealed pack to a finisher thread that makes it durable
+/// (fsync, rename, directory fsync) and reports it, so the writer never
+/// waits for the disk. After an error it drains its queue so readers never
+/// block, and reports the error once.
 fn pack_writer(
-    rx: Receiver<NewChunk>,
+    rx: Receiver<Vec<NewChunk>>,
     done: Sender<Result<FinishedPack>>,
     packs_dir: &Path,
     target: u64,
 ) -> Result<()> {
-    let mut current: Option<PackWriter> = None;
-    let mut failed: Option<String> = None;
-    for c in rx {
-        if failed.is_some() {
-            continue;
-        }
-        let step = (|| -> Result<()> {
-            if current.is_none() {
-                current = Some(PackWriter::create(packs_dir)?);
+    let (seal_tx, seal_rx) = bounded::<SealedPack>(2);
+    std::thread::scope(|scope| {
+        let finisher = {
+            let done = done.clone();
+            scope.spawn(move || {
+                for sealed in seal_rx {
+                    let r = sealed.publish(packs_dir);
+                    let failed = r.is_err();
+                    let _ = done.send(r);
+                    if failed {
+                        break;
+                    }
+                }
+            })
+        };
+        let mut current: Option<PackWriter> = None;
+        let mut failed: Option<String> = None;
+        for batch in rx {
+            if failed.is_some() {
+                continue;
             }
-            let w = current.as_mut().unwrap();
-            w.add(c.id, c.codec, c.raw_len, &c.data)?;
-            if w.len() >= target {
-                let fp = current.take().unwrap().finish(packs_dir)?;
-                let _ = done.send(Ok(fp));
+            let step = (|| -> Result<()> {
+                for c in batch {
+                    if current.is_none() {
+                        current = Some(PackWriter::create(packs_dir)?);
+                    }
+                    let w = current.as_mut().unwrap();
+                    w.add(c.id, c.codec, c.raw_len, &c.data)?;
+                    if w.len() >= target {
+                        let sealed = current.take().unwrap().seal()?;
+                        seal_tx
+                            .send(sealed)
+                            .map_err(|_| Error::Invalid("pack finisher stopped".into()))?;
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = step {
+                failed = Some(e.to_string());
+                current = None;
+                let _ = done.send(Err(e));
             }
-            Ok(())
-        })();
-        if let Err(e) = step {
-            failed = Some(e.to_string());
-            current = None;
-            let _ = done.send(Err(e));
         }
-    }
-    if let Some(msg) = failed {
-        return Err(Error::Invalid(format!("pack writer failed: {msg}")));
-    }
-    if let Some(w) = current.take() {
-        let fp = w.finish(packs_dir)?;
-        let _ = done.send(Ok(fp));
-    }
-    Ok(())
+        if failed.is_none()
+            && let Some(w) = current.take()
+        {
+            match w.seal() {
+                Ok(sealed) => {
+                    let _ = seal_tx.send(sealed);
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    let _ = done.send(Err(e));
+                }
+            }
+        }
+        drop(seal_tx);
+        let _ = finisher.join();
+        match failed {
+            Some(msg) => Err(Error::Invalid(format!("pack writer failed: {msg}"))),
+            None => Ok(()),
+        }
+    })
 }

@@ -9,18 +9,19 @@
 //! trailer  48 bytes   count u32 | reserved u32 (=0) | BLAKE3(footer) [32] | "SNAPEND1"
 //! ```
 //!
-//! A pack's id is the BLAKE3 of the whole file. The footer alone lists every
-//! chunk, so the index can be rebuilt from the packs, and a damaged footer is
-//! detected by its hash.
+//! A pack's id is the BLAKE3 of its footer entries (the hash the trailer
+//! holds): the entries name every chunk by its BLAKE3, offset and lengths.
+//! The footer alone lists every chunk, so the index can be rebuilt from the
+//! packs, and a damaged footer is detected by its hash.
 
 mod reader;
 mod writer;
 
-pub use reader::{PackReader, decode_chunk, read_footer};
-pub use writer::{FinishedPack, PackWriter, pack_path, sync_dir};
+pub use reader::{PackReader, decode_chunk, read_footer, read_footer_and_id};
+pub use writer::{FinishedPack, PackWriter, SealedPack, pack_path, sync_dir};
 
 use crate::compress::Codec;
-use crate::id::ChunkId;
+use crate::id::{ChunkId, PackId};
 
 pub const HEADER_MAGIC: &[u8; 8] = b"SNAPPACK";
 pub const TRAILER_MAGIC: &[u8; 8] = b"SNAPEND1";
@@ -70,6 +71,12 @@ pub fn encode_header() -> [u8; HEADER_LEN as usize] {
     h[..8].copy_from_slice(HEADER_MAGIC);
     h[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
     h
+}
+
+/// A pack's id, from its encoded footer (entries and trailer).
+pub fn footer_id(footer: &[u8]) -> PackId {
+    let entries = &footer[..footer.len() - TRAILER_LEN as usize];
+    PackId(*blake3::hash(entries).as_bytes())
 }
 
 /// Footer entries plus trailer, as written at the end of a pack.

@@ -10,7 +10,7 @@ use super::{
 use crate::compress::{Codec, decompress};
 use crate::config::CHUNK_MAX_LIMIT;
 use crate::error::{Error, IoContext, Result};
-use crate::id::ChunkId;
+use crate::id::{ChunkId, PackId};
 
 fn damaged(path: &Path, reason: impl Into<String>) -> Error {
     Error::Damaged {
@@ -21,6 +21,11 @@ fn damaged(path: &Path, reason: impl Into<String>) -> Error {
 
 /// Decode and check a pack's footer from the file alone.
 pub fn read_footer(path: &Path) -> Result<Vec<PackEntry>> {
+    Ok(read_footer_and_id(path)?.0)
+}
+
+/// The footer and the pack id it implies (BLAKE3 of the footer entries).
+pub fn read_footer_and_id(path: &Path) -> Result<(Vec<PackEntry>, PackId)> {
     let file = File::open(path).at(path)?;
     let size = file.metadata().at(path)?.len();
     if size < HEADER_LEN + TRAILER_LEN {
@@ -52,7 +57,8 @@ pub fn read_footer(path: &Path) -> Result<Vec<PackEntry>> {
     let footer_start = size - TRAILER_LEN - footer_len;
     let mut footer = vec![0u8; footer_len as usize];
     file.read_exact_at(&mut footer, footer_start).at(path)?;
-    if blake3::hash(&footer).as_bytes() != &trailer[8..40] {
+    let hash = blake3::hash(&footer);
+    if hash.as_bytes() != &trailer[8..40] {
         return Err(damaged(path, "footer checksum mismatch"));
     }
     let mut entries = Vec::with_capacity(count as usize);
@@ -67,7 +73,7 @@ pub fn read_footer(path: &Path) -> Result<Vec<PackEntry>> {
         }
         entries.push(e);
     }
-    Ok(entries)
+    Ok((entries, PackId(*hash.as_bytes())))
 }
 
 /// Random access to the chunks of one pack.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 
-use super::{HEADER_LEN, PackEntry, encode_footer, encode_header};
+use super::{HEADER_LEN, PackEntry, encode_footer, encode_header, footer_id};
 use crate::compress::Codec;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, PackId};
@@ -15,7 +15,6 @@ use crate::id::{ChunkId, PackId};
 pub struct PackWriter {
     tmp_path: PathBuf,
     file: BufWriter<NamedTempFile>,
-    hasher: blake3::Hasher,
     entries: Vec<PackEntry>,
     len: u64,
 }
@@ -41,7 +40,6 @@ impl PackWriter {
         let mut w = PackWriter {
             tmp_path,
             file: BufWriter::with_capacity(1 << 20, tmp),
-            hasher: blake3::Hasher::new(),
             entries: Vec::new(),
             len: 0,
         };
@@ -52,7 +50,6 @@ impl PackWriter {
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.file.write_all(bytes).at(&self.tmp_path)?;
-        self.hasher.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
     }
@@ -82,33 +79,62 @@ impl PackWriter {
 
     /// Write the footer, fsync, and rename to `<dir>/<2 hex>/<id>.pack`,
     /// fsyncing the directories so the name is durable too.
-    pub fn finish(mut self, packs_dir: &Path) -> Result<FinishedPack> {
+    pub fn finish(self, packs_dir: &Path) -> Result<FinishedPack> {
+        self.seal()?.publish(packs_dir)
+    }
+
+    /// Write the footer and flush; the pack is complete but not yet durable
+    /// nor visible under its name. `publish` can run on another thread, so
+    /// the next pack is written while this one is fsynced.
+    pub fn seal(mut self) -> Result<SealedPack> {
         let footer = encode_footer(&self.entries);
         self.write(&footer)?;
-        let id = PackId(*self.hasher.finalize().as_bytes());
+        // The id is the footer's hash (stored in the trailer): the footer
+        // names every chunk by its BLAKE3 with its offset and lengths, so it
+        // identifies the content without hashing the data a second time.
+        let id = footer_id(&footer);
         let tmp = self
             .file
             .into_inner()
             .map_err(|e| Error::io(&self.tmp_path, e.into_error()))?;
         crate::fault::point("pack written");
-        tmp.as_file().sync_all().at(&self.tmp_path)?;
+        Ok(SealedPack {
+            tmp,
+            tmp_path: self.tmp_path,
+            pack: FinishedPack {
+                id,
+                size: self.len,
+                entries: self.entries,
+            },
+        })
+    }
+}
+
+/// A complete pack in its temporary file.
+pub struct SealedPack {
+    tmp: NamedTempFile,
+    tmp_path: PathBuf,
+    pack: FinishedPack,
+}
+
+impl SealedPack {
+    /// fsync, rename to `<dir>/<2 hex>/<id>.pack`, fsync the directory.
+    pub fn publish(self, packs_dir: &Path) -> Result<FinishedPack> {
+        self.tmp.as_file().sync_all().at(&self.tmp_path)?;
         crate::fault::point("pack fsynced");
-        let final_path = pack_path(packs_dir, &id);
+        let final_path = pack_path(packs_dir, &self.pack.id);
         let sub = final_path.parent().expect("pack path has a parent");
         if !sub.exists() {
             fs::create_dir_all(sub).at(sub)?;
             sync_dir(packs_dir)?;
         }
-        tmp.persist(&final_path)
+        self.tmp
+            .persist(&final_path)
             .map_err(|e| Error::io(&final_path, e.error))?;
         crate::fault::point("pack renamed");
         sync_dir(sub)?;
         crate::fault::point("pack directory fsynced");
-        Ok(FinishedPack {
-            id,
-            size: self.len,
-            entries: self.entries,
-        })
+        Ok(self.pack)
     }
 }
 

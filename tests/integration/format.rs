@@ -2,7 +2,7 @@
 
 use snap::compress::Codec;
 use snap::id::ChunkId;
-use snap::pack::{PackReader, PackWriter, read_footer};
+use snap::pack::{PackReader, PackWriter, read_footer, read_footer_and_id};
 
 use crate::common::*;
 
@@ -43,8 +43,9 @@ fn pack_round_trip_and_the_footer_alone_lists_its_chunks() {
         .collect();
     assert!(leftovers.is_empty());
 
-    let footer = read_footer(&path).unwrap();
+    let (footer, id) = read_footer_and_id(&path).unwrap();
     assert_eq!(footer, finished.entries);
+    assert_eq!(id, finished.id);
     let reader = PackReader::open(&path).unwrap();
     for (e, c) in footer.iter().zip(&chunks) {
         assert_eq!(e.id, ChunkId::of(c));
