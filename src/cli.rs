@@ -35,6 +35,9 @@ pub enum Command {
         /// Target size of pack files, in MiB (1 to 1024)
         #[arg(long, value_name = "MIB", default_value_t = 16)]
         pack_size: u64,
+        /// zstd level for chunks (1 to 19)
+        #[arg(long, value_name = "LEVEL", default_value_t = 3)]
+        zstd_level: i32,
     },
     /// Snapshot a directory
     Create(CreateArgs),

@@ -106,13 +106,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let progress = TermProgress::new(cli.quiet);
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Init { path, pack_size } => {
+        Command::Init {
+            path,
+            pack_size,
+            zstd_level,
+        } => {
             let path = match path.or(cli.repo) {
                 Some(p) => p,
                 None => default_repo()?,
             };
             let config = snap::config::RepoConfig {
                 pack_target_bytes: pack_size.saturating_mul(1024 * 1024),
+                zstd_level,
                 ..Default::default()
             };
             Repository::init(&path, &config)?;

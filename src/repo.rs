@@ -196,8 +196,12 @@ impl Repository {
     }
 }
 
-/// Trees are compressed with zstd when that helps.
+/// Trees of 4 KiB or more are compressed with zstd when that helps;
+/// smaller ones are mostly hashes, which do not compress.
 pub fn compress_tree(enc: &[u8]) -> (Codec, Vec<u8>) {
+    if enc.len() < 4096 {
+        return (Codec::Raw, enc.to_vec());
+    }
     match zstd::bulk::compress(enc, 3) {
         Ok(c) if c.len() < enc.len() => (Codec::Zstd, c),
         _ => (Codec::Raw, enc.to_vec()),

@@ -99,6 +99,9 @@ struct Node {
     pending: usize,
     walked: bool,
     parent: Option<(usize, usize)>,
+    /// The parent snapshot's tree for this directory: when the new tree
+    /// comes out equal, its id is reused without encoding or storing.
+    old: Option<(TreeId, Tree)>,
 }
 
 pub fn create(
@@ -215,9 +218,11 @@ fn run(
     start_ns: i64,
     progress: &dyn Progress,
 ) -> Result<RunOutput> {
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(2);
+    let workers: usize = std::env::var("SNAP_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        // Readers block on I/O and on rayon; three per core keep the cores busy.
+        .unwrap_or_else(|| 3 * std::thread::available_parallelism().map_or(2, |n| n.get()));
     let (job_tx, job_rx) = bounded::<FileJob>(workers * 4);
     let (res_tx, res_rx) = unbounded::<FileResult>();
     let (chunk_tx, chunk_rx) = bounded::<Vec<NewChunk>>(16);
@@ -377,8 +382,8 @@ impl Walk<'_> {
             return self.resolve(pn);
         }
         names.sort();
-        let old = match old_tree {
-            Some(t) if !self.force => self.repo.load_tree(&t).ok(),
+        let old: Option<(TreeId, Tree)> = match old_tree {
+            Some(t) if !self.force => self.repo.load_tree(&t).ok().map(|tree| (t, tree)),
             _ => None,
         };
         let node_id = self.new_node(Node {
@@ -387,6 +392,7 @@ impl Walk<'_> {
             pending: 0,
             walked: false,
             parent: slot,
+            old: None,
         });
         self.stats.dirs += 1;
         for name in names {
@@ -413,7 +419,7 @@ impl Walk<'_> {
             }
             self.progress.entries(1);
             let mut entry = entry_from_metadata(name.clone(), &md);
-            let old_entry = old.as_ref().and_then(|t| t.get(&name));
+            let old_entry = old.as_ref().and_then(|(_, t)| t.get(&name));
             let slot_idx = self.nodes[&node_id].entries.len();
             match entry.kind {
                 Kind::Dir => {
@@ -455,7 +461,9 @@ impl Walk<'_> {
             }
             self.nodes.get_mut(&node_id).unwrap().entries.push(entry);
         }
-        self.nodes.get_mut(&node_id).unwrap().walked = true;
+        let node = self.nodes.get_mut(&node_id).unwrap();
+        node.walked = true;
+        node.old = old;
         self.resolve(node_id)
     }
 
@@ -627,7 +635,11 @@ impl Walk<'_> {
                     _ => self.stats.others += 1,
                 }
             }
-            let id = self.repo.store_tree(&Tree::new(entries))?;
+            let tree = Tree::new(entries);
+            let id = match &node.old {
+                Some((old_id, old_tree)) if *old_tree == tree => *old_id,
+                _ => self.repo.store_tree(&tree)?,
+            };
             match node.parent {
                 None => {
                     self.root = Some(id);

@@ -402,7 +402,11 @@ impl Planner<'_> {
                     None => Act::Write,
                     Some(m) => {
                         let same_stat = m.size() == e.size && mtime_ns(m) == e.mtime_ns;
-                        let same_content = if self.verify {
+                        // A file modified within the timestamp tick of its
+                        // snapshot (flagged racy) could have changed again
+                        // without changing size or mtime: compare content.
+                        let same_content = if self.verify || (same_stat && e.has_flag(flags::RACY))
+                        {
                             m.size() == e.size && self.content_equal(path, e)
                         } else {
                             same_stat

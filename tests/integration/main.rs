@@ -8,5 +8,6 @@ mod crash;
 mod dedup;
 mod format;
 mod gc;
+mod model;
 mod restore_in_place;
 mod roundtrip;
