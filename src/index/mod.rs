@@ -61,13 +61,20 @@ impl Index {
     }
 
     fn connect(path: &Path, flags: OpenFlags) -> Result<Connection> {
+        // Writers get a larger page cache than the readers create runs per
+        // worker thread: several connections must stay well under 100 MB.
+        let cache_kib = if flags.contains(OpenFlags::SQLITE_OPEN_READ_ONLY) {
+            4096
+        } else {
+            32768
+        };
         let conn = Connection::open_with_flags(path, flags).map_err(|source| Error::Index {
             path: path.to_path_buf(),
             source,
         })?;
         conn.busy_timeout(Duration::from_secs(30))
             .and_then(|_| conn.pragma_update(None, "foreign_keys", "ON"))
-            .and_then(|_| conn.pragma_update(None, "cache_size", -65536))
+            .and_then(|_| conn.pragma_update(None, "cache_size", -cache_kib))
             .map_err(|source| Error::Index {
                 path: path.to_path_buf(),
                 source,

@@ -32,7 +32,7 @@ use crate::pack::{FinishedPack, PackWriter, SealedPack};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::snapshot::{RootMeta, Snapshot, SnapshotStats};
-use crate::source::{entry_from_metadata, unchanged};
+use crate::source::{entry_from_metadata, entry_from_stat, lstat_at, unchanged};
 use crate::tree::{Entry, Kind, Payload, Tree, flags};
 
 #[derive(Debug, Clone, Default)]
@@ -395,11 +395,15 @@ impl Walk<'_> {
             old: None,
         });
         self.stats.dirs += 1;
+        let dir_fd = match File::open(abs) {
+            Ok(f) => f,
+            Err(e) => return Err(Error::io(abs, e)),
+        };
         for name in names {
             let path = abs.join(std::ffi::OsStr::from_bytes(&name));
             let child_rel = rel.join(std::ffi::OsStr::from_bytes(&name));
-            let md = match fs::symlink_metadata(&path) {
-                Ok(md) => md,
+            let st = match lstat_at(&dir_fd, &name) {
+                Ok(st) => st,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     self.progress.warn(&format!(
                         "{}: vanished during the walk; not in the snapshot",
@@ -412,13 +416,13 @@ impl Walk<'_> {
                     continue;
                 }
             };
-            if md.is_dir() && (md.dev(), md.ino()) == self.repo_key {
+            if st.kind() == Kind::Dir && (st.dev, st.ino) == self.repo_key {
                 self.progress
                     .warn(&format!("{}: is the repository; excluded", path.display()));
                 continue;
             }
             self.progress.entries(1);
-            let mut entry = entry_from_metadata(name.clone(), &md);
+            let mut entry = entry_from_stat(name.clone(), &st);
             let old_entry = old.as_ref().and_then(|(_, t)| t.get(&name));
             let slot_idx = self.nodes[&node_id].entries.len();
             match entry.kind {
@@ -441,7 +445,7 @@ impl Walk<'_> {
                             slot: slot_idx,
                             path,
                             rel: child_rel,
-                            ino: md.ino(),
+                            ino: st.ino,
                         })?;
                         self.nodes.get_mut(&node_id).unwrap().pending += 1;
                     }

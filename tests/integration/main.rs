@@ -8,6 +8,7 @@ mod crash;
 mod dedup;
 mod format;
 mod gc;
+mod hostile;
 mod model;
 mod restore_in_place;
 mod roundtrip;

@@ -1,0 +1,324 @@
+//! Hostile inputs: each gets a clear outcome, and nothing is lost.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::process::Command;
+
+use predicates::prelude::*;
+
+use crate::common::*;
+
+#[test]
+fn names_and_paths_near_the_os_limits_round_trip() {
+    let env = Env::new();
+    let src = env.path("src");
+    // A 255-byte name (NAME_MAX), and a path close to PATH_MAX (4096).
+    let long_name = "n".repeat(255);
+    write(&src.join(&long_name), b"longest name");
+    let mut deep = src.clone();
+    while deep.as_os_str().len() < 3800 {
+        deep = deep.join("d".repeat(200));
+    }
+    write(&deep.join("leaf"), b"deep leaf");
+    let id = env.create_id(&src);
+    let out = env.path("o");
+    env.snap()
+        .args(["restore", &id, "--target"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert_same_tree(&src, &out);
+}
+
+#[test]
+fn special_files_are_recorded_never_read_and_recreated() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    write(&src.join("regular"), b"x");
+    let fifo = std::ffi::CString::new(src.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    // A live socket: never opened by snap, recreated as a socket node.
+    let _listener = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+    if is_root() {
+        let dev =
+            std::ffi::CString::new(src.join("null-dev").as_os_str().as_encoded_bytes()).unwrap();
+        let rdev = libc::makedev(1, 3);
+        assert_eq!(
+            unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o600, rdev) },
+            0
+        );
+    }
+    // If snap opened the FIFO for reading it would block forever; the test
+    // harness would time out instead of passing.
+    let id = env.create_id(&src);
+    let out = env.path("out");
+    env.snap()
+        .args(["restore", &id, "--target"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert!(
+        fs::symlink_metadata(out.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert!(
+        fs::symlink_metadata(out.join("sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    if is_root() {
+        let m = fs::symlink_metadata(out.join("null-dev")).unwrap();
+        assert!(m.file_type().is_char_device());
+        assert_eq!(
+            m.rdev(),
+            fs::symlink_metadata(src.join("null-dev")).unwrap().rdev()
+        );
+    }
+}
+
+#[test]
+fn sparse_files_are_restored_sparse() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let f = fs::File::create(src.join("sparse.img")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"data at the end", (64 << 20) - 100)
+        .unwrap();
+    f.write_all_at(b"data at the start", 0).unwrap();
+    drop(f);
+    let id = env.create_id(&src);
+    assert!(
+        env.repo_bytes() < 1 << 20,
+        "zeros are stored once, compressed"
+    );
+    let out = env.path("out");
+    env.snap()
+        .args(["restore", &id, "--target"])
+        .arg(&out)
+        .assert()
+        .success();
+    let m = fs::metadata(out.join("sparse.img")).unwrap();
+    assert_eq!(m.len(), 64 << 20);
+    assert!(
+        m.blocks() * 512 < 4 << 20,
+        "restored file allocates {} bytes",
+        m.blocks() * 512
+    );
+    assert_eq!(
+        fs::read(out.join("sparse.img")).unwrap(),
+        fs::read(src.join("sparse.img")).unwrap()
+    );
+}
+
+#[test]
+fn a_repository_inside_the_source_is_excluded() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write(&src.join("data.txt"), b"app data");
+    let repo = src.join(".snap-repo");
+    let snap = || {
+        let mut c = assert_cmd::Command::cargo_bin("snap").unwrap();
+        c.env("SNAP_REPO", &repo);
+        c
+    };
+    snap().arg("init").assert().success();
+    snap()
+        .arg("create")
+        .arg(&src)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(".snap-repo").and(predicate::str::contains("excluded")));
+    let out = snap().args(["ls", "latest"]).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(
+        text.contains("data.txt") && !text.contains(".snap-repo"),
+        "{text}"
+    );
+}
+
+#[test]
+fn two_concurrent_creates_both_commit() {
+    let env = Env::new();
+    let a = env.path("a");
+    let b = env.path("b");
+    for (d, seed) in [(&a, 1), (&b, 2)] {
+        for i in 0..8 {
+            write(
+                &d.join(format!("{i}.bin")),
+                noise(seed * 100 + i, 1_000_000),
+            );
+        }
+    }
+    let bin = assert_cmd::cargo::cargo_bin("snap");
+    let spawn = |d: &Path| {
+        Command::new(&bin)
+            .arg("create")
+            .arg(d)
+            .env("SNAP_REPO", &env.repo)
+            .env("SNAP_LOCK_WAIT", "60")
+            .output()
+            .unwrap()
+    };
+    let (ra, rb) = std::thread::scope(|s| {
+        let ha = s.spawn(|| spawn(&a));
+        let hb = s.spawn(|| spawn(&b));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    assert!(
+        ra.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ra.stderr)
+    );
+    assert!(
+        rb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rb.stderr)
+    );
+    assert_eq!(env.list().len(), 2);
+    env.snap().args(["check", "--read-data"]).assert().success();
+}
+
+#[test]
+fn create_concurrent_with_gc_keeps_everything_consistent() {
+    let env = Env::new();
+    let src = env.path("src");
+    for g in 0..4 {
+        write(&src.join("gen.bin"), noise(g, 3_000_000));
+        env.create(&src);
+    }
+    write(&src.join("gen.bin"), noise(99, 3_000_000));
+    let bin = assert_cmd::cargo::cargo_bin("snap");
+    let run = |args: &[&str]| {
+        Command::new(&bin)
+            .args(args)
+            .env("SNAP_REPO", &env.repo)
+            .env("SNAP_LOCK_WAIT", "60")
+            .output()
+            .unwrap()
+    };
+    let (c, g) = std::thread::scope(|s| {
+        let hc = s.spawn(|| run(&["create", src.to_str().unwrap()]));
+        let hg = s.spawn(|| run(&["gc", "--keep-last", "2"]));
+        (hc.join().unwrap(), hg.join().unwrap())
+    });
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    env.snap().args(["check", "--read-data"]).assert().success();
+    let out = env.path("out");
+    env.snap()
+        .args(["restore", "latest", "--target"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert_eq!(fs::read(out.join("gen.bin")).unwrap(), noise(99, 3_000_000));
+}
+
+/// Mount a small tmpfs (root only); `None` where that is not possible.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Option<SmallDisk> {
+        fs::create_dir_all(path).unwrap();
+        let ok = is_root()
+            && Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(path)
+                .status()
+                .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn a_full_disk_during_create_commits_nothing_and_leaves_the_repository_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), "6m") else {
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    };
+    let repo = disk.path.join("repo");
+    let snap = || {
+        let mut c = assert_cmd::Command::cargo_bin("snap").unwrap();
+        c.env("SNAP_REPO", &repo);
+        c
+    };
+    snap().arg("init").assert().success();
+    let src = dir.path().join("src");
+    write(&src.join("small.txt"), b"fits");
+    snap().arg("create").arg(&src).assert().success();
+    for i in 0..4 {
+        write(&src.join(format!("big-{i}.bin")), noise(i, 3_000_000));
+    }
+    snap()
+        .arg("create")
+        .arg(&src)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("No space left on device"));
+    let out = snap().args(["list", "--json"]).assert().success();
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(list.len(), 1, "nothing committed");
+    snap().args(["check", "--read-data"]).assert().success();
+    // gc reclaims what the failed create wrote; the old snapshot restores.
+    snap().arg("gc").assert().success();
+    let target = dir.path().join("restored");
+    snap()
+        .args(["restore", "latest", "--target"])
+        .arg(&target)
+        .assert()
+        .success();
+    assert_eq!(fs::read(target.join("small.txt")).unwrap(), b"fits");
+}
+
+#[test]
+fn a_full_disk_during_restore_fails_cleanly_and_keeps_old_files() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..4 {
+        write(&src.join(format!("big-{i}.bin")), noise(i, 3_000_000));
+    }
+    let id = env.create_id(&src);
+    let Some(disk) = SmallDisk::mount(&env.path("disk"), "5m") else {
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    };
+    let target = disk.path.join("target");
+    write(&target.join("precious.txt"), b"already here");
+    env.snap()
+        .args(["restore", &id, "--no-safety-snapshot", "--target"])
+        .arg(&target)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("No space left on device"));
+    // No temporary file under a real name; no half-written file renamed in.
+    for e in fs::read_dir(&target).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("big-") {
+            let i: u64 = name[4..5].parse().unwrap();
+            assert_eq!(
+                fs::read(e.path()).unwrap(),
+                noise(i, 3_000_000),
+                "{name} is torn"
+            );
+        }
+    }
+    env.snap().args(["check"]).assert().success();
+}
