@@ -24,10 +24,11 @@ CREATE TABLE chunks (
 ) WITHOUT ROWID;
 CREATE INDEX chunks_by_pack ON chunks(pack);
 CREATE TABLE trees (
-    hash  BLOB PRIMARY KEY,
+    id    INTEGER PRIMARY KEY,
+    hash  BLOB NOT NULL UNIQUE,
     codec INTEGER NOT NULL,
     data  BLOB NOT NULL
-) WITHOUT ROWID;
+);
 CREATE TABLE snapshots (
     id         INTEGER PRIMARY KEY,
     hash       BLOB NOT NULL UNIQUE,
