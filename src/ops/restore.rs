@@ -595,6 +595,9 @@ pub fn restore(
     Ok((plan, Some(stats)))
 }
 
+/// Files written between two durability barriers.
+const WRITE_BATCH_FILES: usize = 4096;
+
 /// A file to write: its path, its snapshot entry, where its chunks are.
 type WriteJob<'a> = (&'a Path, &'a Entry, Vec<(ChunkId, ChunkLocation)>);
 
@@ -639,11 +642,23 @@ fn execute(
             }
         }
     }
-    // 3. File contents: locate chunks, write temporaries in parallel.
-    let mut jobs: Vec<WriteJob> = Vec::new();
-    for step in &plan.steps {
-        if let Step::Write { path, .. } = step {
-            let e = &plan.entries[path];
+    // 3. File contents, in batches (bounded memory and bounded work between
+    //    barriers): locate chunks, write temporaries in parallel, one
+    //    `syncfs` for the batch, then rename each over its real name.
+    let packs_dir = repo.packs_dir();
+    let mut damaged = false;
+    let writes: Vec<&PathBuf> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Write { path, .. } => Some(path),
+            _ => None,
+        })
+        .collect();
+    for batch in writes.chunks(WRITE_BATCH_FILES) {
+        let mut jobs: Vec<WriteJob> = Vec::with_capacity(batch.len());
+        for path in batch {
+            let e = &plan.entries[*path];
             let mut locs = Vec::with_capacity(e.chunks().len());
             let mut missing = None;
             for id in e.chunks() {
@@ -664,43 +679,42 @@ fn execute(
                 ),
             }
         }
-    }
-    for (path, _, _) in &jobs {
-        make_parent_writable(path);
-    }
-    let packs_dir = repo.packs_dir();
-    let written: Vec<(&Path, &Entry, Result<tempfile::TempPath>)> = jobs
-        .par_iter()
-        .map_init(
-            || ChunkReader::new(packs_dir.clone()),
-            |reader, (path, e, locs)| {
-                let r = write_temp(reader, path, e, locs, is_root, progress);
-                crate::fault::point("restore wrote a temporary file");
-                (*path, *e, r)
-            },
-        )
-        .collect();
-    let mut renames = Vec::new();
-    let mut damaged = false;
-    for (path, e, r) in written {
-        match r {
-            Ok(tmp) => renames.push((path, e, tmp)),
-            Err(err) => {
-                damaged |= err.is_damage();
-                fail(stats, path, err.to_string());
+        for (path, _, _) in &jobs {
+            make_parent_writable(path);
+        }
+        let written: Vec<(&Path, &Entry, Result<tempfile::TempPath>)> = jobs
+            .par_iter()
+            .map_init(
+                || ChunkReader::new(packs_dir.clone()),
+                |reader, (path, e, locs)| {
+                    let r = write_temp(reader, path, e, locs, is_root, progress);
+                    crate::fault::point("restore wrote a temporary file");
+                    (*path, *e, r)
+                },
+            )
+            .collect();
+        drop(jobs);
+        let mut renames = Vec::new();
+        for (path, e, r) in written {
+            match r {
+                Ok(tmp) => renames.push((path, e, tmp)),
+                Err(err) => {
+                    damaged |= err.is_damage();
+                    fail(stats, path, err.to_string());
+                }
             }
         }
-    }
-    if !renames.is_empty() {
-        // One barrier for all temporaries instead of an fsync per file.
-        syncfs(&plan.target)?;
-        crate::fault::point("restore temporaries durable");
-        for (path, e, tmp) in renames {
-            tmp.persist(path)
-                .map_err(|err| Error::io(path, err.error))?;
-            crate::fault::point("restore renamed a file into place");
-            stats.written_files += 1;
-            stats.written_bytes += e.size;
+        if !renames.is_empty() {
+            // One barrier for the batch instead of an fsync per file.
+            syncfs(&plan.target)?;
+            crate::fault::point("restore temporaries durable");
+            for (path, e, tmp) in renames {
+                tmp.persist(path)
+                    .map_err(|err| Error::io(path, err.error))?;
+                crate::fault::point("restore renamed a file into place");
+                stats.written_files += 1;
+                stats.written_bytes += e.size;
+            }
         }
     }
     // 4. Symlinks, special files, hard links, metadata.
