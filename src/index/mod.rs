@@ -42,6 +42,12 @@ pub struct Index {
     path: PathBuf,
 }
 
+/// A codec stored as an integer column.
+fn codec_col(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Codec> {
+    let c: u8 = r.get(i)?;
+    Codec::from_u8(c).ok_or(rusqlite::Error::IntegralValueOutOfRange(i, c as i64))
+}
+
 fn blob_id<T>(v: Vec<u8>, f: fn(&[u8]) -> Option<T>) -> rusqlite::Result<T> {
     f(&v).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -309,25 +315,11 @@ impl Index {
 
     /// The live chunks of one pack, in pack order.
     pub fn live_chunks_in_pack(&self, pack_rowid: i64) -> Result<Vec<PackEntry>> {
-        let f = || -> rusqlite::Result<Vec<PackEntry>> {
-            let mut st = self.conn.prepare_cached(
-                "SELECT c.hash, c.offset, c.stored_len, c.raw_len, c.codec FROM chunks c
-                 JOIN temp.live l ON l.hash = c.hash WHERE c.pack = ?1 ORDER BY c.offset",
-            )?;
-            st.query_map([pack_rowid], |r| {
-                let codec: u8 = r.get(4)?;
-                Ok(PackEntry {
-                    id: blob_id(r.get(0)?, ChunkId::from_slice)?,
-                    offset: r.get(1)?,
-                    stored_len: r.get(2)?,
-                    raw_len: r.get(3)?,
-                    codec: Codec::from_u8(codec)
-                        .ok_or(rusqlite::Error::IntegralValueOutOfRange(4, codec as i64))?,
-                })
-            })?
-            .collect()
-        };
-        f().map_err(|e| self.err(e))
+        self.pack_entries(
+            "SELECT c.hash, c.offset, c.stored_len, c.raw_len, c.codec FROM chunks c
+             JOIN temp.live l ON l.hash = c.hash WHERE c.pack = ?1 ORDER BY c.offset",
+            pack_rowid,
+        )
     }
 
     /// Remove chunk rows no live snapshot references; returns how many.
@@ -367,15 +359,12 @@ impl Index {
             )
             .and_then(|mut st| {
                 st.query_row([id.as_bytes()], |r| {
-                    let codec: u8 = r.get(4)?;
                     Ok(ChunkLocation {
                         pack: blob_id(r.get(0)?, PackId::from_slice)?,
                         offset: r.get(1)?,
                         stored_len: r.get(2)?,
                         raw_len: r.get(3)?,
-                        codec: Codec::from_u8(codec).ok_or_else(|| {
-                            rusqlite::Error::IntegralValueOutOfRange(4, codec as i64)
-                        })?,
+                        codec: codec_col(r, 4)?,
                     })
                 })
                 .optional()
@@ -403,19 +392,23 @@ impl Index {
 
     /// The chunk rows that point into one pack.
     pub fn chunks_in_pack(&self, pack_rowid: i64) -> Result<Vec<PackEntry>> {
+        self.pack_entries(
+            "SELECT hash, offset, stored_len, raw_len, codec FROM chunks WHERE pack = ?1 ORDER BY offset",
+            pack_rowid,
+        )
+    }
+
+    /// Run a query whose rows are (hash, offset, stored_len, raw_len, codec).
+    fn pack_entries(&self, sql: &str, pack_rowid: i64) -> Result<Vec<PackEntry>> {
         let f = || -> rusqlite::Result<Vec<PackEntry>> {
-            let mut st = self.conn.prepare_cached(
-                "SELECT hash, offset, stored_len, raw_len, codec FROM chunks WHERE pack = ?1 ORDER BY offset",
-            )?;
+            let mut st = self.conn.prepare_cached(sql)?;
             st.query_map([pack_rowid], |r| {
-                let codec: u8 = r.get(4)?;
                 Ok(PackEntry {
                     id: blob_id(r.get(0)?, ChunkId::from_slice)?,
                     offset: r.get(1)?,
                     stored_len: r.get(2)?,
                     raw_len: r.get(3)?,
-                    codec: Codec::from_u8(codec)
-                        .ok_or(rusqlite::Error::IntegralValueOutOfRange(4, codec as i64))?,
+                    codec: codec_col(r, 4)?,
                 })
             })?
             .collect()
@@ -495,15 +488,8 @@ impl Index {
         self.conn
             .prepare_cached("SELECT codec, data FROM trees WHERE hash = ?1")
             .and_then(|mut st| {
-                st.query_row([id.as_bytes()], |r| {
-                    let c: u8 = r.get(0)?;
-                    Ok((
-                        Codec::from_u8(c)
-                            .ok_or(rusqlite::Error::IntegralValueOutOfRange(0, c as i64))?,
-                        r.get(1)?,
-                    ))
-                })
-                .optional()
+                st.query_row([id.as_bytes()], |r| Ok((codec_col(r, 0)?, r.get(1)?)))
+                    .optional()
             })
             .map_err(|e| self.err(e))
     }
