@@ -277,3 +277,68 @@ fn restore_of_a_damaged_snapshot_restores_the_rest_and_reports() {
     assert!(!out.join("b-victim.bin").exists(), "no wrong data written");
     let _ = id;
 }
+
+#[test]
+fn a_damaged_tree_is_found_and_named_and_its_restore_fails_cleanly() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("docs/a.txt"), b"alpha");
+    write(&src.join("b.txt"), b"beta");
+    let id = env.create_id(&src);
+    // Flip a byte in the stored tree of docs/.
+    let conn = rusqlite::Connection::open(env.repo.join("index.db")).unwrap();
+    let (hash, mut data): (Vec<u8>, Vec<u8>) = conn
+        .query_row(
+            "SELECT hash, data FROM trees ORDER BY length(data) LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0x01;
+    conn.execute(
+        "UPDATE trees SET data = ?1 WHERE hash = ?2",
+        rusqlite::params![data, hash],
+    )
+    .unwrap();
+    drop(conn);
+    env.snap()
+        .arg("check")
+        .assert()
+        .code(5)
+        .stdout(predicate::str::contains("tree").and(predicate::str::contains(&id)));
+    let out = env.path("out");
+    env.snap()
+        .args(["restore", &id, "--target"])
+        .arg(&out)
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains("BLAKE3"));
+}
+
+#[test]
+fn a_damaged_index_file_is_reported_as_damage() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..200 {
+        write(&src.join(format!("d{}/f{i}", i % 20)), format!("file {i}"));
+    }
+    env.create(&src);
+    let path = env.repo.join("index.db");
+    assert!(
+        !env.repo.join("index.db-wal").exists()
+            || fs::metadata(env.repo.join("index.db-wal")).unwrap().len() == 0
+    );
+    let mut bytes = fs::read(&path).unwrap();
+    for b in &mut bytes[4096..16384] {
+        *b = 0;
+    }
+    fs::write(&path, &bytes).unwrap();
+    let out = env.snap().arg("check").assert().code(5);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.get_output().stdout),
+        String::from_utf8_lossy(&out.get_output().stderr)
+    );
+    assert!(text.contains("index.db"), "{text}");
+}
