@@ -825,7 +825,7 @@ fn write_temp(
     let mut i = 0;
     // Adjacent chunks of one pack are read with one call.
     while i < locs.len() {
-        let (first_id, first) = locs[i];
+        let first = locs[i].1;
         let mut j = i + 1;
         let mut end = first.offset as u64 + first.stored_len as u64;
         while j < locs.len()
@@ -838,7 +838,6 @@ fn write_temp(
         }
         let pack = reader.pack(&first.pack)?;
         let run = pack.read_stored(first.offset as u64, (end - first.offset as u64) as u32)?;
-        let _ = first_id;
         for (id, loc) in &locs[i..j] {
             let start = (loc.offset - first.offset) as usize;
             let stored = &run[start..start + loc.stored_len as usize];
