@@ -312,15 +312,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                                     if *dir { "/" } else { "" }
                                 ),
                                 Step::MakeDir { path } => format!("mkdir    {}", path.display()),
-                                Step::Write { path, bytes } => {
+                                Step::Write { path, bytes, .. } => {
                                     format!("write    {} ({})", path.display(), human_bytes(*bytes))
                                 }
-                                Step::Symlink { path } => format!("symlink  {}", path.display()),
-                                Step::Special { path } => format!("special  {}", path.display()),
+                                Step::Symlink { path, .. } => {
+                                    format!("symlink  {}", path.display())
+                                }
+                                Step::Special { path, .. } => {
+                                    format!("special  {}", path.display())
+                                }
                                 Step::Link { path, to } => {
                                     format!("link     {} -> {}", path.display(), to.display())
                                 }
-                                Step::FixMeta { path } => format!("metadata {}", path.display()),
+                                Step::FixMeta { path, .. } => {
+                                    format!("metadata {}", path.display())
+                                }
                                 Step::DirMeta { .. } => continue,
                             };
                             writeln!(out, "{line}")?;

@@ -67,22 +67,15 @@ impl Index {
     }
 
     fn connect(path: &Path, flags: OpenFlags) -> Result<Connection> {
-        // Writers get a larger page cache than the readers create runs per
-        // worker thread: several connections must stay well under 100 MB.
-        let cache_kib = if flags.contains(OpenFlags::SQLITE_OPEN_READ_ONLY) {
-            4096
-        } else {
-            32768
-        };
         let conn = Connection::open_with_flags(path, flags).map_err(|source| Error::Index {
             path: path.to_path_buf(),
             source,
         })?;
         conn.busy_timeout(Duration::from_secs(30))
             .and_then(|_| conn.pragma_update(None, "foreign_keys", "ON"))
-            .and_then(|_| conn.pragma_update(None, "cache_size", -cache_kib))
-            // Reads through a memory map: a tree lookup costs no syscall.
-            .and_then(|_| conn.pragma_update(None, "mmap_size", 64i64 << 20))
+            // Small by default: create runs one connection per reader thread,
+            // and peak memory must stay well under 100 MB.
+            .and_then(|_| conn.pragma_update(None, "cache_size", -4096))
             .map_err(|source| Error::Index {
                 path: path.to_path_buf(),
                 source,
@@ -199,6 +192,16 @@ impl Index {
         };
         config.validate()?;
         Ok((idx, config))
+    }
+
+    /// For the one connection that walks and writes during create: a larger
+    /// page cache for inserts, and reads through a memory map so that a tree
+    /// lookup costs no syscall.
+    pub fn tune_for_create(&self) -> Result<()> {
+        self.conn
+            .pragma_update(None, "cache_size", -32768)
+            .and_then(|_| self.conn.pragma_update(None, "mmap_size", 64i64 << 20))
+            .map_err(|e| self.err(e))
     }
 
     pub fn begin(&self) -> Result<()> {

@@ -138,6 +138,7 @@ pub fn create(
     let repo_md = fs::metadata(repo.root()).at(repo.root())?;
 
     progress.phase("create", None);
+    repo.index.tune_for_create()?;
     repo.index.begin()?;
     let result = run(
         repo,

@@ -35,7 +35,7 @@ use crate::ops::ls::lookup;
 use crate::pack::decode_chunk;
 use crate::progress::Progress;
 use crate::repo::{ChunkReader, Repository};
-use crate::snapshot::{RootMeta, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::source::kind_of;
 use crate::tree::{Entry, Kind, Payload, Tree, flags};
 
@@ -59,14 +59,77 @@ pub struct RestoreOptions {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Step {
-    Delete { path: PathBuf, dir: bool },
-    MakeDir { path: PathBuf },
-    Write { path: PathBuf, bytes: u64 },
-    Symlink { path: PathBuf },
-    Special { path: PathBuf },
-    Link { path: PathBuf, to: PathBuf },
-    FixMeta { path: PathBuf },
-    DirMeta { path: PathBuf },
+    Delete {
+        path: PathBuf,
+        dir: bool,
+    },
+    MakeDir {
+        path: PathBuf,
+    },
+    Write {
+        path: PathBuf,
+        bytes: u64,
+        #[serde(skip)]
+        meta: Meta,
+    },
+    Symlink {
+        path: PathBuf,
+        #[serde(skip)]
+        meta: Meta,
+    },
+    Special {
+        path: PathBuf,
+        #[serde(skip)]
+        meta: Meta,
+    },
+    Link {
+        path: PathBuf,
+        to: PathBuf,
+    },
+    FixMeta {
+        path: PathBuf,
+        #[serde(skip)]
+        meta: Meta,
+    },
+    DirMeta {
+        path: PathBuf,
+        #[serde(skip)]
+        meta: Meta,
+    },
+}
+
+/// What a step needs of its snapshot entry (the name is in its path).
+/// Kept small: a restore plan holds one per file it writes.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub size: u64,
+    pub payload: Payload,
+}
+
+impl Meta {
+    fn of(e: &Entry) -> Meta {
+        Meta {
+            kind: e.kind,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime_ns: e.mtime_ns,
+            size: e.size,
+            payload: e.payload.clone(),
+        }
+    }
+
+    fn chunks(&self) -> &[ChunkId] {
+        match &self.payload {
+            Payload::Chunks(c) => c,
+            _ => &[],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -93,10 +156,6 @@ pub struct Plan {
     /// Entries the snapshot could not store (unreadable at snapshot time):
     /// left as they are on disk.
     pub not_in_snapshot: Vec<PathBuf>,
-    #[serde(skip)]
-    entries: HashMap<PathBuf, Entry>,
-    #[serde(skip)]
-    root: Option<(PathBuf, RootMeta)>,
 }
 
 impl Plan {
@@ -141,10 +200,8 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
         steps: Vec::new(),
         summary: PlanSummary::default(),
         leaders: HashMap::new(),
-        entries: HashMap::new(),
         not_in_snapshot: Vec::new(),
     };
-    let mut root = None;
     let sub = opts
         .subpath
         .as_deref()
@@ -183,8 +240,16 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
                 }
                 p.steps.push(Step::DirMeta {
                     path: target.clone(),
+                    meta: Meta {
+                        kind: Kind::Dir,
+                        mode: rm.mode,
+                        uid: rm.uid,
+                        gid: rm.gid,
+                        mtime_ns: rm.mtime_ns,
+                        size: 0,
+                        payload: Payload::None,
+                    },
                 });
-                root = Some((target.clone(), rm));
             }
         }
         Some((entry, _)) => {
@@ -205,8 +270,6 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
         steps: p.steps,
         summary: p.summary,
         not_in_snapshot: p.not_in_snapshot,
-        entries: p.entries,
-        root,
     })
 }
 
@@ -227,8 +290,6 @@ struct Planner<'a> {
     steps: Vec<Step>,
     summary: PlanSummary,
     leaders: HashMap<(u64, u64), Leader>,
-    /// Snapshot entries for the paths steps refer to (payload and metadata).
-    entries: HashMap<PathBuf, Entry>,
     not_in_snapshot: Vec<PathBuf>,
 }
 
@@ -327,8 +388,8 @@ impl Planner<'_> {
                     }
                     self.steps.push(Step::DirMeta {
                         path: path_buf.clone(),
+                        meta: Meta::of(e),
                     });
-                    self.remember(path_buf, e);
                     dirty = true;
                 }
             }
@@ -371,9 +432,9 @@ impl Planner<'_> {
                         } else {
                             self.steps.push(Step::FixMeta {
                                 path: path_buf.clone(),
+                                meta: Meta::of(e),
                             });
                             self.summary.fix_metadata += 1;
-                            self.remember(path_buf.clone(), e);
                         }
                         self.leaders.insert(
                             key,
@@ -430,9 +491,9 @@ impl Planner<'_> {
                     Act::Meta => {
                         self.steps.push(Step::FixMeta {
                             path: path_buf.clone(),
+                            meta: Meta::of(e),
                         });
                         self.summary.fix_metadata += 1;
-                        self.remember(path_buf.clone(), e);
                         dirty = true;
                         disk.as_ref().map(|m| m.ino())
                     }
@@ -441,10 +502,10 @@ impl Planner<'_> {
                         self.steps.push(Step::Write {
                             path: path_buf.clone(),
                             bytes: e.size,
+                            meta: Meta::of(e),
                         });
                         self.summary.write_files += 1;
                         self.summary.write_bytes += e.size;
-                        self.remember(path_buf.clone(), e);
                         dirty = true;
                         None
                     }
@@ -474,9 +535,9 @@ impl Planner<'_> {
                     if !self.meta_equal(e, disk.as_ref().unwrap()) {
                         self.steps.push(Step::FixMeta {
                             path: path_buf.clone(),
+                            meta: Meta::of(e),
                         });
                         self.summary.fix_metadata += 1;
-                        self.remember(path_buf, e);
                         dirty = true;
                     }
                 } else {
@@ -485,9 +546,9 @@ impl Planner<'_> {
                     }
                     self.steps.push(Step::Symlink {
                         path: path_buf.clone(),
+                        meta: Meta::of(e),
                     });
                     self.summary.symlinks += 1;
-                    self.remember(path_buf, e);
                     dirty = true;
                 }
             }
@@ -496,27 +557,23 @@ impl Planner<'_> {
                     if !self.meta_equal(e, m) {
                         self.steps.push(Step::FixMeta {
                             path: path_buf.clone(),
+                            meta: Meta::of(e),
                         });
                         self.summary.fix_metadata += 1;
-                        self.remember(path_buf, e);
                         dirty = true;
                     }
                 }
                 None => {
                     self.steps.push(Step::Special {
                         path: path_buf.clone(),
+                        meta: Meta::of(e),
                     });
                     self.summary.specials += 1;
-                    self.remember(path_buf, e);
                     dirty = true;
                 }
             },
         }
         Ok(dirty)
-    }
-
-    fn remember(&mut self, path: PathBuf, e: &Entry) {
-        self.entries.insert(path, e.clone());
     }
 
     /// Does the file at `path` hold exactly the snapshot's chunks?
@@ -599,7 +656,7 @@ pub fn restore(
 const WRITE_BATCH_FILES: usize = 4096;
 
 /// A file to write: its path, its snapshot entry, where its chunks are.
-type WriteJob<'a> = (&'a Path, &'a Entry, Vec<(ChunkId, ChunkLocation)>);
+type WriteJob<'a> = (&'a Path, &'a Meta, Vec<(ChunkId, ChunkLocation)>);
 
 fn execute(
     repo: &Repository,
@@ -647,18 +704,17 @@ fn execute(
     //    `syncfs` for the batch, then rename each over its real name.
     let packs_dir = repo.packs_dir();
     let mut damaged = false;
-    let writes: Vec<&PathBuf> = plan
+    let writes: Vec<(&PathBuf, &Meta)> = plan
         .steps
         .iter()
         .filter_map(|s| match s {
-            Step::Write { path, .. } => Some(path),
+            Step::Write { path, meta, .. } => Some((path, meta)),
             _ => None,
         })
         .collect();
     for batch in writes.chunks(WRITE_BATCH_FILES) {
         let mut jobs: Vec<WriteJob> = Vec::with_capacity(batch.len());
-        for path in batch {
-            let e = &plan.entries[*path];
+        for &(path, e) in batch {
             let mut locs = Vec::with_capacity(e.chunks().len());
             let mut missing = None;
             for id in e.chunks() {
@@ -682,7 +738,7 @@ fn execute(
         for (path, _, _) in &jobs {
             make_parent_writable(path);
         }
-        let written: Vec<(&Path, &Entry, Result<tempfile::TempPath>)> = jobs
+        let written: Vec<(&Path, &Meta, Result<tempfile::TempPath>)> = jobs
             .par_iter()
             .map_init(
                 || ChunkReader::new(packs_dir.clone()),
@@ -720,12 +776,10 @@ fn execute(
     // 4. Symlinks, special files, hard links, metadata.
     for step in &plan.steps {
         let r = match step {
-            Step::Symlink { path } => {
-                let e = &plan.entries[path];
+            Step::Symlink { path, meta: e } => {
                 make_symlink(path, e, is_root).map(|_| stats.symlinks += 1)
             }
-            Step::Special { path } => {
-                let e = &plan.entries[path];
+            Step::Special { path, meta: e } => {
                 make_special(path, e, is_root).map(|_| stats.specials += 1)
             }
             _ => Ok(()),
@@ -746,8 +800,7 @@ fn execute(
         }
     }
     for step in &plan.steps {
-        if let Step::FixMeta { path } = step {
-            let e = &plan.entries[path];
+        if let Step::FixMeta { path, meta: e } = step {
             match set_meta_path(path, e.kind, e.mode, e.uid, e.gid, e.mtime_ns, is_root) {
                 Ok(()) => {
                     stats.fixed_metadata += 1;
@@ -760,13 +813,8 @@ fn execute(
     // 5. Directory metadata, deepest first, so setting a child's mtime does
     //    not disturb the parent's afterwards.
     for step in plan.steps.iter().rev() {
-        if let Step::DirMeta { path } = step {
-            let (mode, uid, gid, mtime) = match (plan.entries.get(path), &plan.root) {
-                (Some(e), _) => (e.mode, e.uid, e.gid, e.mtime_ns),
-                (None, Some((p, rm))) if p == path => (rm.mode, rm.uid, rm.gid, rm.mtime_ns),
-                _ => continue,
-            };
-            set_meta_path(path, Kind::Dir, mode, uid, gid, mtime, is_root)?;
+        if let Step::DirMeta { path, meta: e } = step {
+            set_meta_path(path, Kind::Dir, e.mode, e.uid, e.gid, e.mtime_ns, is_root)?;
         }
     }
     syncfs(&plan.target)?;
@@ -781,11 +829,11 @@ fn step_path(step: &Step) -> &Path {
         Step::Delete { path, .. }
         | Step::MakeDir { path }
         | Step::Write { path, .. }
-        | Step::Symlink { path }
-        | Step::Special { path }
+        | Step::Symlink { path, .. }
+        | Step::Special { path, .. }
         | Step::Link { path, .. }
-        | Step::FixMeta { path }
-        | Step::DirMeta { path } => path,
+        | Step::FixMeta { path, .. }
+        | Step::DirMeta { path, .. } => path,
     }
 }
 
@@ -809,7 +857,7 @@ fn make_parent_writable(path: &Path) {
 fn write_temp(
     reader: &mut ChunkReader,
     path: &Path,
-    e: &Entry,
+    e: &Meta,
     locs: &[(ChunkId, ChunkLocation)],
     is_root: bool,
     progress: &dyn Progress,
@@ -885,7 +933,7 @@ fn cpath(path: &Path) -> Result<CString> {
         .map_err(|_| Error::Invalid(format!("{}: path contains a NUL byte", path.display())))
 }
 
-fn make_symlink(path: &Path, e: &Entry, is_root: bool) -> Result<()> {
+fn make_symlink(path: &Path, e: &Meta, is_root: bool) -> Result<()> {
     let target = match &e.payload {
         Payload::Target(t) => OsStr::from_bytes(t),
         _ => OsStr::new(""),
@@ -902,7 +950,7 @@ fn make_symlink(path: &Path, e: &Entry, is_root: bool) -> Result<()> {
     )
 }
 
-fn make_special(path: &Path, e: &Entry, is_root: bool) -> Result<()> {
+fn make_special(path: &Path, e: &Meta, is_root: bool) -> Result<()> {
     let (fmt, rdev) = match (e.kind, &e.payload) {
         (Kind::Fifo, _) => (libc::S_IFIFO, 0),
         (Kind::Socket, _) => (libc::S_IFSOCK, 0),
