@@ -58,6 +58,15 @@ impl Env {
         self.create(dir)["id"].as_str().unwrap().to_string()
     }
 
+    /// `snap restore ID --target DIR`, asserting success.
+    pub fn restore_to(&self, id: &str, target: &Path) {
+        self.snap()
+            .args(["restore", id, "--target"])
+            .arg(target)
+            .assert()
+            .success();
+    }
+
     pub fn list(&self) -> Vec<serde_json::Value> {
         let out = self.snap().args(["list", "--json"]).assert().success();
         serde_json::from_slice(&out.get_output().stdout).unwrap()

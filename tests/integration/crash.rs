@@ -33,6 +33,18 @@ fn fault_points(env: &Env, args: &[&str]) -> u64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
+/// Count the fault points of `args` against a throwaway copy of the
+/// repository (the source, if the command changes it, is the caller's).
+fn fault_points_on_a_copy(env: &Env, args: &[&str]) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Env {
+        repo: dir.path().join("repo"),
+        dir,
+    };
+    cp_a(&env.repo, &probe.repo);
+    fault_points(&probe, args)
+}
+
 /// Run `args` with a crash injected at point `n`. Returns false when the
 /// command passed fewer points this time and finished normally (the count
 /// can vary between runs: parallel work, a safety snapshot re-reading files).
@@ -87,11 +99,7 @@ fn ids(env: &Env) -> Vec<String> {
 fn assert_restores(env: &Env, id: &str, expected: &Path, tag: &str) {
     let out = env.path(&format!("verify-{tag}"));
     let _ = fs::remove_dir_all(&out);
-    env.snap()
-        .args(["restore", id, "--target"])
-        .arg(&out)
-        .assert()
-        .success();
+    env.restore_to(id, &out);
     assert_same_tree(expected, &out);
     fs::remove_dir_all(&out).unwrap();
 }
@@ -144,16 +152,7 @@ fn create_crash_cycle(rounds: u64) -> u64 {
     let mut crashes = 0;
     for round in 0..rounds {
         churn(&src, 2 + round);
-        let total = {
-            // Count on a throwaway copy of the repository.
-            let probe_dir = tempfile::tempdir().unwrap();
-            let probe = Env {
-                repo: probe_dir.path().join("repo"),
-                dir: probe_dir,
-            };
-            cp_a(&env.repo, &probe.repo);
-            fault_points(&probe, &args)
-        };
+        let total = fault_points_on_a_copy(&env, &args);
         assert!(total >= 8, "create passed only {total} fault points");
         let committed = ids(&env);
         for n in 1..=total {
@@ -242,15 +241,9 @@ fn restore_crash_cycle(every: u64, safety: bool) -> u64 {
         args.push("--no-safety-snapshot");
     }
     let total = {
-        let probe_dir = tempfile::tempdir().unwrap();
-        let probe = Env {
-            repo: probe_dir.path().join("repo"),
-            dir: probe_dir,
-        };
-        cp_a(&env.repo, &probe.repo);
         let probe_src = env.path("src");
         // Count on the real source, then put the migrated state back.
-        let n = fault_points(&probe, &args);
+        let n = fault_points_on_a_copy(&env, &args);
         fs::remove_dir_all(&probe_src).unwrap();
         cp_a(&migrated, &probe_src);
         n
@@ -331,15 +324,7 @@ fn gc_crash_cycle(rounds: u64) -> u64 {
             gens.push((id, copy));
         }
         let kept = &gens[gens.len() - 2..];
-        let total = {
-            let probe_dir = tempfile::tempdir().unwrap();
-            let probe = Env {
-                repo: probe_dir.path().join("repo"),
-                dir: probe_dir,
-            };
-            cp_a(&env.repo, &probe.repo);
-            fault_points(&probe, &args)
-        };
+        let total = fault_points_on_a_copy(&env, &args);
         assert!(total >= 8, "gc passed only {total} fault points");
         let pristine = env.path(&format!("pristine-repo-{round}"));
         cp_a(&env.repo, &pristine);

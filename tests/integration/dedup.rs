@@ -62,10 +62,6 @@ fn a_small_edit_in_a_large_file_shares_nearly_all_chunks() {
         "an edit and an insertion stored {new_raw} new bytes of 8 MB"
     );
     let out = env.path("out");
-    env.snap()
-        .args(["restore", "latest", "--target"])
-        .arg(&out)
-        .assert()
-        .success();
+    env.restore_to("latest", &out);
     assert_eq!(fs::read(out.join("big.bin")).unwrap(), data);
 }

@@ -96,11 +96,7 @@ fn gc_keep_last_two_after_eight_generations() {
         .stdout(predicate::str::starts_with("ok"));
     for (id, copy) in &gens[6..] {
         let out = env.path(&format!("restored-{}", &id[..8]));
-        env.snap()
-            .args(["restore", id, "--target"])
-            .arg(&out)
-            .assert()
-            .success();
+        env.restore_to(id, &out);
         assert_same_tree(copy, &out);
     }
 }
@@ -173,11 +169,7 @@ fn pinned_snapshots_survive_every_policy() {
         .collect();
     assert_eq!(ids, vec![gens[0].0.clone()]);
     let out = env.path("out");
-    env.snap()
-        .args(["restore", "latest", "--target"])
-        .arg(&out)
-        .assert()
-        .success();
+    env.restore_to("latest", &out);
     assert_same_tree(&gens[0].1, &out);
     env.snap().args(["unpin", &gens[0].0]).assert().success();
     env.snap().args(["forget", &gens[0].0]).assert().success();
@@ -277,11 +269,7 @@ fn restore_of_a_damaged_snapshot_restores_the_rest_and_reports() {
     assert!(!out.join("b-victim.bin").exists(), "no wrong data written");
     // The earlier snapshot does not use the damaged pack: it restores cleanly.
     let out1 = env.path("out1");
-    env.snap()
-        .args(["restore", &id, "--target"])
-        .arg(&out1)
-        .assert()
-        .success();
+    env.restore_to(&id, &out1);
     assert_eq!(
         fs::read_to_string(out1.join("a-good.txt")).unwrap(),
         "fine text ".repeat(1000)

@@ -23,11 +23,7 @@ fn names_and_paths_near_the_os_limits_round_trip() {
     write(&deep.join("leaf"), b"deep leaf");
     let id = env.create_id(&src);
     let out = env.path("o");
-    env.snap()
-        .args(["restore", &id, "--target"])
-        .arg(&out)
-        .assert()
-        .success();
+    env.restore_to(&id, &out);
     assert_same_tree(&src, &out);
 }
 
@@ -54,11 +50,7 @@ fn special_files_are_recorded_never_read_and_recreated() {
     // harness would time out instead of passing.
     let id = env.create_id(&src);
     let out = env.path("out");
-    env.snap()
-        .args(["restore", &id, "--target"])
-        .arg(&out)
-        .assert()
-        .success();
+    env.restore_to(&id, &out);
     assert!(
         fs::symlink_metadata(out.join("fifo"))
             .unwrap()
@@ -99,11 +91,7 @@ fn sparse_files_are_restored_sparse() {
         "zeros are stored once, compressed"
     );
     let out = env.path("out");
-    env.snap()
-        .args(["restore", &id, "--target"])
-        .arg(&out)
-        .assert()
-        .success();
+    env.restore_to(&id, &out);
     let m = fs::metadata(out.join("sparse.img")).unwrap();
     assert_eq!(m.len(), 64 << 20);
     assert!(
@@ -212,11 +200,7 @@ fn create_concurrent_with_gc_keeps_everything_consistent() {
     assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
     env.snap().args(["check", "--read-data"]).assert().success();
     let out = env.path("out");
-    env.snap()
-        .args(["restore", "latest", "--target"])
-        .arg(&out)
-        .assert()
-        .success();
+    env.restore_to("latest", &out);
     assert_eq!(fs::read(out.join("gen.bin")).unwrap(), noise(99, 3_000_000));
 }
 
@@ -374,11 +358,7 @@ fn a_file_rewritten_while_it_is_read_is_never_stored_torn_without_a_warning() {
         let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let id = snap["id"].as_str().unwrap();
         let target = env.path(&format!("out-{i}"));
-        env.snap()
-            .args(["restore", id, "--target"])
-            .arg(&target)
-            .assert()
-            .success();
+        env.restore_to(id, &target);
         let got = fs::read(target.join("busy.bin")).unwrap();
         // A state the file really had at one instant: a prefix of one
         // version (the writer truncates, then writes). Torn: both versions.

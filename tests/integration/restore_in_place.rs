@@ -236,11 +236,7 @@ fn a_non_empty_target_is_made_exactly_the_snapshot() {
     let out = env.path("out");
     write(&out.join("stray/file"), b"not in the snapshot");
     write(&out.join("prefs.json"), b"different");
-    env.snap()
-        .args(["restore", &id, "--target"])
-        .arg(&out)
-        .assert()
-        .success();
+    env.restore_to(&id, &out);
     assert_same_tree(&src, &out);
 }
 

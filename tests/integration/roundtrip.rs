@@ -16,11 +16,7 @@ fn every_kind_of_entry_round_trips_with_metadata() {
     let id = snap["id"].as_str().unwrap();
 
     let out = env.path("out");
-    env.snap()
-        .args(["restore", id, "--target"])
-        .arg(&out)
-        .assert()
-        .success();
+    env.restore_to(id, &out);
     assert_same_tree(&src, &out);
 
     // Hard links are linked again, not copied.
@@ -45,11 +41,7 @@ fn restore_into_an_empty_existing_directory_and_by_prefix() {
     let id = env.create_id(&src);
     let out = env.path("empty");
     fs::create_dir(&out).unwrap();
-    env.snap()
-        .args(["restore", &id[..6], "--target"])
-        .arg(&out)
-        .assert()
-        .success();
+    env.restore_to(&id[..6], &out);
     assert_same_tree(&src, &out);
 }
 
