@@ -371,3 +371,62 @@ fn a_file_rewritten_while_it_is_read_is_never_stored_torn_without_a_warning() {
         assert_eq!(fs::read(target.join("calm.txt")).unwrap(), b"calm");
     }
 }
+
+#[test]
+fn files_vanishing_during_create_are_left_out_with_a_warning_never_an_error() {
+    let env = Env::new();
+    let src = env.path("src");
+    let content = |i: usize| format!("file number {i}\n").repeat(200);
+    for i in 0..3000 {
+        write(&src.join(format!("d{}/f{i}", i % 30)), content(i));
+    }
+    let bin = assert_cmd::cargo::cargo_bin("snap");
+    let out = std::thread::scope(|s| {
+        let deleter = s.spawn(|| {
+            // Delete every file while create walks and reads them.
+            for i in 0..3000 {
+                let _ = fs::remove_file(src.join(format!("d{}/f{i}", i % 30)));
+            }
+        });
+        let out = Command::new(&bin)
+            .args(["create", "--json"])
+            .arg(&src)
+            .env("SNAP_REPO", &env.repo)
+            .output()
+            .unwrap();
+        deleter.join().unwrap();
+        out
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stored = snap["stats"]["files"].as_u64().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Files deleted before the walk listed their directory were never seen;
+    // those listed and then gone are named in a warning, not an error.
+    for line in stderr.lines().filter(|l| l.contains("vanished")) {
+        assert!(
+            line.contains("/f") && line.contains("not in the snapshot"),
+            "{line}"
+        );
+    }
+    assert!(stored <= 3000);
+    // Whatever was stored restores with its exact content.
+    let target = env.path("out");
+    env.restore_to(snap["id"].as_str().unwrap(), &target);
+    let mut restored = 0;
+    for e in walkdir::WalkDir::new(&target)
+        .into_iter()
+        .map(|e| e.unwrap())
+    {
+        if e.file_type().is_file() {
+            let i: usize = e.file_name().to_string_lossy()[1..].parse().unwrap();
+            assert_eq!(fs::read_to_string(e.path()).unwrap(), content(i));
+            restored += 1;
+        }
+    }
+    assert_eq!(restored, stored);
+}
