@@ -122,10 +122,6 @@ impl<R: Read> Chunker<R> {
         self.start += consumed;
         Ok(Some((&self.buf[..self.end], cuts)))
     }
-
-    pub fn into_inner(self) -> R {
-        self.reader
-    }
 }
 
 /// Convenience: all chunk lengths of a stream (tests, benches).

@@ -19,13 +19,3 @@ pub trait Progress: Sync {
 pub struct NoProgress;
 
 impl Progress for NoProgress {}
-
-/// Collects warnings; for tests and callers that want them as data.
-#[derive(Default)]
-pub struct CollectWarnings(pub std::sync::Mutex<Vec<String>>);
-
-impl Progress for CollectWarnings {
-    fn warn(&self, message: &str) {
-        self.0.lock().unwrap().push(message.to_string());
-    }
-}

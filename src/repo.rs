@@ -25,6 +25,9 @@ use crate::tree::Tree;
 pub const INDEX_FILE: &str = "index.db";
 pub const PACKS_DIR: &str = "packs";
 
+/// Pack files by id, and temporary pack files.
+pub type PackFiles = (Vec<(PackId, PathBuf)>, Vec<PathBuf>);
+
 pub struct Repository {
     root: PathBuf,
     pub(crate) index: Index,
@@ -121,6 +124,32 @@ impl Repository {
 
     pub fn pack_path(&self, id: &PackId) -> PathBuf {
         crate::pack::pack_path(&self.packs_dir(), id)
+    }
+
+    /// What lies in packs/: every pack file by id, and the temporary files
+    /// of packs being written (or left by a crash).
+    pub fn pack_files(&self) -> Result<PackFiles> {
+        let packs_dir = self.packs_dir();
+        let (mut packs, mut temps) = (Vec::new(), Vec::new());
+        for de in fs::read_dir(&packs_dir).at(&packs_dir)? {
+            let de = de.at(&packs_dir)?;
+            let path = de.path();
+            if de.file_name().to_string_lossy().starts_with(".tmp-pack-") {
+                temps.push(path);
+                continue;
+            }
+            if !de.file_type().at(&path)?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&path).at(&path)? {
+                let f = f.at(&path)?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                if let Some(id) = name.strip_suffix(".pack").and_then(PackId::from_hex) {
+                    packs.push((id, f.path()));
+                }
+            }
+        }
+        Ok((packs, temps))
     }
 
     /// Open a second, read-only connection (for worker threads).

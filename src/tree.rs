@@ -23,7 +23,6 @@ const MAGIC: &[u8; 8] = b"SNAPTREE";
 const VERSION: u8 = 1;
 /// Longest name a tree accepts (Linux NAME_MAX is 255; leave room).
 const NAME_MAX: usize = 1024;
-const TARGET_MAX: usize = 65535;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -189,6 +188,8 @@ impl Tree {
                 (Kind::File, _) => out.extend_from_slice(&0u32.to_le_bytes()),
                 (Kind::Dir, Payload::Subtree(t)) => out.extend_from_slice(t.as_bytes()),
                 (Kind::Symlink, Payload::Target(t)) => {
+                    // Linux caps symlink targets at PATH_MAX (4096 bytes).
+                    debug_assert!(t.len() <= u16::MAX as usize);
                     out.extend_from_slice(&(t.len() as u16).to_le_bytes());
                     out.extend_from_slice(t);
                 }
@@ -295,9 +296,6 @@ impl Tree {
         Ok(Tree { entries })
     }
 }
-
-/// Largest symlink target a tree can hold.
-pub const SYMLINK_TARGET_MAX: usize = TARGET_MAX;
 
 struct Cursor<'a> {
     data: &'a [u8],

@@ -461,13 +461,6 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
-    pub fn chunk_count(&self) -> Result<u64> {
-        self.conn
-            .query_row("SELECT count(*) FROM chunks", [], |r| r.get::<_, i64>(0))
-            .map(|n| n as u64)
-            .map_err(|e| self.err(e))
-    }
-
     // ---- trees ----
 
     /// Store an encoded tree (compressed with zstd when that helps).
@@ -616,19 +609,6 @@ impl Index {
             .execute(
                 "UPDATE snapshots SET pinned = ?2 WHERE hash = ?1",
                 params![id.as_bytes(), pinned],
-            )
-            .map(|n| n > 0)
-            .map_err(|e| self.err(e))
-    }
-
-    pub fn set_tags(&self, id: &SnapshotId, tags: &[String]) -> Result<bool> {
-        self.conn
-            .execute(
-                "UPDATE snapshots SET tags = ?2 WHERE hash = ?1",
-                params![
-                    id.as_bytes(),
-                    serde_json::to_string(tags).expect("tags serialize")
-                ],
             )
             .map(|n| n > 0)
             .map_err(|e| self.err(e))

@@ -127,7 +127,12 @@ pub fn check(
         }
     }
     let referenced: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
-    report.unreferenced_packs = count_unreferenced(&repo.packs_dir(), &referenced);
+    report.unreferenced_packs = repo
+        .pack_files()?
+        .0
+        .iter()
+        .filter(|(id, _)| !referenced.contains(id))
+        .count() as u64;
 
     // Snapshots: every tree decodes and every chunk has a row.
     progress.phase("check: snapshots", None);
@@ -228,31 +233,6 @@ fn check_pack_data(
             faults.push(Fault::Chunk(Some(*id), r.id, e.to_string()));
         }
     }
-}
-
-fn count_unreferenced(packs_dir: &Path, referenced: &HashSet<PackId>) -> u64 {
-    walk_pack_files(packs_dir)
-        .into_iter()
-        .filter(|id| !referenced.contains(id))
-        .count() as u64
-}
-
-fn walk_pack_files(packs_dir: &Path) -> Vec<PackId> {
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(packs_dir) else {
-        return out;
-    };
-    for sub in rd.flatten() {
-        if let Ok(files) = fs::read_dir(sub.path()) {
-            for f in files.flatten() {
-                let name = f.file_name().to_string_lossy().into_owned();
-                if let Some(id) = name.strip_suffix(".pack").and_then(PackId::from_hex) {
-                    out.push(id);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Tie faults to the snapshots and paths they affect.

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::id::{PackId, SnapshotId, TreeId};
 use crate::pack::{PackWriter, sync_dir};
 use crate::progress::Progress;
@@ -259,31 +259,12 @@ fn remove_if_exists(path: &std::path::Path) -> Result<()> {
 /// place by an interrupted create or gc, and temporaries. Safe to delete
 /// only under the exclusive lock. `(path, is_pack)`.
 fn orphan_files(repo: &Repository, referenced: &HashSet<PackId>) -> Result<Vec<(PathBuf, bool)>> {
-    let packs_dir = repo.packs_dir();
-    let mut out = Vec::new();
-    for de in fs::read_dir(&packs_dir).at(&packs_dir)? {
-        let de = de.at(&packs_dir)?;
-        let path = de.path();
-        let name = de.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".tmp-pack-") {
-            out.push((path, false));
-            continue;
-        }
-        if !de.file_type().at(&path)?.is_dir() {
-            continue;
-        }
-        for f in fs::read_dir(&path).at(&path)? {
-            let f = f.at(&path)?;
-            let fname = f.file_name().to_string_lossy().into_owned();
-            if let Some(hex) = fname.strip_suffix(".pack")
-                && let Some(id) = PackId::from_hex(hex)
-                && !referenced.contains(&id)
-            {
-                out.push((f.path(), true));
-            }
-        }
-    }
-    Ok(out)
+    let (packs, temps) = repo.pack_files()?;
+    let orphans = packs.into_iter().filter(|(id, _)| !referenced.contains(id));
+    Ok(orphans
+        .map(|(_, path)| (path, true))
+        .chain(temps.into_iter().map(|path| (path, false)))
+        .collect())
 }
 
 /// Remove snapshots by id (no sweep: `gc` reclaims the space).
