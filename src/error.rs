@@ -83,10 +83,15 @@ impl Error {
 
     /// True for errors that mean stored data is damaged (exit code 5).
     pub fn is_damage(&self) -> bool {
-        matches!(
-            self,
-            Error::Damaged { .. } | Error::MissingChunk { .. } | Error::MissingTree { .. }
-        )
+        match self {
+            Error::Damaged { .. } | Error::MissingChunk { .. } | Error::MissingTree { .. } => true,
+            // SQLite's own verdict on the index file: malformed or not a database.
+            Error::Index { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            ),
+            _ => false,
+        }
     }
 }
 

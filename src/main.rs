@@ -30,6 +30,7 @@ mod exit {
     pub const PARTIAL: u8 = 3;
     pub const LOCKED: u8 = 4;
     pub const DAMAGED: u8 = 5;
+    pub const NOTHING_TO_DO: u8 = 6;
 }
 
 fn main() -> ExitCode {
@@ -347,7 +348,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                             human_bytes(s.unchanged_bytes)
                         )?;
                     }
-                    Ok(0)
+                    for (p, why) in &plan.damaged {
+                        eprintln!("snap: {}: cannot be restored: {why}", p.display());
+                    }
+                    Ok(if !plan.damaged.is_empty() {
+                        exit::DAMAGED
+                    } else if plan.changes_anything() {
+                        0
+                    } else {
+                        exit::NOTHING_TO_DO
+                    })
                 }
                 Some(st) => {
                     if args.json {
@@ -391,9 +401,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         for (p, why) in &st.failed {
                             eprintln!("  {p}: {why}");
                         }
-                        return Ok(exit::PARTIAL);
+                        return Ok(if st.damaged {
+                            exit::DAMAGED
+                        } else {
+                            exit::PARTIAL
+                        });
                     }
-                    Ok(0)
+                    Ok(if plan.changes_anything() {
+                        0
+                    } else {
+                        exit::NOTHING_TO_DO
+                    })
                 }
             }
         }
@@ -466,7 +484,11 @@ fn gc_command(
             }
         )?;
     }
-    Ok(0)
+    Ok(if stats.did_nothing() {
+        exit::NOTHING_TO_DO
+    } else {
+        0
+    })
 }
 
 fn check_command(

@@ -88,6 +88,13 @@ impl Repository {
     }
 
     fn open_with(path: &Path, mode: Option<LockMode>, read_only: bool) -> Result<Repository> {
+        if path.join(PACKS_DIR).is_dir() && !path.join(INDEX_FILE).exists() {
+            // Packs without an index: a repository that lost its index.
+            return Err(Error::Damaged {
+                path: path.join(INDEX_FILE),
+                reason: "the index is missing; the packs are still there".into(),
+            });
+        }
         if !path.is_dir() || !is_repository(path) {
             return Err(Error::NotARepository {
                 path: path.to_path_buf(),

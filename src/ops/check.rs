@@ -78,6 +78,9 @@ pub fn check(
     report.packs = packs.len() as u64;
     let mut bad_packs: HashSet<PackId> = HashSet::new();
     let mut pack_of_chunk: HashMap<ChunkId, PackId> = HashMap::new();
+    // With --read-data: which pack footer lists each chunk, to name the pack
+    // of a chunk whose index row is gone.
+    let mut in_footer: HashMap<ChunkId, PackId> = HashMap::new();
     for p in &packs {
         let path = repo.pack_path(&p.id);
         let rows = index.chunks_in_pack(p.rowid)?;
@@ -115,7 +118,7 @@ pub fn check(
             bad_packs.insert(p.id);
         }
         if opts.read_data && !bad_packs.contains(&p.id) {
-            check_pack_data(
+            let listed = check_pack_data(
                 repo,
                 &p.id,
                 &rows,
@@ -124,6 +127,7 @@ pub fn check(
                 &mut faults,
                 progress,
             );
+            in_footer.extend(listed.into_iter().map(|c| (c, p.id)));
         }
     }
     let referenced: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
@@ -159,11 +163,14 @@ pub fn check(
                     Kind::File => {
                         for c in e.chunks() {
                             if seen_chunks.insert(*c) && !pack_of_chunk.contains_key(c) {
-                                faults.push(Fault::Chunk(
-                                    None,
-                                    *c,
-                                    "chunk has no index row".into(),
-                                ));
+                                let pack = in_footer.get(c).copied();
+                                let what = match pack {
+                                    Some(_) => {
+                                        "chunk has no index row (its pack's footer lists it)"
+                                    }
+                                    None => "chunk has no index row",
+                                };
+                                faults.push(Fault::Chunk(pack, *c, what.into()));
                             }
                         }
                     }
@@ -181,6 +188,7 @@ pub fn check(
     Ok(report)
 }
 
+/// Read one pack whole; returns the chunk ids its footer lists.
 fn check_pack_data(
     repo: &Repository,
     id: &PackId,
@@ -189,11 +197,12 @@ fn check_pack_data(
     report: &mut CheckReport,
     faults: &mut Vec<Fault>,
     progress: &dyn Progress,
-) {
+) -> Vec<ChunkId> {
     report.packs_read += 1;
     if let Ok(m) = fs::metadata(path) {
         report.read_bytes += m.len();
     }
+    let mut listed = Vec::new();
     match read_footer_and_id(path) {
         Ok((footer, footer_id)) => {
             if footer_id != *id {
@@ -202,6 +211,7 @@ fn check_pack_data(
                     "pack footer does not match the pack's id".into(),
                 ));
             }
+            listed = footer.iter().map(|e| e.id).collect();
             let by_id: HashMap<ChunkId, _> = footer.iter().map(|e| (e.id, *e)).collect();
             for r in rows {
                 if by_id.get(&r.id) != Some(r) {
@@ -220,7 +230,7 @@ fn check_pack_data(
         Ok(p) => p,
         Err(e) => {
             faults.push(Fault::Pack(*id, e.to_string()));
-            return;
+            return listed;
         }
     };
     for r in rows {
@@ -233,6 +243,7 @@ fn check_pack_data(
             faults.push(Fault::Chunk(Some(*id), r.id, e.to_string()));
         }
     }
+    listed
 }
 
 /// Tie faults to the snapshots and paths they affect.

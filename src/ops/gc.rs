@@ -67,6 +67,18 @@ pub struct GcStats {
     pub duration_ms: u64,
 }
 
+impl GcStats {
+    /// Nothing was (or would be) removed, repacked or reclaimed.
+    pub fn did_nothing(&self) -> bool {
+        self.snapshots_removed.is_empty()
+            && self.packs_deleted == 0
+            && self.packs_repacked == 0
+            && self.orphan_packs_deleted == 0
+            && self.chunks_removed == 0
+            && self.trees_removed == 0
+    }
+}
+
 pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Result<GcStats> {
     let started = std::time::Instant::now();
     let index = repo.index();

@@ -156,6 +156,9 @@ pub struct Plan {
     /// Entries the snapshot could not store (unreadable at snapshot time):
     /// left as they are on disk.
     pub not_in_snapshot: Vec<PathBuf>,
+    /// Directories whose stored tree is damaged or missing: nothing under
+    /// them is planned, so whatever is on disk there stays as it is.
+    pub damaged: Vec<(PathBuf, String)>,
 }
 
 impl Plan {
@@ -177,6 +180,8 @@ pub struct RestoreStats {
     pub unchanged_files: u64,
     /// Entries that could not be restored, with the reason.
     pub failed: Vec<(String, String)>,
+    /// Whether any of `failed` is due to damage in the repository.
+    pub damaged: bool,
     pub safety_snapshot: Option<String>,
     pub duration_ms: u64,
 }
@@ -201,6 +206,7 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
         summary: PlanSummary::default(),
         leaders: HashMap::new(),
         not_in_snapshot: Vec::new(),
+        damaged: Vec::new(),
     };
     let sub = opts
         .subpath
@@ -270,6 +276,7 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
         steps: p.steps,
         summary: p.summary,
         not_in_snapshot: p.not_in_snapshot,
+        damaged: p.damaged,
     })
 }
 
@@ -291,6 +298,7 @@ struct Planner<'a> {
     summary: PlanSummary,
     leaders: HashMap<(u64, u64), Leader>,
     not_in_snapshot: Vec<PathBuf>,
+    damaged: Vec<(PathBuf, String)>,
 }
 
 fn mtime_ns(m: &Metadata) -> i64 {
@@ -375,11 +383,22 @@ impl Planner<'_> {
                     });
                     self.summary.create_dirs += 1;
                 }
-                let sub = e.subtree().ok_or_else(|| Error::Damaged {
-                    path: self.repo.index_path(),
-                    reason: format!("directory entry {} has no tree", path.display()),
-                })?;
-                let tree = self.repo.load_tree(&sub)?;
+                let tree = match e.subtree() {
+                    Some(sub) => self.repo.load_tree(&sub),
+                    None => Err(Error::Damaged {
+                        path: self.repo.index_path(),
+                        reason: "the directory entry has no tree".into(),
+                    }),
+                };
+                let tree = match tree {
+                    Ok(t) => t,
+                    Err(err) if err.is_damage() => {
+                        // Restore everything else; touch nothing under here.
+                        self.damaged.push((path_buf, err.to_string()));
+                        return Ok(dirty || !exists);
+                    }
+                    Err(err) => return Err(err),
+                };
                 let child_dirty = self.plan_dir(&tree, path, exists)?;
                 let meta_differs = disk.as_ref().is_none_or(|m| !self.meta_equal(e, m));
                 if child_dirty || meta_differs {
@@ -617,6 +636,11 @@ pub fn restore(
         unchanged_files: plan.summary.unchanged_files,
         ..RestoreStats::default()
     };
+    for (path, why) in &plan.damaged {
+        progress.warn(&format!("{}: not restored: {why}", path.display()));
+        stats.failed.push((path.display().to_string(), why.clone()));
+        stats.damaged = true;
+    }
     if opts.safety_snapshot && plan.changes_anything() {
         // Snapshot what is about to change, so the restore can be undone.
         // The directory restore changes: the target itself, or, when a
@@ -728,11 +752,14 @@ fn execute(
             }
             match missing {
                 None => jobs.push((path, e, locs)),
-                Some(id) => fail(
-                    stats,
-                    path,
-                    format!("chunk {} is missing from the index", id.short()),
-                ),
+                Some(id) => {
+                    damaged = true;
+                    fail(
+                        stats,
+                        path,
+                        format!("chunk {} is missing from the index", id.short()),
+                    )
+                }
             }
         }
         for (path, _, _) in &jobs {
@@ -818,7 +845,8 @@ fn execute(
         }
     }
     syncfs(&plan.target)?;
-    if damaged {
+    stats.damaged |= damaged;
+    if stats.damaged {
         progress.warn("some files could not be restored because the repository is damaged; run `snap check --read-data`");
     }
     Ok(())

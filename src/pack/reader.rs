@@ -84,7 +84,13 @@ pub struct PackReader {
 
 impl PackReader {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).at(path)?;
+        // A pack the index names but that is gone is damage, not a user error.
+        let file = match File::open(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(damaged(path, "pack file is missing"));
+            }
+            r => r.at(path)?,
+        };
         Ok(PackReader {
             path: path.to_path_buf(),
             file,

@@ -188,3 +188,28 @@ fn unreadable_files_are_listed_and_the_snapshot_is_incomplete() {
     let list = env.list();
     assert_eq!(list[0]["complete"], false);
 }
+
+#[test]
+fn nothing_to_do_has_its_own_exit_code() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a.txt"), b"alpha");
+    let id = env.create_id(&src);
+    // The directory already equals the snapshot: restore and its dry run
+    // say so with exit 6 and change nothing.
+    let before = listing(&src);
+    env.snap()
+        .args(["restore", &id, "--dry-run"])
+        .assert()
+        .code(6);
+    env.snap().args(["restore", &id]).assert().code(6);
+    assert_eq!(listing(&src), before);
+    assert_eq!(env.list().len(), 1, "no safety snapshot for a no-op");
+    // Nothing to reclaim.
+    env.snap().arg("gc").assert().code(6);
+    // Once there is work, both succeed with 0.
+    write(&src.join("a.txt"), b"changed");
+    env.snap().args(["restore", &id]).assert().code(0);
+    env.create(&src);
+    env.snap().args(["gc", "--keep-last", "1"]).assert().code(0);
+}

@@ -12,6 +12,10 @@ use assert_cmd::Command;
 use filetime::FileTime;
 use tempfile::TempDir;
 
+/// Exit codes of a command that either did its work (0) or found nothing
+/// to do (6), for reruns whose outcome depends on where a crash landed.
+pub const DONE_OR_NOTHING_TO_DO: &[i32] = &[0, 6];
+
 pub struct Env {
     pub dir: TempDir,
     pub repo: PathBuf,

@@ -5,6 +5,7 @@ mod common;
 
 mod cli;
 mod crash;
+mod damage;
 mod dedup;
 mod format;
 mod gc;
