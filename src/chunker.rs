@@ -43,6 +43,8 @@ pub struct Chunker<R> {
     full_cap: usize,
     eof: bool,
     batch_bytes: usize,
+    /// Fixed-size cuts (SQLite images: whole pages) instead of FastCDC.
+    fixed: Option<usize>,
 }
 
 impl<R: Read> Chunker<R> {
@@ -71,7 +73,21 @@ impl<R: Read> Chunker<R> {
             full_cap,
             eof: false,
             batch_bytes,
+            fixed: None,
         }
+    }
+
+    /// Cut every `size` bytes (the last chunk may be shorter): for files
+    /// whose changes are aligned to fixed units, such as SQLite pages.
+    pub fn fixed(reader: R, size: usize, batch_bytes: usize, size_hint: u64) -> Self {
+        let params = ChunkerParams {
+            min: size,
+            avg: size,
+            max: size,
+        };
+        let mut c = Self::with_size_hint(reader, params, batch_bytes, size_hint);
+        c.fixed = Some(size);
+        c
     }
 
     /// Read until the buffer is full or the stream ends.
@@ -107,6 +123,21 @@ impl<R: Read> Chunker<R> {
         let mut cuts = Vec::new();
         let mut consumed = 0;
         let data = &self.buf[self.start..self.end];
+        if let Some(size) = self.fixed {
+            while consumed < data.len() {
+                let len = size.min(data.len() - consumed);
+                if len < size && !self.eof {
+                    break;
+                }
+                cuts.push((self.start + consumed, len));
+                consumed += len;
+                if consumed >= self.batch_bytes && !self.eof {
+                    break;
+                }
+            }
+            self.start += consumed;
+            return Ok(Some((&self.buf[..self.end], cuts)));
+        }
         for c in FastCDC::new(data, p.min, p.avg, p.max) {
             // A chunk is final only if at least `max` bytes followed its start
             // in the buffer, or the stream has ended.
@@ -137,6 +168,25 @@ pub fn chunk_lengths<R: Read>(reader: R, params: ChunkerParams) -> io::Result<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_cuts_are_whole_units_for_any_read_size() {
+        let data = seeded_bytes(9, 100_000);
+        for step in [1usize, 777, 4096, 65536] {
+            let mut c = Chunker::fixed(Trickle { data: &data, step }, 4096, 1 << 16, 1000);
+            let mut lens = Vec::new();
+            let mut joined = Vec::new();
+            while let Some((buf, cuts)) = c.next_batch().unwrap() {
+                for (o, l) in cuts {
+                    lens.push(l);
+                    joined.extend_from_slice(&buf[o..o + l]);
+                }
+            }
+            assert_eq!(joined, data);
+            assert!(lens[..lens.len() - 1].iter().all(|&l| l == 4096));
+            assert_eq!(lens.last(), Some(&(100_000 % 4096)));
+        }
+    }
 
     /// Deterministic pseudo-random bytes (xorshift), no external state.
     pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {

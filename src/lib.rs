@@ -16,6 +16,7 @@ pub mod chunker;
 pub mod compress;
 pub mod config;
 pub mod error;
+pub mod exclude;
 pub mod fault;
 pub mod id;
 pub mod index;
@@ -27,6 +28,7 @@ pub mod repo;
 pub mod retention;
 pub mod snapshot;
 pub mod source;
+pub mod sqlite;
 pub mod tree;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@
 //! <repo>/index.db               SQLite index (WAL mode)
 //! <repo>/packs/<2 hex>/<id>.pack
 //! <repo>/lock                   flock target; holds the exclusive holder's description
+//! <repo>/tmp/                   SQLite images while create captures them
 //! ```
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 
 pub const INDEX_FILE: &str = "index.db";
+pub const TMP_DIR: &str = "tmp";
 pub const PACKS_DIR: &str = "packs";
 
 /// Pack files by id, and temporary pack files.
@@ -123,6 +125,12 @@ impl Repository {
 
     pub fn index_path(&self) -> PathBuf {
         self.root.join(INDEX_FILE)
+    }
+
+    /// Scratch space for SQLite images being captured (same filesystem as
+    /// the packs, so a large database does not fill a small /tmp).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join(TMP_DIR)
     }
 
     pub fn packs_dir(&self) -> PathBuf {

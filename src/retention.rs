@@ -171,6 +171,7 @@ mod tests {
             unreadable: vec![],
             stats: SnapshotStats::default(),
             root_meta: RootMeta::default(),
+            sources: vec![],
         }
     }
 

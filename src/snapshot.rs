@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::id::{SnapshotId, TreeId};
 
@@ -27,6 +27,50 @@ pub struct Snapshot {
     pub stats: SnapshotStats,
     /// Metadata of the source directory itself (its tree holds its children).
     pub root_meta: RootMeta,
+    /// What was snapshotted. One entry with an empty name: the directory
+    /// `source` itself is the root. Named entries: a snapshot of several
+    /// sources (from snap.toml), the root tree holding one directory per
+    /// name. Exclude patterns are kept so a restore never deletes what was
+    /// left out.
+    pub sources: Vec<SourceRoot>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceRoot {
+    /// The source's name in snap.toml; empty for a snapshot of one directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Where the source lives (UTF-8, as snap.toml names it; for a snapshot
+    /// of one directory, `Snapshot::source` holds the exact bytes).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+/// The `root_meta` column: the source directory's metadata, plus the
+/// sources (absent in records without any: they mean "the root is
+/// `source`, nothing excluded").
+#[derive(Serialize, Deserialize)]
+pub struct RootRecord {
+    #[serde(flatten)]
+    pub meta: RootMeta,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceRoot>,
+}
+
+impl Snapshot {
+    /// True for a snapshot of several named sources.
+    pub fn is_multi_source(&self) -> bool {
+        self.sources.iter().any(|s| !s.name.is_empty())
+    }
+
+    /// Exclude patterns of a one-directory snapshot.
+    pub fn excludes(&self) -> &[String] {
+        self.sources
+            .iter()
+            .find(|s| s.name.is_empty())
+            .map_or(&[], |s| s.exclude.as_slice())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -56,6 +100,23 @@ pub struct SnapshotStats {
     pub new_stored_bytes: u64,
     pub new_packs: u64,
     pub duration_ms: u64,
+}
+
+impl SnapshotStats {
+    /// Add another walk's counts (a snapshot of several sources).
+    pub fn add(&mut self, o: &SnapshotStats) {
+        self.files += o.files;
+        self.dirs += o.dirs;
+        self.symlinks += o.symlinks;
+        self.others += o.others;
+        self.total_bytes += o.total_bytes;
+        self.read_bytes += o.read_bytes;
+        self.reused_files += o.reused_files;
+        self.new_chunks += o.new_chunks;
+        self.new_raw_bytes += o.new_raw_bytes;
+        self.new_stored_bytes += o.new_stored_bytes;
+        self.new_packs += o.new_packs;
+    }
 }
 
 impl Snapshot {

@@ -15,7 +15,7 @@ use crate::config::{FORMAT_VERSION, RepoConfig};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::pack::{FinishedPack, PackEntry};
-use crate::snapshot::{Snapshot, SnapshotStats};
+use crate::snapshot::{RootRecord, Snapshot, SnapshotStats};
 
 pub use schema::SCHEMA_VERSION;
 
@@ -529,7 +529,10 @@ impl Index {
                     s.pinned,
                     json(&s.unreadable),
                     json(&s.stats),
-                    json(&s.root_meta),
+                    json(&RootRecord {
+                        meta: s.root_meta,
+                        sources: s.sources.clone(),
+                    }),
                 ],
             )
             .map(|_| ())
@@ -570,6 +573,8 @@ impl Index {
                 let root_meta: String = r.get(12)?;
                 let source: Vec<u8> = r.get(3)?;
                 let parent: Option<Vec<u8>> = r.get(5)?;
+                let record: RootRecord =
+                    serde_json::from_str(&root_meta).map_err(|e| parse(12, e.to_string()))?;
                 Ok(Snapshot {
                     id: blob_id(r.get(0)?, SnapshotId::from_slice)?,
                     time_ns: r.get(1)?,
@@ -588,8 +593,8 @@ impl Index {
                         .map_err(|e| parse(10, e.to_string()))?,
                     stats: serde_json::from_str::<SnapshotStats>(&stats)
                         .map_err(|e| parse(11, e.to_string()))?,
-                    root_meta: serde_json::from_str(&root_meta)
-                        .map_err(|e| parse(12, e.to_string()))?,
+                    root_meta: record.meta,
+                    sources: record.sources,
                 })
             })?;
             rows.collect()
@@ -600,6 +605,19 @@ impl Index {
     pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<bool> {
         self.conn
             .execute("DELETE FROM snapshots WHERE hash = ?1", [id.as_bytes()])
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_tags(&self, id: &SnapshotId, tags: &[String]) -> Result<bool> {
+        self.conn
+            .execute(
+                "UPDATE snapshots SET tags = ?2 WHERE hash = ?1",
+                params![
+                    id.as_bytes(),
+                    serde_json::to_string(tags).expect("strings serialize")
+                ],
+            )
             .map(|n| n > 0)
             .map_err(|e| self.err(e))
     }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,18 +26,27 @@ use rayon::prelude::*;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::compress::{Codec, Compressor};
 use crate::error::{Error, IoContext, Result};
+use crate::exclude::Excludes;
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::index::Index;
 use crate::pack::{FinishedPack, PackWriter, SealedPack};
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::snapshot::{RootMeta, Snapshot, SnapshotStats};
+use crate::snapshot::{RootMeta, Snapshot, SnapshotStats, SourceRoot};
 use crate::source::{entry_from_metadata, entry_from_stat, lstat_at, unchanged};
+use crate::sqlite::{self, DbInfo};
 use crate::tree::{Entry, Kind, Payload, Tree, flags};
 
 #[derive(Debug, Clone, Default)]
 pub struct CreateOptions {
+    /// The directory to snapshot; with `sources`, the key that groups the
+    /// snapshots of those sources (the config file's path).
     pub source: PathBuf,
+    /// Exclude patterns for `source` (see crate::exclude).
+    pub exclude: Vec<String>,
+    /// Named sources, snapshotted together into one snapshot whose root
+    /// holds one directory per name.
+    pub sources: Vec<SourceSpec>,
     pub tags: Vec<String>,
     pub labels: BTreeMap<String, String>,
     /// Compare against this snapshot instead of the latest of the same source.
@@ -45,6 +54,15 @@ pub struct CreateOptions {
     /// Read every file, trusting no metadata.
     pub force: bool,
     pub pinned: bool,
+    /// Run `PRAGMA quick_check` on every captured SQLite image.
+    pub sqlite_check: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub exclude: Vec<String>,
 }
 
 /// Files modified this close to the snapshot's start are re-read next time:
@@ -56,6 +74,9 @@ const RACY_WINDOW_NS: i64 = 2_000_000_000;
 const BATCH_BYTES: usize = 4 << 20;
 /// A file that keeps changing is read at most this many times.
 const READ_ATTEMPTS: usize = 3;
+/// Temporary SQLite images in the repository's tmp/ (removed by gc if a
+/// crash leaves one).
+pub const TMP_SQLITE_PREFIX: &str = ".tmp-sqlite-";
 
 struct FileJob {
     node: usize,
@@ -71,6 +92,8 @@ enum FileOutcome {
         meta: Entry,
         read_bytes: u64,
         changed: bool,
+        /// Set when the file was captured as a SQLite database.
+        db: Option<DbInfo>,
     },
     Vanished,
     Unreadable(String),
@@ -111,45 +134,45 @@ pub fn create(
 ) -> Result<Snapshot> {
     let started = Instant::now();
     let start_ns = now_ns();
-    let source = fs::canonicalize(&opts.source).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            Error::BadSource {
-                path: opts.source.clone(),
-                reason: "no such file or directory".into(),
-            }
-        } else {
-            Error::io(&opts.source, e)
+    // What to walk: (name, canonical path, metadata, excludes).
+    let mut roots = Vec::new();
+    if opts.sources.is_empty() {
+        let (path, md) = source_dir(&opts.source)?;
+        roots.push((String::new(), path, md, compile(&opts.exclude)?));
+    } else {
+        for s in &opts.sources {
+            let (path, md) = source_dir(&s.path)?;
+            roots.push((s.name.clone(), path, md, compile(&s.exclude)?));
         }
-    })?;
-    let md = fs::metadata(&source).at(&source)?;
-    if !md.is_dir() {
-        return Err(Error::BadSource {
-            path: opts.source.clone(),
-            reason: "not a directory".into(),
-        });
     }
+    let key = if opts.sources.is_empty() {
+        roots[0].1.clone()
+    } else {
+        opts.source.clone()
+    };
     let parent = match &opts.parent {
         Some(id) => Some(
             repo.snapshot_by_id(id)?
                 .ok_or_else(|| Error::NoSuchSnapshot(id.to_hex()))?,
         ),
-        None => repo.latest_snapshot_of(&source)?,
+        None => repo.latest_snapshot_of(&key)?,
     };
     let repo_md = fs::metadata(repo.root()).at(repo.root())?;
 
+    fs::create_dir_all(repo.tmp_dir()).at(repo.tmp_dir())?;
     progress.phase("create", None);
     repo.index.tune_for_create()?;
     repo.index.begin()?;
-    let result = run(
+    let result = walk_roots(
         repo,
         opts,
-        &source,
+        &roots,
         parent.as_ref(),
         (repo_md.dev(), repo_md.ino()),
         start_ns,
         progress,
     );
-    let (root, mut stats, unreadable) = match result {
+    let (root, root_meta, mut stats, unreadable, dbs) = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = repo.index.rollback();
@@ -163,30 +186,34 @@ pub fn create(
     let id = Snapshot::compute_id(
         start_ns,
         &host,
-        source.as_os_str().as_bytes(),
+        key.as_os_str().as_bytes(),
         &root,
         parent.as_ref().map(|p| &p.id),
         nonce,
     );
+    let sources = roots
+        .iter()
+        .map(|(name, path, _, ex)| SourceRoot {
+            name: name.clone(),
+            path: path.to_string_lossy().into_owned(),
+            exclude: ex.as_ref().map_or(Vec::new(), |e| e.patterns().to_vec()),
+        })
+        .collect();
     let snapshot = Snapshot {
         id,
         time_ns: start_ns,
         host,
-        source,
+        source: key,
         root,
         parent: parent.map(|p| p.id),
         tags: opts.tags.clone(),
-        labels: opts.labels.clone(),
+        labels: with_db_labels(&opts.labels, &dbs),
         complete: unreadable.is_empty(),
         pinned: opts.pinned,
         unreadable,
         stats,
-        root_meta: RootMeta {
-            mode: md.mode() & 0o7777,
-            uid: md.uid(),
-            gid: md.gid(),
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-        },
+        root_meta,
+        sources,
     };
     let commit = repo
         .index
@@ -201,6 +228,141 @@ pub fn create(
     Ok(snapshot)
 }
 
+/// A source directory: its canonical path and metadata, or a clear error.
+fn source_dir(path: &Path) -> Result<(PathBuf, fs::Metadata)> {
+    let canon = fs::canonicalize(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::BadSource {
+                path: path.to_path_buf(),
+                reason: "no such file or directory".into(),
+            }
+        } else {
+            Error::io(path, e)
+        }
+    })?;
+    let md = fs::metadata(&canon).at(&canon)?;
+    if !md.is_dir() {
+        return Err(Error::BadSource {
+            path: path.to_path_buf(),
+            reason: "not a directory".into(),
+        });
+    }
+    Ok((canon, md))
+}
+
+fn compile(patterns: &[String]) -> Result<Option<Excludes>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    Excludes::new(patterns).map(Some).map_err(Error::Invalid)
+}
+
+fn root_meta_of(md: &fs::Metadata) -> RootMeta {
+    RootMeta {
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+    }
+}
+
+type Root = (String, PathBuf, fs::Metadata, Option<Excludes>);
+type WalkOutput = (
+    TreeId,
+    RootMeta,
+    SnapshotStats,
+    Vec<(String, String)>,
+    Vec<(String, DbInfo)>,
+);
+
+/// Walk each root; one root is the snapshot's root, several become the
+/// named directories of a new root tree.
+fn walk_roots(
+    repo: &Repository,
+    opts: &CreateOptions,
+    roots: &[Root],
+    parent: Option<&Snapshot>,
+    repo_key: (u64, u64),
+    start_ns: i64,
+    progress: &dyn Progress,
+) -> Result<WalkOutput> {
+    if let [(name, path, md, ex)] = roots
+        && name.is_empty()
+    {
+        let parent_root = parent.filter(|p| !p.is_multi_source()).map(|p| p.root);
+        let (tree, stats, unreadable, dbs) = run(
+            repo,
+            opts,
+            path,
+            ex.as_ref(),
+            parent_root,
+            repo_key,
+            start_ns,
+            progress,
+        )?;
+        return Ok((tree, root_meta_of(md), stats, unreadable, dbs));
+    }
+    let parent_tree = match parent.filter(|p| p.is_multi_source()) {
+        Some(p) => Some(repo.load_tree(&p.root)?),
+        None => None,
+    };
+    let mut entries = Vec::new();
+    let mut stats = SnapshotStats::default();
+    let mut unreadable = Vec::new();
+    let mut dbs = Vec::new();
+    for (name, path, md, ex) in roots {
+        let old = parent_tree
+            .as_ref()
+            .and_then(|t| t.get(name.as_bytes()))
+            .filter(|e| e.kind == Kind::Dir)
+            .and_then(|e| e.subtree());
+        let (tree, s, u, d) = run(
+            repo,
+            opts,
+            path,
+            ex.as_ref(),
+            old,
+            repo_key,
+            start_ns,
+            progress,
+        )?;
+        let mut e = entry_from_metadata(name.as_bytes().to_vec(), md);
+        e.payload = Payload::Subtree(tree);
+        entries.push(e);
+        stats.add(&s);
+        stats.dirs += 1;
+        unreadable.extend(u.into_iter().map(|(p, why)| (format!("{name}/{p}"), why)));
+        dbs.extend(d.into_iter().map(|(p, info)| (format!("{name}/{p}"), info)));
+    }
+    let root = repo.store_tree(&Tree::new(entries))?;
+    let meta = RootMeta {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime_ns: start_ns,
+    };
+    Ok((root, meta, stats, unreadable, dbs))
+}
+
+/// The snapshot's labels: the user's, then for each SQLite database its
+/// `user_version:<path>` and, when checked, `quick_check:<path>`.
+fn with_db_labels(
+    user: &BTreeMap<String, String>,
+    dbs: &[(String, DbInfo)],
+) -> BTreeMap<String, String> {
+    let mut labels = user.clone();
+    for (path, info) in dbs {
+        labels.insert(
+            format!("user_version:{path}"),
+            info.user_version.to_string(),
+        );
+        if let Some(q) = &info.quick_check {
+            labels.insert(format!("quick_check:{path}"), q.clone());
+        }
+    }
+    labels
+}
+
 pub fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -208,13 +370,20 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-type RunOutput = (TreeId, SnapshotStats, Vec<(String, String)>);
+type RunOutput = (
+    TreeId,
+    SnapshotStats,
+    Vec<(String, String)>,
+    Vec<(String, DbInfo)>,
+);
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     repo: &Repository,
     opts: &CreateOptions,
     source: &Path,
-    parent: Option<&Snapshot>,
+    excludes: Option<&Excludes>,
+    parent_root: Option<TreeId>,
     repo_key: (u64, u64),
     start_ns: i64,
     progress: &dyn Progress,
@@ -245,6 +414,8 @@ fn run(
             let reader_index = repo.reader_index()?;
             let ctx = WorkerCtx {
                 index: reader_index,
+                tmp_dir: repo.tmp_dir(),
+                sqlite_check: opts.sqlite_check,
                 claimed: claimed.clone(),
                 params,
                 level,
@@ -280,6 +451,9 @@ fn run(
         let mut walk = Walk {
             repo,
             force: opts.force,
+            sqlite_check: opts.sqlite_check,
+            excludes,
+            dbs: Vec::new(),
             repo_key,
             start_ns,
             progress,
@@ -292,7 +466,7 @@ fn run(
             res_rx,
             pack_rx,
         };
-        let result = walk.run(source, parent.map(|p| p.root));
+        let result = walk.run(source, parent_root);
         if result.is_err() {
             cancel.store(true, Ordering::Relaxed);
         }
@@ -306,7 +480,7 @@ fn run(
         // Packs finished after the last file result: record them too.
         walk.drain_packs()?;
         let root = walk.root.expect("walk finished with a root tree");
-        Ok((root, walk.stats, walk.unreadable))
+        Ok((root, walk.stats, walk.unreadable, walk.dbs))
     })
 }
 
@@ -317,6 +491,10 @@ type DirVisit = (PathBuf, PathBuf, Option<TreeId>, Option<(usize, usize)>);
 struct Walk<'a> {
     repo: &'a Repository,
     force: bool,
+    sqlite_check: bool,
+    excludes: Option<&'a Excludes>,
+    /// Each SQLite database captured (or reused unchanged), by relative path.
+    dbs: Vec<(String, DbInfo)>,
     repo_key: (u64, u64),
     start_ns: i64,
     progress: &'a dyn Progress,
@@ -383,6 +561,19 @@ impl Walk<'_> {
             return self.resolve(pn);
         }
         names.sort();
+        // Sidecars of SQLite databases are not stored: the database's image
+        // already holds their committed content (docs/format.md).
+        let sidecars: HashSet<Vec<u8>> = names
+            .iter()
+            .filter(|n| {
+                sqlite::sidecar_base(n).is_some_and(|base| {
+                    names.binary_search_by(|x| x.as_slice().cmp(base)).is_ok()
+                        && sqlite::is_database_file(&abs.join(std::ffi::OsStr::from_bytes(base)))
+                })
+            })
+            .cloned()
+            .collect();
+        names.retain(|n| !sidecars.contains(n));
         let old: Option<(TreeId, Tree)> = match old_tree {
             Some(t) if !self.force => self.repo.load_tree(&t).ok().map(|tree| (t, tree)),
             _ => None,
@@ -417,6 +608,11 @@ impl Walk<'_> {
                     continue;
                 }
             };
+            if let Some(ex) = self.excludes
+                && ex.excludes(&child_rel, st.kind() == Kind::Dir)
+            {
+                continue;
+            }
             if st.kind() == Kind::Dir && (st.dev, st.ino) == self.repo_key {
                 self.progress
                     .warn(&format!("{}: is the repository; excluded", path.display()));
@@ -435,9 +631,30 @@ impl Walk<'_> {
                     self.nodes.get_mut(&node_id).unwrap().pending += 1;
                 }
                 Kind::File => {
-                    if let Some(o) = old_entry.filter(|o| unchanged(o, &entry)) {
+                    // A database image is reused only when nothing can be
+                    // pending outside the main file.
+                    let reusable = |o: &&Entry| {
+                        unchanged(o, &entry)
+                            && (!o.has_flag(flags::SQLITE_IMAGE)
+                                || (!self.sqlite_check && !sqlite::has_pending_sidecar(&path)))
+                    };
+                    if let Some(o) = old_entry.filter(reusable) {
+                        if o.has_flag(flags::SQLITE_IMAGE) {
+                            entry.flags |= flags::SQLITE_IMAGE;
+                            if let Some(v) =
+                                read_header(&path).and_then(|h| sqlite::user_version(&h))
+                            {
+                                self.dbs.push((
+                                    child_rel.to_string_lossy().into_owned(),
+                                    DbInfo {
+                                        user_version: v,
+                                        quick_check: None,
+                                    },
+                                ));
+                            }
+                        }
                         entry.payload = o.payload.clone();
-                        entry.flags = self.racy_flag(&entry);
+                        entry.flags |= self.racy_flag(&entry);
                         self.stats.reused_files += 1;
                         self.progress.bytes(entry.size);
                     } else {
@@ -579,7 +796,13 @@ impl Walk<'_> {
                 meta,
                 read_bytes,
                 changed,
+                db,
             } => {
+                if let Some(info) = db {
+                    self.dbs
+                        .push((res.rel.to_string_lossy().into_owned(), info));
+                }
+                let node = self.nodes.get_mut(&res.node).expect("node");
                 let e = &mut node.entries[res.slot];
                 let name = std::mem::take(&mut e.name);
                 *e = meta;
@@ -663,6 +886,9 @@ impl Walk<'_> {
 
 struct WorkerCtx<'a> {
     index: Index,
+    /// Where SQLite images are written before they are chunked.
+    tmp_dir: PathBuf,
+    sqlite_check: bool,
     claimed: Arc<Mutex<HashSet<ChunkId>>>,
     params: ChunkerParams,
     level: i32,
@@ -707,6 +933,13 @@ fn read_file(ctx: &WorkerCtx, job: &FileJob) -> FileOutcome {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return FileOutcome::Vanished,
         Err(e) => return FileOutcome::Unreadable(e.to_string()),
     };
+    let mut header = [0u8; 100];
+    if file.read_exact_at(&mut header, 0).is_ok()
+        && sqlite::is_database_header(&header)
+        && let Some(outcome) = capture_db(ctx, job, &file)
+    {
+        return outcome;
+    }
     let mut changed = false;
     for _attempt in 0..READ_ATTEMPTS {
         let before = match file.metadata() {
@@ -724,7 +957,7 @@ fn read_file(ctx: &WorkerCtx, job: &FileJob) -> FileOutcome {
                 job.rel.display()
             ));
         }
-        let read = chunk_file(ctx, &file, before.len());
+        let read = chunk_file(ctx, &file, before.len(), None);
         let (chunks, read_bytes) = match read {
             Ok(r) => r,
             Err(ReadError::Io(e)) => return FileOutcome::Unreadable(e.to_string()),
@@ -749,6 +982,7 @@ fn read_file(ctx: &WorkerCtx, job: &FileJob) -> FileOutcome {
                 meta,
                 read_bytes,
                 changed,
+                db: None,
             };
         }
         if let Err(e) = (&file).seek_start() {
@@ -756,6 +990,70 @@ fn read_file(ctx: &WorkerCtx, job: &FileJob) -> FileOutcome {
         }
     }
     unreachable!("the last attempt always returns (changed = {changed})")
+}
+
+/// The first 100 bytes of a file (a SQLite header), if it has them.
+fn read_header(path: &Path) -> Option<[u8; 100]> {
+    let mut h = [0u8; 100];
+    open_source(path).ok()?.read_exact_at(&mut h, 0).ok()?;
+    Some(h)
+}
+
+/// Store a SQLite database as a consistent image made by the backup API,
+/// cut into whole pages. `None` when SQLite cannot read it (not really a
+/// database, encrypted, ...): the caller then stores the plain bytes.
+fn capture_db(ctx: &WorkerCtx, job: &FileJob, file: &File) -> Option<FileOutcome> {
+    let before = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return Some(FileOutcome::Unreadable(e.to_string())),
+    };
+    let image = match tempfile::Builder::new()
+        .prefix(TMP_SQLITE_PREFIX)
+        .suffix(".db")
+        .tempfile_in(&ctx.tmp_dir)
+    {
+        Ok(f) => f.into_temp_path(),
+        Err(e) => return Some(FileOutcome::Fatal(Error::io(&ctx.tmp_dir, e))),
+    };
+    let info = match sqlite::capture(&job.path, &image, ctx.sqlite_check) {
+        Ok(info) => info,
+        Err(why) => {
+            ctx.progress.warn(&format!(
+                "{}: looks like a SQLite database but could not be captured through SQLite ({why}); stored as plain bytes",
+                job.rel.display()
+            ));
+            return None;
+        }
+    };
+    let read = File::open(&image).and_then(|f| {
+        let mut header = [0u8; 100];
+        f.read_exact_at(&mut header, 0)?;
+        Ok((f, header))
+    });
+    let (img, header) = match read {
+        Ok(r) => r,
+        Err(e) => return Some(FileOutcome::Fatal(Error::io(&*image, e))),
+    };
+    let len = match img.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return Some(FileOutcome::Fatal(Error::io(&*image, e))),
+    };
+    let size = sqlite::chunk_size(&header);
+    let (chunks, read_bytes) = match chunk_file(ctx, &img, len, size) {
+        Ok(r) => r,
+        Err(ReadError::Io(e)) => return Some(FileOutcome::Fatal(Error::io(&*image, e))),
+        Err(ReadError::Fatal(e)) => return Some(FileOutcome::Fatal(e)),
+    };
+    let mut meta = entry_from_metadata(Vec::new(), &before);
+    meta.size = read_bytes;
+    meta.flags |= flags::SQLITE_IMAGE;
+    Some(FileOutcome::Stored {
+        chunks,
+        meta,
+        read_bytes,
+        changed: false,
+        db: Some(info),
+    })
 }
 
 trait SeekStart {
@@ -780,9 +1078,12 @@ fn chunk_file(
     ctx: &WorkerCtx,
     file: &File,
     size_hint: u64,
+    fixed: Option<usize>,
 ) -> std::result::Result<(Vec<ChunkId>, u64), ReadError> {
-    let mut chunker =
-        Chunker::with_size_hint(ReadAdapter(file), ctx.params, BATCH_BYTES, size_hint);
+    let mut chunker = match fixed {
+        Some(size) => Chunker::fixed(ReadAdapter(file), size, BATCH_BYTES, size_hint),
+        None => Chunker::with_size_hint(ReadAdapter(file), ctx.params, BATCH_BYTES, size_hint),
+    };
     let mut ids_all = Vec::new();
     let mut total = 0u64;
     loop {

@@ -268,10 +268,23 @@ fn remove_if_exists(path: &std::path::Path) -> Result<()> {
 }
 
 /// Files under packs/ that no index row references: packs renamed into
-/// place by an interrupted create or gc, and temporaries. Safe to delete
+/// place by an interrupted create or gc, and temporaries (also SQLite
+/// images under tmp/). Safe to delete
 /// only under the exclusive lock. `(path, is_pack)`.
 fn orphan_files(repo: &Repository, referenced: &HashSet<PackId>) -> Result<Vec<(PathBuf, bool)>> {
-    let (packs, temps) = repo.pack_files()?;
+    let (packs, mut temps) = repo.pack_files()?;
+    // SQLite images a crashed create left in tmp/.
+    if let Ok(rd) = std::fs::read_dir(repo.tmp_dir()) {
+        for de in rd.flatten() {
+            if de
+                .file_name()
+                .to_string_lossy()
+                .starts_with(crate::ops::create::TMP_SQLITE_PREFIX)
+            {
+                temps.push(de.path());
+            }
+        }
+    }
     let orphans = packs.into_iter().filter(|(id, _)| !referenced.contains(id));
     Ok(orphans
         .map(|(_, path)| (path, true))

@@ -19,7 +19,7 @@ use std::ffi::{CString, OsStr};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,14 +28,15 @@ use serde::Serialize;
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, IoContext, Result};
+use crate::exclude::Excludes;
 use crate::id::ChunkId;
 use crate::index::ChunkLocation;
-use crate::ops::create::{CreateOptions, create};
+use crate::ops::create::{CreateOptions, SourceSpec, create};
 use crate::ops::ls::lookup;
 use crate::pack::decode_chunk;
 use crate::progress::Progress;
 use crate::repo::{ChunkReader, Repository};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{RootMeta, Snapshot, SourceRoot};
 use crate::source::kind_of;
 use crate::tree::{Entry, Kind, Payload, Tree, flags};
 
@@ -151,6 +152,8 @@ pub struct PlanSummary {
 pub struct Plan {
     pub snapshot: String,
     pub target: PathBuf,
+    /// Every directory the plan makes equal to a part of the snapshot.
+    pub targets: Vec<PathBuf>,
     pub steps: Vec<Step>,
     pub summary: PlanSummary,
     /// Entries the snapshot could not store (unreadable at snapshot time):
@@ -186,17 +189,19 @@ pub struct RestoreStats {
     pub duration_ms: u64,
 }
 
-/// Where a restore goes: the directory to make equal, and the snapshot part.
-fn resolve_target(snap: &Snapshot, opts: &RestoreOptions) -> PathBuf {
-    let base = opts.target.clone().unwrap_or_else(|| snap.source.clone());
-    match &opts.subpath {
-        Some(sub) => base.join(sub),
-        None => base,
+/// Where a source of `snap` is restored to: its own path, or under --target
+/// (a snapshot of several sources puts each in `<target>/<name>`).
+fn source_target(snap: &Snapshot, src: &SourceRoot, opts: &RestoreOptions) -> PathBuf {
+    match (&opts.target, src.name.is_empty()) {
+        (Some(t), true) => t.clone(),
+        (Some(t), false) => t.join(&src.name),
+        (None, true) => snap.source.clone(),
+        (None, false) => PathBuf::from(&src.path),
     }
 }
 
 pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result<Plan> {
-    let target = resolve_target(snap, opts);
+    let repo_md = fs::metadata(repo.root()).at(repo.root())?;
     let mut p = Planner {
         repo,
         verify: opts.verify,
@@ -207,77 +212,135 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
         leaders: HashMap::new(),
         not_in_snapshot: Vec::new(),
         damaged: Vec::new(),
+        root: PathBuf::new(),
+        excludes: None,
+        repo_key: (repo_md.dev(), repo_md.ino()),
     };
     let sub = opts
         .subpath
         .as_deref()
         .filter(|s| !s.as_os_str().is_empty());
-    match sub.map(|s| lookup(repo, snap, s)).transpose()?.flatten() {
-        None => {
-            // The whole snapshot: `target` becomes its root directory.
-            let disk = fs::symlink_metadata(&target).ok();
-            let exists = match &disk {
-                Some(m) if m.is_dir() => true,
-                Some(_) => {
+    // The sources to restore: a snapshot of one directory has one, unnamed.
+    let one = [SourceRoot {
+        path: snap.source.to_string_lossy().into_owned(),
+        exclude: snap.excludes().to_vec(),
+        ..SourceRoot::default()
+    }];
+    let sources: Vec<&SourceRoot> = if snap.is_multi_source() {
+        let first = sub
+            .and_then(|s| s.components().next())
+            .map(|c| c.as_os_str());
+        let picked: Vec<&SourceRoot> = snap
+            .sources
+            .iter()
+            .filter(|s| first.is_none_or(|f| f == OsStr::new(&s.name)))
+            .collect();
+        if picked.is_empty() {
+            return Err(Error::NotInSnapshot {
+                path: sub.unwrap_or(Path::new("")).to_path_buf(),
+                snapshot: snap.id.short(),
+            });
+        }
+        picked
+    } else {
+        vec![&one[0]]
+    };
+    let multi = snap.is_multi_source();
+    let root_tree = if multi {
+        Some(repo.load_tree(&snap.root)?)
+    } else {
+        None
+    };
+    let mut targets = Vec::new();
+    for src in sources {
+        let base = source_target(snap, src, opts);
+        p.root = base.clone();
+        p.excludes = if src.exclude.is_empty() {
+            None
+        } else {
+            Some(Excludes::new(&src.exclude).map_err(Error::Invalid)?)
+        };
+        // The part of the snapshot under this source, relative to its root.
+        let rel: Option<PathBuf> = match (multi, sub) {
+            (true, Some(s)) => Some(s.components().skip(1).collect::<PathBuf>())
+                .filter(|r| !r.as_os_str().is_empty()),
+            (true, None) => None,
+            (false, s) => s.map(Path::to_path_buf),
+        };
+        let (tree, meta) = if let Some(t) = &root_tree {
+            let e = t.get(src.name.as_bytes()).ok_or_else(|| Error::Damaged {
+                path: repo.index_path(),
+                reason: format!(
+                    "snapshot {} has no tree for source {}",
+                    snap.id.short(),
+                    src.name
+                ),
+            })?;
+            let sub_tree = e.subtree().ok_or_else(|| Error::Damaged {
+                path: repo.index_path(),
+                reason: format!("source {} is not a directory in the snapshot", src.name),
+            })?;
+            (
+                sub_tree,
+                RootMeta {
+                    mode: e.mode,
+                    uid: e.uid,
+                    gid: e.gid,
+                    mtime_ns: e.mtime_ns,
+                },
+            )
+        } else {
+            (snap.root, snap.root_meta)
+        };
+        match rel {
+            None => p.plan_root(&tree, meta, &base)?,
+            Some(rel) => {
+                let path_in_snapshot = if multi {
+                    Path::new(&src.name).join(&rel)
+                } else {
+                    rel.clone()
+                };
+                let (entry, _) = lookup(repo, snap, &path_in_snapshot)?
+                    .expect("a non-empty path names an entry");
+                let target = base.join(&rel);
+                let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
+                if !parent.is_dir() {
                     return Err(Error::BadSource {
-                        path: target,
-                        reason: "restore target exists and is not a directory".into(),
+                        path: parent,
+                        reason: "the parent directory of the restored path does not exist".into(),
                     });
                 }
-                None => false,
-            };
-            if !exists {
-                p.steps.push(Step::MakeDir {
-                    path: target.clone(),
-                });
-                p.summary.create_dirs += 1;
-            }
-            let tree = repo.load_tree(&snap.root)?;
-            let dirty = p.plan_dir(&tree, &target, exists)?;
-            let rm = snap.root_meta;
-            let meta_differs = disk.as_ref().is_none_or(|m| {
-                m.mode() & 0o7777 != rm.mode
-                    || mtime_ns(m) != rm.mtime_ns
-                    || (p.is_root && (m.uid() != rm.uid || m.gid() != rm.gid))
-            });
-            if dirty || meta_differs {
-                if exists && !dirty {
-                    p.summary.fix_metadata += 1;
-                }
-                p.steps.push(Step::DirMeta {
-                    path: target.clone(),
-                    meta: Meta {
-                        kind: Kind::Dir,
-                        mode: rm.mode,
-                        uid: rm.uid,
-                        gid: rm.gid,
-                        mtime_ns: rm.mtime_ns,
-                        size: 0,
-                        payload: Payload::None,
-                    },
-                });
+                let disk = fs::symlink_metadata(&target).ok();
+                p.plan_entry(&entry, &target, disk)?;
             }
         }
-        Some((entry, _)) => {
-            let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
-            if !parent.is_dir() {
-                return Err(Error::BadSource {
-                    path: parent,
-                    reason: "the parent directory of the restored path does not exist".into(),
-                });
-            }
-            let disk = fs::symlink_metadata(&target).ok();
-            p.plan_entry(&entry, &target, disk)?;
-        }
+        targets.push(match sub {
+            Some(_) if !multi => base.join(sub.unwrap()),
+            _ => base,
+        });
     }
     Ok(Plan {
         snapshot: snap.id.to_hex(),
-        target,
+        target: if multi {
+            opts.target.clone().unwrap_or_else(|| targets[0].clone())
+        } else {
+            targets[0].clone()
+        },
+        targets,
         steps: p.steps,
         summary: p.summary,
         not_in_snapshot: p.not_in_snapshot,
         damaged: p.damaged,
     })
+}
+
+/// What became of an entry on disk that the snapshot lacks.
+#[derive(PartialEq)]
+enum Extra {
+    Removed,
+    /// A directory that stays because it holds excluded paths.
+    Partly,
+    Kept,
 }
 
 struct Leader {
@@ -299,6 +362,12 @@ struct Planner<'a> {
     leaders: HashMap<(u64, u64), Leader>,
     not_in_snapshot: Vec<PathBuf>,
     damaged: Vec<(PathBuf, String)>,
+    /// The directory being made equal to a source, and that source's
+    /// excludes: paths they match were never backed up and are never deleted.
+    root: PathBuf,
+    excludes: Option<Excludes>,
+    /// The repository's directory: never deleted, even inside a source.
+    repo_key: (u64, u64),
 }
 
 fn mtime_ns(m: &Metadata) -> i64 {
@@ -320,6 +389,93 @@ impl Planner<'_> {
         self.summary.delete_entries += 1;
     }
 
+    /// Make `target` the directory `tree` with metadata `rm`.
+    fn plan_root(&mut self, tree: &crate::id::TreeId, rm: RootMeta, target: &Path) -> Result<()> {
+        let disk = fs::symlink_metadata(target).ok();
+        let exists = match &disk {
+            Some(m) if m.is_dir() => true,
+            Some(_) => {
+                return Err(Error::BadSource {
+                    path: target.to_path_buf(),
+                    reason: "restore target exists and is not a directory".into(),
+                });
+            }
+            None => false,
+        };
+        if !exists {
+            self.steps.push(Step::MakeDir {
+                path: target.to_path_buf(),
+            });
+            self.summary.create_dirs += 1;
+        }
+        let tree = self.repo.load_tree(tree)?;
+        let dirty = self.plan_dir(&tree, target, exists)?;
+        let meta_differs = disk.as_ref().is_none_or(|m| {
+            m.mode() & 0o7777 != rm.mode
+                || mtime_ns(m) != rm.mtime_ns
+                || (self.is_root && (m.uid() != rm.uid || m.gid() != rm.gid))
+        });
+        if dirty || meta_differs {
+            if exists && !dirty {
+                self.summary.fix_metadata += 1;
+            }
+            self.steps.push(Step::DirMeta {
+                path: target.to_path_buf(),
+                meta: Meta {
+                    kind: Kind::Dir,
+                    mode: rm.mode,
+                    uid: rm.uid,
+                    gid: rm.gid,
+                    mtime_ns: rm.mtime_ns,
+                    size: 0,
+                    payload: Payload::None,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether an entry on disk that the snapshot lacks must stay: the
+    /// excludes kept it out, or it is the repository itself.
+    fn keep_extra(&self, path: &Path, m: &Metadata) -> bool {
+        if m.is_dir() && (m.dev(), m.ino()) == self.repo_key {
+            return true;
+        }
+        match (&self.excludes, path.strip_prefix(&self.root)) {
+            (Some(ex), Ok(rel)) => ex.excludes(rel, m.is_dir()),
+            _ => false,
+        }
+    }
+
+    /// Delete an entry the snapshot lacks, except what must stay: a
+    /// directory holding excluded paths stays, emptied of everything else.
+    fn plan_extra(&mut self, path: &Path, m: &Metadata) -> Extra {
+        if self.keep_extra(path, m) {
+            return Extra::Kept;
+        }
+        if m.is_dir() && self.excludes.is_some() {
+            let mut whole = true;
+            let mut any = false;
+            if let Ok(rd) = fs::read_dir(path) {
+                for de in rd.flatten() {
+                    let p = de.path();
+                    if let Ok(cm) = fs::symlink_metadata(&p) {
+                        match self.plan_extra(&p, &cm) {
+                            Extra::Removed => any = true,
+                            Extra::Partly => (any, whole) = (true, false),
+                            Extra::Kept => whole = false,
+                        }
+                    }
+                }
+            }
+            if !whole {
+                return if any { Extra::Partly } else { Extra::Kept };
+            }
+        }
+        self.delete(path, m);
+        Extra::Removed
+    }
+
     /// Plan one directory's children; true when anything in it changes.
     fn plan_dir(&mut self, tree: &Tree, dir: &Path, exists: bool) -> Result<bool> {
         let mut dirty = false;
@@ -336,8 +492,7 @@ impl Planner<'_> {
                     Err(e) => return Err(Error::io(path, e)),
                 };
                 if tree.get(&name).is_none() {
-                    self.delete(&path, &m);
-                    dirty = true;
+                    dirty |= self.plan_extra(&path, &m) != Extra::Kept;
                 } else {
                     on_disk.insert(name, m);
                 }
@@ -600,7 +755,20 @@ impl Planner<'_> {
         let Ok(file) = File::open(path) else {
             return false;
         };
-        let mut chunker = Chunker::new(file, self.params, 4 << 20);
+        let mut chunker = if e.has_flag(flags::SQLITE_IMAGE) {
+            // Images are cut into whole pages (see crate::sqlite).
+            let mut header = [0u8; 100];
+            let size = file
+                .read_exact_at(&mut header, 0)
+                .ok()
+                .and_then(|_| crate::sqlite::chunk_size(&header));
+            match size {
+                Some(size) => Chunker::fixed(file, size, 4 << 20, e.size),
+                None => return false,
+            }
+        } else {
+            Chunker::new(file, self.params, 4 << 20)
+        };
         let want = e.chunks();
         let mut i = 0;
         loop {
@@ -643,9 +811,48 @@ pub fn restore(
     }
     if opts.safety_snapshot && plan.changes_anything() {
         // Snapshot what is about to change, so the restore can be undone.
-        // The directory restore changes: the target itself, or, when a
-        // single entry (--path) is restored, the directory that holds it.
-        // A new target has nothing to protect.
+        if let Some(safety) = safety_snapshot(repo, snap, &plan, opts, progress)? {
+            stats.safety_snapshot = Some(safety.id.to_hex());
+        }
+    }
+    execute(repo, &plan, &mut stats, progress)?;
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    Ok((plan, Some(stats)))
+}
+
+/// Snapshot the directories a restore is about to change (tagged
+/// `pre-restore`). A new or empty target has nothing to protect.
+fn safety_snapshot(
+    repo: &Repository,
+    snap: &Snapshot,
+    plan: &Plan,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<Option<Snapshot>> {
+    let non_empty =
+        |d: &Path| -> Result<bool> { Ok(d.is_dir() && fs::read_dir(d).at(d)?.next().is_some()) };
+    let mut co = CreateOptions {
+        tags: vec!["pre-restore".to_string()],
+        ..CreateOptions::default()
+    };
+    if snap.is_multi_source() {
+        for src in &snap.sources {
+            let dir = source_target(snap, src, opts);
+            if plan.targets.contains(&dir) && non_empty(&dir)? {
+                co.sources.push(SourceSpec {
+                    name: src.name.clone(),
+                    path: dir,
+                    exclude: src.exclude.clone(),
+                });
+            }
+        }
+        if co.sources.is_empty() {
+            return Ok(None);
+        }
+        co.source = snap.source.clone();
+    } else {
+        // The target itself, or, when a single entry (--path) is restored,
+        // the directory that holds it.
         let dir = if plan.target.is_dir() {
             Some(plan.target.clone())
         } else if opts.subpath.is_some() {
@@ -656,24 +863,15 @@ pub fn restore(
         } else {
             None
         };
-        if let Some(dir) = dir
-            && fs::read_dir(&dir).at(&dir)?.next().is_some()
-        {
-            let safety = create(
-                repo,
-                &CreateOptions {
-                    source: dir,
-                    tags: vec!["pre-restore".to_string()],
-                    ..CreateOptions::default()
-                },
-                progress,
-            )?;
-            stats.safety_snapshot = Some(safety.id.to_hex());
+        match dir {
+            Some(d) if non_empty(&d)? => co.source = d,
+            _ => return Ok(None),
+        }
+        if opts.subpath.is_none() {
+            co.exclude = snap.excludes().to_vec();
         }
     }
-    execute(repo, &plan, &mut stats, progress)?;
-    stats.duration_ms = started.elapsed().as_millis() as u64;
-    Ok((plan, Some(stats)))
+    create(repo, &co, progress).map(Some)
 }
 
 /// Files written between two durability barriers.
@@ -789,7 +987,9 @@ fn execute(
         }
         if !renames.is_empty() {
             // One barrier for the batch instead of an fsync per file.
-            syncfs(&plan.target)?;
+            for t in &plan.targets {
+                syncfs(t)?;
+            }
             crate::fault::point("restore temporaries durable");
             for (path, e, tmp) in renames {
                 tmp.persist(path)
@@ -844,7 +1044,9 @@ fn execute(
             set_meta_path(path, Kind::Dir, e.mode, e.uid, e.gid, e.mtime_ns, is_root)?;
         }
     }
-    syncfs(&plan.target)?;
+    for t in &plan.targets {
+        syncfs(t)?;
+    }
     stats.damaged |= damaged;
     if stats.damaged {
         progress.warn("some files could not be restored because the repository is damaged; run `snap check --read-data`");

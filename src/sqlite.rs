@@ -1,0 +1,328 @@
+//! Consistent capture of live SQLite databases in the source.
+//!
+//! A database file and its `-wal` copied one after the other can disagree
+//! (a transaction committed between the two reads, or a checkpoint moving
+//! pages), and the copy still "succeeds". Instead, a file whose header says
+//! it is a SQLite database is read through SQLite's online backup API into
+//! a temporary image: one read transaction, so the image is exactly the
+//! database as of one commit, with the committed WAL content folded in. The
+//! sidecars (`-wal`, `-shm`, `-journal`) are then not stored at all.
+//!
+//! Images are cut into whole pages (see docs/benchmarks.md, "SQLite
+//! chunking"): a migration that touches scattered rows changes scattered
+//! pages, and page-sized chunks store only those.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::backup::{Backup, StepResult};
+use rusqlite::{Connection, OpenFlags};
+
+/// The first 16 bytes of every SQLite 3 database.
+pub const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+/// Sidecar suffixes SQLite creates next to a database.
+pub const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
+/// Smallest chunk for an image: pages below this are grouped.
+const MIN_CHUNK: usize = 4096;
+/// How long a capture waits for a writer holding an exclusive lock.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+
+/// What a capture learned about one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbInfo {
+    /// `PRAGMA user_version`: the schema version migrations bump.
+    pub user_version: u32,
+    /// `PRAGMA quick_check` of the image, when asked for: "ok" or the
+    /// first problems it reported.
+    pub quick_check: Option<String>,
+}
+
+/// True when `header` (the first bytes of a file) is a SQLite database's.
+pub fn is_database_header(header: &[u8]) -> bool {
+    header.len() >= 100 && header[..16] == MAGIC[..]
+}
+
+/// True when the file at `path` starts with a SQLite database header.
+/// Never follows a symlink and never blocks on a FIFO.
+pub fn is_database_file(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut header = [0u8; 100];
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .and_then(|f| f.read_exact_at(&mut header, 0))
+        .is_ok()
+        && is_database_header(&header)
+}
+
+/// True when the database at `path` may have content outside its main
+/// file: a non-empty `-wal`, or a `-journal` (a transaction in progress).
+pub fn has_pending_sidecar(path: &Path) -> bool {
+    let side = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        std::fs::symlink_metadata(p).ok()
+    };
+    side("-wal").is_some_and(|m| m.len() > 0) || side("-journal").is_some()
+}
+
+/// The page size a header records (the value 1 means 65536).
+pub fn page_size(header: &[u8]) -> Option<usize> {
+    let raw = u16::from_be_bytes([*header.get(16)?, *header.get(17)?]) as usize;
+    let size = if raw == 1 { 65536 } else { raw };
+    (size >= 512 && size.is_power_of_two() && size <= 65536).then_some(size)
+}
+
+/// The chunk size for an image with this header: one page, at least 4 KiB.
+pub fn chunk_size(header: &[u8]) -> Option<usize> {
+    page_size(header).map(|p| p.max(MIN_CHUNK))
+}
+
+/// `PRAGMA user_version`, as the header stores it (offset 60, big-endian).
+pub fn user_version(header: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(header.get(60..64)?.try_into().ok()?))
+}
+
+/// If `name` is a sidecar (`x-wal`, `x-shm`, `x-journal`), the database
+/// name it belongs to.
+pub fn sidecar_base(name: &[u8]) -> Option<&[u8]> {
+    SIDECARS
+        .iter()
+        .find_map(|s| name.strip_suffix(s.as_bytes()))
+        .filter(|b| !b.is_empty())
+}
+
+fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    p.into()
+}
+
+/// Copy the database at `source` into `image` (a new, empty file path) as
+/// of one committed transaction, without changing anything next to the
+/// source: no checkpoint, no recovery, no `-shm` left behind.
+///
+/// - A database in use in WAL mode (its `-shm` exists) is read live through
+///   the backup API on a read-only connection.
+/// - A database in rollback-journal mode with no journal is read the same
+///   way (a shared lock keeps writers out during the copy).
+/// - Otherwise (a WAL left without its `-shm`, a hot journal, a WAL-mode
+///   file nobody has open), opening it would make SQLite create files or
+///   repair it in place; the files are copied to scratch space first and
+///   SQLite works on the copy.
+pub fn capture(source: &Path, image: &Path, quick_check: bool) -> Result<DbInfo, String> {
+    let exists = |s: &str| std::fs::symlink_metadata(sidecar(source, s)).is_ok();
+    let mut header = [0u8; 100];
+    std::fs::File::open(source)
+        .and_then(|f| f.read_exact_at(&mut header, 0))
+        .map_err(|e| format!("cannot read the header: {e}"))?;
+    let wal_mode = header[18] == 2;
+    if exists("-shm") || (!exists("-wal") && !exists("-journal") && !wal_mode) {
+        return backup(source, false, image, quick_check);
+    }
+    let copy = sidecar(image, ".source");
+    let result =
+        copy_quiet_database(source, &copy).and_then(|_| backup(&copy, true, image, quick_check));
+    for s in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(sidecar(&copy, s));
+    }
+    result
+}
+
+/// Copy a database nobody has open in WAL mode, with its `-wal` and
+/// `-journal`, checking that nothing changed meanwhile.
+fn copy_quiet_database(source: &Path, copy: &Path) -> Result<(), String> {
+    let stamp = |p: &Path| {
+        std::fs::symlink_metadata(p).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            )
+        })
+    };
+    for _ in 0..3 {
+        let before: Vec<_> = ["", "-wal", "-journal", "-shm"]
+            .iter()
+            .map(|s| stamp(&sidecar(source, s)))
+            .collect();
+        for s in ["", "-wal", "-journal"] {
+            let from = sidecar(source, s);
+            if from.exists() {
+                std::fs::copy(&from, sidecar(copy, s))
+                    .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+            }
+        }
+        let after: Vec<_> = ["", "-wal", "-journal", "-shm"]
+            .iter()
+            .map(|s| stamp(&sidecar(source, s)))
+            .collect();
+        if before == after {
+            return Ok(());
+        }
+    }
+    Err("the database kept changing while it was copied".into())
+}
+
+/// The backup itself, from `source` (read-only unless `writable`, for a
+/// private copy that SQLite may need to recover) into `image`.
+fn backup(
+    source: &Path,
+    writable: bool,
+    image: &Path,
+    quick_check: bool,
+) -> Result<DbInfo, String> {
+    let flags = if writable {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    };
+    let src = Connection::open_with_flags(source, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| format!("cannot open as a SQLite database: {e}"))?;
+    src.busy_timeout(BUSY_WAIT)
+        .map_err(|e| format!("cannot set a busy timeout: {e}"))?;
+    let mut dst = Connection::open(image).map_err(|e| format!("cannot create the image: {e}"))?;
+    // One read transaction around the backup and the header read below, so
+    // both see the same committed state.
+    src.execute_batch("BEGIN")
+        .and_then(|_| src.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())))
+        .map_err(|e| format!("cannot read the database: {e}"))?;
+    let mut src_header = [0u8; 100];
+    {
+        let backup = Backup::new(&src, &mut dst).map_err(|e| format!("backup failed: {e}"))?;
+        let started = Instant::now();
+        loop {
+            // All pages in one step: one read transaction, one consistent state.
+            match backup.step(-1) {
+                Ok(StepResult::Done) => break,
+                Ok(StepResult::More) => {}
+                Ok(StepResult::Busy | StepResult::Locked) if started.elapsed() < BUSY_WAIT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(_) => return Err("the database stayed locked by a writer".into()),
+                Err(e) => return Err(format!("backup failed: {e}")),
+            }
+        }
+    }
+    // With nothing pending outside the main file, the image holds exactly
+    // the main file's pages.
+    let quiescent = !has_pending_sidecar(source);
+    let header_read = std::fs::File::open(source).and_then(|f| f.read_exact_at(&mut src_header, 0));
+    let _ = src.execute_batch("COMMIT");
+    drop(src);
+    let user_version: u32 = dst
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| format!("cannot read user_version: {e}"))?;
+    let quick_check = if quick_check {
+        let mut st = dst
+            .prepare("PRAGMA quick_check(20)")
+            .map_err(|e| format!("quick_check failed: {e}"))?;
+        let rows: Vec<String> = st
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| format!("quick_check failed: {e}"))?;
+        Some(rows.join("; "))
+    } else {
+        None
+    };
+    // The image keeps the source's journal mode (a WAL database restores
+    // as a WAL database); closing it folds back anything the checks put in
+    // its own WAL, so the image file alone is complete.
+    dst.close()
+        .map_err(|(_, e)| format!("cannot close the image: {e}"))?;
+    for s in SIDECARS {
+        let mut side = image.as_os_str().to_owned();
+        side.push(s);
+        let _ = std::fs::remove_file(side);
+    }
+    // The backup stamps the image's header with its own change counter,
+    // schema cookie and library version. When the main file held the whole
+    // database, give the image the source's, so that a database nobody was
+    // writing is stored byte for byte as it is on disk. A private copy is
+    // stable, so there the result is compared and the stamp kept only if
+    // the image then equals the copied main file.
+    if (quiescent || writable) && header_read.is_ok() && is_database_header(&src_header) {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(image)
+            .map_err(|e| format!("cannot finish the image: {e}"))?;
+        let mut own = [0u8; 100];
+        let fix = |h: &[u8]| {
+            f.write_all_at(&h[24..28], 24)
+                .and_then(|_| f.write_all_at(&h[40..44], 40))
+                .and_then(|_| f.write_all_at(&h[92..100], 92))
+        };
+        f.read_exact_at(&mut own, 0)
+            .and_then(|_| fix(&src_header))
+            .and_then(|_| {
+                if writable && !same_bytes(image, source)? {
+                    fix(&own)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("cannot finish the image: {e}"))?;
+    }
+    Ok(DbInfo {
+        user_version,
+        quick_check,
+    })
+}
+
+/// Whether two files hold the same bytes.
+fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let (fa, fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ra, mut rb) = (
+        std::io::BufReader::with_capacity(1 << 20, fa),
+        std::io::BufReader::with_capacity(1 << 20, fb),
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = ra.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        rb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_names() {
+        assert_eq!(sidecar_base(b"app.db-wal"), Some(&b"app.db"[..]));
+        assert_eq!(sidecar_base(b"app.db-journal"), Some(&b"app.db"[..]));
+        assert_eq!(sidecar_base(b"-shm"), None);
+        assert_eq!(sidecar_base(b"app.db"), None);
+    }
+
+    #[test]
+    fn header_fields() {
+        let mut h = [0u8; 100];
+        h[..16].copy_from_slice(MAGIC);
+        h[16..18].copy_from_slice(&1u16.to_be_bytes());
+        h[60..64].copy_from_slice(&7u32.to_be_bytes());
+        assert!(is_database_header(&h));
+        assert_eq!(page_size(&h), Some(65536));
+        assert_eq!(user_version(&h), Some(7));
+        h[16..18].copy_from_slice(&1024u16.to_be_bytes());
+        assert_eq!(chunk_size(&h), Some(4096));
+        h[16..18].copy_from_slice(&1000u16.to_be_bytes());
+        assert_eq!(page_size(&h), None);
+        assert!(!is_database_header(&h[..50]));
+    }
+}
