@@ -18,6 +18,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "SNAP_REPO", value_name = "PATH")]
     pub repo: Option<PathBuf>,
 
+    /// Config file [default: <repository>/snap.toml, else the user's config directory's snap/snap.toml]
+    #[arg(long, global = true, env = "SNAP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// No progress display
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -39,7 +43,7 @@ pub enum Command {
         #[arg(long, value_name = "LEVEL", default_value_t = 3)]
         zstd_level: i32,
     },
-    /// Snapshot a directory
+    /// Snapshot a directory, or every source of snap.toml into one snapshot
     Create(CreateArgs),
     /// List snapshots, oldest first
     List {
@@ -55,6 +59,9 @@ pub enum Command {
         /// List subdirectories too
         #[arg(long, short)]
         recursive: bool,
+        /// Print the snapshot and its entries as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Restore a snapshot: into its source directory, or into --target
     Restore(RestoreArgs),
@@ -70,6 +77,8 @@ pub enum Command {
     Unpin { id: String },
     /// Apply a retention policy (if given), then delete unused data
     Gc(GcArgs),
+    /// Snapshot, run a migration, and roll back if it fails
+    Guard(GuardArgs),
     /// Check the repository's consistency; --read-data also verifies every chunk
     Check {
         /// Read every pack and verify every chunk's BLAKE3 id
@@ -118,11 +127,13 @@ pub struct GcArgs {
 
 #[derive(Args)]
 pub struct CreateArgs {
-    /// Directory to snapshot
-    pub path: PathBuf,
+    /// Directory to snapshot [default: every source in snap.toml]
+    pub path: Option<PathBuf>,
     /// Tag the snapshot (repeatable)
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
+    #[command(flatten)]
+    pub what: SnapshotArgs,
     /// Compare against this snapshot instead of the latest of the same path
     #[arg(long, value_name = "ID")]
     pub parent: Option<String>,
@@ -132,6 +143,50 @@ pub struct CreateArgs {
     /// Print the result as one JSON object
     #[arg(long)]
     pub json: bool,
+}
+
+/// Options shared by `create` and `guard`.
+#[derive(Args)]
+pub struct SnapshotArgs {
+    /// Attach a label (repeatable), e.g. app_version=2.3.0
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Leave out paths matching PATTERN (repeatable; see README, "Excludes")
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub excludes: Vec<String>,
+    /// Run PRAGMA quick_check on every SQLite database captured
+    #[arg(long)]
+    pub sqlite_check: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains(':') => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!(
+            "{s:?}: a label is KEY=VALUE with a non-empty KEY without `:`"
+        )),
+    }
+}
+
+#[derive(Args)]
+pub struct GuardArgs {
+    /// A source of snap.toml by name, or a directory (repeatable) [default: every source in snap.toml]
+    #[arg(long = "source", value_name = "NAME|PATH")]
+    pub sources: Vec<String>,
+    /// A shell command that must succeed after the migration, or it is rolled back
+    #[arg(long, value_name = "CMD")]
+    pub check: Option<String>,
+    /// After a success, keep only the newest N `migrated` snapshots of these sources
+    #[arg(long, value_name = "N")]
+    pub keep: Option<usize>,
+    #[command(flatten)]
+    pub what: SnapshotArgs,
+    /// Print the outcome as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// The migration command and its arguments
+    #[arg(last = true, required = true, value_name = "MIGRATION")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Args)]

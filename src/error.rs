@@ -62,6 +62,14 @@ pub enum Error {
     #[error("{path}: not found in snapshot {snapshot}", path = .path.display())]
     NotInSnapshot { path: PathBuf, snapshot: String },
 
+    #[error("{path}:{line}: {key}{sep}{reason}", path = .path.display(), sep = if .key.is_empty() { "" } else { ": " })]
+    Config {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+
     #[error("invalid repository config: {0}")]
     BadConfig(String),
 

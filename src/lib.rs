@@ -30,6 +30,7 @@ pub mod snapshot;
 pub mod source;
 pub mod sqlite;
 pub mod tree;
+pub mod user_config;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, PackId, SnapshotId, TreeId};

@@ -16,12 +16,14 @@ use snap::lock::LockMode;
 use snap::ops::check::{CheckOptions, check};
 use snap::ops::create::{CreateOptions, create};
 use snap::ops::gc::{GcOptions, forget, gc, set_pinned};
+use snap::ops::guard::{GuardOptions, GuardReport, Outcome, guard};
 use snap::ops::ls::{lookup, mode_string, walk};
 use snap::ops::restore::{RestoreOptions, Step, restore};
 use snap::progress::Progress;
 use snap::retention::{Policy, parse_duration};
 use snap::snapshot::{Snapshot, format_time_local};
 use snap::tree::{Kind, Payload};
+use snap::user_config::{self, UserConfig};
 use snap::{Error, Repository};
 
 /// Exit codes (documented in README.md).
@@ -31,6 +33,8 @@ mod exit {
     pub const LOCKED: u8 = 4;
     pub const DAMAGED: u8 = 5;
     pub const NOTHING_TO_DO: u8 = 6;
+    pub const ROLLED_BACK: u8 = 7;
+    pub const ROLLBACK_INCOMPLETE: u8 = 8;
 }
 
 fn main() -> ExitCode {
@@ -103,9 +107,57 @@ fn open_repo(cli_repo: &Option<PathBuf>, mode: Option<LockMode>) -> anyhow::Resu
     Ok(Repository::open(&path, mode)?)
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+/// The config file in effect (if any), and the repository it implies when
+/// `--repo` is not given.
+fn resolve_config(cli: &Cli) -> anyhow::Result<(Option<PathBuf>, Option<UserConfig>)> {
+    let cfg = match &cli.config {
+        Some(p) => Some(UserConfig::load(p)?),
+        None => {
+            let repo_dir = cli.repo.clone().or_else(|| default_repo().ok());
+            user_config::find(None, repo_dir.as_deref())?
+        }
+    };
+    let repo = cli
+        .repo
+        .clone()
+        .or_else(|| cfg.as_ref().and_then(|c| c.repository.clone()));
+    Ok((repo, cfg))
+}
+
+/// CreateOptions for `create` and `guard`: the selected sources, the
+/// config's labels and the command line's.
+fn snapshot_options(
+    cfg: Option<&UserConfig>,
+    picks: &[PathBuf],
+    what: &cli::SnapshotArgs,
+) -> anyhow::Result<CreateOptions> {
+    let sel = user_config::select(cfg, picks, &what.excludes)?;
+    let mut labels = cfg.map(|c| c.labels.clone()).unwrap_or_default();
+    labels.extend(what.labels.iter().cloned());
+    Ok(CreateOptions {
+        source: sel.key,
+        exclude: sel.exclude,
+        sources: sel.sources,
+        labels,
+        sqlite_check: what.sqlite_check,
+        ..Default::default()
+    })
+}
+
+/// Databases whose `PRAGMA quick_check` did not say "ok", from the labels.
+fn failed_checks(snap: &Snapshot) -> Vec<(&str, &str)> {
+    snap.labels
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("quick_check:")?, v.as_str())))
+        .filter(|(_, v)| *v != "ok")
+        .collect()
+}
+
+fn run(mut cli: Cli) -> anyhow::Result<u8> {
     let progress = TermProgress::new(cli.quiet);
     let mut out = std::io::stdout().lock();
+    let (repo_path, cfg) = resolve_config(&cli)?;
+    cli.repo = repo_path;
     match cli.command {
         Command::Init {
             path,
@@ -131,17 +183,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Some(p) => Some(repo.find_snapshot(p)?.id),
                 None => None,
             };
-            let snap = create(
-                &repo,
-                &CreateOptions {
-                    source: args.path.clone(),
-                    tags: args.tags.clone(),
-                    parent,
-                    force: args.force,
-                    ..Default::default()
-                },
-                &progress,
-            )?;
+            let picks: Vec<PathBuf> = args.path.iter().cloned().collect();
+            let opts = CreateOptions {
+                tags: args.tags.clone(),
+                parent,
+                force: args.force,
+                ..snapshot_options(cfg.as_ref(), &picks, &args.what)?
+            };
+            let snap = create(&repo, &opts, &progress)?;
             if args.json {
                 serde_json::to_writer(&mut out, &snapshot_json(&snap))?;
                 writeln!(out)?;
@@ -171,7 +220,29 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 return Ok(exit::PARTIAL);
             }
-            Ok(0)
+            let bad = failed_checks(&snap);
+            for (p, why) in &bad {
+                eprintln!("snap: {p}: PRAGMA quick_check failed: {why}");
+            }
+            Ok(if bad.is_empty() { 0 } else { exit::PARTIAL })
+        }
+        Command::Guard(args) => {
+            let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
+            let picks: Vec<PathBuf> = args.sources.iter().map(PathBuf::from).collect();
+            let opts = GuardOptions {
+                snapshot: snapshot_options(cfg.as_ref(), &picks, &args.what)?,
+                command: args.command.clone(),
+                check: args.check.clone(),
+                keep: args.keep,
+            };
+            let report = guard(&repo, &opts, &progress)?;
+            progress.finish();
+            print_guard(&mut out, &report, args.json)?;
+            Ok(match report.outcome {
+                Outcome::Migrated => 0,
+                Outcome::RolledBack => exit::ROLLED_BACK,
+                Outcome::RollbackIncomplete => exit::ROLLBACK_INCOMPLETE,
+            })
         }
         Command::Forget { ids } => {
             let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
@@ -207,7 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             writeln!(out, "unpinned snapshot {}", s.id)?;
             Ok(0)
         }
-        Command::Gc(args) => gc_command(&cli.repo, args, &progress, &mut out),
+        Command::Gc(args) => gc_command(&cli.repo, cfg.as_ref(), args, &progress, &mut out),
         Command::Check { read_data, json } => {
             check_command(&cli.repo, read_data, json, &progress, &mut out)
         }
@@ -250,6 +321,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         tags,
                         s.source.display()
                     )?;
+                    if !s.labels.is_empty() {
+                        writeln!(out, "{:<10} labels: {}", "", labels_line(s))?;
+                    }
                 }
             }
             Ok(0)
@@ -258,26 +332,43 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             id,
             path,
             recursive,
+            json,
         } => {
             let repo = open_repo(&cli.repo, None)?;
             let snap = repo.find_snapshot(&id)?;
             let rel = path.unwrap_or_default();
             let rel = rel.strip_prefix("/").unwrap_or(&rel).to_path_buf();
-            let tree = match lookup(&repo, &snap, &rel)? {
-                None => snap.root,
-                Some((e, _)) if e.kind == Kind::Dir => e.subtree().expect("dir has a tree"),
-                Some((e, p)) => {
-                    print_entry(&mut out, &p, &e)?;
-                    return Ok(0);
+            let mut entries: Vec<(PathBuf, snap::tree::Entry)> = Vec::new();
+            match lookup(&repo, &snap, &rel)? {
+                Some((e, p)) if e.kind != Kind::Dir => entries.push((p, e)),
+                found => {
+                    let tree = match found {
+                        None => snap.root,
+                        Some((e, _)) => e.subtree().expect("dir has a tree"),
+                    };
+                    if recursive {
+                        walk(&repo, &tree, &rel, &mut |p, e| {
+                            entries.push((p.to_path_buf(), e.clone()));
+                            Ok(())
+                        })?;
+                    } else {
+                        for e in repo.load_tree(&tree)?.entries {
+                            entries.push((PathBuf::from(e.name_os()), e));
+                        }
+                    }
                 }
-            };
-            if recursive {
-                walk(&repo, &tree, &rel, &mut |p, e| {
-                    print_entry(&mut out, p, e).map_err(|err| Error::io(p, err))
-                })?;
+            }
+            if json {
+                let list: Vec<_> = entries.iter().map(|(p, e)| entry_json(p, e)).collect();
+                let v = json!({ "snapshot": snapshot_json(&snap), "entries": list });
+                serde_json::to_writer_pretty(&mut out, &v)?;
+                writeln!(out)?;
             } else {
-                for e in repo.load_tree(&tree)?.entries {
-                    print_entry(&mut out, Path::new(e.name_os()), &e)?;
+                if !snap.labels.is_empty() {
+                    writeln!(out, "labels: {}", labels_line(&snap))?;
+                }
+                for (p, e) in &entries {
+                    print_entry(&mut out, p, e)?;
                 }
             }
             Ok(0)
@@ -420,6 +511,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 
 fn gc_command(
     cli_repo: &Option<PathBuf>,
+    cfg: Option<&UserConfig>,
     args: cli::GcArgs,
     progress: &TermProgress,
     out: &mut impl Write,
@@ -437,6 +529,11 @@ fn gc_command(
             .map(parse_duration)
             .transpose()?,
         keep_tags: args.keep_tags,
+    };
+    // No --keep-* option: the config's default policy, if it has one.
+    let policy = match cfg.and_then(|c| c.retention.clone()) {
+        Some(default) if policy.is_empty() => default,
+        _ => policy,
     };
     let repo = if args.dry_run {
         open_repo_read_only(cli_repo, Some(LockMode::Shared))?
@@ -565,6 +662,74 @@ fn snapshot_json(s: &Snapshot) -> serde_json::Value {
         "unreadable": s.unreadable,
         "stats": s.stats,
     })
+}
+
+fn labels_line(s: &Snapshot) -> String {
+    s.labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn entry_json(path: &Path, e: &snap::tree::Entry) -> serde_json::Value {
+    json!({
+        "path": path.to_string_lossy(),
+        "kind": format!("{:?}", e.kind).to_lowercase(),
+        "mode": format!("{:o}", e.mode),
+        "uid": e.uid,
+        "gid": e.gid,
+        "size": e.size,
+        "mtime": snap::snapshot::format_time_ns(e.mtime_ns),
+        "target": match &e.payload {
+            Payload::Target(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            _ => None,
+        },
+        "sqlite_image": e.has_flag(snap::tree::flags::SQLITE_IMAGE),
+    })
+}
+
+fn print_guard(out: &mut impl Write, r: &GuardReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, r)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let short = &r.snapshot[..8];
+    match r.outcome {
+        Outcome::Migrated => {
+            writeln!(
+                out,
+                "migration succeeded; snapshot {short} kept (tagged migrated; `snap restore {short}` goes back)"
+            )?;
+            for id in &r.forgotten {
+                writeln!(out, "forgot older guard snapshot {}", &id[..8])?;
+            }
+        }
+        Outcome::RolledBack | Outcome::RollbackIncomplete => {
+            let st = r.restore.as_ref();
+            writeln!(
+                out,
+                "{}; rolled back to snapshot {short}: wrote {} files, deleted {} entries, fixed metadata of {}",
+                r.failure.as_deref().unwrap_or("the migration failed"),
+                st.map_or(0, |s| s.written_files),
+                st.map_or(0, |s| s.deleted_entries),
+                st.map_or(0, |s| s.fixed_metadata),
+            )?;
+            if let Some(id) = st.and_then(|s| s.safety_snapshot.as_ref()) {
+                writeln!(
+                    out,
+                    "the state the migration left is snapshot {} (`snap restore {}` brings it back)",
+                    &id[..8],
+                    &id[..8]
+                )?;
+            }
+            for (p, why) in st.map_or(&[][..], |s| s.failed.as_slice()) {
+                eprintln!("snap: {p}: not rolled back: {why}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_entry(out: &mut impl Write, path: &Path, e: &snap::tree::Entry) -> std::io::Result<()> {

@@ -330,7 +330,6 @@ fn walk_roots(
         e.payload = Payload::Subtree(tree);
         entries.push(e);
         stats.add(&s);
-        stats.dirs += 1;
         unreadable.extend(u.into_iter().map(|(p, why)| (format!("{name}/{p}"), why)));
         dbs.extend(d.into_iter().map(|(p, info)| (format!("{name}/{p}"), info)));
     }

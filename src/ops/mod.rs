@@ -3,5 +3,6 @@
 pub mod check;
 pub mod create;
 pub mod gc;
+pub mod guard;
 pub mod ls;
 pub mod restore;

@@ -43,6 +43,7 @@ impl Env {
         let mut c = Command::cargo_bin("snap").unwrap();
         c.env("SNAP_REPO", &self.repo)
             .env("SNAP_LOCK_WAIT", "10")
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env_remove("XDG_DATA_HOME");
         c
     }

@@ -1,0 +1,243 @@
+//! `snap guard -- MIGRATION`: snapshot, run the migration, roll back on
+//! failure.
+//!
+//! 1. A snapshot of the sources, tagged `pre-migration` and pinned (no
+//!    retention policy can remove it while the migration runs).
+//! 2. The migration runs with snap's stdin, stdout and stderr. SIGTERM and
+//!    SIGHUP sent to snap are forwarded to it; so is SIGINT sent with
+//!    `kill` (a Ctrl-C at the terminal already reaches the whole process
+//!    group, so it is not sent twice). snap itself does not die from them:
+//!    it must stay to roll back.
+//! 3. If the migration exits non-zero or dies from a signal, or `--check`
+//!    fails afterwards, the sources are restored in place to the snapshot
+//!    (itself undoable: the restore takes its `pre-restore` snapshot of the
+//!    failed state), and the snapshot is unpinned and tagged `rolled-back`.
+//! 4. On success the snapshot is unpinned and tagged `migrated`; with
+//!    `keep`, only the newest N `migrated` snapshots of these sources stay.
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus};
+use std::time::Instant;
+
+use serde::Serialize;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::iterator::SignalsInfo;
+use signal_hook::iterator::exfiltrator::WithOrigin;
+
+use crate::error::{Error, Result};
+use crate::ops::create::{CreateOptions, create};
+use crate::ops::restore::{RestoreOptions, RestoreStats, restore};
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+pub const TAG_PRE: &str = "pre-migration";
+pub const TAG_MIGRATED: &str = "migrated";
+pub const TAG_ROLLED_BACK: &str = "rolled-back";
+
+#[derive(Debug, Clone, Default)]
+pub struct GuardOptions {
+    /// What to snapshot (sources, labels, ...); tags and pinning are set here.
+    pub snapshot: CreateOptions,
+    /// The migration: program and arguments.
+    pub command: Vec<OsString>,
+    /// A shell command (`sh -c`) that must succeed after the migration.
+    pub check: Option<String>,
+    /// Keep only the newest N `migrated` snapshots of these sources.
+    pub keep: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The migration (and the check) succeeded; the changes stay.
+    Migrated,
+    /// The migration failed; the sources are exactly the snapshot again.
+    RolledBack,
+    /// The migration failed and some entries could not be rolled back
+    /// (listed in `restore.failed`).
+    RollbackIncomplete,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardReport {
+    pub outcome: Outcome,
+    /// The pre-migration snapshot.
+    pub snapshot: String,
+    /// The migration's exit code, or the signal that killed it.
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The check's exit code, when it ran.
+    pub check_exit_code: Option<i32>,
+    /// Why the migration counts as failed.
+    pub failure: Option<String>,
+    /// The rollback, when there was one.
+    pub restore: Option<RestoreStats>,
+    /// Older `migrated` snapshots forgotten because of `keep`.
+    pub forgotten: Vec<String>,
+    pub duration_ms: u64,
+}
+
+fn describe(what: &str, st: &ExitStatus) -> Option<String> {
+    match (st.code(), st.signal()) {
+        (Some(0), _) => None,
+        (Some(c), _) => Some(format!("{what} exited with status {c}")),
+        (None, Some(s)) => Some(format!(
+            "{what} was killed by signal {s} ({})",
+            signal_hook::low_level::signal_name(s).unwrap_or("?")
+        )),
+        (None, None) => Some(format!("{what} ended abnormally")),
+    }
+}
+
+/// Run `cmd`, forwarding termination signals to it, and wait for it.
+fn run_forwarding(mut cmd: Command) -> std::io::Result<ExitStatus> {
+    // Registered before the spawn: from here on these signals do not kill
+    // snap, whatever moment they arrive.
+    let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])?;
+    let handle = signals.handle();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            handle.close();
+            return Err(e);
+        }
+    };
+    let pid = child.id() as libc::pid_t;
+    let forwarder = std::thread::spawn(move || {
+        for sig in signals.forever() {
+            // A terminal's Ctrl-C (or Ctrl-\) has no sending process and
+            // already reached the child, which shares our process group.
+            let from_tty = matches!(sig.signal, SIGINT | SIGQUIT) && sig.process.is_none();
+            if !from_tty {
+                unsafe { libc::kill(pid, sig.signal) };
+            }
+        }
+    });
+    let status = child.wait();
+    handle.close();
+    let _ = forwarder.join();
+    status
+}
+
+pub fn guard(
+    repo: &Repository,
+    opts: &GuardOptions,
+    progress: &dyn Progress,
+) -> Result<GuardReport> {
+    let started = Instant::now();
+    let Some((program, args)) = opts.command.split_first() else {
+        return Err(Error::Invalid("no migration command given".into()));
+    };
+    let mut co = opts.snapshot.clone();
+    co.tags.retain(|t| t != TAG_PRE);
+    co.tags.push(TAG_PRE.to_string());
+    co.pinned = true;
+    let snap = create(repo, &co, progress)?;
+    let index = repo.index();
+    if !snap.complete {
+        index.set_pinned(&snap.id, false)?;
+        return Err(Error::Invalid(format!(
+            "the pre-migration snapshot {} is incomplete ({} path(s) unreadable: {}); a rollback could not restore them, so the migration was not run",
+            snap.id.short(),
+            snap.unreadable.len(),
+            snap.unreadable
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    progress.finish();
+
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("SNAP_GUARD_SNAPSHOT", snap.id.to_hex());
+    let status = run_forwarding(cmd).map_err(|e| {
+        let _ = index.set_pinned(&snap.id, false);
+        Error::Invalid(format!(
+            "cannot run {}: {e}; nothing was changed (snapshot {} kept)",
+            program.to_string_lossy(),
+            snap.id.short()
+        ))
+    })?;
+    let mut failure = describe("the migration", &status);
+    let mut check_exit_code = None;
+    if failure.is_none()
+        && let Some(check) = &opts.check
+    {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(check)
+            .env("SNAP_GUARD_SNAPSHOT", snap.id.to_hex());
+        match run_forwarding(c) {
+            Ok(st) => {
+                check_exit_code = st.code();
+                failure = describe("the check", &st);
+            }
+            Err(e) => failure = Some(format!("the check could not run: {e}")),
+        }
+    }
+    let mut report = GuardReport {
+        outcome: Outcome::Migrated,
+        snapshot: snap.id.to_hex(),
+        exit_code: status.code(),
+        signal: status.signal(),
+        check_exit_code,
+        failure: failure.clone(),
+        restore: None,
+        forgotten: Vec::new(),
+        duration_ms: 0,
+    };
+    let mut tags: Vec<String> = snap
+        .tags
+        .iter()
+        .filter(|t| *t != TAG_PRE)
+        .cloned()
+        .collect();
+    if let Some(why) = failure {
+        progress.warn(&format!(
+            "{why}; rolling back to snapshot {}",
+            snap.id.short()
+        ));
+        let (_, stats) = restore(
+            repo,
+            &snap,
+            &RestoreOptions {
+                safety_snapshot: true,
+                ..RestoreOptions::default()
+            },
+            progress,
+        )?;
+        let stats = stats.expect("not a dry run");
+        report.outcome = if stats.failed.is_empty() {
+            Outcome::RolledBack
+        } else {
+            Outcome::RollbackIncomplete
+        };
+        report.restore = Some(stats);
+        tags.push(TAG_PRE.to_string());
+        tags.push(TAG_ROLLED_BACK.to_string());
+    } else {
+        tags.push(TAG_MIGRATED.to_string());
+    }
+    index.set_tags(&snap.id, &tags)?;
+    index.set_pinned(&snap.id, false)?;
+    if report.outcome == Outcome::Migrated
+        && let Some(keep) = opts.keep
+    {
+        let mut old: Vec<_> = repo
+            .snapshots()?
+            .into_iter()
+            .filter(|s| s.source == snap.source && s.tags.iter().any(|t| t == TAG_MIGRATED))
+            .filter(|s| !s.pinned)
+            .collect();
+        old.sort_by_key(|s| std::cmp::Reverse(s.time_ns));
+        let gone: Vec<_> = old.into_iter().skip(keep).map(|s| s.id).collect();
+        if !gone.is_empty() {
+            crate::ops::gc::forget(repo, &gone)?;
+            report.forgotten = gone.iter().map(|i| i.to_hex()).collect();
+        }
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
