@@ -157,6 +157,16 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
     let progress = TermProgress::new(cli.quiet);
     let mut out = std::io::stdout().lock();
     let (repo_path, cfg) = resolve_config(&cli)?;
+    // A repository snap.toml names is created on first use, like the default.
+    if cli.repo.is_none()
+        && let Some(p) = &repo_path
+        && !matches!(cli.command, Command::Init { .. })
+        && !snap::repo::is_repository(p)
+        && std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())
+    {
+        Repository::init(p, &Default::default())?;
+        eprintln!("created repository {}", p.display());
+    }
     cli.repo = repo_path;
     match cli.command {
         Command::Init {
@@ -364,7 +374,8 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
                 serde_json::to_writer_pretty(&mut out, &v)?;
                 writeln!(out)?;
             } else {
-                if !snap.labels.is_empty() {
+                // The snapshot's labels head a listing of its root.
+                if rel.as_os_str().is_empty() && !snap.labels.is_empty() {
                     writeln!(out, "labels: {}", labels_line(&snap))?;
                 }
                 for (p, e) in &entries {
@@ -691,7 +702,8 @@ fn entry_json(path: &Path, e: &snap::tree::Entry) -> serde_json::Value {
 
 fn print_guard(out: &mut impl Write, r: &GuardReport, json: bool) -> anyhow::Result<()> {
     if json {
-        serde_json::to_writer_pretty(&mut *out, r)?;
+        // One line, the last of stdout (the migration shares stdout).
+        serde_json::to_writer(&mut *out, r)?;
         writeln!(out)?;
         return Ok(());
     }

@@ -218,18 +218,17 @@ fn backup(
     let user_version: u32 = dst
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(|e| format!("cannot read user_version: {e}"))?;
-    let quick_check = if quick_check {
-        let mut st = dst
-            .prepare("PRAGMA quick_check(20)")
-            .map_err(|e| format!("quick_check failed: {e}"))?;
-        let rows: Vec<String> = st
-            .query_map([], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| format!("quick_check failed: {e}"))?;
-        Some(rows.join("; "))
-    } else {
-        None
-    };
+    let quick_check = quick_check.then(|| {
+        // A malformed file can make the check itself fail: that is its verdict.
+        let rows = dst.prepare("PRAGMA quick_check(20)").and_then(|mut st| {
+            st.query_map([], |r| r.get::<_, String>(0))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
+        });
+        match rows {
+            Ok(rows) => rows.join("; "),
+            Err(e) => format!("error: {e}"),
+        }
+    });
     // The image keeps the source's journal mode (a WAL database restores
     // as a WAL database); closing it folds back anything the checks put in
     // its own WAL, so the image file alone is complete.

@@ -939,6 +939,11 @@ fn read_file(ctx: &WorkerCtx, job: &FileJob) -> FileOutcome {
     {
         return outcome;
     }
+    read_file_plain(ctx, job, &file)
+}
+
+/// Read a file's bytes as they are, re-reading it if it changes meanwhile.
+fn read_file_plain(ctx: &WorkerCtx, job: &FileJob, file: &File) -> FileOutcome {
     let mut changed = false;
     for _attempt in 0..READ_ATTEMPTS {
         let before = match file.metadata() {
@@ -956,7 +961,7 @@ fn read_file(ctx: &WorkerCtx, job: &FileJob) -> FileOutcome {
                 job.rel.display()
             ));
         }
-        let read = chunk_file(ctx, &file, before.len(), None);
+        let read = chunk_file(ctx, file, before.len(), None);
         let (chunks, read_bytes) = match read {
             Ok(r) => r,
             Err(ReadError::Io(e)) => return FileOutcome::Unreadable(e.to_string()),
@@ -984,7 +989,7 @@ fn read_file(ctx: &WorkerCtx, job: &FileJob) -> FileOutcome {
                 db: None,
             };
         }
-        if let Err(e) = (&file).seek_start() {
+        if let Err(e) = file.seek_start() {
             return FileOutcome::Unreadable(e.to_string());
         }
     }
@@ -1021,6 +1026,30 @@ fn capture_db(ctx: &WorkerCtx, job: &FileJob, file: &File) -> Option<FileOutcome
                 "{}: looks like a SQLite database but could not be captured through SQLite ({why}); stored as plain bytes",
                 job.rel.display()
             ));
+            if ctx.sqlite_check {
+                // A database SQLite cannot read fails its check.
+                return match read_file_plain(ctx, job, file) {
+                    FileOutcome::Stored {
+                        chunks,
+                        meta,
+                        read_bytes,
+                        changed,
+                        ..
+                    } => Some(FileOutcome::Stored {
+                        chunks,
+                        meta,
+                        read_bytes,
+                        changed,
+                        db: Some(DbInfo {
+                            user_version: read_header(&job.path)
+                                .and_then(|h| sqlite::user_version(&h))
+                                .unwrap_or(0),
+                            quick_check: Some(format!("not readable by SQLite: {why}")),
+                        }),
+                    }),
+                    other => Some(other),
+                };
+            }
             return None;
         }
     };

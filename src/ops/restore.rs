@@ -252,6 +252,14 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
         None
     };
     let mut targets = Vec::new();
+    if multi
+        && let Some(t) = &opts.target
+        && fs::symlink_metadata(t).is_err()
+    {
+        // The directory that holds the sources; not itself in the snapshot.
+        p.steps.push(Step::MakeDir { path: t.clone() });
+        p.summary.create_dirs += 1;
+    }
     for src in sources {
         let base = source_target(snap, src, opts);
         p.root = base.clone();

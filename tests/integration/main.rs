@@ -4,12 +4,15 @@
 mod common;
 
 mod cli;
+mod config;
 mod crash;
 mod damage;
 mod dedup;
 mod format;
 mod gc;
+mod guard;
 mod hostile;
 mod model;
 mod restore_in_place;
 mod roundtrip;
+mod sqlite;

@@ -1,0 +1,253 @@
+//! `snap guard`: migrations that fail are rolled back exactly; migrations
+//! that succeed keep their changes and their snapshot.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use crate::common::*;
+
+/// A migration in Python with sqlite3: alters a table, rewrites rows,
+/// adds and deletes files, changes a mode, then ends as `how` says:
+/// `exit N`, `kill` (SIGKILL to itself) or `sleep` (waits to be signalled).
+const MIGRATION: &str = r#"
+import os, signal, sqlite3, sys, time
+root, how = sys.argv[1], sys.argv[2]
+c = sqlite3.connect(os.path.join(root, "data/app.db"))
+c.execute("ALTER TABLE users ADD COLUMN plan TEXT")
+c.execute("UPDATE users SET name = upper(name), plan = 'pro' WHERE id % 3 = 0")
+c.execute("PRAGMA user_version = 2")
+c.commit()
+c.close()
+with open(os.path.join(root, "docs/migrated.txt"), "w") as f:
+    f.write("added by the migration\n")
+os.remove(os.path.join(root, "prefs.json"))
+with open(os.path.join(root, "docs/readme.txt"), "a") as f:
+    f.write("appended\n")
+os.chmod(os.path.join(root, "modes/m0600"), 0o644)
+print("migration done", flush=True)
+if how == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+if how == "sleep":
+    open(os.path.join(root, "..", "migration-waiting"), "w").close()
+    time.sleep(60)
+sys.exit(int(how))
+"#;
+
+struct Setup {
+    env: Env,
+    src: PathBuf,
+    script: PathBuf,
+    before: PathBuf,
+}
+
+fn setup() -> Setup {
+    let env = Env::new();
+    let src = env.path("app");
+    make_rich_tree(&src);
+    let script = env.path("migrate.py");
+    fs::write(&script, MIGRATION).unwrap();
+    let before = env.path("before");
+    cp_a(&src, &before);
+    Setup {
+        env,
+        src,
+        script,
+        before,
+    }
+}
+
+impl Setup {
+    fn guard(&self, extra: &[&str], how: &str) -> assert_cmd::assert::Assert {
+        self.env
+            .snap()
+            .args(["guard", "--json", "--source"])
+            .arg(&self.src)
+            .args(extra)
+            .arg("--")
+            .arg("python3")
+            .arg(&self.script)
+            .arg(&self.src)
+            .arg(how)
+            .assert()
+    }
+}
+
+/// The JSON report: the last line of stdout (the migration prints first).
+fn report(a: &assert_cmd::assert::Assert) -> serde_json::Value {
+    last_line_json(&a.get_output().stdout)
+}
+
+fn last_line_json(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    serde_json::from_str(text.lines().last().expect("a report")).unwrap()
+}
+
+fn snapshot(env: &Env, id: &str) -> serde_json::Value {
+    env.list()
+        .into_iter()
+        .find(|s| s["id"] == id)
+        .expect("snapshot listed")
+}
+
+fn user_version(db: &Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_failing_migration_is_rolled_back_exactly() {
+    let s = setup();
+    let a = s.guard(&[], "1").code(7);
+    let r = report(&a);
+    assert_eq!(r["outcome"], "rolled_back");
+    assert_eq!(r["exit_code"], 1);
+    assert_same_tree(&s.before, &s.src);
+    let snap = snapshot(&s.env, r["snapshot"].as_str().unwrap());
+    assert_eq!(
+        snap["tags"],
+        serde_json::json!(["pre-migration", "rolled-back"])
+    );
+    assert_eq!(snap["pinned"], false);
+    assert_eq!(snap["labels"]["user_version:data/app.db"], "0");
+    // The failed state was kept too, and can be brought back.
+    let failed = r["restore"]["safety_snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.env.snap().args(["restore", &failed]).assert().success();
+    assert!(s.src.join("docs/migrated.txt").exists());
+    assert_eq!(user_version(&s.src.join("data/app.db")), 2);
+}
+
+#[test]
+fn a_successful_migration_keeps_its_changes_and_its_snapshot() {
+    let s = setup();
+    let a = s.guard(&[], "0").success();
+    let r = report(&a);
+    assert_eq!(r["outcome"], "migrated");
+    assert!(r["restore"].is_null());
+    assert!(s.src.join("docs/migrated.txt").exists());
+    assert!(!s.src.join("prefs.json").exists());
+    assert_eq!(user_version(&s.src.join("data/app.db")), 2);
+    let id = r["snapshot"].as_str().unwrap();
+    let snap = snapshot(&s.env, id);
+    assert_eq!(snap["tags"], serde_json::json!(["migrated"]));
+    assert_eq!(snap["pinned"], false);
+    // The kept snapshot is the state before the migration.
+    let out = s.env.path("out");
+    s.env.restore_to(id, &out);
+    assert_same_tree(&s.before, &out);
+}
+
+#[test]
+fn a_migration_killed_by_a_signal_is_rolled_back() {
+    let s = setup();
+    let a = s.guard(&[], "kill").code(7);
+    let r = report(&a);
+    assert_eq!(r["signal"], 9);
+    assert!(r["exit_code"].is_null());
+    assert!(r["failure"].as_str().unwrap().contains("signal 9"));
+    assert_same_tree(&s.before, &s.src);
+}
+
+#[test]
+fn sigterm_to_snap_reaches_the_migration_and_rolls_back() {
+    let s = setup();
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("snap"))
+        .env("SNAP_REPO", &s.env.repo)
+        .env("XDG_CONFIG_HOME", s.env.path("config"))
+        .args(["guard", "--json", "--source"])
+        .arg(&s.src)
+        .arg("--")
+        .arg("python3")
+        .arg(&s.script)
+        .arg(&s.src)
+        .arg("sleep")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waiting = s.env.path("migration-waiting");
+    let t0 = std::time::Instant::now();
+    while !waiting.exists() {
+        assert!(t0.elapsed().as_secs() < 60, "the migration never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = last_line_json(&out.stdout);
+    assert_eq!(r["signal"], libc::SIGTERM);
+    assert!(
+        t0.elapsed().as_secs() < 30,
+        "the migration got the signal instead of sleeping on"
+    );
+    assert_same_tree(&s.before, &s.src);
+}
+
+#[test]
+fn a_failing_check_rolls_back_a_migration_that_exited_zero() {
+    let s = setup();
+    let check = format!(
+        "test \"$(python3 -c 'import sqlite3; print(sqlite3.connect(\"{}\").execute(\"PRAGMA user_version\").fetchone()[0])')\" = 3 || exit 4",
+        s.src.join("data/app.db").display()
+    );
+    let a = s.guard(&["--check", &check], "0").code(7);
+    let r = report(&a);
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(r["check_exit_code"], 4);
+    assert!(r["failure"].as_str().unwrap().contains("check"));
+    assert_same_tree(&s.before, &s.src);
+    // The same check, satisfied: the migration stays.
+    let ok = check.replace("= 3", "= 2");
+    s.guard(&["--check", &ok], "0").success();
+    assert_eq!(user_version(&s.src.join("data/app.db")), 2);
+}
+
+#[test]
+fn keep_leaves_only_the_newest_guard_snapshots() {
+    let env = Env::new();
+    let src = env.path("app");
+    write(&src.join("version"), "0");
+    let mut ids = Vec::new();
+    for v in 1..=3 {
+        let out = env
+            .snap()
+            .args(["guard", "--json", "--keep", "2", "--source"])
+            .arg(&src)
+            .args(["--", "sh", "-c"])
+            .arg(format!("echo {v} > '{}'", src.join("version").display()))
+            .assert()
+            .success();
+        ids.push(report(&out)["snapshot"].as_str().unwrap().to_string());
+    }
+    let left: Vec<String> = env
+        .list()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, ids[1..].to_vec());
+    assert_eq!(fs::read_to_string(src.join("version")).unwrap(), "3\n");
+}
+
+#[test]
+fn a_migration_that_cannot_start_changes_nothing() {
+    let s = setup();
+    s.env
+        .snap()
+        .args(["guard", "--source"])
+        .arg(&s.src)
+        .args(["--", "/no/such/migration"])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("/no/such/migration"));
+    assert_same_tree(&s.before, &s.src);
+}
