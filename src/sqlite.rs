@@ -187,6 +187,10 @@ fn backup(
     src.busy_timeout(BUSY_WAIT)
         .map_err(|e| format!("cannot set a busy timeout: {e}"))?;
     let mut dst = Connection::open(image).map_err(|e| format!("cannot create the image: {e}"))?;
+    // Scratch space: no journal and no fsync for writing the image (the
+    // snapshot's durability comes from the packs, written later).
+    dst.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")
+        .map_err(|e| format!("cannot create the image: {e}"))?;
     // One read transaction around the backup and the header read below, so
     // both see the same committed state.
     src.execute_batch("BEGIN")

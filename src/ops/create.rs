@@ -159,7 +159,7 @@ pub fn create(
     };
     let repo_md = fs::metadata(repo.root()).at(repo.root())?;
 
-    fs::create_dir_all(repo.tmp_dir()).at(repo.tmp_dir())?;
+    prepare_tmp_dir(&repo.tmp_dir())?;
     progress.phase("create", None);
     repo.index.tune_for_create()?;
     repo.index.begin()?;
@@ -226,6 +226,22 @@ pub fn create(
     }
     progress.finish();
     Ok(snapshot)
+}
+
+/// Create tmp/, removing SQLite images an interrupted create left there
+/// (create runs under the exclusive lock, so none is in use).
+fn prepare_tmp_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).at(dir)?;
+    for de in fs::read_dir(dir).at(dir)?.flatten() {
+        if de
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TMP_SQLITE_PREFIX)
+        {
+            let _ = fs::remove_file(de.path());
+        }
+    }
+    Ok(())
 }
 
 /// A source directory: its canonical path and metadata, or a clear error.

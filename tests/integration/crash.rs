@@ -72,7 +72,9 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
         .filter_map(|e| e.ok())
         .filter(|e| {
             let n = e.file_name().to_string_lossy();
-            n.starts_with(".snap-tmp-") || n.starts_with(".tmp-pack-")
+            n.starts_with(".snap-tmp-")
+                || n.starts_with(".tmp-pack-")
+                || n.starts_with(".tmp-sqlite-")
         })
         .map(|e| e.path().to_path_buf())
         .collect()
