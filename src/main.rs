@@ -300,35 +300,36 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
                 serde_json::to_writer_pretty(&mut out, &v)?;
                 writeln!(out)?;
             } else {
+                let tags_of = |s: &Snapshot| {
+                    let mut t = s.tags.clone();
+                    if s.pinned {
+                        t.push("pinned".into());
+                    }
+                    if !s.complete {
+                        t.push("incomplete".into());
+                    }
+                    t.join(",")
+                };
+                let width = snaps
+                    .iter()
+                    .map(|s| tags_of(s).len())
+                    .max()
+                    .unwrap_or(0)
+                    .max(4);
                 writeln!(
                     out,
-                    "{:<10} {:<19} {:>8} {:>10}  {:<20} SOURCE",
+                    "{:<10} {:<19} {:>8} {:>10}  {:<width$}  SOURCE",
                     "ID", "TIME", "FILES", "SIZE", "TAGS"
                 )?;
                 for s in &snaps {
-                    let mut tags = s.tags.join(",");
-                    if s.pinned {
-                        tags = if tags.is_empty() {
-                            "pinned".into()
-                        } else {
-                            format!("{tags},pinned")
-                        };
-                    }
-                    if !s.complete {
-                        tags = if tags.is_empty() {
-                            "incomplete".into()
-                        } else {
-                            format!("{tags},incomplete")
-                        };
-                    }
                     writeln!(
                         out,
-                        "{:<10} {:<19} {:>8} {:>10}  {:<20} {}",
+                        "{:<10} {:<19} {:>8} {:>10}  {:<width$}  {}",
                         s.id.short(),
                         format_time_local(s.time_ns),
                         s.stats.files,
                         human_bytes(s.stats.total_bytes),
-                        tags,
+                        tags_of(s),
                         s.source.display()
                     )?;
                     if !s.labels.is_empty() {
@@ -438,7 +439,7 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
                         writeln!(
                             out,
                             "plan for {}: write {} files ({}), delete {}, create {} dirs, {} links, {} symlinks, fix metadata of {}, leave {} files ({}) alone",
-                            plan.target.display(),
+                            targets_text(&plan.targets),
                             s.write_files,
                             human_bytes(s.write_bytes),
                             s.delete_entries,
@@ -480,7 +481,7 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
                             out,
                             "restored {} to {}: wrote {} files ({}), deleted {}, created {} dirs, {} links, {} symlinks, fixed metadata of {}, left {} files alone, in {:.2} s",
                             snap.id.short(),
-                            plan.target.display(),
+                            targets_text(&plan.targets),
                             st.written_files,
                             human_bytes(st.written_bytes),
                             st.deleted_entries,
@@ -673,6 +674,14 @@ fn snapshot_json(s: &Snapshot) -> serde_json::Value {
         "unreadable": s.unreadable,
         "stats": s.stats,
     })
+}
+
+fn targets_text(targets: &[PathBuf]) -> String {
+    targets
+        .iter()
+        .map(|t| t.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn labels_line(s: &Snapshot) -> String {
