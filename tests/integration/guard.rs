@@ -251,3 +251,76 @@ fn a_migration_that_cannot_start_changes_nothing() {
         .stderr(predicates::str::contains("/no/such/migration"));
     assert_same_tree(&s.before, &s.src);
 }
+
+/// Crash snap at every fault point of a guard whose migration fails (the
+/// snapshot, then the rollback): afterwards either nothing ran and the
+/// directory is as before, or the pinned pre-migration snapshot is there and
+/// `snap restore` of it finishes the rollback exactly.
+#[test]
+fn a_crash_during_guard_leaves_what_completes_the_rollback() {
+    let guard_args = |s: &Setup| {
+        let mut a: Vec<std::ffi::OsString> = vec!["guard".into(), "--source".into()];
+        a.push(s.src.clone().into());
+        a.extend(["--".into(), "python3".into(), s.script.clone().into()]);
+        a.push(s.src.clone().into());
+        a.push("1".into());
+        a
+    };
+    let s = setup();
+    let out = s
+        .env
+        .snap()
+        .args(guard_args(&s))
+        .env("SNAP_FAULT_REPORT", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let points: u64 = err
+        .lines()
+        .find_map(|l| l.split("fault points passed: ").nth(1))
+        .expect("fault report")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        points >= 15,
+        "every step of snapshot and rollback: {points}"
+    );
+    let mut crashes = 0;
+    for k in 1..=points {
+        let s = setup();
+        let out = s
+            .env
+            .snap()
+            .args(guard_args(&s))
+            .env("SNAP_FAULT_AFTER", k.to_string())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("injected crash"), "point {k}: {err}");
+        crashes += 1;
+        let pre: Vec<serde_json::Value> = s
+            .env
+            .list()
+            .into_iter()
+            .filter(|x| x["tags"] == serde_json::json!(["pre-migration"]))
+            .collect();
+        match pre.as_slice() {
+            [] => assert_same_tree(&s.before, &s.src),
+            [snap] => {
+                assert_eq!(snap["pinned"], true, "point {k}");
+                s.env
+                    .snap()
+                    .args(["restore", snap["id"].as_str().unwrap()])
+                    .assert()
+                    .code(DONE_OR_NOTHING_TO_DO);
+                assert_same_tree(&s.before, &s.src);
+            }
+            more => panic!("point {k}: {} pre-migration snapshots", more.len()),
+        }
+        s.env.snap().arg("check").assert().success();
+    }
+    assert_eq!(crashes, points);
+    eprintln!("guard: {crashes} injected crashes survived");
+}
