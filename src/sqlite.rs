@@ -106,8 +106,8 @@ fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
 ///
 /// - A database in use in WAL mode (its `-shm` exists) is read live through
 ///   the backup API on a read-only connection.
-/// - A database in rollback-journal mode with no journal is read the same
-///   way (a shared lock keeps writers out during the copy).
+/// - A database in rollback-journal mode is read the same way (a shared
+///   lock keeps writers out during the copy).
 /// - Otherwise (a WAL left without its `-shm`, a hot journal, a WAL-mode
 ///   file nobody has open), opening it would make SQLite create files or
 ///   repair it in place; the files are copied to scratch space first and
@@ -119,8 +119,15 @@ pub fn capture(source: &Path, image: &Path, quick_check: bool) -> Result<DbInfo,
         .and_then(|f| f.read_exact_at(&mut header, 0))
         .map_err(|e| format!("cannot read the header: {e}"))?;
     let wal_mode = header[18] == 2;
-    if exists("-shm") || (!exists("-wal") && !exists("-journal") && !wal_mode) {
-        return backup(source, false, image, quick_check);
+    if exists("-shm") || (!wal_mode && !exists("-wal")) {
+        // In use in WAL mode, or in rollback mode: SQLite's locks make a
+        // live read consistent. A hot journal (left by a crash) makes the
+        // read-only open fail; then the files are copied and recovered.
+        match backup(source, false, image, quick_check) {
+            Ok(info) => return Ok(info),
+            Err(e) if wal_mode || !exists("-journal") => return Err(e),
+            Err(_) => {}
+        }
     }
     let copy = sidecar(image, ".source");
     let result =
@@ -129,6 +136,71 @@ pub fn capture(source: &Path, image: &Path, quick_check: bool) -> Result<DbInfo,
         let _ = std::fs::remove_file(sidecar(&copy, s));
     }
     result
+}
+
+/// Read a rollback-journal database in place, without an image: under a
+/// read transaction no writer can change the main file (writing it needs an
+/// exclusive lock), and in rollback mode the main file is the whole
+/// committed database. `read` runs while the lock is held and reads the file.
+/// `Ok(None)` when the database is not in that state (the caller then makes
+/// an image with `capture`).
+pub fn read_in_place<T>(
+    source: &Path,
+    quick_check: bool,
+    read: impl FnOnce() -> T,
+) -> Result<Option<(T, DbInfo)>, String> {
+    let exists = |s: &str| std::fs::symlink_metadata(sidecar(source, s)).is_ok();
+    let mut header = [0u8; 100];
+    std::fs::File::open(source)
+        .and_then(|f| f.read_exact_at(&mut header, 0))
+        .map_err(|e| format!("cannot read the header: {e}"))?;
+    let rollback_mode = header[18] == 1 && header[19] == 1;
+    if !rollback_mode || exists("-wal") || exists("-shm") {
+        return Ok(None);
+    }
+    let src = Connection::open_with_flags(
+        source,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open as a SQLite database: {e}"))?;
+    src.busy_timeout(BUSY_WAIT)
+        .map_err(|e| format!("cannot set a busy timeout: {e}"))?;
+    src.execute_batch("BEGIN")
+        .and_then(|_| src.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())))
+        .map_err(|e| format!("cannot read the database: {e}"))?;
+    // The shared lock is held from here to COMMIT: a writer in the middle
+    // of a transaction (its -journal exists) cannot write the main file
+    // until we let go, and SQLite refused the lock if the journal was hot
+    // (left by a crash). The database may have switched to WAL meanwhile.
+    if exists("-wal") {
+        let _ = src.execute_batch("COMMIT");
+        return Ok(None);
+    }
+    let user_version: u32 = src
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| format!("cannot read user_version: {e}"))?;
+    let out = read();
+    let quick_check = quick_check.then(|| run_quick_check(&src));
+    let _ = src.execute_batch("COMMIT");
+    Ok(Some((
+        out,
+        DbInfo {
+            user_version,
+            quick_check,
+        },
+    )))
+}
+
+fn run_quick_check(c: &Connection) -> String {
+    // A malformed file can make the check itself fail: that is its verdict.
+    let rows = c.prepare("PRAGMA quick_check(20)").and_then(|mut st| {
+        st.query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
+    });
+    match rows {
+        Ok(rows) => rows.join("; "),
+        Err(e) => format!("error: {e}"),
+    }
 }
 
 /// Copy a database nobody has open in WAL mode, with its `-wal` and
@@ -182,6 +254,11 @@ fn backup(
     } else {
         OpenFlags::SQLITE_OPEN_READ_ONLY
     };
+    // Opened before the connection and closed after it: closing any
+    // descriptor of a file drops all of this process's POSIX locks on it,
+    // including SQLite's read lock, so the header is read through this one.
+    let header_file =
+        std::fs::File::open(source).map_err(|e| format!("cannot open the database: {e}"))?;
     let src = Connection::open_with_flags(source, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| format!("cannot open as a SQLite database: {e}"))?;
     src.busy_timeout(BUSY_WAIT)
@@ -216,23 +293,14 @@ fn backup(
     // With nothing pending outside the main file, the image holds exactly
     // the main file's pages.
     let quiescent = !has_pending_sidecar(source);
-    let header_read = std::fs::File::open(source).and_then(|f| f.read_exact_at(&mut src_header, 0));
+    let header_read = header_file.read_exact_at(&mut src_header, 0);
     let _ = src.execute_batch("COMMIT");
     drop(src);
+    drop(header_file);
     let user_version: u32 = dst
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(|e| format!("cannot read user_version: {e}"))?;
-    let quick_check = quick_check.then(|| {
-        // A malformed file can make the check itself fail: that is its verdict.
-        let rows = dst.prepare("PRAGMA quick_check(20)").and_then(|mut st| {
-            st.query_map([], |r| r.get::<_, String>(0))
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
-        });
-        match rows {
-            Ok(rows) => rows.join("; "),
-            Err(e) => format!("error: {e}"),
-        }
-    });
+    let quick_check = quick_check.then(|| run_quick_check(&dst));
     // The image keeps the source's journal mode (a WAL database restores
     // as a WAL database); closing it folds back anything the checks put in
     // its own WAL, so the image file alone is complete.

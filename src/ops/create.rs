@@ -1027,6 +1027,47 @@ fn capture_db(ctx: &WorkerCtx, job: &FileJob, file: &File) -> Option<FileOutcome
         Ok(m) => m,
         Err(e) => return Some(FileOutcome::Unreadable(e.to_string())),
     };
+    // A rollback-journal database with no journal is read where it is,
+    // under SQLite's shared lock: no image to write.
+    let mut header = [0u8; 100];
+    if file.read_exact_at(&mut header, 0).is_ok()
+        && let Some(size) = sqlite::chunk_size(&header)
+    {
+        let read = sqlite::read_in_place(&job.path, ctx.sqlite_check, || {
+            chunk_file(ctx, file, before.len(), Some(size))
+        });
+        match read {
+            Ok(Some((Ok((chunks, read_bytes)), info))) => {
+                let after = file.metadata().ok();
+                // Nothing but SQLite should write it; if something did, make an image.
+                if after.is_some_and(|a| {
+                    a.len() == read_bytes
+                        && a.mtime_nsec() == before.mtime_nsec()
+                        && a.mtime() == before.mtime()
+                }) {
+                    let mut meta = entry_from_metadata(Vec::new(), &before);
+                    meta.size = read_bytes;
+                    meta.flags |= flags::SQLITE_IMAGE;
+                    return Some(FileOutcome::Stored {
+                        chunks,
+                        meta,
+                        read_bytes,
+                        changed: false,
+                        db: Some(info),
+                    });
+                }
+                if let Err(e) = file.seek_start() {
+                    return Some(FileOutcome::Unreadable(e.to_string()));
+                }
+            }
+            Ok(Some((Err(ReadError::Io(e)), _))) => {
+                return Some(FileOutcome::Unreadable(e.to_string()));
+            }
+            Ok(Some((Err(ReadError::Fatal(e)), _))) => return Some(FileOutcome::Fatal(e)),
+            // Not in that state, or SQLite could not open it: make an image.
+            Ok(None) | Err(_) => {}
+        }
+    }
     let image = match tempfile::Builder::new()
         .prefix(TMP_SQLITE_PREFIX)
         .suffix(".db")
