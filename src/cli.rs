@@ -151,7 +151,7 @@ pub struct SnapshotArgs {
     /// Attach a label (repeatable), e.g. app_version=2.3.0
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// Leave out paths matching PATTERN (repeatable; see README, "Excludes")
+    /// Leave out paths matching PATTERN (repeatable; see README, "Config file")
     #[arg(long = "exclude", value_name = "PATTERN")]
     pub excludes: Vec<String>,
     /// Run PRAGMA quick_check on every SQLite database captured
