@@ -120,6 +120,37 @@ fn run_forwarding(mut cmd: Command) -> std::io::Result<ExitStatus> {
     status
 }
 
+/// Refuse to start while an earlier guard of the same sources never
+/// finished (snap was killed): its snapshot is still pinned and tagged only
+/// `pre-migration`, and the directory may be half-migrated. A new guard would
+/// take that state as "before".
+fn unfinished_guard(repo: &Repository, what: &CreateOptions) -> Result<()> {
+    let key = if what.sources.is_empty() {
+        std::fs::canonicalize(&what.source).unwrap_or_else(|_| what.source.clone())
+    } else {
+        what.source.clone()
+    };
+    let stuck = repo.snapshots()?.into_iter().find(|s| {
+        s.source == key
+            && s.pinned
+            && s.tags.iter().any(|t| t == TAG_PRE)
+            && !s
+                .tags
+                .iter()
+                .any(|t| t == TAG_MIGRATED || t == TAG_ROLLED_BACK)
+    });
+    match stuck {
+        None => Ok(()),
+        Some(s) => Err(Error::Invalid(format!(
+            "{}: an earlier `snap guard` did not finish (snapshot {} from {}, still pinned); the directory may be half-migrated. Roll it back with `snap restore {id}` then `snap unpin {id}`, or keep it as it is with `snap unpin {id}`",
+            key.display(),
+            s.id.short(),
+            s.time_string(),
+            id = s.id.short()
+        ))),
+    }
+}
+
 pub fn guard(
     repo: &Repository,
     opts: &GuardOptions,
@@ -129,6 +160,7 @@ pub fn guard(
     let Some((program, args)) = opts.command.split_first() else {
         return Err(Error::Invalid("no migration command given".into()));
     };
+    unfinished_guard(repo, &opts.snapshot)?;
     let mut co = opts.snapshot.clone();
     co.tags.retain(|t| t != TAG_PRE);
     co.tags.push(TAG_PRE.to_string());

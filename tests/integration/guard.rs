@@ -5,6 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use predicates::prelude::*;
+
 use crate::common::*;
 
 /// A migration in Python with sqlite3: alters a table, rewrites rows,
@@ -29,7 +31,8 @@ print("migration done", flush=True)
 if how == "kill":
     os.kill(os.getpid(), signal.SIGKILL)
 if how == "sleep":
-    open(os.path.join(root, "..", "migration-waiting"), "w").close()
+    with open(os.path.join(root, "..", "migration-waiting"), "w") as f:
+        f.write(str(os.getpid()))
     time.sleep(60)
 sys.exit(int(how))
 "#;
@@ -248,7 +251,7 @@ fn a_migration_that_cannot_start_changes_nothing() {
         .args(["--", "/no/such/migration"])
         .assert()
         .code(1)
-        .stderr(predicates::str::contains("/no/such/migration"));
+        .stderr(predicate::str::contains("/no/such/migration"));
     assert_same_tree(&s.before, &s.src);
 }
 
@@ -323,4 +326,64 @@ fn a_crash_during_guard_leaves_what_completes_the_rollback() {
     }
     assert_eq!(crashes, points);
     eprintln!("guard: {crashes} injected crashes survived");
+}
+
+#[test]
+fn a_guard_whose_snap_was_killed_blocks_the_next_until_resolved() {
+    let s = setup();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("snap"))
+        .env("SNAP_REPO", &s.env.repo)
+        .env("XDG_CONFIG_HOME", s.env.path("config"))
+        .args(["guard", "--source"])
+        .arg(&s.src)
+        .arg("--")
+        .arg("python3")
+        .arg(&s.script)
+        .arg(&s.src)
+        .arg("sleep")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let waiting = s.env.path("migration-waiting");
+    let t0 = std::time::Instant::now();
+    while fs::read_to_string(&waiting).map_or(true, |p| p.is_empty()) {
+        assert!(t0.elapsed().as_secs() < 60, "the migration never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // snap dies without a chance to roll back; so does the migration.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let pid: i32 = fs::read_to_string(&waiting)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let stuck = s.env.list().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The next guard refuses and says what to do.
+    s.env
+        .snap()
+        .args(["guard", "--source"])
+        .arg(&s.src)
+        .args(["--", "true"])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains(&stuck[..8]).and(predicate::str::contains("did not finish")),
+        );
+    // Roll back by hand, release the snapshot: the next guard runs.
+    s.env.snap().args(["restore", &stuck]).assert().success();
+    assert_same_tree(&s.before, &s.src);
+    s.env.snap().args(["unpin", &stuck]).assert().success();
+    s.env
+        .snap()
+        .args(["guard", "--source"])
+        .arg(&s.src)
+        .args(["--", "true"])
+        .assert()
+        .success();
 }
