@@ -330,7 +330,7 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
                         s.stats.files,
                         human_bytes(s.stats.total_bytes),
                         tags_of(s),
-                        s.source.display()
+                        source_text(s)
                     )?;
                     if !s.labels.is_empty() {
                         writeln!(out, "{:<10} labels: {}", "", labels_line(s))?;
@@ -674,6 +674,16 @@ fn snapshot_json(s: &Snapshot) -> serde_json::Value {
         "unreadable": s.unreadable,
         "stats": s.stats,
     })
+}
+
+/// The source column: the directory, or the config file and the names.
+fn source_text(s: &Snapshot) -> String {
+    if s.is_multi_source() {
+        let names: Vec<&str> = s.sources.iter().map(|x| x.name.as_str()).collect();
+        format!("{} ({})", s.source.display(), names.join(", "))
+    } else {
+        s.source.display().to_string()
+    }
 }
 
 fn targets_text(targets: &[PathBuf]) -> String {

@@ -411,10 +411,18 @@ impl Planner<'_> {
             None => false,
         };
         if !exists {
-            self.steps.push(Step::MakeDir {
-                path: target.to_path_buf(),
-            });
-            self.summary.create_dirs += 1;
+            // The target and any missing parents (a source directory
+            // deleted together with its parent), outermost first.
+            let missing: Vec<&Path> = target
+                .ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && fs::symlink_metadata(a).is_err())
+                .collect();
+            for dir in missing.into_iter().rev() {
+                self.steps.push(Step::MakeDir {
+                    path: dir.to_path_buf(),
+                });
+                self.summary.create_dirs += 1;
+            }
         }
         let tree = self.repo.load_tree(tree)?;
         let dirty = self.plan_dir(&tree, target, exists)?;

@@ -162,6 +162,14 @@ fn in_place_restore_puts_each_source_back_and_never_deletes_excluded_paths() {
     assert!(a.docs.join("cache/thumb-3.bin").exists());
     assert!(a.docs.join("sub/cache/thumb-2.bin").exists());
     assert!(a.docs.join("newdir/cache/thumb-4.bin").exists());
+    // A source deleted with its parent comes back, parents and all.
+    let db_parent = a.db.parent().unwrap().to_path_buf();
+    fs::remove_dir_all(&db_parent).unwrap();
+    a.snap()
+        .args(["restore", &id, "--no-safety-snapshot"])
+        .assert()
+        .success();
+    assert_same_tree_except(&db_before, &a.db, &["main.db.tmp"]);
     // A restore by hand of one source with --path.
     write(&a.docs.join("notes.txt"), b"edited again\n");
     a.snap()
@@ -280,4 +288,15 @@ fn a_malformed_config_names_the_file_the_line_and_the_key() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("/no/such/dir"));
+}
+
+/// Entry-by-entry comparison, leaving out `skip` (excluded names that the
+/// snapshot never held).
+fn assert_same_tree_except(expected: &Path, actual: &Path, skip: &[&str]) {
+    let drop = |mut l: std::collections::BTreeMap<PathBuf, Info>| {
+        l.retain(|p, _| !skip.iter().any(|s| p == Path::new(s)));
+        l.remove(Path::new(""));
+        l
+    };
+    assert_eq!(drop(listing(expected)), drop(listing(actual)));
 }
