@@ -269,3 +269,70 @@ fn a_migrated_database_shares_its_unchanged_pages() {
         "three rows changed: a few 4 KiB pages stored, not {new} bytes of a {size}-byte database"
     );
 }
+
+#[test]
+fn a_hot_journal_is_rolled_back_in_a_copy_never_in_the_source() {
+    let env = Env::new();
+    let src = env.path("src");
+    sqlite_db(&src.join("app.db"), 2000);
+    // A writer dies mid-transaction after spilling changed pages into the
+    // database file: the -journal left behind is hot, and the main file
+    // holds uncommitted pages that only a rollback removes.
+    let script = r#"
+import os, signal, sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("PRAGMA cache_size=2")
+c.execute("BEGIN IMMEDIATE")
+c.execute("UPDATE users SET name = 'uncommitted ' || id")
+c.execute("INSERT INTO users(name, email, score) SELECT name, email, score FROM users")
+os.kill(os.getpid(), signal.SIGKILL)
+"#;
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(src.join("app.db"))
+        .status()
+        .unwrap();
+    assert!(!status.success());
+    assert!(src.join("app.db-journal").exists(), "a hot journal is left");
+    // The main file alone (what a file copy stores) is not the committed
+    // database: it holds spilled uncommitted pages.
+    let alone = env.path("alone.db");
+    fs::copy(src.join("app.db"), &alone).unwrap();
+    let plain = rusqlite::Connection::open(&alone).and_then(|c| {
+        c.query_row(
+            "SELECT count(*) FROM users WHERE name LIKE 'uncommitted%'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+    });
+    assert!(
+        !matches!(plain, Ok(0)),
+        "the test needs spilled pages in the main file: {plain:?}"
+    );
+    let before = listing(&src);
+    let v = env.create(&src);
+    assert_eq!(listing(&src), before, "the source is not repaired in place");
+    let out = env.path("out");
+    env.restore_to(v["id"].as_str().unwrap(), &out);
+    assert!(!out.join("app.db-journal").exists());
+    let c = rusqlite::Connection::open(out.join("app.db")).unwrap();
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    let dirty: i64 = c
+        .query_row(
+            "SELECT count(*) FROM users WHERE name LIKE 'uncommitted%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        (check.as_str(), n, dirty),
+        ("ok", 2000, 0),
+        "the committed state"
+    );
+}
