@@ -747,6 +747,14 @@ fn print_guard(out: &mut impl Write, r: &GuardReport, json: bool) -> anyhow::Res
                 st.map_or(0, |s| s.deleted_entries),
                 st.map_or(0, |s| s.fixed_metadata),
             )?;
+            const SHOWN: usize = 20;
+            for line in r.rolled_back.iter().take(SHOWN) {
+                writeln!(out, "  {line}")?;
+            }
+            let more = r.rolled_back.len().saturating_sub(SHOWN) + r.rolled_back_more;
+            if more > 0 {
+                writeln!(out, "  ... and {more} more")?;
+            }
             if let Some(id) = st.and_then(|s| s.safety_snapshot.as_ref()) {
                 writeln!(
                     out,

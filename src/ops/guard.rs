@@ -73,6 +73,9 @@ pub struct GuardReport {
     pub failure: Option<String>,
     /// The rollback, when there was one.
     pub restore: Option<RestoreStats>,
+    /// What the rollback changed back: `"<verb> <path>"`, at most 100.
+    pub rolled_back: Vec<String>,
+    pub rolled_back_more: usize,
     /// Older `migrated` snapshots forgotten because of `keep`.
     pub forgotten: Vec<String>,
     pub duration_ms: u64,
@@ -217,6 +220,8 @@ pub fn guard(
         check_exit_code,
         failure: failure.clone(),
         restore: None,
+        rolled_back: Vec::new(),
+        rolled_back_more: 0,
         forgotten: Vec::new(),
         duration_ms: 0,
     };
@@ -231,7 +236,7 @@ pub fn guard(
             "{why}; rolling back to snapshot {}",
             snap.id.short()
         ));
-        let (_, stats) = restore(
+        let (plan, stats) = restore(
             repo,
             &snap,
             &RestoreOptions {
@@ -241,6 +246,13 @@ pub fn guard(
             progress,
         )?;
         let stats = stats.expect("not a dry run");
+        let changes: Vec<String> = plan
+            .steps
+            .iter()
+            .filter_map(|st| Some(format!("{} {}", st.verb()?, st.path().display())))
+            .collect();
+        report.rolled_back_more = changes.len().saturating_sub(100);
+        report.rolled_back = changes.into_iter().take(100).collect();
         report.outcome = if stats.failed.is_empty() {
             Outcome::RolledBack
         } else {

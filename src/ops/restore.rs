@@ -1070,6 +1070,26 @@ fn execute(
     Ok(())
 }
 
+impl Step {
+    pub fn path(&self) -> &Path {
+        step_path(self)
+    }
+
+    /// A short verb for what the step does (`DirMeta` is bookkeeping: None).
+    pub fn verb(&self) -> Option<&'static str> {
+        Some(match self {
+            Step::Delete { .. } => "delete",
+            Step::MakeDir { .. } => "mkdir",
+            Step::Write { .. } => "write",
+            Step::Symlink { .. } => "symlink",
+            Step::Special { .. } => "special",
+            Step::Link { .. } => "link",
+            Step::FixMeta { .. } => "metadata",
+            Step::DirMeta { .. } => return None,
+        })
+    }
+}
+
 fn step_path(step: &Step) -> &Path {
     match step {
         Step::Delete { path, .. }

@@ -108,6 +108,23 @@ fn a_failing_migration_is_rolled_back_exactly() {
     assert_eq!(r["outcome"], "rolled_back");
     assert_eq!(r["exit_code"], 1);
     assert_same_tree(&s.before, &s.src);
+    // It says what it rolled back.
+    let lines: Vec<&str> = r["rolled_back"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let has = |verb: &str, tail: &str| {
+        lines
+            .iter()
+            .any(|l| l.starts_with(verb) && l.ends_with(tail))
+    };
+    assert!(has("delete", "docs/migrated.txt"), "{lines:?}");
+    assert!(has("write", "prefs.json"), "{lines:?}");
+    assert!(has("write", "data/app.db"), "{lines:?}");
+    assert!(has("write", "docs/readme.txt"), "{lines:?}");
+    assert!(has("metadata", "modes/m0600"), "{lines:?}");
     let snap = snapshot(&s.env, r["snapshot"].as_str().unwrap());
     assert_eq!(
         snap["tags"],
