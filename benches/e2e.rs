@@ -26,22 +26,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use rusqlite::params;
+mod common;
+use common::{Rng, WORDS, sqlite_db, text};
 
 const SNAP: &str = env!("CARGO_BIN_EXE_snap");
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut key = [7u8; 32];
@@ -51,54 +39,6 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
         .finalize_xof()
         .fill(&mut out);
     out
-}
-
-const WORDS: &[&str] = &[
-    "user",
-    "session",
-    "token",
-    "event",
-    "click",
-    "view",
-    "error",
-    "warning",
-    "sync",
-    "upload",
-    "download",
-    "cache",
-    "miss",
-    "hit",
-    "request",
-    "response",
-    "latency",
-    "ms",
-    "status",
-    "ok",
-    "failed",
-    "retry",
-    "account",
-    "settings",
-    "theme",
-    "dark",
-    "light",
-    "notification",
-    "message",
-    "thread",
-    "attachment",
-];
-
-fn text(rng: &mut Rng, len: usize) -> String {
-    let mut s = String::with_capacity(len + 64);
-    while s.len() < len {
-        s.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
-        s.push(if rng.below(12) == 0 { '\n' } else { ' ' });
-        if rng.below(5) == 0 {
-            s.push_str(&rng.below(100_000).to_string());
-            s.push(' ');
-        }
-    }
-    s.truncate(len);
-    s
 }
 
 fn json_doc(rng: &mut Rng, i: usize, len: usize) -> String {
@@ -113,40 +53,6 @@ fn json_doc(rng: &mut Rng, i: usize, len: usize) -> String {
     }
     s.push_str("{}]}");
     s
-}
-
-fn sqlite_db(path: &Path, rows: usize, rng: &mut Rng) {
-    let _ = fs::remove_file(path);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;
-         CREATE TABLE messages(id INTEGER PRIMARY KEY, thread INTEGER, sender TEXT, body TEXT, ts INTEGER, flags INTEGER);
-         CREATE INDEX messages_thread ON messages(thread, ts);",
-    )
-    .unwrap();
-    let tx = conn.unchecked_transaction().unwrap();
-    {
-        let mut st = tx
-            .prepare(
-                "INSERT INTO messages(thread, sender, body, ts, flags) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .unwrap();
-        for i in 0..rows {
-            let len = 40 + rng.below(300) as usize;
-            st.execute(params![
-                rng.below(5000) as i64,
-                format!("user{}", rng.below(2000)),
-                text(rng, len),
-                1_600_000_000 + i as i64,
-                rng.below(4) as i64
-            ])
-            .unwrap();
-        }
-    }
-    tx.commit().unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE;")
-        .unwrap();
 }
 
 fn write(p: &Path, data: impl AsRef<[u8]>) {

@@ -14,69 +14,8 @@ use std::path::Path;
 use rusqlite::params;
 use snap::chunker::{ChunkerParams, chunk_lengths};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-const WORDS: &[&str] = &[
-    "the", "message", "sync", "thread", "user", "data", "value", "status", "update", "photo",
-    "reply", "draft", "cache", "server", "client", "ok", "error", "retry", "session", "token",
-];
-
-fn text(rng: &mut Rng, len: usize) -> String {
-    let mut s = String::with_capacity(len + 16);
-    while s.len() < len {
-        s.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
-        s.push(' ');
-        if rng.below(5) == 0 {
-            s.push_str(&rng.below(100_000).to_string());
-            s.push(' ');
-        }
-    }
-    s.truncate(len);
-    s
-}
-
-fn make_db(path: &Path, rows: usize) {
-    let _ = fs::remove_file(path);
-    let mut rng = Rng(0x5eed);
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(
-        "PRAGMA synchronous=OFF;
-         CREATE TABLE messages(id INTEGER PRIMARY KEY, thread INTEGER, sender TEXT, body TEXT, ts INTEGER, flags INTEGER);
-         CREATE INDEX messages_thread ON messages(thread, ts);",
-    )
-    .unwrap();
-    let tx = conn.unchecked_transaction().unwrap();
-    {
-        let mut st = tx
-            .prepare(
-                "INSERT INTO messages(thread, sender, body, ts, flags) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .unwrap();
-        for i in 0..rows {
-            let len = 40 + rng.below(300) as usize;
-            st.execute(params![
-                rng.below(5000) as i64,
-                format!("user{}", rng.below(2000)),
-                text(&mut rng, len),
-                1_600_000_000 + i as i64,
-                rng.below(4) as i64
-            ])
-            .unwrap();
-        }
-    }
-    tx.commit().unwrap();
-}
+mod common;
+use common::{Rng, sqlite_db};
 
 /// The migrations compared.
 fn migrate(path: &Path, kind: &str, rows: usize) {
@@ -190,7 +129,7 @@ fn main() {
         .unwrap_or(250_000);
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.db");
-    make_db(&base, rows);
+    sqlite_db(&base, rows, &mut Rng(0x5eed));
     let original = fs::read(&base).unwrap();
     println!(
         "database: {} rows, {:.1} MB, page size 4096",

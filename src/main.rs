@@ -409,30 +409,14 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
                         writeln!(out)?;
                     } else {
                         for step in &plan.steps {
-                            let line = match step {
-                                Step::Delete { path, dir } => format!(
-                                    "delete   {}{}",
-                                    path.display(),
-                                    if *dir { "/" } else { "" }
-                                ),
-                                Step::MakeDir { path } => format!("mkdir    {}", path.display()),
-                                Step::Write { path, bytes, .. } => {
-                                    format!("write    {} ({})", path.display(), human_bytes(*bytes))
-                                }
-                                Step::Symlink { path, .. } => {
-                                    format!("symlink  {}", path.display())
-                                }
-                                Step::Special { path, .. } => {
-                                    format!("special  {}", path.display())
-                                }
-                                Step::Link { path, to } => {
-                                    format!("link     {} -> {}", path.display(), to.display())
-                                }
-                                Step::FixMeta { path, .. } => {
-                                    format!("metadata {}", path.display())
-                                }
-                                Step::DirMeta { .. } => continue,
+                            let Some(verb) = step.verb() else { continue };
+                            let detail = match step {
+                                Step::Delete { dir: true, .. } => "/".to_string(),
+                                Step::Write { bytes, .. } => format!(" ({})", human_bytes(*bytes)),
+                                Step::Link { to, .. } => format!(" -> {}", to.display()),
+                                _ => String::new(),
                             };
+                            let line = format!("{verb:<8} {}{detail}", step.path().display());
                             writeln!(out, "{line}")?;
                         }
                         let s = &plan.summary;

@@ -43,9 +43,9 @@ pub fn is_database_header(header: &[u8]) -> bool {
     header.len() >= 100 && header[..16] == MAGIC[..]
 }
 
-/// True when the file at `path` starts with a SQLite database header.
-/// Never follows a symlink and never blocks on a FIFO.
-pub fn is_database_file(path: &Path) -> bool {
+/// The first 100 bytes of a file (where a SQLite header would be), if it
+/// has them. Never follows a symlink and never blocks on a FIFO.
+pub fn read_header(path: &Path) -> Option<[u8; 100]> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut header = [0u8; 100];
     std::fs::OpenOptions::new()
@@ -53,18 +53,19 @@ pub fn is_database_file(path: &Path) -> bool {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
         .and_then(|f| f.read_exact_at(&mut header, 0))
-        .is_ok()
-        && is_database_header(&header)
+        .ok()?;
+    Some(header)
+}
+
+/// True when the file at `path` starts with a SQLite database header.
+pub fn is_database_file(path: &Path) -> bool {
+    read_header(path).is_some_and(|h| is_database_header(&h))
 }
 
 /// True when the database at `path` may have content outside its main
 /// file: a non-empty `-wal`, or a `-journal` (a transaction in progress).
 pub fn has_pending_sidecar(path: &Path) -> bool {
-    let side = |suffix: &str| {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        std::fs::symlink_metadata(p).ok()
-    };
+    let side = |suffix: &str| std::fs::symlink_metadata(sidecar(path, suffix)).ok();
     side("-wal").is_some_and(|m| m.len() > 0) || side("-journal").is_some()
 }
 
@@ -307,9 +308,7 @@ fn backup(
     dst.close()
         .map_err(|(_, e)| format!("cannot close the image: {e}"))?;
     for s in SIDECARS {
-        let mut side = image.as_os_str().to_owned();
-        side.push(s);
-        let _ = std::fs::remove_file(side);
+        let _ = std::fs::remove_file(sidecar(image, s));
     }
     // The backup stamps the image's header with its own change counter,
     // schema cookie and library version. When the main file held the whole

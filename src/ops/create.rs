@@ -657,7 +657,7 @@ impl Walk<'_> {
                         if o.has_flag(flags::SQLITE_IMAGE) {
                             entry.flags |= flags::SQLITE_IMAGE;
                             if let Some(v) =
-                                read_header(&path).and_then(|h| sqlite::user_version(&h))
+                                sqlite::read_header(&path).and_then(|h| sqlite::user_version(&h))
                             {
                                 self.dbs.push((
                                     child_rel.to_string_lossy().into_owned(),
@@ -951,7 +951,7 @@ fn read_file(ctx: &WorkerCtx, job: &FileJob) -> FileOutcome {
     let mut header = [0u8; 100];
     if file.read_exact_at(&mut header, 0).is_ok()
         && sqlite::is_database_header(&header)
-        && let Some(outcome) = capture_db(ctx, job, &file)
+        && let Some(outcome) = capture_db(ctx, job, &file, &header)
     {
         return outcome;
     }
@@ -1012,27 +1012,42 @@ fn read_file_plain(ctx: &WorkerCtx, job: &FileJob, file: &File) -> FileOutcome {
     unreachable!("the last attempt always returns (changed = {changed})")
 }
 
-/// The first 100 bytes of a file (a SQLite header), if it has them.
-fn read_header(path: &Path) -> Option<[u8; 100]> {
-    let mut h = [0u8; 100];
-    open_source(path).ok()?.read_exact_at(&mut h, 0).ok()?;
-    Some(h)
+/// A database stored as one committed state: `before` is the database
+/// file's metadata, the chunks are its image's pages.
+fn stored_db(
+    before: &fs::Metadata,
+    chunks: Vec<ChunkId>,
+    read_bytes: u64,
+    info: DbInfo,
+) -> FileOutcome {
+    let mut meta = entry_from_metadata(Vec::new(), before);
+    meta.size = read_bytes;
+    meta.flags |= flags::SQLITE_IMAGE;
+    FileOutcome::Stored {
+        chunks,
+        meta,
+        read_bytes,
+        changed: false,
+        db: Some(info),
+    }
 }
 
-/// Store a SQLite database as a consistent image made by the backup API,
-/// cut into whole pages. `None` when SQLite cannot read it (not really a
-/// database, encrypted, ...): the caller then stores the plain bytes.
-fn capture_db(ctx: &WorkerCtx, job: &FileJob, file: &File) -> Option<FileOutcome> {
+/// Store a SQLite database (`header`: its first 100 bytes) as one
+/// committed state, cut into whole pages: read in place under SQLite's lock
+/// when it is in rollback-journal mode, else through an image made by the
+/// backup API. `None` when SQLite cannot read it (not really a database,
+/// encrypted, ...): the caller then stores the plain bytes.
+fn capture_db(
+    ctx: &WorkerCtx,
+    job: &FileJob,
+    file: &File,
+    header: &[u8; 100],
+) -> Option<FileOutcome> {
     let before = match file.metadata() {
         Ok(m) => m,
         Err(e) => return Some(FileOutcome::Unreadable(e.to_string())),
     };
-    // A rollback-journal database with no journal is read where it is,
-    // under SQLite's shared lock: no image to write.
-    let mut header = [0u8; 100];
-    if file.read_exact_at(&mut header, 0).is_ok()
-        && let Some(size) = sqlite::chunk_size(&header)
-    {
+    if let Some(size) = sqlite::chunk_size(header) {
         let read = sqlite::read_in_place(&job.path, ctx.sqlite_check, || {
             chunk_file(ctx, file, before.len(), Some(size))
         });
@@ -1045,16 +1060,7 @@ fn capture_db(ctx: &WorkerCtx, job: &FileJob, file: &File) -> Option<FileOutcome
                         && a.mtime_nsec() == before.mtime_nsec()
                         && a.mtime() == before.mtime()
                 }) {
-                    let mut meta = entry_from_metadata(Vec::new(), &before);
-                    meta.size = read_bytes;
-                    meta.flags |= flags::SQLITE_IMAGE;
-                    return Some(FileOutcome::Stored {
-                        chunks,
-                        meta,
-                        read_bytes,
-                        changed: false,
-                        db: Some(info),
-                    });
+                    return Some(stored_db(&before, chunks, read_bytes, info));
                 }
                 if let Err(e) = file.seek_start() {
                     return Some(FileOutcome::Unreadable(e.to_string()));
@@ -1098,9 +1104,7 @@ fn capture_db(ctx: &WorkerCtx, job: &FileJob, file: &File) -> Option<FileOutcome
                         read_bytes,
                         changed,
                         db: Some(DbInfo {
-                            user_version: read_header(&job.path)
-                                .and_then(|h| sqlite::user_version(&h))
-                                .unwrap_or(0),
+                            user_version: sqlite::user_version(header).unwrap_or(0),
                             quick_check: Some(format!("not readable by SQLite: {why}")),
                         }),
                     }),
@@ -1129,16 +1133,7 @@ fn capture_db(ctx: &WorkerCtx, job: &FileJob, file: &File) -> Option<FileOutcome
         Err(ReadError::Io(e)) => return Some(FileOutcome::Fatal(Error::io(&*image, e))),
         Err(ReadError::Fatal(e)) => return Some(FileOutcome::Fatal(e)),
     };
-    let mut meta = entry_from_metadata(Vec::new(), &before);
-    meta.size = read_bytes;
-    meta.flags |= flags::SQLITE_IMAGE;
-    Some(FileOutcome::Stored {
-        chunks,
-        meta,
-        read_bytes,
-        changed: false,
-        db: Some(info),
-    })
+    Some(stored_db(&before, chunks, read_bytes, info))
 }
 
 trait SeekStart {

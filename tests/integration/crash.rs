@@ -137,14 +137,20 @@ fn churn(root: &Path, seed: u64) {
     write(&root.join("docs/readme.txt"), format!("rewritten {seed}\n"));
 }
 
-/// Returns how many crashes it injected.
-fn create_crash_cycle(rounds: u64) -> u64 {
+/// A repository with 1 MiB packs, so that small data spans several packs.
+fn env_with_small_packs() -> Env {
     let env = Env::new();
     fs::remove_dir_all(&env.repo).unwrap();
     env.snap()
         .args(["init", "--pack-size", "1"])
         .assert()
         .success();
+    env
+}
+
+/// Returns how many crashes it injected.
+fn create_crash_cycle(rounds: u64) -> u64 {
+    let env = env_with_small_packs();
     let src = env.path("src");
     small_tree(&src, 1);
     let first = env.create_id(&src);
@@ -306,12 +312,7 @@ fn in_place_restore_with_its_safety_snapshot_survives_crashes() {
 }
 
 fn gc_crash_cycle(rounds: u64) -> u64 {
-    let env = Env::new();
-    fs::remove_dir_all(&env.repo).unwrap();
-    env.snap()
-        .args(["init", "--pack-size", "1"])
-        .assert()
-        .success();
+    let env = env_with_small_packs();
     let src = env.path("src");
     small_tree(&src, 5);
     let mut gens = Vec::new();

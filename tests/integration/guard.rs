@@ -74,6 +74,43 @@ impl Setup {
             .arg(how)
             .assert()
     }
+
+    /// `snap guard --json` of a migration that waits to be signalled,
+    /// returned once the migration runs, with the migration's pid.
+    // The caller waits for the child it gets back.
+    #[allow(clippy::zombie_processes)]
+    fn spawn_waiting_guard(&self) -> (std::process::Child, i32) {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("snap"))
+            .env("SNAP_REPO", &self.env.repo)
+            .env("XDG_CONFIG_HOME", self.env.path("config"))
+            .args(["guard", "--json", "--source"])
+            .arg(&self.src)
+            .arg("--")
+            .arg("python3")
+            .arg(&self.script)
+            .arg(&self.src)
+            .arg("sleep")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let waiting = self.env.path("migration-waiting");
+        let t0 = std::time::Instant::now();
+        loop {
+            let pid = fs::read_to_string(&waiting)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            if let Some(pid) = pid {
+                return (child, pid);
+            }
+            if t0.elapsed().as_secs() >= 60 {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the migration never started");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 /// The JSON report: the last line of stdout (the migration prints first).
@@ -176,26 +213,8 @@ fn a_migration_killed_by_a_signal_is_rolled_back() {
 #[test]
 fn sigterm_to_snap_reaches_the_migration_and_rolls_back() {
     let s = setup();
-    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("snap"))
-        .env("SNAP_REPO", &s.env.repo)
-        .env("XDG_CONFIG_HOME", s.env.path("config"))
-        .args(["guard", "--json", "--source"])
-        .arg(&s.src)
-        .arg("--")
-        .arg("python3")
-        .arg(&s.script)
-        .arg(&s.src)
-        .arg("sleep")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let waiting = s.env.path("migration-waiting");
     let t0 = std::time::Instant::now();
-    while !waiting.exists() {
-        assert!(t0.elapsed().as_secs() < 60, "the migration never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let (child, _) = s.spawn_waiting_guard();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(
@@ -348,34 +367,10 @@ fn a_crash_during_guard_leaves_what_completes_the_rollback() {
 #[test]
 fn a_guard_whose_snap_was_killed_blocks_the_next_until_resolved() {
     let s = setup();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("snap"))
-        .env("SNAP_REPO", &s.env.repo)
-        .env("XDG_CONFIG_HOME", s.env.path("config"))
-        .args(["guard", "--source"])
-        .arg(&s.src)
-        .arg("--")
-        .arg("python3")
-        .arg(&s.script)
-        .arg(&s.src)
-        .arg("sleep")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let waiting = s.env.path("migration-waiting");
-    let t0 = std::time::Instant::now();
-    while fs::read_to_string(&waiting).map_or(true, |p| p.is_empty()) {
-        assert!(t0.elapsed().as_secs() < 60, "the migration never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let (mut child, pid) = s.spawn_waiting_guard();
     // snap dies without a chance to roll back; so does the migration.
     child.kill().unwrap();
     child.wait().unwrap();
-    let pid: i32 = fs::read_to_string(&waiting)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let stuck = s.env.list().last().unwrap()["id"]
         .as_str()
