@@ -208,6 +208,10 @@ pub struct RestoreArgs {
     /// Do not snapshot the current state before changing it
     #[arg(long)]
     pub no_safety_snapshot: bool,
+    /// Go on even when the safety snapshot could not read everything it
+    /// protects (what it could not read cannot be brought back)
+    #[arg(long)]
+    pub force: bool,
     /// Print the result (or the plan) as JSON
     #[arg(long)]
     pub json: bool,

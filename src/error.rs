@@ -76,6 +76,12 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    #[error("the safety snapshot {snapshot} could not read {}: a restore would change what it cannot bring back, so nothing was changed; make them readable, or pass --force to restore anyway and lose them", .paths.join(", "))]
+    SafetySnapshotIncomplete {
+        snapshot: String,
+        paths: Vec<String>,
+    },
+
     #[error("interrupted")]
     Interrupted,
 }

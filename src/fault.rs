@@ -30,6 +30,26 @@ pub fn point(name: &str) {
     }
 }
 
+/// A place where a test may hold the process still: with
+/// `SNAP_PAUSE_AT=NAME` and `SNAP_PAUSE_FILE=PATH`, the pause named NAME
+/// creates PATH and waits (at most a minute) until the test removes it,
+/// so that a test can change the world at a known moment.
+pub fn pause(name: &str) {
+    if std::env::var_os("SNAP_PAUSE_AT").is_none_or(|v| v != name) {
+        return;
+    }
+    let Some(file) = std::env::var_os("SNAP_PAUSE_FILE") else {
+        return;
+    };
+    if std::fs::write(&file, std::process::id().to_string()).is_err() {
+        return;
+    }
+    let start = std::time::Instant::now();
+    while std::path::Path::new(&file).exists() && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// How many fault points this process has passed.
 pub fn passed() -> u64 {
     PASSED.load(Ordering::Relaxed)

@@ -15,6 +15,7 @@
 pub mod chunker;
 pub mod compress;
 pub mod config;
+pub mod confined;
 pub mod error;
 pub mod exclude;
 pub mod fault;

@@ -35,6 +35,7 @@ mod exit {
     pub const NOTHING_TO_DO: u8 = 6;
     pub const ROLLED_BACK: u8 = 7;
     pub const ROLLBACK_INCOMPLETE: u8 = 8;
+    pub const SAFETY_INCOMPLETE: u8 = 9;
 }
 
 fn main() -> ExitCode {
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
             eprintln!("snap: error: {err:#}");
             let code = match err.downcast_ref::<Error>() {
                 Some(Error::Locked { .. }) => exit::LOCKED,
+                Some(Error::SafetySnapshotIncomplete { .. }) => exit::SAFETY_INCOMPLETE,
                 Some(e) if e.is_damage() => exit::DAMAGED,
                 _ => exit::FAILURE,
             };
@@ -399,6 +401,7 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
                 dry_run: args.dry_run,
                 verify: args.verify,
                 safety_snapshot: !args.no_safety_snapshot,
+                force: args.force,
             };
             let (plan, stats) = restore(&repo, &snap, &opts, &progress)?;
             progress.finish();

@@ -241,6 +241,9 @@ pub fn guard(
             &snap,
             &RestoreOptions {
                 safety_snapshot: true,
+                // The rollback is the point: what the failed migration left
+                // unreadable is named by the warning, not a reason to stop.
+                force: true,
                 ..RestoreOptions::default()
             },
             progress,

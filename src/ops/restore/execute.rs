@@ -1,0 +1,648 @@
+//! Carry out a restore plan through directory handles (`crate::confined`):
+//! every change is made relative to the handle of the directory that holds
+//! the entry, reached from the restore root without following symlinks.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+use rustix::fs::FileType;
+
+use super::plan::effective_mode;
+use super::{Meta, Plan, RestoreStats, Step, TEMP_PREFIX};
+use crate::confined::{self, Confined, DirFd, RemoveError, TempFile};
+use crate::error::{Error, IoContext, Result};
+use crate::id::ChunkId;
+use crate::index::ChunkLocation;
+use crate::pack::{HEADER_LEN, decode_chunk};
+use crate::progress::Progress;
+use crate::repo::{ChunkReader, Repository};
+use crate::tree::{Kind, Payload};
+
+/// Files written between two durability barriers.
+const WRITE_BATCH_FILES: usize = 4096;
+
+/// Largest run of adjacent chunks read with one call.
+const READ_RUN_MAX: u64 = 8 << 20;
+
+/// A file to write: its path, its entry, the directory and name it goes
+/// to, where its chunks are.
+struct WriteJob<'a> {
+    path: &'a Path,
+    meta: &'a Meta,
+    dir: DirFd,
+    name: &'a OsStr,
+    locs: Vec<(ChunkId, ChunkLocation)>,
+}
+
+/// The state of one execution: the confined roots and what was done.
+struct Exec<'p> {
+    roots: Vec<Confined>,
+    is_root: bool,
+    /// The repository and the directories above it (device, inode).
+    protected: HashSet<(u64, u64)>,
+    /// Directories given owner write permission to accept changes, with
+    /// their mode before; directories already looked at.
+    widened: HashMap<(usize, PathBuf), u32>,
+    looked_at: HashSet<(usize, PathBuf)>,
+    /// One open file per filesystem written to, for the barriers.
+    filesystems: Mutex<HashMap<u64, File>>,
+    stats: &'p mut RestoreStats,
+    progress: &'p dyn Progress,
+}
+
+pub(super) fn execute(
+    repo: &Repository,
+    plan: &Plan,
+    stats: &mut RestoreStats,
+    progress: &dyn Progress,
+) -> Result<()> {
+    progress.phase("restore", Some(plan.summary.write_bytes));
+    // Directories at or above the roots (a target or a source directory
+    // that does not exist yet) are made by path: the user or the vetted
+    // snapshot named them. Everything below goes through handles.
+    for step in &plan.steps {
+        if let Step::MakeDir { path } = step
+            && plan.roots.iter().any(|r| r.starts_with(path))
+        {
+            match fs::create_dir(path) {
+                Ok(()) => stats.created_dirs += 1,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
+    }
+    let mut roots = Vec::with_capacity(plan.roots.len());
+    let mut filesystems = HashMap::new();
+    for r in &plan.roots {
+        let c = Confined::open(r).at(r)?;
+        let f = File::from(c.root().try_clone().at(r)?);
+        let dev = f.metadata().at(r)?.dev_id();
+        filesystems.entry(dev).or_insert(f);
+        roots.push(c);
+    }
+    let mut x = Exec {
+        roots,
+        is_root: rustix::process::geteuid().is_root(),
+        protected: protected(repo)?,
+        widened: HashMap::new(),
+        looked_at: HashSet::new(),
+        filesystems: Mutex::new(filesystems),
+        stats,
+        progress,
+    };
+    x.deletions(plan);
+    x.directories(plan);
+    x.contents(repo, plan)?;
+    x.links_and_metadata(plan);
+    x.directory_metadata(plan);
+    x.put_back_widened(plan);
+    x.barrier()?;
+    if x.stats.damaged {
+        progress.warn("some files could not be restored because the repository is damaged; run `snap check --read-data`");
+    }
+    Ok(())
+}
+
+trait DevId {
+    fn dev_id(&self) -> u64;
+}
+
+impl DevId for fs::Metadata {
+    fn dev_id(&self) -> u64 {
+        std::os::unix::fs::MetadataExt::dev(self)
+    }
+}
+
+fn protected(repo: &Repository) -> Result<HashSet<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let root = fs::canonicalize(repo.root()).at(repo.root())?;
+    let mut out = HashSet::new();
+    for dir in root.ancestors() {
+        let m = fs::metadata(dir).at(dir)?;
+        out.insert((m.dev(), m.ino()));
+    }
+    Ok(out)
+}
+
+/// Why a step failed because the target changed under the restore.
+fn moved(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
+            format!(
+                "a directory on the way is no longer one (replaced by a symlink or file during the restore?): {e}"
+            )
+        }
+        _ => e.to_string(),
+    }
+}
+
+impl Exec<'_> {
+    fn fail(&mut self, path: &Path, why: String) {
+        self.progress
+            .warn(&format!("{}: not restored: {why}", path.display()));
+        self.stats.failed.push((path.display().to_string(), why));
+    }
+
+    /// Which root `path` lies under, and its path relative to that root.
+    fn locate<'a>(&self, path: &'a Path) -> Option<(usize, &'a Path)> {
+        self.roots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| path.strip_prefix(r.root_path()).ok().map(|rel| (i, rel)))
+            .max_by_key(|(_, rel)| std::cmp::Reverse(rel.components().count()))
+    }
+
+    /// The handle of the directory holding `path`, and its name there,
+    /// with the directory made writable for us.
+    fn parent_of<'a>(&mut self, path: &'a Path) -> io::Result<(usize, DirFd, &'a OsStr)> {
+        let (ri, rel) = self.locate(path).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "outside every restore root")
+        })?;
+        let (dir, name) = self.roots[ri].parent(rel)?;
+        self.widen(ri, rel.parent().unwrap_or(Path::new("")))?;
+        Ok((ri, dir, name))
+    }
+
+    /// A read-only directory (restored last with its real mode) must accept
+    /// our changes: give the owner write permission, note the mode before.
+    fn widen(&mut self, ri: usize, dir_rel: &Path) -> io::Result<()> {
+        let key = (ri, dir_rel.to_path_buf());
+        if self.looked_at.contains(&key) {
+            return Ok(());
+        }
+        let c = &mut self.roots[ri];
+        let mode = if dir_rel.as_os_str().is_empty() {
+            let st = rustix::fs::fstat(&**c.root())?;
+            let mode = st.st_mode & 0o7777;
+            if mode & 0o200 == 0 {
+                rustix::fs::fchmod(
+                    &**c.root(),
+                    rustix::fs::Mode::from_raw_mode((mode | 0o700) as _),
+                )?;
+            }
+            mode
+        } else {
+            let (pdir, name) = c.parent(dir_rel)?;
+            let mode = confined::lstat(&pdir, name)?.st_mode & 0o7777;
+            if mode & 0o200 == 0 {
+                confined::chmod(&pdir, name, mode | 0o700)?;
+            }
+            mode
+        };
+        if mode & 0o200 == 0 {
+            self.widened.insert(key.clone(), mode as u32);
+        }
+        self.looked_at.insert(key);
+        Ok(())
+    }
+
+    /// 1. Entries the snapshot lacks or holds as another kind.
+    fn deletions(&mut self, plan: &Plan) {
+        for step in &plan.steps {
+            let Step::Delete { path, dir } = step else {
+                continue;
+            };
+            let r = match self.parent_of(path) {
+                Err(e) => Err(RemoveError::Io(path.clone(), e)),
+                Ok((ri, pdir, name)) => {
+                    let protected = &self.protected;
+                    let r = if *dir {
+                        let keep = |d, i| protected.contains(&(d, i));
+                        confined::remove_all(&pdir, name, path, &keep)
+                    } else {
+                        confined::unlink(&pdir, name).map_err(rm_io(path))
+                    };
+                    if let Some((_, rel)) = self.locate(path) {
+                        self.roots[ri].forget(rel);
+                    }
+                    r
+                }
+            };
+            match r {
+                Ok(()) => self.stats.deleted_entries += 1,
+                Err(RemoveError::Io(_, e)) if e.kind() == io::ErrorKind::NotFound => {
+                    self.stats.deleted_entries += 1
+                }
+                Err(RemoveError::Io(p, e)) => {
+                    self.fail(&p, format!("cannot delete: {}", moved(&e)))
+                }
+                Err(RemoveError::Refused(p, why)) => self.fail(&p, format!("left in place: {why}")),
+            }
+            crate::fault::point("restore deleted an entry");
+        }
+    }
+
+    /// 2. Directories, parents first (the plan lists them in that order),
+    ///    0700 until their metadata is set.
+    fn directories(&mut self, plan: &Plan) {
+        for step in &plan.steps {
+            let Step::MakeDir { path } = step else {
+                continue;
+            };
+            if plan.roots.iter().any(|r| r.starts_with(path)) {
+                continue; // made by path above
+            }
+            let r = self.parent_of(path).and_then(|(_, dir, name)| {
+                match confined::mkdir(&dir, name, 0o700) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        match confined::lstat(&dir, name) {
+                            Ok(st) if confined::is_dir(&st) => Ok(false),
+                            _ => Err(e),
+                        }
+                    }
+                    r => r.map(|()| true),
+                }
+            });
+            match r {
+                Ok(true) => self.stats.created_dirs += 1,
+                Ok(false) => {}
+                Err(e) => self.fail(path, format!("cannot create the directory: {}", moved(&e))),
+            }
+        }
+    }
+
+    /// 3. File contents, in batches (bounded memory and bounded work between
+    ///    barriers): locate chunks, write temporaries in parallel, one
+    ///    barrier for the batch, then rename each over its real name.
+    fn contents(&mut self, repo: &Repository, plan: &Plan) -> Result<()> {
+        let packs_dir = repo.packs_dir();
+        let writes: Vec<(&PathBuf, &Meta)> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Write { path, meta, .. } => Some((path, meta)),
+                _ => None,
+            })
+            .collect();
+        for batch in writes.chunks(WRITE_BATCH_FILES) {
+            let mut jobs: Vec<WriteJob> = Vec::with_capacity(batch.len());
+            for &(path, meta) in batch {
+                let locs = match locate_chunks(repo, meta) {
+                    Ok(l) => l,
+                    Err(err) => {
+                        self.stats.damaged |= err.is_damage();
+                        self.fail(path, err.to_string());
+                        continue;
+                    }
+                };
+                match self.parent_of(path) {
+                    Ok((_, dir, name)) => jobs.push(WriteJob {
+                        path,
+                        meta,
+                        dir,
+                        name,
+                        locs,
+                    }),
+                    Err(e) => self.fail(path, moved(&e)),
+                }
+            }
+            let (is_root, progress, filesystems) = (self.is_root, self.progress, &self.filesystems);
+            let written: Vec<(&WriteJob, Result<TempFile>)> = jobs
+                .par_iter()
+                .map_init(
+                    || ChunkReader::new(packs_dir.clone()),
+                    |reader, job| {
+                        let r = write_temp(reader, job, is_root, progress, filesystems);
+                        crate::fault::point("restore wrote a temporary file");
+                        (job, r)
+                    },
+                )
+                .collect();
+            let mut renames = Vec::new();
+            for (job, r) in written {
+                match r {
+                    Ok(tmp) => renames.push((job, tmp)),
+                    Err(err) => {
+                        self.stats.damaged |= err.is_damage();
+                        self.fail(job.path, err.to_string());
+                    }
+                }
+            }
+            if renames.is_empty() {
+                continue;
+            }
+            // One barrier for the batch instead of an fsync per file.
+            self.barrier()?;
+            crate::fault::point("restore temporaries durable");
+            for (job, tmp) in renames {
+                match tmp.persist(job.name) {
+                    Ok(()) => {
+                        crate::fault::point("restore renamed a file into place");
+                        self.stats.written_files += 1;
+                        self.stats.written_bytes += job.meta.size;
+                    }
+                    Err(e) => self.fail(job.path, format!("cannot rename into place: {e}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// 4. Symlinks, special files, hard links, metadata.
+    fn links_and_metadata(&mut self, plan: &Plan) {
+        for step in &plan.steps {
+            let (path, meta) = match step {
+                Step::Symlink { path, meta } | Step::Special { path, meta } => (path, meta),
+                _ => continue,
+            };
+            let r = self
+                .parent_of(path)
+                .map_err(|e| moved(&e))
+                .and_then(|(_, dir, name)| make_entry(&dir, name, meta, self.is_root));
+            match r {
+                Ok(()) if meta.kind == Kind::Symlink => self.stats.symlinks += 1,
+                Ok(()) => self.stats.specials += 1,
+                Err(why) => self.fail(path, why),
+            }
+        }
+        for step in &plan.steps {
+            let Step::Link { path, to } = step else {
+                continue;
+            };
+            let r = self.link_target(to).and_then(|(from_dir, from)| {
+                let (_, dir, name) = self.parent_of(path)?;
+                confined::hard_link(&from_dir, from, &dir, name)
+            });
+            match r {
+                Ok(()) => {
+                    self.stats.links += 1;
+                    crate::fault::point("restore linked a file");
+                }
+                Err(e) => self.fail(
+                    path,
+                    format!("cannot link to {}: {}", to.display(), moved(&e)),
+                ),
+            }
+        }
+        for step in &plan.steps {
+            let Step::FixMeta { path, meta } = step else {
+                continue;
+            };
+            let r = self
+                .parent_of(path)
+                .map_err(|e| moved(&e))
+                .and_then(|(_, dir, name)| set_meta(&dir, name, meta, self.is_root));
+            match r {
+                Ok(()) => {
+                    self.stats.fixed_metadata += 1;
+                    crate::fault::point("restore fixed metadata");
+                }
+                Err(why) => self.fail(path, why),
+            }
+        }
+    }
+
+    fn link_target<'a>(&mut self, to: &'a Path) -> io::Result<(DirFd, &'a OsStr)> {
+        let (ri, rel) = self.locate(to).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "outside every restore root")
+        })?;
+        self.roots[ri].parent(rel)
+    }
+
+    /// 5. Directory metadata, deepest first, so setting a child's mtime
+    ///    does not disturb the parent's afterwards.
+    fn directory_metadata(&mut self, plan: &Plan) {
+        for step in plan.steps.iter().rev() {
+            let Step::DirMeta { path, meta } = step else {
+                continue;
+            };
+            let Some((ri, rel)) = self.locate(path) else {
+                self.fail(path, "outside every restore root".into());
+                continue;
+            };
+            let is_root = self.is_root;
+            let r = if rel.as_os_str().is_empty() {
+                let owner = is_root.then_some((meta.uid, meta.gid));
+                let mode = effective_mode(meta.mode, meta.uid, meta.gid);
+                confined::set_meta_fd(&**self.roots[ri].root(), owner, mode, meta.mtime_ns)
+                    .map_err(|e| e.to_string())
+            } else {
+                self.roots[ri]
+                    .parent(rel)
+                    .map_err(|e| moved(&e))
+                    .and_then(|(dir, name)| set_meta(&dir, name, meta, is_root))
+            };
+            if let Err(why) = r {
+                self.fail(path, why);
+            }
+        }
+    }
+
+    /// Directories widened for our changes that the plan gives no final
+    /// metadata of their own (the parent of a `--path`) get their mode back.
+    fn put_back_widened(&mut self, plan: &Plan) {
+        let with_meta: HashSet<&Path> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::DirMeta { path, .. } => Some(path.as_path()),
+                _ => None,
+            })
+            .collect();
+        let widened: Vec<_> = self.widened.drain().collect();
+        for ((ri, rel), mode) in widened {
+            let path = self.roots[ri].root_path().join(&rel);
+            if with_meta.contains(path.as_path()) {
+                continue;
+            }
+            let r = if rel.as_os_str().is_empty() {
+                rustix::fs::fchmod(
+                    &**self.roots[ri].root(),
+                    rustix::fs::Mode::from_raw_mode(mode as _),
+                )
+                .map_err(io::Error::from)
+            } else {
+                self.roots[ri]
+                    .parent(&rel)
+                    .and_then(|(dir, name)| confined::chmod(&dir, name, mode))
+            };
+            if let Err(e) = r {
+                self.fail(&path, format!("cannot put its mode back: {e}"));
+            }
+        }
+    }
+
+    /// Make everything written so far durable: one sync per filesystem.
+    fn barrier(&self) -> Result<()> {
+        let filesystems = self.filesystems.lock().unwrap_or_else(|e| e.into_inner());
+        for f in filesystems.values() {
+            confined::sync_filesystem(f)
+                .map_err(|e| Error::Invalid(format!("sync failed: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+fn rm_io(path: &Path) -> impl Fn(io::Error) -> RemoveError + '_ {
+    move |e| RemoveError::Io(path.to_path_buf(), e)
+}
+
+/// Every chunk's location, each checked against what a pack can hold and
+/// the file's size, before anything is written: a damaged or crafted index
+/// row is damage, never a wrong slice.
+fn locate_chunks(repo: &Repository, meta: &Meta) -> Result<Vec<(ChunkId, ChunkLocation)>> {
+    let mut locs = Vec::with_capacity(meta.chunks().len());
+    let mut total: u64 = 0;
+    for id in meta.chunks() {
+        let loc = repo
+            .chunk_location(id)?
+            .ok_or_else(|| Error::MissingChunk {
+                id: id.short(),
+                context: "missing from the index".into(),
+            })?;
+        let bad = |why: &str| Error::Damaged {
+            path: repo.pack_path(&loc.pack),
+            reason: format!("index row of chunk {}: {why}", id.short()),
+        };
+        if (loc.offset as u64) < HEADER_LEN {
+            return Err(bad("offset inside the pack header"));
+        }
+        if loc.raw_len > crate::config::CHUNK_MAX_LIMIT
+            || loc.stored_len > crate::config::CHUNK_MAX_LIMIT + 1024
+        {
+            return Err(bad("length out of bounds"));
+        }
+        total = total
+            .checked_add(loc.raw_len as u64)
+            .ok_or_else(|| bad("lengths overflow"))?;
+        locs.push((*id, loc));
+    }
+    if total != meta.size {
+        return Err(Error::Damaged {
+            path: repo.index_path(),
+            reason: format!(
+                "the snapshot lists {} bytes but the index's chunks hold {total}",
+                meta.size
+            ),
+        });
+    }
+    Ok(locs)
+}
+
+/// Write one file's content to a temporary file beside it, with the
+/// snapshot's metadata; returns the temporary to be renamed.
+fn write_temp(
+    reader: &mut ChunkReader,
+    job: &WriteJob,
+    is_root: bool,
+    progress: &dyn Progress,
+    filesystems: &Mutex<HashMap<u64, File>>,
+) -> Result<TempFile> {
+    let (tmp, mut file) = TempFile::create(&job.dir, TEMP_PREFIX).at(job.path)?;
+    let locs = &job.locs;
+    let mut pos: u64 = 0;
+    let mut i = 0;
+    // Adjacent chunks of one pack are read with one call.
+    while i < locs.len() {
+        let first = locs[i].1;
+        let start = first.offset as u64;
+        let mut end = start + first.stored_len as u64;
+        let mut j = i + 1;
+        while j < locs.len()
+            && locs[j].1.pack == first.pack
+            && locs[j].1.offset as u64 == end
+            && end - start + locs[j].1.stored_len as u64 <= READ_RUN_MAX
+        {
+            end += locs[j].1.stored_len as u64;
+            j += 1;
+        }
+        let pack = reader.pack(&first.pack)?;
+        // Bounded by READ_RUN_MAX or one chunk's checked length: fits a u32.
+        let run = pack.read_stored(start, (end - start) as u32)?;
+        for (id, loc) in &locs[i..j] {
+            let at = (loc.offset as u64 - start) as usize;
+            let stored =
+                run.get(at..at + loc.stored_len as usize)
+                    .ok_or_else(|| Error::Damaged {
+                        path: pack.path().to_path_buf(),
+                        reason: format!("chunk {} lies outside what was read", id.short()),
+                    })?;
+            let data = decode_chunk(pack.path(), id, loc.codec, stored, loc.raw_len)?;
+            if data.len() >= 4096 && data.iter().all(|&b| b == 0) {
+                // Leave a hole: sparse files stay sparse.
+                file.seek(SeekFrom::Current(data.len() as i64))
+                    .at(job.path)?;
+            } else {
+                file.write_all(&data).at(job.path)?;
+            }
+            pos += data.len() as u64;
+            progress.bytes(data.len() as u64);
+        }
+        i = j;
+    }
+    if pos != job.meta.size {
+        return Err(Error::Damaged {
+            path: job.path.to_path_buf(),
+            reason: format!(
+                "snapshot lists {} bytes but its chunks hold {pos}",
+                job.meta.size
+            ),
+        });
+    }
+    file.set_len(pos).at(job.path)?;
+    let e = job.meta;
+    let owner = is_root.then_some((e.uid, e.gid));
+    confined::set_meta_fd(
+        &file,
+        owner,
+        effective_mode(e.mode, e.uid, e.gid),
+        e.mtime_ns,
+    )
+    .at(job.path)?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    file.sync_all().at(job.path)?;
+    // Remember one file per filesystem for the barriers.
+    let dev = std::os::unix::fs::MetadataExt::dev(&file.metadata().at(job.path)?);
+    let mut fss = filesystems.lock().unwrap_or_else(|e| e.into_inner());
+    if let std::collections::hash_map::Entry::Vacant(v) = fss.entry(dev) {
+        v.insert(file.try_clone().at(job.path)?);
+    }
+    Ok(tmp)
+}
+
+/// Create a symlink or special file `name` in `dir` with its metadata.
+fn make_entry(dir: &DirFd, name: &OsStr, e: &Meta, is_root: bool) -> Result<(), String> {
+    match (e.kind, &e.payload) {
+        (Kind::Symlink, Payload::Target(t)) => {
+            confined::symlink(OsStr::from_bytes(t), dir, name).map_err(|e| e.to_string())?
+        }
+        (Kind::Symlink, _) => {
+            confined::symlink(OsStr::new(""), dir, name).map_err(|e| e.to_string())?
+        }
+        (Kind::CharDev | Kind::BlockDev, _) if !is_root => {
+            return Err("device nodes can only be created as root".into());
+        }
+        (kind, payload) => {
+            let (ft, rdev) = match (kind, payload) {
+                (Kind::Fifo, _) => (FileType::Fifo, 0),
+                (Kind::Socket, _) => (FileType::Socket, 0),
+                (Kind::CharDev, Payload::Device(r)) => (FileType::CharacterDevice, *r),
+                (Kind::BlockDev, Payload::Device(r)) => (FileType::BlockDevice, *r),
+                _ => return Err("not a special file".into()),
+            };
+            let mode = effective_mode(e.mode, e.uid, e.gid) & 0o7777;
+            confined::mknod(dir, name, ft, mode, rdev).map_err(|e| e.to_string())?
+        }
+    }
+    set_meta(dir, name, e, is_root)
+}
+
+/// Owner (as root), mode (not for symlinks) and mtime of `dir/name`, never
+/// through a symlink.
+fn set_meta(dir: &DirFd, name: &OsStr, e: &Meta, is_root: bool) -> Result<(), String> {
+    if is_root {
+        confined::chown(dir, name, e.uid, e.gid)
+            .map_err(|e| format!("cannot set the owner: {e}"))?;
+    }
+    if e.kind != Kind::Symlink {
+        confined::chmod(dir, name, effective_mode(e.mode, e.uid, e.gid))
+            .map_err(|e| format!("cannot set the mode: {}", moved(&e)))?;
+    }
+    confined::set_mtime(dir, name, e.mtime_ns).map_err(|e| format!("cannot set the mtime: {e}"))
+}

@@ -1,0 +1,337 @@
+//! `snap restore`: make a directory exactly equal to a snapshot.
+//!
+//! Plan, then execute. The plan ([`plan`]) compares the snapshot with what
+//! is on disk: entries that already match are left alone (they keep their
+//! inode), files whose content differs are rewritten, entries the snapshot
+//! lacks are deleted, metadata is reset. Execution ([`execute`]) works from
+//! directory handles, never from paths, so nothing done to the target
+//! meanwhile can redirect a change outside it (see `crate::confined`):
+//!
+//! 1. delete extra entries and entries of the wrong kind;
+//! 2. create missing directories (mode 0700 until their final metadata);
+//! 3. write new file contents to temporary files in their final directory
+//!    (in parallel), make them durable with one `syncfs` per filesystem,
+//!    rename each over its real name, and sync again: a crash leaves every
+//!    file either old or new, never torn, and a rerun finishes the job;
+//! 4. symlinks, special files, hard links, metadata fixes;
+//! 5. directory metadata, children before parents.
+
+mod execute;
+mod plan;
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::ops::create::{CreateOptions, SourceSpec, create};
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::snapshot::{Snapshot, SourceRoot};
+use crate::tree::{Kind, Payload};
+
+pub use plan::plan;
+
+/// Prefix of the temporary files restore writes; leftovers from an
+/// interrupted restore are extra entries and the next restore removes them.
+pub const TEMP_PREFIX: &str = ".snap-tmp-";
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Where to restore; `None` restores into the snapshot's own source.
+    pub target: Option<PathBuf>,
+    /// Restore only this path of the snapshot (relative to its root).
+    pub subpath: Option<PathBuf>,
+    pub dry_run: bool,
+    /// Compare file contents by hash instead of trusting size and mtime.
+    pub verify: bool,
+    /// Snapshot the current state first (when anything would change).
+    pub safety_snapshot: bool,
+    /// Go on even when the safety snapshot could not store everything.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Step {
+    Delete {
+        path: PathBuf,
+        dir: bool,
+    },
+    MakeDir {
+        path: PathBuf,
+    },
+    Write {
+        path: PathBuf,
+        bytes: u64,
+        #[serde(skip)]
+        meta: Meta,
+    },
+    Symlink {
+        path: PathBuf,
+        #[serde(skip)]
+        meta: Meta,
+    },
+    Special {
+        path: PathBuf,
+        #[serde(skip)]
+        meta: Meta,
+    },
+    Link {
+        path: PathBuf,
+        to: PathBuf,
+    },
+    FixMeta {
+        path: PathBuf,
+        #[serde(skip)]
+        meta: Meta,
+    },
+    DirMeta {
+        path: PathBuf,
+        #[serde(skip)]
+        meta: Meta,
+    },
+}
+
+/// What a step needs of its snapshot entry (the name is in its path).
+/// Kept small: a restore plan holds one per file it writes.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub size: u64,
+    pub payload: Payload,
+}
+
+impl Meta {
+    fn chunks(&self) -> &[crate::id::ChunkId] {
+        match &self.payload {
+            Payload::Chunks(c) => c,
+            _ => &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PlanSummary {
+    pub write_files: u64,
+    pub write_bytes: u64,
+    pub delete_entries: u64,
+    pub create_dirs: u64,
+    pub links: u64,
+    pub symlinks: u64,
+    pub specials: u64,
+    pub fix_metadata: u64,
+    pub unchanged_files: u64,
+    pub unchanged_bytes: u64,
+}
+
+/// What restore will do. `steps` are in execution order within each phase.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub snapshot: String,
+    pub target: PathBuf,
+    /// Every directory the plan makes equal to a part of the snapshot.
+    pub targets: Vec<PathBuf>,
+    /// The directories every change is confined to (a source's directory;
+    /// with `--path`, the source holding that path).
+    #[serde(skip)]
+    pub roots: Vec<PathBuf>,
+    pub steps: Vec<Step>,
+    pub summary: PlanSummary,
+    /// Entries the snapshot could not store (unreadable at snapshot time):
+    /// left as they are on disk.
+    pub not_in_snapshot: Vec<PathBuf>,
+    /// Directories whose stored tree is damaged or missing: nothing under
+    /// them is planned, so whatever is on disk there stays as it is.
+    pub damaged: Vec<(PathBuf, String)>,
+    /// Entries on disk the restore will not remove or replace, and why (a
+    /// mount point, a directory holding the repository).
+    pub refused: Vec<(PathBuf, String)>,
+}
+
+impl Plan {
+    pub fn changes_anything(&self) -> bool {
+        !self.steps.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreStats {
+    pub written_files: u64,
+    pub written_bytes: u64,
+    pub deleted_entries: u64,
+    pub created_dirs: u64,
+    pub links: u64,
+    pub symlinks: u64,
+    pub specials: u64,
+    pub fixed_metadata: u64,
+    pub unchanged_files: u64,
+    /// Entries that could not be restored, with the reason.
+    pub failed: Vec<(String, String)>,
+    /// Whether any of `failed` is due to damage in the repository.
+    pub damaged: bool,
+    pub safety_snapshot: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// Where a source of `snap` is restored to: its own path, or under --target
+/// (a snapshot of several sources puts each in `<target>/<name>`).
+fn source_target(snap: &Snapshot, src: &SourceRoot, opts: &RestoreOptions) -> PathBuf {
+    match (&opts.target, src.name.is_empty()) {
+        (Some(t), true) => t.clone(),
+        (Some(t), false) => t.join(&src.name),
+        (None, true) => snap.source.clone(),
+        (None, false) => PathBuf::from(&src.path),
+    }
+}
+
+/// `--path` as plain names: `.` parts dropped, `..` and absolute refused.
+fn normalize_subpath(sub: &Path) -> Result<Option<PathBuf>> {
+    let mut out = PathBuf::new();
+    for c in sub.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "{}: --path must be relative to the snapshot root, without `..`",
+                    sub.display()
+                )));
+            }
+        }
+    }
+    Ok((!out.as_os_str().is_empty()).then_some(out))
+}
+
+/// Restore `snap` as `opts` say. With `dry_run`, returns the plan only.
+pub fn restore(
+    repo: &Repository,
+    snap: &Snapshot,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<(Plan, Option<RestoreStats>)> {
+    let started = Instant::now();
+    let plan = plan(repo, snap, opts)?;
+    if opts.dry_run {
+        return Ok((plan, None));
+    }
+    let mut stats = RestoreStats {
+        unchanged_files: plan.summary.unchanged_files,
+        ..RestoreStats::default()
+    };
+    for (path, why) in &plan.damaged {
+        progress.warn(&format!("{}: not restored: {why}", path.display()));
+        stats.failed.push((path.display().to_string(), why.clone()));
+        stats.damaged = true;
+    }
+    for (path, why) in &plan.refused {
+        progress.warn(&format!("{}: left in place: {why}", path.display()));
+        stats
+            .failed
+            .push((path.display().to_string(), format!("left in place: {why}")));
+    }
+    if opts.safety_snapshot && plan.changes_anything() {
+        // Snapshot what is about to change, so the restore can be undone.
+        if let Some(safety) = safety_snapshot(repo, snap, &plan, opts, progress)? {
+            stats.safety_snapshot = Some(safety.id.to_hex());
+            if !safety.complete {
+                let paths: Vec<String> = safety.unreadable.iter().map(|(p, _)| p.clone()).collect();
+                if !opts.force {
+                    return Err(Error::SafetySnapshotIncomplete {
+                        snapshot: safety.id.short(),
+                        paths,
+                    });
+                }
+                progress.warn(&format!(
+                    "--force: the safety snapshot {} could not store {}; if the restore changes them they cannot be brought back",
+                    safety.id.short(),
+                    paths.join(", ")
+                ));
+            }
+        }
+    }
+    crate::fault::pause("restore planned");
+    execute::execute(repo, &plan, &mut stats, progress)?;
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    Ok((plan, Some(stats)))
+}
+
+/// Snapshot the directories a restore is about to change (tagged
+/// `pre-restore`). A new or empty target has nothing to protect.
+fn safety_snapshot(
+    repo: &Repository,
+    snap: &Snapshot,
+    plan: &Plan,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<Option<Snapshot>> {
+    let non_empty = |d: &Path| -> Result<bool> {
+        let is_dir = fs::symlink_metadata(d).is_ok_and(|m| m.is_dir());
+        Ok(is_dir && fs::read_dir(d).at(d)?.next().is_some())
+    };
+    let mut co = CreateOptions {
+        tags: vec!["pre-restore".to_string()],
+        ..CreateOptions::default()
+    };
+    if snap.is_multi_source() {
+        for src in &snap.sources {
+            let dir = source_target(snap, src, opts);
+            if plan.targets.contains(&dir) && non_empty(&dir)? {
+                co.sources.push(SourceSpec {
+                    name: src.name.clone(),
+                    path: dir,
+                    exclude: src.exclude.clone(),
+                });
+            }
+        }
+        if co.sources.is_empty() {
+            return Ok(None);
+        }
+        co.source = snap.source.clone();
+    } else {
+        // The source's directory (the root every change is confined to);
+        // with --path that is the directory the restored path lies in.
+        let dir = plan.roots.first().cloned();
+        match dir {
+            Some(d) if non_empty(&d)? => co.source = d,
+            _ => return Ok(None),
+        }
+        co.exclude = snap.excludes().to_vec();
+    }
+    create(repo, &co, progress).map(Some)
+}
+
+impl Step {
+    pub fn path(&self) -> &Path {
+        match self {
+            Step::Delete { path, .. }
+            | Step::MakeDir { path }
+            | Step::Write { path, .. }
+            | Step::Symlink { path, .. }
+            | Step::Special { path, .. }
+            | Step::Link { path, .. }
+            | Step::FixMeta { path, .. }
+            | Step::DirMeta { path, .. } => path,
+        }
+    }
+
+    /// A short verb for what the step does (`DirMeta` is bookkeeping: None).
+    pub fn verb(&self) -> Option<&'static str> {
+        Some(match self {
+            Step::Delete { .. } => "delete",
+            Step::MakeDir { .. } => "mkdir",
+            Step::Write { .. } => "write",
+            Step::Symlink { .. } => "symlink",
+            Step::Special { .. } => "special",
+            Step::Link { .. } => "link",
+            Step::FixMeta { .. } => "metadata",
+            Step::DirMeta { .. } => return None,
+        })
+    }
+}

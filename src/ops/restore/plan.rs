@@ -1,0 +1,852 @@
+//! The restore planner: compare a snapshot with what is on disk and list
+//! the steps that make the disk equal to it. It only reads.
+//!
+//! Values read from the repository are bounded before they drive any work:
+//! trees nest at most [`MAX_DEPTH`] deep, and a snapshot expands to at most
+//! the number of entries its own statistics record; a tree graph that
+//! expands beyond that (a crafted or damaged one) is damage.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use super::{Meta, Plan, PlanSummary, RestoreOptions, Step, normalize_subpath, source_target};
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::error::{Error, IoContext, Result};
+use crate::exclude::Excludes;
+use crate::id::ChunkId;
+use crate::ops::ls::lookup;
+use crate::repo::Repository;
+use crate::snapshot::{RootMeta, Snapshot, SourceRoot};
+use crate::source::kind_of;
+use crate::tree::{Entry, Kind, Payload, Tree, flags};
+
+/// Deepest nesting of directories a restore follows (PATH_MAX of 4096
+/// bytes allows at most 2048 on Linux; real trees stay far below).
+pub const MAX_DEPTH: usize = 1024;
+
+/// The entries a snapshot may expand to: what its statistics count, plus
+/// entries they do not (unreadable directories, the roots of sources).
+pub fn entry_budget(snap: &Snapshot) -> u64 {
+    let s = &snap.stats;
+    s.files
+        .saturating_add(s.dirs)
+        .saturating_add(s.symlinks)
+        .saturating_add(s.others)
+        .saturating_add(snap.unreadable.len() as u64)
+        .saturating_add(snap.sources.len() as u64 + 1)
+}
+
+/// Device and inode of the repository directory and of every directory
+/// above it: a restore may delete none of them.
+fn protected_dirs(repo: &Repository) -> Result<HashSet<(u64, u64)>> {
+    let root = fs::canonicalize(repo.root()).at(repo.root())?;
+    let mut out = HashSet::new();
+    for dir in root.ancestors() {
+        let m = fs::metadata(dir).at(dir)?;
+        out.insert((m.dev(), m.ino()));
+    }
+    Ok(out)
+}
+
+/// An in-place restore trusts the snapshot's recorded source path only
+/// when it still names a real directory of the one restoring (or, for
+/// root, of the owner the snapshot recorded): a symlink there now, or
+/// someone else's directory, needs `--target` to name it.
+fn check_recorded_source(path: &Path, recorded_uid: u32) -> Result<()> {
+    let m = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let refuse = |reason: String| {
+        Err(Error::BadSource {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{reason}; restore into it only by naming it with --target {}",
+                path.display()
+            ),
+        })
+    };
+    if m.file_type().is_symlink() {
+        return refuse("the snapshot's source directory is now a symlink".into());
+    }
+    if !m.is_dir() {
+        return refuse("the snapshot's source is now not a directory".into());
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    let owner_ok = m.uid() == euid || (euid == 0 && m.uid() == recorded_uid);
+    if !owner_ok {
+        return refuse(format!(
+            "the directory belongs to uid {}, not to the user restoring (uid {euid})",
+            m.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// Every directory from `base` down to `target`'s parent must be a real
+/// directory: a restore never follows a symlink inside its target.
+fn check_parents(base: &Path, target: &Path) -> Result<()> {
+    let rel = target.strip_prefix(base).unwrap_or(Path::new(""));
+    let mut dir = base.to_path_buf();
+    let parents: Vec<_> = rel.components().collect();
+    for c in &parents[..parents.len().saturating_sub(1)] {
+        dir.push(c);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::BadSource {
+                    path: dir,
+                    reason: "is a symlink; restore does not follow symlinks inside its target"
+                        .into(),
+                });
+            }
+            _ => {
+                return Err(Error::BadSource {
+                    path: dir,
+                    reason: "the parent directory of the restored path does not exist".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result<Plan> {
+    let repo_md = fs::metadata(repo.root()).at(repo.root())?;
+    let mut p = Planner {
+        repo,
+        verify: opts.verify,
+        params: ChunkerParams::from(repo.config()),
+        is_root: rustix::process::geteuid().is_root(),
+        steps: Vec::new(),
+        summary: PlanSummary::default(),
+        leaders: HashMap::new(),
+        not_in_snapshot: Vec::new(),
+        damaged: Vec::new(),
+        refused: Vec::new(),
+        root: PathBuf::new(),
+        excludes: None,
+        repo_key: (repo_md.dev(), repo_md.ino()),
+        protected: protected_dirs(repo)?,
+        depth: 0,
+        budget: entry_budget(snap),
+        snapshot: snap.id.short(),
+    };
+    let sub = match &opts.subpath {
+        Some(s) => normalize_subpath(s)?,
+        None => None,
+    };
+    let sub = sub.as_deref();
+    // The sources to restore: a snapshot of one directory has one, unnamed.
+    let one = [SourceRoot {
+        path: snap.source.to_string_lossy().into_owned(),
+        exclude: snap.excludes().to_vec(),
+        ..SourceRoot::default()
+    }];
+    let multi = snap.is_multi_source();
+    let sources: Vec<&SourceRoot> = if multi {
+        let first = sub
+            .and_then(|s| s.components().next())
+            .map(|c| c.as_os_str());
+        let picked: Vec<&SourceRoot> = snap
+            .sources
+            .iter()
+            .filter(|s| first.is_none_or(|f| f == OsStr::new(&s.name)))
+            .collect();
+        if picked.is_empty() {
+            return Err(Error::NotInSnapshot {
+                path: sub.unwrap_or(Path::new("")).to_path_buf(),
+                snapshot: snap.id.short(),
+            });
+        }
+        picked
+    } else {
+        vec![&one[0]]
+    };
+    let root_tree = if multi {
+        Some(repo.load_tree(&snap.root)?)
+    } else {
+        None
+    };
+    let mut targets = Vec::new();
+    let mut roots = Vec::new();
+    if multi
+        && let Some(t) = &opts.target
+        && fs::symlink_metadata(t).is_err()
+    {
+        // The directory that holds the sources; not itself in the snapshot.
+        p.steps.push(Step::MakeDir { path: t.clone() });
+        p.summary.create_dirs += 1;
+    }
+    for src in sources {
+        let base = source_target(snap, src, opts);
+        let (tree, meta) = source_tree(repo, snap, root_tree.as_ref(), src)?;
+        if opts.target.is_none() {
+            check_recorded_source(&base, meta.uid)?;
+        }
+        p.root = base.clone();
+        p.excludes = if src.exclude.is_empty() {
+            None
+        } else {
+            Some(Excludes::new(&src.exclude).map_err(Error::Invalid)?)
+        };
+        // The part of the snapshot under this source, relative to its root.
+        let rel: Option<PathBuf> = match (multi, sub) {
+            (true, Some(s)) => Some(s.components().skip(1).collect::<PathBuf>())
+                .filter(|r| !r.as_os_str().is_empty()),
+            (true, None) => None,
+            (false, s) => s.map(Path::to_path_buf),
+        };
+        match &rel {
+            None => p.plan_root(&tree, meta, &base)?,
+            Some(rel) => {
+                let path_in_snapshot = if multi {
+                    Path::new(&src.name).join(rel)
+                } else {
+                    rel.clone()
+                };
+                let (entry, _) =
+                    lookup(repo, snap, &path_in_snapshot)?.ok_or_else(|| Error::NotInSnapshot {
+                        path: path_in_snapshot.clone(),
+                        snapshot: snap.id.short(),
+                    })?;
+                let target = base.join(rel);
+                if !fs::symlink_metadata(&base).is_ok_and(|m| m.is_dir()) {
+                    // A plain restore creates a missing target; so does --path.
+                    p.plan_missing_dirs(&base);
+                } else {
+                    check_parents(&base, &target)?;
+                }
+                if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty())
+                    && !base.join(parent).is_dir()
+                {
+                    return Err(Error::BadSource {
+                        path: base.join(parent),
+                        reason: "the parent directory of the restored path does not exist".into(),
+                    });
+                }
+                let disk = fs::symlink_metadata(&target).ok();
+                p.plan_entry(&entry, &target, disk, None)?;
+            }
+        }
+        targets.push(match rel {
+            Some(rel) => base.join(rel),
+            None => base.clone(),
+        });
+        roots.push(base);
+    }
+    Ok(Plan {
+        snapshot: snap.id.to_hex(),
+        target: if multi {
+            opts.target.clone().unwrap_or_else(|| targets[0].clone())
+        } else {
+            targets[0].clone()
+        },
+        targets,
+        roots,
+        steps: p.steps,
+        summary: p.summary,
+        not_in_snapshot: p.not_in_snapshot,
+        damaged: p.damaged,
+        refused: p.refused,
+    })
+}
+
+/// The tree and directory metadata of one source of `snap`.
+fn source_tree(
+    repo: &Repository,
+    snap: &Snapshot,
+    root_tree: Option<&Tree>,
+    src: &SourceRoot,
+) -> Result<(crate::id::TreeId, RootMeta)> {
+    let Some(t) = root_tree else {
+        return Ok((snap.root, snap.root_meta));
+    };
+    let e = t.get(src.name.as_bytes()).ok_or_else(|| Error::Damaged {
+        path: repo.index_path(),
+        reason: format!(
+            "snapshot {} has no tree for source {}",
+            snap.id.short(),
+            src.name
+        ),
+    })?;
+    let sub_tree = e.subtree().ok_or_else(|| Error::Damaged {
+        path: repo.index_path(),
+        reason: format!("source {} is not a directory in the snapshot", src.name),
+    })?;
+    Ok((
+        sub_tree,
+        RootMeta {
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime_ns: e.mtime_ns,
+        },
+    ))
+}
+
+impl Meta {
+    fn of(e: &Entry) -> Meta {
+        Meta {
+            kind: e.kind,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime_ns: e.mtime_ns,
+            size: e.size,
+            payload: e.payload.clone(),
+        }
+    }
+}
+
+/// The mode a restore gives an entry: as stored, except that a user other
+/// than root does not hand itself setuid or setgid bits that belonged to
+/// another owner or group (the file is now its own).
+pub fn effective_mode(mode: u32, uid: u32, gid: u32) -> u32 {
+    let euid = rustix::process::geteuid();
+    if euid.is_root() {
+        return mode;
+    }
+    let mut m = mode;
+    if uid != euid.as_raw() {
+        m &= !0o4000;
+    }
+    if gid != rustix::process::getegid().as_raw() {
+        m &= !0o2000;
+    }
+    m
+}
+
+/// What became of an entry on disk that the snapshot lacks.
+#[derive(PartialEq)]
+enum Extra {
+    Removed,
+    /// A directory that stays because it holds excluded paths.
+    Partly,
+    Kept,
+}
+
+struct Leader {
+    path: PathBuf,
+    /// The leader's inode when it is left in place.
+    kept_ino: Option<u64>,
+    /// The index of the leader's Write step, when it is rewritten.
+    write_step: Option<usize>,
+    size: u64,
+}
+
+struct Planner<'a> {
+    repo: &'a Repository,
+    verify: bool,
+    params: ChunkerParams,
+    is_root: bool,
+    steps: Vec<Step>,
+    summary: PlanSummary,
+    leaders: HashMap<(u64, u64), Leader>,
+    not_in_snapshot: Vec<PathBuf>,
+    damaged: Vec<(PathBuf, String)>,
+    /// The directory being made equal to a source, and that source's
+    /// excludes: paths they match were never backed up and are never deleted.
+    root: PathBuf,
+    excludes: Option<Excludes>,
+    /// The repository's directory: never deleted, even inside a source.
+    repo_key: (u64, u64),
+    /// The repository and the directories above it: never deleted whole.
+    protected: HashSet<(u64, u64)>,
+    refused: Vec<(PathBuf, String)>,
+    /// How deep the directory being planned is, and how many more entries
+    /// the snapshot may expand to (see [`entry_budget`]).
+    depth: usize,
+    budget: u64,
+    snapshot: String,
+}
+
+fn mtime_ns(m: &Metadata) -> i64 {
+    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+}
+
+impl Planner<'_> {
+    fn meta_equal(&self, e: &Entry, m: &Metadata) -> bool {
+        let mode_ok =
+            e.kind == Kind::Symlink || m.mode() & 0o7777 == effective_mode(e.mode, e.uid, e.gid);
+        let owner_ok = !self.is_root || (m.uid() == e.uid && m.gid() == e.gid);
+        mode_ok && owner_ok && mtime_ns(m) == e.mtime_ns
+    }
+
+    fn delete(&mut self, path: &Path, m: &Metadata) {
+        self.steps.push(Step::Delete {
+            path: path.to_path_buf(),
+            dir: m.is_dir(),
+        });
+        self.summary.delete_entries += 1;
+    }
+
+    /// Make `target` the directory `tree` with metadata `rm`.
+    fn plan_root(&mut self, tree: &crate::id::TreeId, rm: RootMeta, target: &Path) -> Result<()> {
+        let disk = fs::symlink_metadata(target).ok();
+        let exists = match &disk {
+            Some(m) if m.is_dir() => true,
+            Some(_) => {
+                return Err(Error::BadSource {
+                    path: target.to_path_buf(),
+                    reason: "restore target exists and is not a directory".into(),
+                });
+            }
+            None => false,
+        };
+        if !exists {
+            self.plan_missing_dirs(target);
+        }
+        let tree = self.repo.load_tree(tree)?;
+        let dirty = self.plan_dir(&tree, target, disk.as_ref().map(|m| m.dev()))?;
+        let meta_differs = disk.as_ref().is_none_or(|m| {
+            m.mode() & 0o7777 != effective_mode(rm.mode, rm.uid, rm.gid)
+                || mtime_ns(m) != rm.mtime_ns
+                || (self.is_root && (m.uid() != rm.uid || m.gid() != rm.gid))
+        });
+        if dirty || meta_differs {
+            if exists && !dirty {
+                self.summary.fix_metadata += 1;
+            }
+            self.steps.push(Step::DirMeta {
+                path: target.to_path_buf(),
+                meta: Meta {
+                    kind: Kind::Dir,
+                    mode: rm.mode,
+                    uid: rm.uid,
+                    gid: rm.gid,
+                    mtime_ns: rm.mtime_ns,
+                    size: 0,
+                    payload: Payload::None,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// The target and any missing parents (a source directory deleted
+    /// together with its parent), outermost first.
+    fn plan_missing_dirs(&mut self, target: &Path) {
+        let missing: Vec<&Path> = target
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && fs::symlink_metadata(a).is_err())
+            .collect();
+        for dir in missing.into_iter().rev() {
+            self.steps.push(Step::MakeDir {
+                path: dir.to_path_buf(),
+            });
+            self.summary.create_dirs += 1;
+        }
+    }
+
+    /// Whether an entry on disk that the snapshot lacks must stay: the
+    /// excludes kept it out, or it is the repository itself.
+    fn keep_extra(&self, path: &Path, m: &Metadata) -> bool {
+        if m.is_dir() && (m.dev(), m.ino()) == self.repo_key {
+            return true;
+        }
+        match (&self.excludes, path.strip_prefix(&self.root)) {
+            (Some(ex), Ok(rel)) => ex.excludes(rel, m.is_dir()),
+            _ => false,
+        }
+    }
+
+    /// Delete an entry the snapshot lacks, except what must stay: a
+    /// directory holding excluded paths or the repository stays, emptied of
+    /// everything else; another filesystem mounted here stays whole.
+    fn plan_extra(&mut self, path: &Path, m: &Metadata, parent_dev: Option<u64>) -> Extra {
+        if self.keep_extra(path, m) {
+            return Extra::Kept;
+        }
+        if m.is_dir() && parent_dev.is_some_and(|d| d != m.dev()) {
+            self.refused.push((
+                path.to_path_buf(),
+                "another filesystem is mounted there; not in the snapshot, not deleted".into(),
+            ));
+            return Extra::Kept;
+        }
+        let holds_repo = m.is_dir() && self.protected.contains(&(m.dev(), m.ino()));
+        if m.is_dir() && (self.excludes.is_some() || holds_repo) {
+            let mut whole = true;
+            let mut any = false;
+            if let Ok(rd) = fs::read_dir(path) {
+                for de in rd.flatten() {
+                    let p = de.path();
+                    if let Ok(cm) = fs::symlink_metadata(&p) {
+                        match self.plan_extra(&p, &cm, Some(m.dev())) {
+                            Extra::Removed => any = true,
+                            Extra::Partly => (any, whole) = (true, false),
+                            Extra::Kept => whole = false,
+                        }
+                    }
+                }
+            }
+            if !whole {
+                return if any { Extra::Partly } else { Extra::Kept };
+            }
+        }
+        self.delete(path, m);
+        Extra::Removed
+    }
+
+    /// Plan one directory's children; true when anything in it changes.
+    /// `dev` is the directory's device when it exists on disk.
+    fn plan_dir(&mut self, tree: &Tree, dir: &Path, dev: Option<u64>) -> Result<bool> {
+        if self.depth >= MAX_DEPTH {
+            return Err(Error::Damaged {
+                path: self.repo.index_path(),
+                reason: format!(
+                    "snapshot {} nests directories deeper than {MAX_DEPTH} levels at {}",
+                    self.snapshot,
+                    dir.display()
+                ),
+            });
+        }
+        self.depth += 1;
+        let r = self.plan_children(tree, dir, dev);
+        self.depth -= 1;
+        r
+    }
+
+    fn plan_children(&mut self, tree: &Tree, dir: &Path, dev: Option<u64>) -> Result<bool> {
+        let mut dirty = false;
+        let mut on_disk: HashMap<Vec<u8>, Metadata> = HashMap::new();
+        if dev.is_some() {
+            let rd = fs::read_dir(dir).at(dir)?;
+            for de in rd {
+                let de = de.at(dir)?;
+                let name = de.file_name().as_bytes().to_vec();
+                let path = dir.join(de.file_name());
+                let m = match fs::symlink_metadata(&path) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(path, e)),
+                };
+                if tree.get(&name).is_none() {
+                    dirty |= self.plan_extra(&path, &m, dev) != Extra::Kept;
+                } else {
+                    on_disk.insert(name, m);
+                }
+            }
+        }
+        for e in &tree.entries {
+            let path = dir.join(e.name_os());
+            let disk = on_disk.remove(&e.name);
+            dirty |= self.plan_entry(e, &path, disk, dev)?;
+        }
+        Ok(dirty)
+    }
+
+    fn plan_entry(
+        &mut self,
+        e: &Entry,
+        path: &Path,
+        mut disk: Option<Metadata>,
+        parent_dev: Option<u64>,
+    ) -> Result<bool> {
+        self.budget = self.budget.checked_sub(1).ok_or_else(|| Error::Damaged {
+            path: self.repo.index_path(),
+            reason: format!(
+                "the trees of snapshot {} expand to more entries than the snapshot records",
+                self.snapshot
+            ),
+        })?;
+        if e.has_flag(flags::UNREADABLE) {
+            // Never stored: whatever is on disk stays.
+            self.not_in_snapshot.push(path.to_path_buf());
+            return Ok(false);
+        }
+        let mut dirty = false;
+        if let Some(m) = &disk {
+            let k = kind_of(m);
+            let wrong_device = matches!(e.kind, Kind::CharDev | Kind::BlockDev)
+                && Some(m.rdev())
+                    != match e.payload {
+                        Payload::Device(r) => Some(r),
+                        _ => None,
+                    };
+            if k != e.kind || wrong_device {
+                let m = m.clone();
+                let mounted = parent_dev.is_some_and(|d| d != m.dev());
+                if m.is_dir() && (mounted || self.protected.contains(&(m.dev(), m.ino()))) {
+                    let why = if mounted {
+                        "another filesystem is mounted there"
+                    } else {
+                        "it holds the repository"
+                    };
+                    self.refused.push((
+                        path.to_path_buf(),
+                        format!("the snapshot has a {:?} here, but {why}", e.kind).to_lowercase(),
+                    ));
+                    return Ok(false);
+                }
+                self.delete(path, &m);
+                disk = None;
+                dirty = true;
+            }
+        }
+        let path_buf = path.to_path_buf();
+        match e.kind {
+            Kind::Dir => {
+                let exists = disk.is_some();
+                if !exists {
+                    self.steps.push(Step::MakeDir {
+                        path: path_buf.clone(),
+                    });
+                    self.summary.create_dirs += 1;
+                }
+                let tree = match e.subtree() {
+                    Some(sub) => self.repo.load_tree(&sub),
+                    None => Err(Error::Damaged {
+                        path: self.repo.index_path(),
+                        reason: "the directory entry has no tree".into(),
+                    }),
+                };
+                let tree = match tree {
+                    Ok(t) => t,
+                    Err(err) if err.is_damage() => {
+                        // Restore everything else; touch nothing under here.
+                        self.damaged.push((path_buf, err.to_string()));
+                        return Ok(dirty || !exists);
+                    }
+                    Err(err) => return Err(err),
+                };
+                let child_dirty = self.plan_dir(&tree, path, disk.as_ref().map(|m| m.dev()))?;
+                let meta_differs = disk.as_ref().is_none_or(|m| !self.meta_equal(e, m));
+                if child_dirty || meta_differs {
+                    if exists && !child_dirty {
+                        self.summary.fix_metadata += 1;
+                    }
+                    self.steps.push(Step::DirMeta {
+                        path: path_buf.clone(),
+                        meta: Meta::of(e),
+                    });
+                    dirty = true;
+                }
+            }
+            Kind::File => {
+                if let Some(key) = e.hardlink_key()
+                    && let Some(leader) = self.leaders.get(&key)
+                {
+                    let (to, kept_ino, write_step) =
+                        (leader.path.clone(), leader.kept_ino, leader.write_step);
+                    if let (Some(m), Some(ino)) = (&disk, kept_ino)
+                        && m.ino() == ino
+                    {
+                        self.summary.unchanged_files += 1;
+                        return Ok(dirty);
+                    }
+                    // If this name still holds the right content and the first
+                    // name was going to be rewritten, keep this one instead and
+                    // link the first name to it: fewer writes, inodes kept.
+                    if let (Some(m), Some(idx)) = (&disk, write_step)
+                        && m.size() == e.size
+                        && mtime_ns(m) == e.mtime_ns
+                        && (!self.verify || self.content_equal(path, e))
+                    {
+                        let m = m.clone();
+                        let old_size = self.leaders[&key].size;
+                        self.steps[idx] = Step::Link {
+                            path: to.clone(),
+                            to: path_buf.clone(),
+                        };
+                        self.steps.push(Step::Delete {
+                            path: to.clone(),
+                            dir: false,
+                        });
+                        self.summary.write_files -= 1;
+                        self.summary.write_bytes -= old_size;
+                        self.summary.links += 1;
+                        if self.meta_equal(e, &m) {
+                            self.summary.unchanged_files += 1;
+                            self.summary.unchanged_bytes += e.size;
+                        } else {
+                            self.steps.push(Step::FixMeta {
+                                path: path_buf.clone(),
+                                meta: Meta::of(e),
+                            });
+                            self.summary.fix_metadata += 1;
+                        }
+                        self.leaders.insert(
+                            key,
+                            Leader {
+                                path: path_buf,
+                                kept_ino: Some(m.ino()),
+                                write_step: None,
+                                size: e.size,
+                            },
+                        );
+                        return Ok(true);
+                    }
+                    if let Some(m) = disk.clone() {
+                        self.delete(path, &m);
+                    }
+                    self.steps.push(Step::Link { path: path_buf, to });
+                    self.summary.links += 1;
+                    return Ok(true);
+                }
+                enum Act {
+                    Keep,
+                    Meta,
+                    Write,
+                }
+                let act = match &disk {
+                    None => Act::Write,
+                    Some(m) => {
+                        let same_stat = m.size() == e.size && mtime_ns(m) == e.mtime_ns;
+                        // A file modified within the timestamp tick of its
+                        // snapshot (flagged racy) could have changed again
+                        // without changing size or mtime: compare content.
+                        let same_content = if self.verify || (same_stat && e.has_flag(flags::RACY))
+                        {
+                            m.size() == e.size && self.content_equal(path, e)
+                        } else {
+                            same_stat
+                        };
+                        if !same_content {
+                            Act::Write
+                        } else if self.meta_equal(e, m) {
+                            Act::Keep
+                        } else {
+                            Act::Meta
+                        }
+                    }
+                };
+                let mut write_step = None;
+                let kept_ino = match act {
+                    Act::Keep => {
+                        self.summary.unchanged_files += 1;
+                        self.summary.unchanged_bytes += e.size;
+                        disk.as_ref().map(|m| m.ino())
+                    }
+                    Act::Meta => {
+                        self.steps.push(Step::FixMeta {
+                            path: path_buf.clone(),
+                            meta: Meta::of(e),
+                        });
+                        self.summary.fix_metadata += 1;
+                        dirty = true;
+                        disk.as_ref().map(|m| m.ino())
+                    }
+                    Act::Write => {
+                        write_step = Some(self.steps.len());
+                        self.steps.push(Step::Write {
+                            path: path_buf.clone(),
+                            bytes: e.size,
+                            meta: Meta::of(e),
+                        });
+                        self.summary.write_files += 1;
+                        self.summary.write_bytes += e.size;
+                        dirty = true;
+                        None
+                    }
+                };
+                if let Some(key) = e.hardlink_key() {
+                    self.leaders.insert(
+                        key,
+                        Leader {
+                            path: path_buf,
+                            kept_ino,
+                            write_step,
+                            size: e.size,
+                        },
+                    );
+                }
+            }
+            Kind::Symlink => {
+                let want = match &e.payload {
+                    Payload::Target(t) => t.clone(),
+                    _ => Vec::new(),
+                };
+                let same = disk.is_some()
+                    && fs::read_link(path)
+                        .map(|t| t.as_os_str().as_bytes() == want.as_slice())
+                        .unwrap_or(false);
+                if same {
+                    if !self.meta_equal(e, disk.as_ref().unwrap()) {
+                        self.steps.push(Step::FixMeta {
+                            path: path_buf.clone(),
+                            meta: Meta::of(e),
+                        });
+                        self.summary.fix_metadata += 1;
+                        dirty = true;
+                    }
+                } else {
+                    if let Some(m) = disk.clone() {
+                        self.delete(path, &m);
+                    }
+                    self.steps.push(Step::Symlink {
+                        path: path_buf.clone(),
+                        meta: Meta::of(e),
+                    });
+                    self.summary.symlinks += 1;
+                    dirty = true;
+                }
+            }
+            Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => match &disk {
+                Some(m) => {
+                    if !self.meta_equal(e, m) {
+                        self.steps.push(Step::FixMeta {
+                            path: path_buf.clone(),
+                            meta: Meta::of(e),
+                        });
+                        self.summary.fix_metadata += 1;
+                        dirty = true;
+                    }
+                }
+                None => {
+                    self.steps.push(Step::Special {
+                        path: path_buf.clone(),
+                        meta: Meta::of(e),
+                    });
+                    self.summary.specials += 1;
+                    dirty = true;
+                }
+            },
+        }
+        Ok(dirty)
+    }
+
+    /// Does the file at `path` hold exactly the snapshot's chunks?
+    fn content_equal(&self, path: &Path, e: &Entry) -> bool {
+        let Ok(file) = File::open(path) else {
+            return false;
+        };
+        let mut chunker = if e.has_flag(flags::SQLITE_IMAGE) {
+            // Images are cut into whole pages (see crate::sqlite).
+            let mut header = [0u8; 100];
+            let size = file
+                .read_exact_at(&mut header, 0)
+                .ok()
+                .and_then(|_| crate::sqlite::chunk_size(&header));
+            match size {
+                Some(size) => Chunker::fixed(file, size, 4 << 20, e.size),
+                None => return false,
+            }
+        } else {
+            Chunker::new(file, self.params, 4 << 20)
+        };
+        let want = e.chunks();
+        let mut i = 0;
+        loop {
+            match chunker.next_batch() {
+                Ok(Some((buf, cuts))) => {
+                    for (o, l) in cuts {
+                        if want.get(i) != Some(&ChunkId::of(&buf[o..o + l])) {
+                            return false;
+                        }
+                        i += 1;
+                    }
+                }
+                Ok(None) => return i == want.len(),
+                Err(_) => return false,
+            }
+        }
+    }
+}
