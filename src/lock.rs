@@ -8,6 +8,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,13 +46,26 @@ pub fn default_wait() -> Duration {
 impl RepoLock {
     pub fn acquire(repo: &Path, mode: LockMode, wait: Duration) -> Result<RepoLock> {
         let path: PathBuf = repo.join("lock");
+        // Never through a symlink (a planted `lock -> /etc/passwd` would be
+        // truncated); readable by the owner only (it names the command).
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
-            .at(&path)?;
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    Error::Damaged {
+                        path: path.clone(),
+                        reason: "the lock file is a symlink; snap never writes through one".into(),
+                    }
+                } else {
+                    Error::io(&path, e)
+                }
+            })?;
         let start = Instant::now();
         loop {
             let got = match mode {

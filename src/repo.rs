@@ -37,6 +37,17 @@ pub struct Repository {
     _lock: Option<RepoLock>,
 }
 
+/// Create a repository directory (and missing parents) readable by its
+/// owner only: the repository holds every name and every chunk hash.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .at(path)
+}
+
 /// Is `path` a directory holding a snap repository?
 pub fn is_repository(path: &Path) -> bool {
     path.join(INDEX_FILE).is_file()
@@ -61,17 +72,20 @@ impl Repository {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir_all(path).at(path)?;
+                create_private_dir(path)?;
             }
             Err(e) => return Err(Error::io(path, e)),
         }
         let lock = RepoLock::acquire(path, LockMode::Exclusive, default_wait())?;
         let packs = path.join(PACKS_DIR);
-        fs::create_dir_all(&packs).at(&packs)?;
+        create_private_dir(&packs)?;
         // The index is written last: its presence is what makes a repository.
         let tmp_index = path.join(".index.db.init");
         let _ = fs::remove_file(&tmp_index);
         Index::create(&tmp_index, config)?;
+        // SQLite gives the -wal and -shm files the database file's mode.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&tmp_index, fs::Permissions::from_mode(0o600)).at(&tmp_index)?;
         fs::rename(&tmp_index, path.join(INDEX_FILE)).at(path)?;
         sync_dir(path)?;
         drop(lock);

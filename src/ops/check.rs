@@ -9,11 +9,47 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::id::{ChunkId, PackId, TreeId};
+use crate::ops::restore::{MAX_DEPTH, entry_budget};
 use crate::pack::{HEADER_LEN, TRAILER_LEN, decode_chunk, read_footer_and_id};
 use crate::progress::Progress;
 use crate::repo::{ChunkReader, Repository};
 use crate::snapshot::Snapshot;
 use crate::tree::Kind;
+
+struct TreeShape {
+    entries: u64,
+    subdirs: Vec<TreeId>,
+}
+
+/// How many entries the tree graph under `root` expands to, and how deep
+/// it nests, from each tree's shape (memoized, so shared subtrees cost one
+/// visit however often they are referenced). Missing trees count zero.
+fn expansion(shapes: &HashMap<TreeId, TreeShape>, root: TreeId) -> (u64, u64) {
+    let mut done: HashMap<TreeId, (u64, u64)> = HashMap::new();
+    let mut stack = vec![(root, false)];
+    while let Some((t, children_done)) = stack.pop() {
+        if done.contains_key(&t) {
+            continue;
+        }
+        let Some(shape) = shapes.get(&t) else {
+            done.insert(t, (0, 1));
+            continue;
+        };
+        if !children_done {
+            stack.push((t, true));
+            stack.extend(shape.subdirs.iter().map(|c| (*c, false)));
+            continue;
+        }
+        let (mut n, mut d) = (shape.entries, 0u64);
+        for c in &shape.subdirs {
+            let (cn, cd) = done.get(c).copied().unwrap_or((0, 0));
+            n = n.saturating_add(cn);
+            d = d.max(cd);
+        }
+        done.insert(t, (n, d + 1));
+    }
+    done.get(&root).copied().unwrap_or((0, 0))
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
@@ -58,6 +94,7 @@ enum Fault {
     Chunk(Option<PackId>, ChunkId, String),
     Tree(TreeId, String),
     Index(String),
+    Snapshot(Box<Snapshot>, String),
 }
 
 pub fn check(
@@ -144,6 +181,9 @@ pub fn check(
     report.snapshots = snapshots.len() as u64;
     let mut seen_trees: HashSet<TreeId> = HashSet::new();
     let mut seen_chunks: HashSet<ChunkId> = HashSet::new();
+    // Each tree's entry count and subdirectories, to bound what a snapshot
+    // expands to without expanding it.
+    let mut shapes: HashMap<TreeId, TreeShape> = HashMap::new();
     for s in &snapshots {
         let mut stack = vec![s.root];
         while let Some(t) = stack.pop() {
@@ -157,6 +197,13 @@ pub fn check(
                     continue;
                 }
             };
+            shapes.insert(
+                t,
+                TreeShape {
+                    entries: tree.entries.len() as u64,
+                    subdirs: tree.entries.iter().filter_map(|e| e.subtree()).collect(),
+                },
+            );
             for e in &tree.entries {
                 match e.kind {
                     Kind::Dir => stack.extend(e.subtree()),
@@ -178,6 +225,21 @@ pub fn check(
                 }
             }
             progress.entries(1);
+        }
+    }
+    for s in &snapshots {
+        let (entries, depth) = expansion(&shapes, s.root);
+        let budget = entry_budget(s);
+        if entries > budget {
+            let why = format!(
+                "its trees expand to {entries} entries, more than the {budget} it records (a crafted or damaged tree graph)"
+            );
+            faults.push(Fault::Snapshot(Box::new(s.clone()), why));
+        } else if depth > MAX_DEPTH as u64 {
+            let why = format!(
+                "its directories nest {depth} deep, more than restore follows ({MAX_DEPTH})"
+            );
+            faults.push(Fault::Snapshot(Box::new(s.clone()), why));
         }
     }
     report.trees = seen_trees.len() as u64;
@@ -264,6 +326,7 @@ fn attribute(
             Fault::Chunk(p, c, w) => (p.map(|p| p.to_hex()), format!("chunk {}: {w}", c.short())),
             Fault::Tree(t, w) => (None, format!("tree {}: {w}", t.short())),
             Fault::Index(w) => (None, w.clone()),
+            Fault::Snapshot(s, w) => (None, format!("snapshot {}: {w}", s.id.short())),
         };
         let i = problems.len();
         problems.push(Problem {
@@ -284,13 +347,23 @@ fn attribute(
                 by_tree.insert(t, i);
             }
             Fault::Index(_) => {}
+            Fault::Snapshot(s, _) => {
+                problems[i].snapshots.push(s.id.to_hex());
+            }
         }
     }
     let mut snaps_of: Vec<BTreeSet<String>> = vec![BTreeSet::new(); problems.len()];
     let mut paths_of: Vec<BTreeMap<String, ()>> = vec![BTreeMap::new(); problems.len()];
     for s in snapshots {
         let mut stack: Vec<(TreeId, PathBuf)> = vec![(s.root, PathBuf::new())];
+        // A crafted tree graph can expand without end: walk no more of a
+        // snapshot than it records.
+        let mut budget = entry_budget(s);
         while let Some((t, dir)) = stack.pop() {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
             let hit = |i: usize,
                        path: &Path,
                        snaps: &mut Vec<BTreeSet<String>>,
@@ -330,6 +403,7 @@ fn attribute(
         }
     }
     for (i, p) in problems.iter_mut().enumerate() {
+        snaps_of[i].extend(p.snapshots.drain(..));
         p.snapshots = snaps_of[i].iter().cloned().collect();
         let all: Vec<String> = paths_of[i].keys().cloned().collect();
         p.more_paths = all.len().saturating_sub(MAX_PATHS) as u64;

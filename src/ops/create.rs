@@ -231,7 +231,7 @@ pub fn create(
 /// Create tmp/, removing SQLite images an interrupted create left there
 /// (create runs under the exclusive lock, so none is in use).
 fn prepare_tmp_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).at(dir)?;
+    crate::repo::create_private_dir(dir)?;
     for de in fs::read_dir(dir).at(dir)?.flatten() {
         if de
             .file_name()

@@ -125,7 +125,7 @@ impl SealedPack {
         let final_path = pack_path(packs_dir, &self.pack.id);
         let sub = final_path.parent().expect("pack path has a parent");
         if !sub.exists() {
-            fs::create_dir_all(sub).at(sub)?;
+            crate::repo::create_private_dir(sub)?;
             sync_dir(packs_dir)?;
         }
         self.tmp

@@ -14,5 +14,6 @@ mod guard;
 mod hostile;
 mod model;
 mod restore_in_place;
+mod restore_safety;
 mod roundtrip;
 mod sqlite;

@@ -99,6 +99,7 @@ pub(super) fn execute(
     x.deletions(plan);
     x.directories(plan);
     x.contents(repo, plan)?;
+    crate::fault::pause("restore contents written");
     x.links_and_metadata(plan);
     x.directory_metadata(plan);
     x.put_back_widened(plan);

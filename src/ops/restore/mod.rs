@@ -32,7 +32,7 @@ use crate::repo::Repository;
 use crate::snapshot::{Snapshot, SourceRoot};
 use crate::tree::{Kind, Payload};
 
-pub use plan::plan;
+pub use plan::{MAX_DEPTH, entry_budget, plan};
 
 /// Prefix of the temporary files restore writes; leftovers from an
 /// interrupted restore are extra entries and the next restore removes them.
@@ -209,6 +209,18 @@ fn normalize_subpath(sub: &Path) -> Result<Option<PathBuf>> {
     Ok((!out.as_os_str().is_empty()).then_some(out))
 }
 
+/// A `--target` that is a symlink names the directory it points to (the
+/// user chose it); below the target, no symlink is ever followed.
+fn resolve_target(opts: &RestoreOptions) -> Result<RestoreOptions> {
+    let mut o = opts.clone();
+    if let Some(t) = &opts.target
+        && fs::symlink_metadata(t).is_ok_and(|m| m.file_type().is_symlink())
+    {
+        o.target = Some(fs::canonicalize(t).at(t)?);
+    }
+    Ok(o)
+}
+
 /// Restore `snap` as `opts` say. With `dry_run`, returns the plan only.
 pub fn restore(
     repo: &Repository,
@@ -217,6 +229,7 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<(Plan, Option<RestoreStats>)> {
     let started = Instant::now();
+    let opts = &resolve_target(opts)?;
     let plan = plan(repo, snap, opts)?;
     if opts.dry_run {
         return Ok((plan, None));

@@ -118,6 +118,7 @@ fn check_parents(base: &Path, target: &Path) -> Result<()> {
 }
 
 pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result<Plan> {
+    let opts = &super::resolve_target(opts)?;
     let repo_md = fs::metadata(repo.root()).at(repo.root())?;
     let mut p = Planner {
         repo,
