@@ -17,7 +17,10 @@
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -93,34 +96,88 @@ fn describe(what: &str, st: &ExitStatus) -> Option<String> {
     }
 }
 
-/// Run `cmd`, forwarding termination signals to it, and wait for it.
-fn run_forwarding(mut cmd: Command) -> std::io::Result<ExitStatus> {
-    // Registered before the spawn: from here on these signals do not kill
-    // snap, whatever moment they arrive.
-    let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])?;
-    let handle = signals.handle();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            handle.close();
-            return Err(e);
-        }
-    };
-    let pid = child.id() as libc::pid_t;
-    let forwarder = std::thread::spawn(move || {
-        for sig in signals.forever() {
-            // A terminal's Ctrl-C (or Ctrl-\) has no sending process and
-            // already reached the child, which shares our process group.
-            let from_tty = matches!(sig.signal, SIGINT | SIGQUIT) && sig.process.is_none();
-            if !from_tty {
-                unsafe { libc::kill(pid, sig.signal) };
+/// Termination signals for the whole of a guard run: while a child runs
+/// they are forwarded to it; at any other moment they act as they would
+/// have on snap (it dies, and the pinned snapshot tells the next guard).
+struct Forwarder {
+    child: Arc<AtomicI32>,
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    fn start() -> std::io::Result<Forwarder> {
+        let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])?;
+        let handle = signals.handle();
+        let child = Arc::new(AtomicI32::new(0));
+        let pid = child.clone();
+        let thread = std::thread::spawn(move || {
+            for sig in signals.forever() {
+                let pid = pid.load(Ordering::SeqCst);
+                if pid == 0 {
+                    // No child: what the signal would have done to snap.
+                    let _ = signal_hook::low_level::emulate_default_handler(sig.signal);
+                    continue;
+                }
+                // A terminal's Ctrl-C (or Ctrl-\) has no sending process and
+                // already reached the child, which shares our process group.
+                let from_tty = matches!(sig.signal, SIGINT | SIGQUIT) && sig.process.is_none();
+                if !from_tty {
+                    unsafe { libc::kill(pid, sig.signal) };
+                }
             }
+        });
+        Ok(Forwarder {
+            child,
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    /// Run `cmd`, forwarding termination signals to it, and wait for it.
+    fn run(&self, mut cmd: Command) -> std::io::Result<ExitStatus> {
+        let mut child = cmd.spawn()?;
+        self.child.store(child.id() as i32, Ordering::SeqCst);
+        let status = child.wait();
+        self.child.store(0, Ordering::SeqCst);
+        status
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
-    });
-    let status = child.wait();
-    handle.close();
-    let _ = forwarder.join();
-    status
+    }
+}
+
+/// A migration that replaced a source directory with a symlink: the
+/// snapshot was taken of a real directory moments ago, so the rollback
+/// removes the symlink (never what it points to) and restores the directory.
+fn replace_source_symlinks(
+    snap: &crate::snapshot::Snapshot,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let paths: Vec<PathBuf> = if snap.is_multi_source() {
+        snap.sources
+            .iter()
+            .map(|s| PathBuf::from(&s.path))
+            .collect()
+    } else {
+        vec![snap.source.clone()]
+    };
+    for p in paths {
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            progress.warn(&format!(
+                "{}: the migration replaced the directory with a symlink; removing the symlink (not what it points to) to restore the directory",
+                p.display()
+            ));
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuse to start while an earlier guard of the same sources never
@@ -128,13 +185,26 @@ fn run_forwarding(mut cmd: Command) -> std::io::Result<ExitStatus> {
 /// `pre-migration`, and the directory may be half-migrated. A new guard would
 /// take that state as "before".
 fn unfinished_guard(repo: &Repository, what: &CreateOptions) -> Result<()> {
-    let key = if what.sources.is_empty() {
-        std::fs::canonicalize(&what.source).unwrap_or_else(|_| what.source.clone())
+    // The source as recorded, whether or not a migration has since turned
+    // it into a symlink (canonicalizing would follow that symlink away).
+    let keys: Vec<PathBuf> = if what.sources.is_empty() {
+        let as_named = what
+            .source
+            .parent()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .zip(what.source.file_name())
+            .map(|(p, n)| p.join(n));
+        let resolved = std::fs::canonicalize(&what.source).ok();
+        [as_named, resolved, Some(what.source.clone())]
+            .into_iter()
+            .flatten()
+            .collect()
     } else {
-        what.source.clone()
+        vec![what.source.clone()]
     };
+    let key = keys[0].clone();
     let stuck = repo.snapshots()?.into_iter().find(|s| {
-        s.source == key
+        keys.contains(&s.source)
             && s.pinned
             && s.tags.iter().any(|t| t == TAG_PRE)
             && !s
@@ -185,9 +255,12 @@ pub fn guard(
     }
     progress.finish();
 
+    // From before the spawn: no termination signal is lost in between.
+    let signals =
+        Forwarder::start().map_err(|e| Error::Invalid(format!("cannot watch signals: {e}")))?;
     let mut cmd = Command::new(program);
     cmd.args(args).env("SNAP_GUARD_SNAPSHOT", snap.id.to_hex());
-    let status = run_forwarding(cmd).map_err(|e| {
+    let status = signals.run(cmd).map_err(|e| {
         let _ = index.set_pinned(&snap.id, false);
         Error::Invalid(format!(
             "cannot run {}: {e}; nothing was changed (snapshot {} kept)",
@@ -204,7 +277,7 @@ pub fn guard(
         c.arg("-c")
             .arg(check)
             .env("SNAP_GUARD_SNAPSHOT", snap.id.to_hex());
-        match run_forwarding(c) {
+        match signals.run(c) {
             Ok(st) => {
                 check_exit_code = st.code();
                 failure = describe("the check", &st);
@@ -236,6 +309,7 @@ pub fn guard(
             "{why}; rolling back to snapshot {}",
             snap.id.short()
         ));
+        replace_source_symlinks(&snap, progress)?;
         let (plan, stats) = restore(
             repo,
             &snap,

@@ -399,3 +399,74 @@ fn a_guard_whose_snap_was_killed_blocks_the_next_until_resolved() {
         .assert()
         .success();
 }
+
+#[test]
+fn a_signal_after_the_migration_exited_stops_snap_and_the_next_guard_refuses() {
+    let s = setup();
+    let flag = s.env.path("pause-flag");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("snap"))
+        .env("SNAP_REPO", &s.env.repo)
+        .env("XDG_CONFIG_HOME", s.env.path("config"))
+        .env("SNAP_PAUSE_AT", "restore planned")
+        .env("SNAP_PAUSE_FILE", &flag)
+        .args(["guard", "--source"])
+        .arg(&s.src)
+        .arg("--")
+        .arg("python3")
+        .arg(&s.script)
+        .arg(&s.src)
+        .arg("1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The migration failed and exited; snap is rolling back (held still
+    // between plan and execute). SIGTERM must not be swallowed.
+    let t0 = std::time::Instant::now();
+    while !flag.exists() {
+        assert!(t0.elapsed().as_secs() < 60, "the rollback never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    let _ = fs::remove_file(&flag);
+    // The pinned pre-migration snapshot stops the next guard.
+    s.guard(&[], "0")
+        .failure()
+        .stderr(predicate::str::contains("did not finish"));
+}
+
+#[test]
+fn a_migration_that_replaces_the_source_with_a_symlink_is_rolled_back() {
+    let s = setup();
+    let elsewhere = s.env.path("elsewhere");
+    write(&elsewhere.join("theirs"), b"not ours to touch");
+    let script = s.env.path("swap.py");
+    fs::write(
+        &script,
+        format!(
+            "import os, sys\nos.rename({src:?}, {src:?} + '.moved')\nos.symlink({dst:?}, {src:?})\nsys.exit(1)\n",
+            src = s.src.to_str().unwrap(),
+            dst = elsewhere.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    s.env
+        .snap()
+        .args(["guard", "--source"])
+        .arg(&s.src)
+        .args(["--", "python3"])
+        .arg(&script)
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains("symlink"));
+    assert!(fs::symlink_metadata(&s.src).unwrap().is_dir());
+    assert_same_tree(&s.before, &s.src);
+    assert_eq!(
+        fs::read(elsewhere.join("theirs")).unwrap(),
+        b"not ours to touch"
+    );
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 1);
+}
