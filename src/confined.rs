@@ -183,16 +183,22 @@ pub fn mknod(dir: &OwnedFd, name: &OsStr, kind: FileType, mode: u32, rdev: u64) 
     }
 }
 
+/// An owner to set. (uid_t)-1 means "leave unchanged" to chown(2) and is
+/// no one's id: from a repository it is damage, refused here.
+fn owner(uid: u32, gid: u32) -> io::Result<(rfs::Uid, rfs::Gid)> {
+    if uid == u32::MAX || gid == u32::MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("owner {uid}:{gid} is not a valid user and group"),
+        ));
+    }
+    Ok((rfs::Uid::from_raw(uid), rfs::Gid::from_raw(gid)))
+}
+
 /// Owner of `dir/name`, never through a symlink.
 pub fn chown(dir: &OwnedFd, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
-    rfs::chownat(
-        dir,
-        name,
-        Some(rfs::Uid::from_raw(uid)),
-        Some(rfs::Gid::from_raw(gid)),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(errno)
+    let (u, g) = owner(uid, gid)?;
+    rfs::chownat(dir, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)
 }
 
 fn timestamps(mtime_ns: i64) -> Timestamps {
@@ -270,11 +276,8 @@ pub fn set_meta_fd(
     mtime_ns: i64,
 ) -> io::Result<()> {
     if let Some((uid, gid)) = owner {
-        rfs::fchown(
-            &fd,
-            Some(rfs::Uid::from_raw(uid)),
-            Some(rfs::Gid::from_raw(gid)),
-        )?;
+        let (u, g) = self::owner(uid, gid)?;
+        rfs::fchown(&fd, Some(u), Some(g))?;
     }
     rfs::fchmod(&fd, Mode::from_raw_mode(mode as _))?;
     rfs::futimens(&fd, &timestamps(mtime_ns)).map_err(errno)

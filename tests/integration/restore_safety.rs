@@ -500,3 +500,32 @@ fn setuid_bits_of_another_owner_are_not_given_to_a_plain_user() {
         "setuid of root's file given to nobody"
     );
 }
+
+#[test]
+fn an_owner_of_minus_one_from_the_repository_is_refused_not_a_panic() {
+    // Found by the restore_hostile fuzz target: (uid_t)-1 means "leave
+    // unchanged" to chown(2), and rustix asserts it is never passed.
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("f"), b"f");
+    let id = env.create_id(&src);
+    let conn = rusqlite::Connection::open(env.repo.join("index.db")).unwrap();
+    conn.execute(
+        r#"UPDATE snapshots SET root_meta = '{"mode":493,"uid":4294967295,"gid":4294967295,"mtime_ns":0}'"#,
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let target = env.path("target");
+    let out = env
+        .snap()
+        .args(["restore", &id, "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    // Only root sets owners; for root the bad owner is named.
+    let want = if is_root() { 3 } else { 0 };
+    assert_eq!(out.status.code(), Some(want), "{}", stderr(&out));
+    assert_eq!(fs::read(target.join("f")).unwrap(), b"f");
+}
