@@ -204,32 +204,6 @@ fn create_concurrent_with_gc_keeps_everything_consistent() {
     assert_eq!(fs::read(out.join("gen.bin")).unwrap(), noise(99, 3_000_000));
 }
 
-/// Mount a small tmpfs (root only); `None` where that is not possible.
-struct SmallDisk {
-    path: std::path::PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(path: &Path, size: &str) -> Option<SmallDisk> {
-        fs::create_dir_all(path).unwrap();
-        let ok = is_root()
-            && Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(path)
-                .status()
-                .is_ok_and(|s| s.success());
-        ok.then(|| SmallDisk {
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
 #[test]
 fn a_full_disk_during_create_commits_nothing_and_leaves_the_repository_valid() {
     let dir = tempfile::tempdir().unwrap();

@@ -529,3 +529,29 @@ fn an_owner_of_minus_one_from_the_repository_is_refused_not_a_panic() {
     assert_eq!(out.status.code(), Some(want), "{}", stderr(&out));
     assert_eq!(fs::read(target.join("f")).unwrap(), b"f");
 }
+
+#[test]
+fn another_filesystem_mounted_in_the_target_is_never_deleted() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("f"), b"f");
+    let id = env.create_id(&src);
+    let Some(disk) = SmallDisk::mount(&src.join("mnt"), "1m") else {
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    };
+    write(&disk.path.join("theirs"), b"on another filesystem");
+    write(&src.join("f"), b"changed");
+    let out = env.snap().args(["restore", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("mounted"), "{}", stderr(&out));
+    assert_eq!(
+        fs::read(disk.path.join("theirs")).unwrap(),
+        b"on another filesystem"
+    );
+    assert_eq!(
+        fs::read(src.join("f")).unwrap(),
+        b"f",
+        "the rest is restored"
+    );
+}
