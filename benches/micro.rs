@@ -8,7 +8,7 @@ use snap::chunker::{ChunkerParams, chunk_lengths};
 use snap::compress::{Codec, Compressor};
 use snap::config::RepoConfig;
 use snap::id::{ChunkId, TreeId};
-use snap::pack::{PackReader, PackWriter, read_footer};
+use snap::pack::{PackKind, PackReader, PackWriter, read_footer};
 use snap::tree::{Entry, Kind, Payload, Tree};
 
 fn noise(len: usize) -> Vec<u8> {
@@ -113,7 +113,7 @@ fn pack(c: &mut Criterion) {
         .throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("write-16MiB-fsync", |b| {
         b.iter(|| {
-            let mut w = PackWriter::create(dir.path()).unwrap();
+            let mut w = PackWriter::create(dir.path(), PackKind::Data).unwrap();
             for ch in &chunks {
                 w.add(ChunkId::of(ch), Codec::Raw, ch.len() as u32, ch)
                     .unwrap();
@@ -122,7 +122,7 @@ fn pack(c: &mut Criterion) {
             std::fs::remove_file(snap::pack::pack_path(dir.path(), &f.id)).unwrap();
         })
     });
-    let mut w = PackWriter::create(dir.path()).unwrap();
+    let mut w = PackWriter::create(dir.path(), PackKind::Data).unwrap();
     for ch in &chunks {
         w.add(ChunkId::of(ch), Codec::Raw, ch.len() as u32, ch)
             .unwrap();

@@ -19,7 +19,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::index::{ChunkLocation, Index};
 use crate::lock::{LockMode, RepoLock, default_wait};
-use crate::pack::{PackReader, sync_dir};
+use crate::pack::{PackKind, PackReader, PackWriter, sync_dir};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 
@@ -35,6 +35,9 @@ pub struct Repository {
     pub(crate) index: Index,
     config: RepoConfig,
     _lock: Option<RepoLock>,
+    /// The tree pack being filled by `store_tree`; `flush_trees` makes it
+    /// durable and indexes it, before the snapshot that needs it commits.
+    tree_pack: std::sync::Mutex<Option<PackWriter>>,
 }
 
 /// Create a repository directory (and missing parents) readable by its
@@ -126,6 +129,7 @@ impl Repository {
             index,
             config,
             _lock: lock,
+            tree_pack: std::sync::Mutex::new(None),
         })
     }
 
@@ -188,14 +192,55 @@ impl Repository {
 
     // ---- trees ----
 
+    /// Store a tree: a row in the index (the fast path every read takes)
+    /// and a blob in a tree pack (the repository's own record of it, from
+    /// which `repair index` rebuilds the row). Call inside the transaction
+    /// that commits the snapshot, and `flush_trees` before the commit.
     pub fn store_tree(&self, tree: &Tree) -> Result<TreeId> {
         let enc = tree.encode();
         let id = Tree::id_of_encoding(&enc);
         if !self.index.has_tree(&id)? {
             let (codec, data) = compress_tree(&enc);
             self.index.insert_tree(&id, codec, &data)?;
+            let blob = ChunkId(id.0);
+            if !self.index.has_chunk(&blob)? {
+                let mut slot = self.tree_pack.lock().unwrap_or_else(|e| e.into_inner());
+                if slot.is_none() {
+                    *slot = Some(PackWriter::create(&self.packs_dir(), PackKind::Tree)?);
+                }
+                let w = slot.as_mut().expect("just created");
+                w.add(blob, codec, enc.len() as u32, &data)?;
+                if w.len() >= self.config.pack_target_bytes {
+                    let f = slot.take().expect("present").finish(&self.packs_dir())?;
+                    self.index.insert_pack(&f)?;
+                }
+            }
         }
         Ok(id)
+    }
+
+    /// Make the trees stored so far durable in a tree pack and index it.
+    pub fn flush_trees(&self) -> Result<()> {
+        let w = self
+            .tree_pack
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(w) = w
+            && !w.is_empty()
+        {
+            let f = w.finish(&self.packs_dir())?;
+            self.index.insert_pack(&f)?;
+        }
+        Ok(())
+    }
+
+    /// Forget trees stored by a create that did not commit.
+    pub fn discard_trees(&self) {
+        self.tree_pack
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// Load and verify a tree.

@@ -14,7 +14,7 @@ use crate::compress::Codec;
 use crate::config::{FORMAT_VERSION, RepoConfig};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
-use crate::pack::{FinishedPack, PackEntry};
+use crate::pack::{FinishedPack, PackEntry, PackKind};
 use crate::snapshot::{RootRecord, Snapshot, SnapshotStats};
 
 pub use schema::SCHEMA_VERSION;
@@ -35,6 +35,7 @@ pub struct PackRow {
     pub id: PackId,
     pub size: u64,
     pub chunk_count: u64,
+    pub kind: PackKind,
 }
 
 pub struct Index {
@@ -231,11 +232,14 @@ impl Index {
     pub fn insert_pack(&self, pack: &FinishedPack) -> Result<i64> {
         let f = || -> rusqlite::Result<i64> {
             self.conn
-                .prepare_cached("INSERT INTO packs(hash, size, chunk_count) VALUES (?1, ?2, ?3)")?
+                .prepare_cached(
+                    "INSERT INTO packs(hash, size, chunk_count, kind) VALUES (?1, ?2, ?3, ?4)",
+                )?
                 .execute(params![
                     pack.id.as_bytes(),
                     pack.size as i64,
-                    pack.entries.len() as i64
+                    pack.entries.len() as i64,
+                    pack.kind as u8
                 ])?;
             let rowid = self.conn.last_insert_rowid();
             let mut st = self.conn.prepare_cached(
@@ -260,12 +264,15 @@ impl Index {
     /// A pack row without chunk rows (gc points moved chunks at it).
     pub fn insert_pack_row(&self, pack: &FinishedPack) -> Result<i64> {
         self.conn
-            .prepare_cached("INSERT INTO packs(hash, size, chunk_count) VALUES (?1, ?2, ?3)")
+            .prepare_cached(
+                "INSERT INTO packs(hash, size, chunk_count, kind) VALUES (?1, ?2, ?3, ?4)",
+            )
             .and_then(|mut st| {
                 st.execute(params![
                     pack.id.as_bytes(),
                     pack.size as i64,
-                    pack.entries.len() as i64
+                    pack.entries.len() as i64,
+                    pack.kind as u8
                 ])
             })
             .map(|_| self.conn.last_insert_rowid())
@@ -379,13 +386,20 @@ impl Index {
         let f = || -> rusqlite::Result<Vec<PackRow>> {
             let mut st = self
                 .conn
-                .prepare("SELECT id, hash, size, chunk_count FROM packs ORDER BY id")?;
+                .prepare("SELECT id, hash, size, chunk_count, kind FROM packs ORDER BY id")?;
             st.query_map([], |r| {
                 Ok(PackRow {
                     rowid: r.get(0)?,
                     id: blob_id(r.get(1)?, PackId::from_slice)?,
                     size: r.get::<_, i64>(2)? as u64,
                     chunk_count: r.get::<_, i64>(3)? as u64,
+                    kind: PackKind::from_u32(r.get::<_, u32>(4)?).ok_or_else(|| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            4,
+                            rusqlite::types::Type::Integer,
+                            "unknown pack kind".into(),
+                        )
+                    })?,
                 })
             })?
             .collect()

@@ -1,7 +1,7 @@
 //! The index schema. `PRAGMA user_version` holds the schema version; the
 //! repository format version is also kept in the `config` table.
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub const CREATE: &str = r#"
 CREATE TABLE config (
@@ -12,7 +12,8 @@ CREATE TABLE packs (
     id          INTEGER PRIMARY KEY,
     hash        BLOB NOT NULL UNIQUE,
     size        INTEGER NOT NULL,
-    chunk_count INTEGER NOT NULL
+    chunk_count INTEGER NOT NULL,
+    kind        INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE chunks (
     hash       BLOB PRIMARY KEY,

@@ -29,7 +29,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::index::Index;
-use crate::pack::{FinishedPack, PackWriter, SealedPack};
+use crate::pack::{FinishedPack, PackKind, PackWriter, SealedPack};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::snapshot::{RootMeta, Snapshot, SnapshotStats, SourceRoot};
@@ -175,6 +175,7 @@ pub fn create(
     let (root, root_meta, mut stats, unreadable, dbs) = match result {
         Ok(r) => r,
         Err(e) => {
+            repo.discard_trees();
             let _ = repo.index.rollback();
             progress.finish();
             return Err(e);
@@ -215,11 +216,14 @@ pub fn create(
         root_meta,
         sources,
     };
+    // The write order: packs (data, then trees) durable, then the snapshot
+    // object, then the index commit.
     let commit = repo
-        .index
-        .insert_snapshot(&snapshot)
+        .flush_trees()
+        .and_then(|_| repo.index.insert_snapshot(&snapshot))
         .and_then(|_| repo.index.commit());
     if let Err(e) = commit {
+        repo.discard_trees();
         let _ = repo.index.rollback();
         progress.finish();
         return Err(e);
@@ -1273,7 +1277,7 @@ fn pack_writer(
             let step = (|| -> Result<()> {
                 for c in batch {
                     if current.is_none() {
-                        current = Some(PackWriter::create(packs_dir)?);
+                        current = Some(PackWriter::create(packs_dir, PackKind::Data)?);
                     }
                     let w = current.as_mut().unwrap();
                     w.add(c.id, c.codec, c.raw_len, &c.data)?;

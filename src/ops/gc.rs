@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::id::{PackId, SnapshotId, TreeId};
+use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::pack::{PackWriter, sync_dir};
 use crate::progress::Progress;
 use crate::repo::{ChunkReader, Repository};
@@ -113,6 +113,8 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
                 _ => {}
             }
         }
+        // The tree's own blob in a tree pack.
+        index.live_add(&[ChunkId(t.0)])?;
         progress.entries(1);
     }
 
@@ -169,33 +171,36 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     let mut reader = ChunkReader::new(packs_dir.clone());
     let mut moved = Vec::new();
     let mut new_bytes = 0u64;
-    let mut writer: Option<PackWriter> = None;
+    // One writer per kind: trees stay in tree packs.
+    let mut writers: [Option<PackWriter>; 2] = [None, None];
     let target = repo.config().pack_target_bytes;
     for p in &repack {
         let pack = reader.pack(&p.id)?;
+        let max = p.kind.blob_max();
+        let slot = &mut writers[p.kind as usize];
         for e in index.live_chunks_in_pack(p.rowid)? {
             // Verify before copying: never spread a damaged chunk.
-            let stored = pack.read_stored(e.offset as u64, e.stored_len)?;
-            crate::pack::decode_chunk(pack.path(), &e.id, e.codec, &stored, e.raw_len)?;
-            if writer.is_none() {
-                writer = Some(PackWriter::create(&packs_dir)?);
+            let stored = pack.read_stored_max(e.offset as u64, e.stored_len, max)?;
+            crate::pack::decode_blob(pack.path(), &e.id, e.codec, &stored, e.raw_len, max)?;
+            if slot.is_none() {
+                *slot = Some(PackWriter::create(&packs_dir, p.kind)?);
             }
-            let w = writer.as_mut().unwrap();
+            let w = slot.as_mut().unwrap();
             w.add(e.id, e.codec, e.raw_len, &stored)?;
             progress.bytes(stored.len() as u64);
             if w.len() >= target {
-                let f = writer.take().unwrap().finish(&packs_dir)?;
+                let f = slot.take().unwrap().finish(&packs_dir)?;
                 new_bytes += f.size;
                 moved.push(f);
             }
         }
     }
-    if let Some(w) = writer.take()
-        && !w.is_empty()
-    {
-        let f = w.finish(&packs_dir)?;
-        new_bytes += f.size;
-        moved.push(f);
+    for w in writers.into_iter().flatten() {
+        if !w.is_empty() {
+            let f = w.finish(&packs_dir)?;
+            new_bytes += f.size;
+            moved.push(f);
+        }
     }
     stats.packs_written = moved.len() as u64;
     drop(reader);

@@ -3,7 +3,7 @@
 //! Layout (all integers little-endian; docs/format.md is the reference):
 //!
 //! ```text
-//! header   16 bytes   "SNAPPACK" | version u32 (=1) | reserved u32 (=0)
+//! header   16 bytes   "SNAPPACK" | version u32 (=2) | kind u32 (0 data, 1 trees)
 //! frames   ...        each chunk's stored bytes, back to back
 //! footer   48 * N     per chunk: id [32] | offset u32 | stored_len u32 | raw_len u32 | codec u8 | 0 0 0
 //! trailer  48 bytes   count u32 | reserved u32 (=0) | BLAKE3(footer) [32] | "SNAPEND1"
@@ -17,7 +17,10 @@
 mod reader;
 mod writer;
 
-pub use reader::{PackReader, decode_chunk, read_footer, read_footer_and_id};
+pub use reader::{
+    Footer, PackReader, decode_blob, decode_chunk, read_footer, read_footer_and_id,
+    read_footer_full,
+};
 pub use writer::{FinishedPack, PackWriter, SealedPack, pack_path, sync_dir};
 
 use crate::compress::Codec;
@@ -25,7 +28,36 @@ use crate::id::{ChunkId, PackId};
 
 pub const HEADER_MAGIC: &[u8; 8] = b"SNAPPACK";
 pub const TRAILER_MAGIC: &[u8; 8] = b"SNAPEND1";
-pub const PACK_VERSION: u32 = 1;
+pub const PACK_VERSION: u32 = 2;
+
+/// What a pack holds. Trees live in packs of their own, so that metadata is
+/// read without reading data (repair, check, a future remote cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum PackKind {
+    #[default]
+    Data = 0,
+    Tree = 1,
+}
+
+impl PackKind {
+    pub fn from_u32(v: u32) -> Option<PackKind> {
+        match v {
+            0 => Some(PackKind::Data),
+            1 => Some(PackKind::Tree),
+            _ => None,
+        }
+    }
+
+    /// Largest blob a pack of this kind holds: a chunk, or a tree (a
+    /// directory of a million entries encodes to about 100 MB).
+    pub fn blob_max(self) -> u32 {
+        match self {
+            PackKind::Data => crate::config::CHUNK_MAX_LIMIT,
+            PackKind::Tree => 1 << 30,
+        }
+    }
+}
 pub const HEADER_LEN: u64 = 16;
 pub const ENTRY_LEN: u64 = 48;
 pub const TRAILER_LEN: u64 = 48;
@@ -66,10 +98,11 @@ impl PackEntry {
     }
 }
 
-pub fn encode_header() -> [u8; HEADER_LEN as usize] {
+pub fn encode_header(kind: PackKind) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(HEADER_MAGIC);
     h[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(kind as u32).to_le_bytes());
     h
 }
 

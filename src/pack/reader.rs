@@ -5,7 +5,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    ENTRY_LEN, HEADER_LEN, HEADER_MAGIC, PACK_VERSION, PackEntry, TRAILER_LEN, TRAILER_MAGIC,
+    ENTRY_LEN, HEADER_LEN, HEADER_MAGIC, PACK_VERSION, PackEntry, PackKind, TRAILER_LEN,
+    TRAILER_MAGIC,
 };
 use crate::compress::{Codec, decompress};
 use crate::config::CHUNK_MAX_LIMIT;
@@ -21,11 +22,26 @@ fn damaged(path: &Path, reason: impl Into<String>) -> Error {
 
 /// Decode and check a pack's footer from the file alone.
 pub fn read_footer(path: &Path) -> Result<Vec<PackEntry>> {
-    Ok(read_footer_and_id(path)?.0)
+    Ok(read_footer_full(path)?.entries)
 }
 
 /// The footer and the pack id it implies (BLAKE3 of the footer entries).
 pub fn read_footer_and_id(path: &Path) -> Result<(Vec<PackEntry>, PackId)> {
+    let f = read_footer_full(path)?;
+    Ok((f.entries, f.id))
+}
+
+/// What a pack's header and footer say.
+#[derive(Debug, Clone)]
+pub struct Footer {
+    pub entries: Vec<PackEntry>,
+    pub id: PackId,
+    pub kind: PackKind,
+    pub size: u64,
+}
+
+/// Header and footer of a pack, every field checked.
+pub fn read_footer_full(path: &Path) -> Result<Footer> {
     let file = File::open(path).at(path)?;
     let size = file.metadata().at(path)?.len();
     if size < HEADER_LEN + TRAILER_LEN {
@@ -40,6 +56,8 @@ pub fn read_footer_and_id(path: &Path) -> Result<(Vec<PackEntry>, PackId)> {
     if version != PACK_VERSION {
         return Err(damaged(path, format!("unknown pack version {version}")));
     }
+    let kind = PackKind::from_u32(u32::from_le_bytes(header[12..16].try_into().unwrap()))
+        .ok_or_else(|| damaged(path, "unknown pack kind"))?;
     let mut trailer = [0u8; TRAILER_LEN as usize];
     file.read_exact_at(&mut trailer, size - TRAILER_LEN)
         .at(path)?;
@@ -65,7 +83,7 @@ pub fn read_footer_and_id(path: &Path) -> Result<(Vec<PackEntry>, PackId)> {
     for raw in footer.chunks_exact(ENTRY_LEN as usize) {
         let e = PackEntry::decode(raw).ok_or_else(|| damaged(path, "malformed footer entry"))?;
         let end = e.offset as u64 + e.stored_len as u64;
-        if (e.offset as u64) < HEADER_LEN || end > footer_start || e.raw_len > CHUNK_MAX_LIMIT {
+        if (e.offset as u64) < HEADER_LEN || end > footer_start || e.raw_len > kind.blob_max() {
             return Err(damaged(
                 path,
                 format!("footer entry for chunk {} is out of bounds", e.id.short()),
@@ -73,7 +91,12 @@ pub fn read_footer_and_id(path: &Path) -> Result<(Vec<PackEntry>, PackId)> {
         }
         entries.push(e);
     }
-    Ok((entries, PackId(*hash.as_bytes())))
+    Ok(Footer {
+        entries,
+        id: PackId(*hash.as_bytes()),
+        kind,
+        size,
+    })
 }
 
 /// Random access to the chunks of one pack.
@@ -101,9 +124,15 @@ impl PackReader {
         &self.path
     }
 
-    /// Read `len` stored bytes at `offset`.
+    /// Read `len` stored bytes at `offset` (at most a chunk's worth).
     pub fn read_stored(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
-        if len > CHUNK_MAX_LIMIT + 1024 {
+        self.read_stored_max(offset, len, CHUNK_MAX_LIMIT)
+    }
+
+    /// Read `len` stored bytes at `offset`, refusing more than `max`
+    /// (plus compression overhead): a damaged length never allocates more.
+    pub fn read_stored_max(&self, offset: u64, len: u32, max: u32) -> Result<Vec<u8>> {
+        if len as u64 > max as u64 + 1024 + max as u64 / 128 {
             return Err(damaged(&self.path, "stored chunk length out of bounds"));
         }
         let mut buf = vec![0u8; len as usize];
@@ -142,7 +171,19 @@ pub fn decode_chunk(
     stored: &[u8],
     raw_len: u32,
 ) -> Result<Vec<u8>> {
-    if raw_len > CHUNK_MAX_LIMIT {
+    decode_blob(path, id, codec, stored, raw_len, CHUNK_MAX_LIMIT)
+}
+
+/// Like `decode_chunk`, for a blob of a pack kind with its own bound.
+pub fn decode_blob(
+    path: &Path,
+    id: &ChunkId,
+    codec: Codec,
+    stored: &[u8],
+    raw_len: u32,
+    max: u32,
+) -> Result<Vec<u8>> {
+    if raw_len > max {
         return Err(damaged(
             path,
             format!("chunk {} claims {raw_len} bytes", id.short()),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 
-use super::{HEADER_LEN, PackEntry, encode_footer, encode_header, footer_id};
+use super::{HEADER_LEN, PackEntry, PackKind, encode_footer, encode_header, footer_id};
 use crate::compress::Codec;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, PackId};
@@ -17,12 +17,14 @@ pub struct PackWriter {
     file: BufWriter<NamedTempFile>,
     entries: Vec<PackEntry>,
     len: u64,
+    kind: PackKind,
 }
 
 /// A pack that is durable under its final name.
 #[derive(Debug, Clone)]
 pub struct FinishedPack {
     pub id: PackId,
+    pub kind: PackKind,
     pub size: u64,
     pub entries: Vec<PackEntry>,
 }
@@ -30,7 +32,7 @@ pub struct FinishedPack {
 impl PackWriter {
     /// Start a pack in `tmp_dir`, which must be on the same filesystem as
     /// its final place so that the rename is atomic.
-    pub fn create(tmp_dir: &Path) -> Result<Self> {
+    pub fn create(tmp_dir: &Path, kind: PackKind) -> Result<Self> {
         let tmp = tempfile::Builder::new()
             .prefix(".tmp-pack-")
             .suffix(".tmp")
@@ -42,8 +44,9 @@ impl PackWriter {
             file: BufWriter::with_capacity(1 << 20, tmp),
             entries: Vec::new(),
             len: 0,
+            kind,
         };
-        w.write(&encode_header())?;
+        w.write(&encode_header(kind))?;
         debug_assert_eq!(w.len, HEADER_LEN);
         Ok(w)
     }
@@ -103,6 +106,7 @@ impl PackWriter {
             tmp_path: self.tmp_path,
             pack: FinishedPack {
                 id,
+                kind: self.kind,
                 size: self.len,
                 entries: self.entries,
             },

@@ -345,3 +345,13 @@ impl Drop for SmallDisk {
             .status();
     }
 }
+
+/// The data packs of a repository (header kind 0; tree packs are kind 1).
+pub fn data_packs(repo: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(repo.join("packs"))
+        .into_iter()
+        .map(|e| e.unwrap().path().to_path_buf())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .filter(|p| fs::read(p).unwrap()[12..16] == [0, 0, 0, 0])
+        .collect()
+}

@@ -97,11 +97,7 @@ fn fixture() -> Fixture {
 }
 
 fn pack_paths(repo: &Path) -> Vec<PathBuf> {
-    walkdir::WalkDir::new(repo.join("packs"))
-        .into_iter()
-        .map(|e| e.unwrap().path().to_path_buf())
-        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
-        .collect()
+    data_packs(repo)
 }
 
 /// Where the footer starts: N entries of 48 bytes before the 48-byte

@@ -2,7 +2,7 @@
 
 use snap::compress::Codec;
 use snap::id::ChunkId;
-use snap::pack::{PackReader, PackWriter, read_footer, read_footer_and_id};
+use snap::pack::{PackKind, PackReader, PackWriter, read_footer, read_footer_and_id};
 
 use crate::common::*;
 
@@ -12,7 +12,7 @@ fn pack_round_trip_and_the_footer_alone_lists_its_chunks() {
     let packs = dir.path().join("packs");
     std::fs::create_dir_all(&packs).unwrap();
     let chunks: Vec<Vec<u8>> = (0..20).map(|i| noise(i, 1000 + i as usize * 517)).collect();
-    let mut w = PackWriter::create(&packs).unwrap();
+    let mut w = PackWriter::create(&packs, PackKind::Data).unwrap();
     for (i, c) in chunks.iter().enumerate() {
         let (codec, stored) = if i % 2 == 0 {
             (Codec::Zstd, zstd::bulk::compress(c, 3).unwrap())
@@ -64,7 +64,7 @@ fn damaged_packs_are_reported_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
     let packs = dir.path();
     let data = noise(9, 5000);
-    let mut w = PackWriter::create(packs).unwrap();
+    let mut w = PackWriter::create(packs, PackKind::Data).unwrap();
     w.add(ChunkId::of(&data), Codec::Raw, 5000, &data).unwrap();
     let f = w.finish(packs).unwrap();
     let path = snap::pack::pack_path(packs, &f.id);

@@ -24,11 +24,7 @@ fn repo_state(repo: &Path) -> BTreeMap<PathBuf, blake3::Hash> {
 }
 
 fn pack_files(repo: &Path) -> Vec<PathBuf> {
-    walkdir::WalkDir::new(repo.join("packs"))
-        .into_iter()
-        .map(|e| e.unwrap().path().to_path_buf())
-        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
-        .collect()
+    data_packs(repo)
 }
 
 /// Eight generations of an app directory with churn: each adds, rewrites
