@@ -170,6 +170,7 @@ fn index(c: &mut Criterion) {
             let pack = snap::pack::FinishedPack {
                 id: snap::PackId::of(&round.to_le_bytes()),
                 size: 1 << 20,
+                kind: PackKind::Data,
                 entries: entries.clone(),
             };
             repo.index().begin().unwrap();
@@ -182,6 +183,7 @@ fn index(c: &mut Criterion) {
         .insert_pack(&snap::pack::FinishedPack {
             id: snap::PackId::of(b"p"),
             size: 1 << 20,
+            kind: PackKind::Data,
             entries: entries.clone(),
         })
         .unwrap();
