@@ -22,6 +22,7 @@ pub mod fault;
 pub mod id;
 pub mod index;
 pub mod lock;
+pub mod objects;
 pub mod ops;
 pub mod pack;
 pub mod progress;

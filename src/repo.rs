@@ -82,6 +82,7 @@ impl Repository {
         let lock = RepoLock::acquire(path, LockMode::Exclusive, default_wait())?;
         let packs = path.join(PACKS_DIR);
         create_private_dir(&packs)?;
+        crate::objects::write_config(path, config)?;
         // The index is written last: its presence is what makes a repository.
         let tmp_index = path.join(".index.db.init");
         let _ = fs::remove_file(&tmp_index);
@@ -283,6 +284,45 @@ impl Repository {
 
     pub fn snapshot_by_id(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {
         Ok(self.index.snapshots()?.into_iter().find(|s| s.id == *id))
+    }
+
+    /// Change a snapshot's pin: recorded in the repository's files first,
+    /// then in the index. False when there is no such snapshot.
+    pub fn set_pinned(&self, id: &SnapshotId, pinned: bool) -> Result<bool> {
+        if self.snapshot_by_id(id)?.is_none() {
+            return Ok(false);
+        }
+        let change = crate::objects::Change {
+            pinned: Some(pinned),
+            ..Default::default()
+        };
+        crate::objects::record_change(&self.root, id, change)?;
+        self.index.set_pinned(id, pinned)
+    }
+
+    /// Replace a snapshot's tags, recorded the same way.
+    pub fn set_tags(&self, id: &SnapshotId, tags: &[String]) -> Result<bool> {
+        if self.snapshot_by_id(id)?.is_none() {
+            return Ok(false);
+        }
+        let change = crate::objects::Change {
+            tags: Some(tags.to_vec()),
+            ..Default::default()
+        };
+        crate::objects::record_change(&self.root, id, change)?;
+        self.index.set_tags(id, tags)
+    }
+
+    /// Record that snapshots are forgotten (before the index drops them).
+    pub fn record_forgotten(&self, ids: &[SnapshotId]) -> Result<()> {
+        for id in ids {
+            let change = crate::objects::Change {
+                forgotten: true,
+                ..Default::default()
+            };
+            crate::objects::record_change(&self.root, id, change)?;
+        }
+        Ok(())
     }
 
     pub fn latest_snapshot_of(&self, source: &Path) -> Result<Option<Snapshot>> {

@@ -220,6 +220,7 @@ pub fn create(
     // object, then the index commit.
     let commit = repo
         .flush_trees()
+        .and_then(|_| crate::objects::write_snapshot(repo.root(), &snapshot, nonce))
         .and_then(|_| repo.index.insert_snapshot(&snapshot))
         .and_then(|_| repo.index.commit());
     if let Err(e) = commit {

@@ -205,7 +205,8 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     stats.packs_written = moved.len() as u64;
     drop(reader);
 
-    // 4. One transaction.
+    // 4. One transaction, after the repository's files record the forgets.
+    repo.record_forgotten(&dead_snaps.iter().map(|s| s.id).collect::<Vec<_>>())?;
     index.begin()?;
     let tx = (|| -> Result<()> {
         for s in &dead_snaps {
@@ -260,6 +261,21 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
             sync_dir(&d)?;
         }
     }
+    // Snapshot files the committed index no longer names: forgotten ones,
+    // and objects of creates that crashed before their commit (their packs
+    // were orphans, removed above).
+    let listed: HashSet<SnapshotId> = repo.snapshots()?.iter().map(|s| s.id).collect();
+    for id in crate::objects::object_ids(repo.root())? {
+        if !listed.contains(&id) {
+            crate::objects::delete_snapshot_files(repo.root(), &id)?;
+            crate::fault::point("gc removed a snapshot object");
+        }
+    }
+    for id in crate::objects::changed_ids(repo.root())? {
+        if !listed.contains(&id) {
+            crate::objects::delete_snapshot_files(repo.root(), &id)?;
+        }
+    }
     stats.reclaimed_bytes = (old_bytes + orphan_bytes).saturating_sub(new_bytes);
     stats.duration_ms = started.elapsed().as_millis() as u64;
     Ok(stats)
@@ -300,6 +316,12 @@ fn orphan_files(repo: &Repository, referenced: &HashSet<PackId>) -> Result<Vec<(
 /// Remove snapshots by id (no sweep: `gc` reclaims the space).
 pub fn forget(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
     let index = repo.index();
+    for id in ids {
+        if repo.snapshot_by_id(id)?.is_none() {
+            return Err(Error::NoSuchSnapshot(id.to_hex()));
+        }
+    }
+    repo.record_forgotten(ids)?;
     index.begin()?;
     for id in ids {
         if !index.delete_snapshot(id)? {
@@ -311,7 +333,7 @@ pub fn forget(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
 }
 
 pub fn set_pinned(repo: &Repository, id: &SnapshotId, pinned: bool) -> Result<()> {
-    if !repo.index().set_pinned(id, pinned)? {
+    if !repo.set_pinned(id, pinned)? {
         return Err(Error::NoSuchSnapshot(id.to_hex()));
     }
     Ok(())

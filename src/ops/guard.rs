@@ -239,9 +239,8 @@ pub fn guard(
     co.tags.push(TAG_PRE.to_string());
     co.pinned = true;
     let snap = create(repo, &co, progress)?;
-    let index = repo.index();
     if !snap.complete {
-        index.set_pinned(&snap.id, false)?;
+        repo.set_pinned(&snap.id, false)?;
         return Err(Error::Invalid(format!(
             "the pre-migration snapshot {} is incomplete ({} path(s) unreadable: {}); a rollback could not restore them, so the migration was not run",
             snap.id.short(),
@@ -261,7 +260,7 @@ pub fn guard(
     let mut cmd = Command::new(program);
     cmd.args(args).env("SNAP_GUARD_SNAPSHOT", snap.id.to_hex());
     let status = signals.run(cmd).map_err(|e| {
-        let _ = index.set_pinned(&snap.id, false);
+        let _ = repo.set_pinned(&snap.id, false);
         Error::Invalid(format!(
             "cannot run {}: {e}; nothing was changed (snapshot {} kept)",
             program.to_string_lossy(),
@@ -341,8 +340,8 @@ pub fn guard(
     } else {
         tags.push(TAG_MIGRATED.to_string());
     }
-    index.set_tags(&snap.id, &tags)?;
-    index.set_pinned(&snap.id, false)?;
+    repo.set_tags(&snap.id, &tags)?;
+    repo.set_pinned(&snap.id, false)?;
     if report.outcome == Outcome::Migrated
         && let Some(keep) = opts.keep
     {

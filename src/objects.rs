@@ -1,0 +1,376 @@
+//! The repository's own record of its snapshots, apart from `index.db`:
+//!
+//! ```text
+//! <repo>/config                       the repository config (JSON), written by init
+//! <repo>/snapshots/<id>               one immutable object per snapshot: its whole record (JSON)
+//! <repo>/changes/<id>-<time>-<rand>   one immutable record per later change: tags, pin, forget
+//! ```
+//!
+//! Every file is written once, atomically and durably (temporary in the same
+//! directory, fsync, rename, fsync of the directory), before the index commit
+//! that reflects it, and only `snap repair index` and `snap check` read them.
+//! Changes are separate small objects rather than rewrites, so that nothing
+//! is ever modified in place (which object storage and several writers need).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::RepoConfig;
+use crate::error::{Error, IoContext, Result};
+use crate::id::{SnapshotId, TreeId};
+use crate::snapshot::{RootMeta, Snapshot, SnapshotStats, SourceRoot};
+
+pub const CONFIG_FILE: &str = "config";
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+pub const CHANGES_DIR: &str = "changes";
+
+/// Write `bytes` as `dir/name`, atomically and durably: after a crash the
+/// file is either absent or whole.
+pub fn put_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    crate::repo::create_private_dir(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .at(dir)?;
+    tmp.write_all(bytes).at(tmp.path())?;
+    tmp.as_file().sync_all().at(tmp.path())?;
+    let path = dir.join(name);
+    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+    crate::pack::sync_dir(dir)
+}
+
+#[derive(Serialize, Deserialize)]
+struct ConfigFile {
+    format_version: u32,
+    chunk_min_bytes: u32,
+    chunk_avg_bytes: u32,
+    chunk_max_bytes: u32,
+    zstd_level: i32,
+    pack_target_bytes: u64,
+}
+
+pub fn write_config(repo: &Path, c: &RepoConfig) -> Result<()> {
+    let f = ConfigFile {
+        format_version: c.format_version,
+        chunk_min_bytes: c.chunk_min_bytes,
+        chunk_avg_bytes: c.chunk_avg_bytes,
+        chunk_max_bytes: c.chunk_max_bytes,
+        zstd_level: c.zstd_level,
+        pack_target_bytes: c.pack_target_bytes,
+    };
+    let json = serde_json::to_vec_pretty(&f).expect("plain data serializes");
+    put_atomic(repo, CONFIG_FILE, &json)
+}
+
+pub fn read_config(repo: &Path) -> Result<RepoConfig> {
+    let path = repo.join(CONFIG_FILE);
+    let bytes = fs::read(&path).at(&path)?;
+    let f: ConfigFile = serde_json::from_slice(&bytes).map_err(|e| Error::Damaged {
+        path: path.clone(),
+        reason: format!("not a repository config: {e}"),
+    })?;
+    let c = RepoConfig {
+        format_version: f.format_version,
+        chunk_min_bytes: f.chunk_min_bytes,
+        chunk_avg_bytes: f.chunk_avg_bytes,
+        chunk_max_bytes: f.chunk_max_bytes,
+        zstd_level: f.zstd_level,
+        pack_target_bytes: f.pack_target_bytes,
+    };
+    c.validate()?;
+    Ok(c)
+}
+
+/// A snapshot object: the whole record, plus the nonce that went into its
+/// id, so that a reader can check the id against the fields.
+#[derive(Serialize, Deserialize)]
+struct SnapshotObject {
+    format: u32,
+    id: String,
+    nonce: u64,
+    time_ns: i64,
+    host: String,
+    /// The source path's exact bytes, in hex (paths need not be UTF-8).
+    source_hex: String,
+    root: String,
+    parent: Option<String>,
+    tags: Vec<String>,
+    labels: BTreeMap<String, String>,
+    complete: bool,
+    pinned: bool,
+    unreadable: Vec<(String, String)>,
+    stats: SnapshotStats,
+    root_meta: RootMeta,
+    sources: Vec<SourceRoot>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The bytes of a snapshot's object (canonical: serde_json in field order).
+pub fn encode_snapshot(s: &Snapshot, nonce: u64) -> Vec<u8> {
+    let o = SnapshotObject {
+        format: 2,
+        id: s.id.to_hex(),
+        nonce,
+        time_ns: s.time_ns,
+        host: s.host.clone(),
+        source_hex: hex(s.source.as_os_str().as_bytes()),
+        root: s.root.to_hex(),
+        parent: s.parent.map(|p| p.to_hex()),
+        tags: s.tags.clone(),
+        labels: s.labels.clone(),
+        complete: s.complete,
+        pinned: s.pinned,
+        unreadable: s.unreadable.clone(),
+        stats: s.stats.clone(),
+        root_meta: s.root_meta,
+        sources: s.sources.clone(),
+    };
+    serde_json::to_vec_pretty(&o).expect("plain data serializes")
+}
+
+/// Decode a snapshot object and check its id against its fields.
+pub fn decode_snapshot(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
+    let o: SnapshotObject = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if o.format != 2 {
+        return Err(format!("unknown snapshot object format {}", o.format));
+    }
+    let id = SnapshotId::from_hex(&o.id).ok_or("bad id")?;
+    let root = TreeId::from_hex(&o.root).ok_or("bad root tree id")?;
+    let parent = match &o.parent {
+        Some(p) => Some(SnapshotId::from_hex(p).ok_or("bad parent id")?),
+        None => None,
+    };
+    let source = unhex(&o.source_hex).ok_or("bad source path")?;
+    let want = Snapshot::compute_id(o.time_ns, &o.host, &source, &root, parent.as_ref(), o.nonce);
+    if want != id {
+        return Err("the id does not match the record (altered?)".into());
+    }
+    Ok(Snapshot {
+        id,
+        time_ns: o.time_ns,
+        host: o.host,
+        source: PathBuf::from(std::ffi::OsString::from_vec(source)),
+        root,
+        parent,
+        tags: o.tags,
+        labels: o.labels,
+        complete: o.complete,
+        pinned: o.pinned,
+        unreadable: o.unreadable,
+        stats: o.stats,
+        root_meta: o.root_meta,
+        sources: o.sources,
+    })
+}
+
+/// Write a new snapshot's object (before the index commit).
+pub fn write_snapshot(repo: &Path, s: &Snapshot, nonce: u64) -> Result<()> {
+    put_atomic(
+        &repo.join(SNAPSHOTS_DIR),
+        &s.id.to_hex(),
+        &encode_snapshot(s, nonce),
+    )?;
+    crate::fault::point("snapshot object written");
+    Ok(())
+}
+
+/// A change to a snapshot after it was written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Change {
+    pub snapshot: String,
+    pub time_ns: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forgotten: bool,
+}
+
+fn now_ns() -> i64 {
+    jiff::Timestamp::now().as_nanosecond() as i64
+}
+
+/// Record a change (before the index reflects it).
+pub fn record_change(repo: &Path, id: &SnapshotId, mut change: Change) -> Result<()> {
+    change.snapshot = id.to_hex();
+    change.time_ns = now_ns();
+    let name = format!(
+        "{}-{:020}-{:016x}",
+        id.to_hex(),
+        change.time_ns,
+        rand::random::<u64>()
+    );
+    let json = serde_json::to_vec(&change).expect("plain data serializes");
+    put_atomic(&repo.join(CHANGES_DIR), &name, &json)?;
+    crate::fault::point("change recorded");
+    Ok(())
+}
+
+/// Apply changes in time order to a snapshot; `None` if it was forgotten.
+pub fn apply_changes(mut s: Snapshot, changes: &[Change]) -> Option<Snapshot> {
+    for c in changes {
+        if c.forgotten {
+            return None;
+        }
+        if let Some(t) = &c.tags {
+            s.tags = t.clone();
+        }
+        if let Some(p) = c.pinned {
+            s.pinned = p;
+        }
+    }
+    Some(s)
+}
+
+/// What the snapshot files say: every object that decodes, the ones that
+/// do not (with why), and the changes per snapshot in time order.
+pub struct Records {
+    pub snapshots: Vec<Snapshot>,
+    pub bad: Vec<(PathBuf, String)>,
+    pub changes: HashMap<SnapshotId, Vec<Change>>,
+}
+
+fn names_in(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    match fs::read_dir(dir) {
+        Ok(rd) => {
+            for de in rd {
+                let de = de.at(dir)?;
+                let name = de.file_name().to_string_lossy().into_owned();
+                if !name.starts_with('.') {
+                    out.push((name, de.path()));
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(dir, e)),
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn read_records(repo: &Path) -> Result<Records> {
+    let mut r = Records {
+        snapshots: Vec::new(),
+        bad: Vec::new(),
+        changes: HashMap::new(),
+    };
+    for (name, path) in names_in(&repo.join(SNAPSHOTS_DIR))? {
+        let bytes = fs::read(&path).at(&path)?;
+        match decode_snapshot(&bytes) {
+            Ok(s) if s.id.to_hex() == name => r.snapshots.push(s),
+            Ok(_) => r.bad.push((path, "named for another snapshot".into())),
+            Err(why) => r.bad.push((path, why)),
+        }
+    }
+    for (_, path) in names_in(&repo.join(CHANGES_DIR))? {
+        let bytes = fs::read(&path).at(&path)?;
+        let parsed: std::result::Result<Change, _> = serde_json::from_slice(&bytes);
+        match parsed
+            .ok()
+            .and_then(|c| Some((SnapshotId::from_hex(&c.snapshot)?, c)))
+        {
+            Some((id, c)) => r.changes.entry(id).or_default().push(c),
+            None => r.bad.push((path, "not a change record".into())),
+        }
+    }
+    for list in r.changes.values_mut() {
+        list.sort_by_key(|c| c.time_ns);
+    }
+    r.snapshots.sort_by_key(|s| (s.time_ns, s.id));
+    Ok(r)
+}
+
+/// Remove a snapshot's object and its change records (gc, after the index
+/// commit that dropped it).
+pub fn delete_snapshot_files(repo: &Path, id: &SnapshotId) -> Result<()> {
+    let hex = id.to_hex();
+    let obj = repo.join(SNAPSHOTS_DIR).join(&hex);
+    remove_if_exists(&obj)?;
+    for (name, path) in names_in(&repo.join(CHANGES_DIR))? {
+        if name.starts_with(&hex) {
+            remove_if_exists(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Snapshot ids that have change records.
+pub fn changed_ids(repo: &Path) -> Result<Vec<SnapshotId>> {
+    let mut ids: Vec<SnapshotId> = names_in(&repo.join(CHANGES_DIR))?
+        .into_iter()
+        .filter_map(|(n, _)| n.get(..64).and_then(SnapshotId::from_hex))
+        .collect();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Snapshot ids that have an object.
+pub fn object_ids(repo: &Path) -> Result<Vec<SnapshotId>> {
+    Ok(names_in(&repo.join(SNAPSHOTS_DIR))?
+        .into_iter()
+        .filter_map(|(n, _)| SnapshotId::from_hex(&n))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_object_round_trips_and_an_altered_one_is_refused() {
+        let root = TreeId::of(b"root");
+        let source = PathBuf::from(std::ffi::OsString::from_vec(b"/data/caf\xe9".to_vec()));
+        let id = Snapshot::compute_id(5, "host", source.as_os_str().as_bytes(), &root, None, 9);
+        let s = Snapshot {
+            id,
+            time_ns: 5,
+            host: "host".into(),
+            source,
+            root,
+            parent: None,
+            tags: vec!["t".into()],
+            labels: BTreeMap::from([("k".into(), "v".into())]),
+            complete: true,
+            pinned: true,
+            unreadable: vec![],
+            stats: SnapshotStats::default(),
+            root_meta: RootMeta::default(),
+            sources: vec![],
+        };
+        let enc = encode_snapshot(&s, 9);
+        let back = decode_snapshot(&enc).unwrap();
+        assert_eq!(encode_snapshot(&back, 9), enc);
+        let altered = String::from_utf8(enc)
+            .unwrap()
+            .replace("\"time_ns\": 5", "\"time_ns\": 6");
+        assert!(serde_json::from_str::<serde_json::Value>(&altered).is_ok());
+        assert!(decode_snapshot(altered.as_bytes()).is_err());
+    }
+}
