@@ -79,11 +79,23 @@ pub enum Command {
     Gc(GcArgs),
     /// Snapshot, run a migration, and roll back if it fails
     Guard(GuardArgs),
+    /// Rebuild what can be rebuilt from the repository's own files
+    #[command(subcommand)]
+    Repair(RepairWhat),
     /// Check the repository's consistency; --read-data also verifies every chunk
     Check {
         /// Read every pack and verify every chunk's BLAKE3 id
         #[arg(long)]
         read_data: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum RepairWhat {
+    /// Rebuild index.db from the packs and snapshot files (when it is lost or damaged)
+    Index {
         #[arg(long)]
         json: bool,
     },

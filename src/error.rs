@@ -95,6 +95,19 @@ impl Error {
         }
     }
 
+    /// True when the damage is in `index.db` itself (which `snap repair
+    /// index` rebuilds), not in the repository's files.
+    pub fn is_index_damage(&self) -> bool {
+        let names_index = |p: &std::path::Path| p.file_name().is_some_and(|n| n == "index.db");
+        match self {
+            Error::Index { path, .. } => self.is_damage() && names_index(path),
+            Error::Damaged { path, reason } => {
+                names_index(path) && !reason.contains("snap repair index")
+            }
+            _ => false,
+        }
+    }
+
     /// True for errors that mean stored data is damaged (exit code 5).
     pub fn is_damage(&self) -> bool {
         match self {

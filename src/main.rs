@@ -51,6 +51,14 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("snap: error: {err:#}");
+            if err
+                .downcast_ref::<Error>()
+                .is_some_and(|e| e.is_index_damage())
+            {
+                eprintln!(
+                    "snap: the index is damaged; `snap repair index` rebuilds it from the repository's files"
+                );
+            }
             let code = match err.downcast_ref::<Error>() {
                 Some(Error::Locked { .. }) => exit::LOCKED,
                 Some(Error::SafetySnapshotIncomplete { .. }) => exit::SAFETY_INCOMPLETE,
@@ -294,6 +302,15 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Check { read_data, json } => {
             check_command(&cli.repo, read_data, json, &progress, &mut out)
         }
+        Command::Repair(cli::RepairWhat::Index { json }) => {
+            let path = match &cli.repo {
+                Some(p) => p.clone(),
+                None => default_repo()?,
+            };
+            let st = snap::ops::repair::repair_index(&path, &progress)?;
+            progress.finish();
+            repair_report(&st, json, &mut out)
+        }
         Command::List { json } => {
             let repo = open_repo_read_only(&cli.repo, None)?;
             let snaps = repo.snapshots()?;
@@ -506,6 +523,35 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
             }
         }
     }
+}
+
+fn repair_report(
+    st: &snap::ops::repair::RepairStats,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, st)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "rebuilt index.db: {} snapshots, {} trees, {} chunks and trees in {} packs ({} forgotten snapshots left out) in {:.2} s",
+            st.snapshots,
+            st.trees,
+            st.chunks,
+            st.packs,
+            st.forgotten_snapshots,
+            st.duration_ms as f64 / 1000.0
+        )?;
+    }
+    for (f, why) in &st.unusable_files {
+        eprintln!("snap: {f}: not used: {why}");
+    }
+    for (id, why) in &st.damaged_snapshots {
+        eprintln!("snap: snapshot {}: kept, but damaged: {why}", &id[..8]);
+    }
+    Ok(if st.is_clean() { 0 } else { exit::DAMAGED })
 }
 
 fn gc_command(

@@ -112,7 +112,7 @@ impl Repository {
             // Packs without an index: a repository that lost its index.
             return Err(Error::Damaged {
                 path: path.join(INDEX_FILE),
-                reason: "the index is missing; the packs are still there".into(),
+                reason: "the index is missing; the packs are still there: run `snap repair index` to rebuild it from them".into(),
             });
         }
         if !path.is_dir() || !is_repository(path) {
@@ -163,27 +163,7 @@ impl Repository {
     /// What lies in packs/: every pack file by id, and the temporary files
     /// of packs being written (or left by a crash).
     pub fn pack_files(&self) -> Result<PackFiles> {
-        let packs_dir = self.packs_dir();
-        let (mut packs, mut temps) = (Vec::new(), Vec::new());
-        for de in fs::read_dir(&packs_dir).at(&packs_dir)? {
-            let de = de.at(&packs_dir)?;
-            let path = de.path();
-            if de.file_name().to_string_lossy().starts_with(".tmp-pack-") {
-                temps.push(path);
-                continue;
-            }
-            if !de.file_type().at(&path)?.is_dir() {
-                continue;
-            }
-            for f in fs::read_dir(&path).at(&path)? {
-                let f = f.at(&path)?;
-                let name = f.file_name().to_string_lossy().into_owned();
-                if let Some(id) = name.strip_suffix(".pack").and_then(PackId::from_hex) {
-                    packs.push((id, f.path()));
-                }
-            }
-        }
-        Ok((packs, temps))
+        list_pack_files(&self.packs_dir())
     }
 
     /// Open a second, read-only connection (for worker threads).
@@ -337,6 +317,32 @@ impl Repository {
     pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
         self.index.chunk_location(id)
     }
+}
+
+/// What lies in packs/: every pack file by id, and the temporary files
+/// of packs being written (or left by a crash).
+pub fn list_pack_files(packs_dir: &Path) -> Result<PackFiles> {
+    let packs_dir = packs_dir.to_path_buf();
+    let (mut packs, mut temps) = (Vec::new(), Vec::new());
+    for de in fs::read_dir(&packs_dir).at(&packs_dir)? {
+        let de = de.at(&packs_dir)?;
+        let path = de.path();
+        if de.file_name().to_string_lossy().starts_with(".tmp-pack-") {
+            temps.push(path);
+            continue;
+        }
+        if !de.file_type().at(&path)?.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&path).at(&path)? {
+            let f = f.at(&path)?;
+            let name = f.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".pack").and_then(PackId::from_hex) {
+                packs.push((id, f.path()));
+            }
+        }
+    }
+    Ok((packs, temps))
 }
 
 /// Trees of 4 KiB or more are compressed with zstd when that helps;

@@ -5,4 +5,5 @@ pub mod create;
 pub mod gc;
 pub mod guard;
 pub mod ls;
+pub mod repair;
 pub mod restore;

@@ -13,6 +13,7 @@ mod gc;
 mod guard;
 mod hostile;
 mod model;
+mod repair;
 mod restore_in_place;
 mod restore_safety;
 mod roundtrip;

@@ -1,0 +1,252 @@
+//! `snap repair index`: rebuild `index.db` from the repository's own files.
+//!
+//! The index is a cache of what the files say (docs/format.md): the config
+//! file, the pack footers (every chunk and tree blob, by pack), the snapshot
+//! objects and their change records. Repair reads them into a new index
+//! beside the old one, loads every tree the snapshots reach from the tree
+//! packs, and only then replaces `index.db` (rename): a crash at any point
+//! leaves the old index (or none) and a temporary that the next run removes.
+//! A snapshot whose trees or chunks are missing is kept and named, never
+//! silently dropped.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::id::{ChunkId, TreeId};
+use crate::index::Index;
+use crate::lock::{LockMode, RepoLock, default_wait};
+use crate::pack::{FinishedPack, PackKind, PackReader, decode_blob, read_footer_full};
+use crate::progress::Progress;
+use crate::repo::{INDEX_FILE, PACKS_DIR, compress_tree, list_pack_files};
+use crate::tree::{Kind, Tree};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepairStats {
+    pub packs: u64,
+    pub chunks: u64,
+    pub trees: u64,
+    pub snapshots: u64,
+    /// Snapshots whose change records say they were forgotten.
+    pub forgotten_snapshots: u64,
+    /// Files that could not be used, and why (a damaged pack, an object
+    /// that does not decode).
+    pub unusable_files: Vec<(String, String)>,
+    /// Snapshots kept in the index although some of their data is missing,
+    /// with what is missing (`snap check` names the paths).
+    pub damaged_snapshots: Vec<(String, String)>,
+    pub duration_ms: u64,
+}
+
+impl RepairStats {
+    pub fn is_clean(&self) -> bool {
+        self.unusable_files.is_empty() && self.damaged_snapshots.is_empty()
+    }
+}
+
+const TMP_INDEX: &str = ".index.db.repair";
+
+pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<RepairStats> {
+    let started = std::time::Instant::now();
+    if !root.join(PACKS_DIR).is_dir() || !root.join(crate::objects::CONFIG_FILE).is_file() {
+        return Err(Error::NotARepository {
+            path: root.to_path_buf(),
+        });
+    }
+    let _lock = RepoLock::acquire(root, LockMode::Exclusive, default_wait())?;
+    let config = crate::objects::read_config(root)?;
+    let tmp = root.join(TMP_INDEX);
+    for f in [TMP_INDEX, ".index.db.repair-wal", ".index.db.repair-shm"] {
+        let _ = fs::remove_file(root.join(f));
+    }
+    let mut stats = RepairStats::default();
+    {
+        let index = Index::create(&tmp, &config)?;
+        index.tune_for_create()?;
+        index.begin()?;
+        progress.phase("repair: packs", None);
+        add_packs(&index, root, &mut stats, progress)?;
+        progress.phase("repair: snapshots", None);
+        add_snapshots(&index, root, &mut stats, progress)?;
+        index.commit()?;
+    }
+    crate::fault::point("repaired index written");
+    // Replace the old index: its -wal and -shm go first, so SQLite never
+    // applies an old log to the new file.
+    for f in ["index.db-wal", "index.db-shm"] {
+        match fs::remove_file(root.join(f)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(root.join(f), e));
+            }
+            _ => {}
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).at(&tmp)?;
+    fs::rename(&tmp, root.join(INDEX_FILE)).at(root.join(INDEX_FILE))?;
+    crate::pack::sync_dir(root)?;
+    crate::fault::point("repaired index in place");
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(stats)
+}
+
+/// Every pack whose footer is sound: a pack row and its blobs' rows.
+fn add_packs(
+    index: &Index,
+    root: &Path,
+    stats: &mut RepairStats,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let (packs, _temps) = list_pack_files(&root.join(PACKS_DIR))?;
+    for (id, path) in packs {
+        let footer = match read_footer_full(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                stats
+                    .unusable_files
+                    .push((path.display().to_string(), e.to_string()));
+                continue;
+            }
+        };
+        if footer.id != id {
+            stats.unusable_files.push((
+                path.display().to_string(),
+                format!(
+                    "its footer hashes to {}, not to its name",
+                    footer.id.short()
+                ),
+            ));
+            continue;
+        }
+        stats.packs += 1;
+        stats.chunks += footer.entries.len() as u64;
+        index.insert_pack(&FinishedPack {
+            id,
+            kind: footer.kind,
+            size: footer.size,
+            entries: footer.entries,
+        })?;
+        progress.entries(1);
+    }
+    Ok(())
+}
+
+/// Every snapshot object with its changes applied, and every tree it
+/// reaches, loaded from the blobs the pack rows now locate.
+fn add_snapshots(
+    index: &Index,
+    root: &Path,
+    stats: &mut RepairStats,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let records = crate::objects::read_records(root)?;
+    for (path, why) in &records.bad {
+        stats
+            .unusable_files
+            .push((path.display().to_string(), why.clone()));
+    }
+    let mut loader = TreeLoader {
+        index,
+        packs_dir: root.join(PACKS_DIR),
+        done: HashSet::new(),
+    };
+    for s in records.snapshots {
+        let changes = records.changes.get(&s.id).map_or(&[][..], |c| c.as_slice());
+        let Some(s) = crate::objects::apply_changes(s, changes) else {
+            stats.forgotten_snapshots += 1;
+            continue;
+        };
+        index.insert_snapshot(&s)?;
+        stats.snapshots += 1;
+        let missing = loader.load_all(s.root, crate::ops::restore::entry_budget(&s))?;
+        if !missing.is_empty() {
+            stats
+                .damaged_snapshots
+                .push((s.id.to_hex(), missing.join("; ")));
+        }
+        progress.entries(1);
+    }
+    stats.trees = loader.done.len() as u64;
+    Ok(())
+}
+
+struct TreeLoader<'a> {
+    index: &'a Index,
+    packs_dir: PathBuf,
+    done: HashSet<TreeId>,
+}
+
+impl TreeLoader<'_> {
+    /// Load the trees under `root` into the index; what is missing, as
+    /// messages (at most a few). Visits each tree once, and at most
+    /// `budget` of them for this snapshot (a crafted graph cannot loop).
+    fn load_all(&mut self, root: TreeId, budget: u64) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        let mut stack = vec![root];
+        let mut visited = 0u64;
+        while let Some(t) = stack.pop() {
+            if self.done.contains(&t) {
+                continue;
+            }
+            visited += 1;
+            if visited > budget {
+                missing.push("its trees expand beyond what it records".to_string());
+                break;
+            }
+            let tree = match self.load(&t) {
+                Ok(tree) => tree,
+                Err(why) => {
+                    if missing.len() < 5 {
+                        missing.push(format!("tree {}: {why}", t.short()));
+                    }
+                    continue;
+                }
+            };
+            for e in &tree.entries {
+                match e.kind {
+                    Kind::Dir => stack.extend(e.subtree()),
+                    Kind::File => {
+                        for c in e.chunks() {
+                            if !self.index.has_chunk(c)? && missing.len() < 5 {
+                                missing.push(format!(
+                                    "chunk {} of {} is in no pack",
+                                    c.short(),
+                                    e.name_os().to_string_lossy()
+                                ));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.done.insert(t);
+        }
+        Ok(missing)
+    }
+
+    fn load(&self, t: &TreeId) -> std::result::Result<Tree, String> {
+        let blob = ChunkId(t.0);
+        let loc = self
+            .index
+            .chunk_location(&blob)
+            .map_err(|e| e.to_string())?
+            .ok_or("its blob is in no pack")?;
+        let path = crate::pack::pack_path(&self.packs_dir, &loc.pack);
+        let pack = PackReader::open(&path).map_err(|e| e.to_string())?;
+        let max = PackKind::Tree.blob_max();
+        let stored = pack
+            .read_stored_max(loc.offset as u64, loc.stored_len, max)
+            .map_err(|e| e.to_string())?;
+        let enc = decode_blob(&path, &blob, loc.codec, &stored, loc.raw_len, max)
+            .map_err(|e| e.to_string())?;
+        let tree = Tree::decode(&enc).map_err(|e| e.to_string())?;
+        let (codec, data) = compress_tree(&enc);
+        self.index
+            .insert_tree(t, codec, &data)
+            .map_err(|e| e.to_string())?;
+        Ok(tree)
+    }
+}
