@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 
 /// The repository format this build writes and the newest it can read.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoConfig {

@@ -195,6 +195,9 @@ pub fn write_snapshot(repo: &Path, s: &Snapshot, nonce: u64) -> Result<()> {
 /// A change to a snapshot after it was written.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Change {
+    /// The record's file name (not stored in it).
+    #[serde(skip)]
+    pub name: String,
     pub snapshot: String,
     pub time_ns: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,8 +212,8 @@ fn now_ns() -> i64 {
     jiff::Timestamp::now().as_nanosecond() as i64
 }
 
-/// Record a change (before the index reflects it).
-pub fn record_change(repo: &Path, id: &SnapshotId, mut change: Change) -> Result<()> {
+/// Record a change (before the index reflects it); returns its name.
+pub fn record_change(repo: &Path, id: &SnapshotId, mut change: Change) -> Result<String> {
     change.snapshot = id.to_hex();
     change.time_ns = now_ns();
     let name = format!(
@@ -222,7 +225,7 @@ pub fn record_change(repo: &Path, id: &SnapshotId, mut change: Change) -> Result
     let json = serde_json::to_vec(&change).expect("plain data serializes");
     put_atomic(&repo.join(CHANGES_DIR), &name, &json)?;
     crate::fault::point("change recorded");
-    Ok(())
+    Ok(name)
 }
 
 /// Apply changes in time order to a snapshot; `None` if it was forgotten.
@@ -268,6 +271,34 @@ fn names_in(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// Change records whose names `wanted` accepts, per snapshot in time
+/// order, and the files that are not change records.
+#[allow(clippy::type_complexity)]
+pub fn read_changes(
+    repo: &Path,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<(HashMap<SnapshotId, Vec<Change>>, Vec<(PathBuf, String)>)> {
+    let (mut changes, mut bad) = (HashMap::<SnapshotId, Vec<Change>>::new(), Vec::new());
+    for (name, path) in names_in(&repo.join(CHANGES_DIR))? {
+        if !wanted(&name) {
+            continue;
+        }
+        let bytes = fs::read(&path).at(&path)?;
+        let parsed: std::result::Result<Change, _> = serde_json::from_slice(&bytes);
+        match parsed.ok().and_then(|mut c| {
+            c.name = name;
+            Some((SnapshotId::from_hex(&c.snapshot)?, c))
+        }) {
+            Some((id, c)) => changes.entry(id).or_default().push(c),
+            None => bad.push((path, "not a change record".into())),
+        }
+    }
+    for list in changes.values_mut() {
+        list.sort_by_key(|c| c.time_ns);
+    }
+    Ok((changes, bad))
+}
+
 pub fn read_records(repo: &Path) -> Result<Records> {
     let mut r = Records {
         snapshots: Vec::new(),
@@ -282,20 +313,9 @@ pub fn read_records(repo: &Path) -> Result<Records> {
             Err(why) => r.bad.push((path, why)),
         }
     }
-    for (_, path) in names_in(&repo.join(CHANGES_DIR))? {
-        let bytes = fs::read(&path).at(&path)?;
-        let parsed: std::result::Result<Change, _> = serde_json::from_slice(&bytes);
-        match parsed
-            .ok()
-            .and_then(|c| Some((SnapshotId::from_hex(&c.snapshot)?, c)))
-        {
-            Some((id, c)) => r.changes.entry(id).or_default().push(c),
-            None => r.bad.push((path, "not a change record".into())),
-        }
-    }
-    for list in r.changes.values_mut() {
-        list.sort_by_key(|c| c.time_ns);
-    }
+    let (changes, bad) = read_changes(repo, |_| true)?;
+    r.changes = changes;
+    r.bad.extend(bad);
     r.snapshots.sort_by_key(|s| (s.time_ns, s.id));
     Ok(r)
 }

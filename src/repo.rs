@@ -125,13 +125,17 @@ impl Repository {
             None => None,
         };
         let (index, config) = Index::open(&path.join(INDEX_FILE), path, read_only)?;
-        Ok(Repository {
+        let repo = Repository {
             root: path.to_path_buf(),
             index,
             config,
             _lock: lock,
             tree_pack: std::sync::Mutex::new(None),
-        })
+        };
+        if mode == Some(LockMode::Exclusive) && !read_only {
+            repo.apply_pending_changes()?;
+        }
+        Ok(repo)
     }
 
     pub fn root(&self) -> &Path {
@@ -231,13 +235,31 @@ impl Repository {
 
     // ---- snapshots ----
 
+    /// Every snapshot, oldest first, as the index says, with any change
+    /// records an interrupted command left unapplied taken into account
+    /// (so a reader sees what the next writer will commit).
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        self.index.snapshots()
+        let all = self.index.snapshots()?;
+        let pending = self.pending_changes()?;
+        if pending.is_empty() {
+            return Ok(all);
+        }
+        Ok(all
+            .into_iter()
+            .filter_map(|s| {
+                let mine: Vec<_> = pending
+                    .iter()
+                    .filter(|(id, _)| *id == s.id)
+                    .map(|(_, c)| c.clone())
+                    .collect();
+                crate::objects::apply_changes(s, &mine)
+            })
+            .collect())
     }
 
     /// Resolve `latest`, a full id, or a unique hex prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
-        let all = self.index.snapshots()?;
+        let all = self.snapshots()?;
         if spec == "latest" {
             return all
                 .into_iter()
@@ -263,46 +285,94 @@ impl Repository {
     }
 
     pub fn snapshot_by_id(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {
-        Ok(self.index.snapshots()?.into_iter().find(|s| s.id == *id))
+        Ok(self.snapshots()?.into_iter().find(|s| s.id == *id))
     }
 
     /// Change a snapshot's pin: recorded in the repository's files first,
     /// then in the index. False when there is no such snapshot.
     pub fn set_pinned(&self, id: &SnapshotId, pinned: bool) -> Result<bool> {
-        if self.snapshot_by_id(id)?.is_none() {
-            return Ok(false);
-        }
         let change = crate::objects::Change {
             pinned: Some(pinned),
             ..Default::default()
         };
-        crate::objects::record_change(&self.root, id, change)?;
-        self.index.set_pinned(id, pinned)
+        self.change(id, change)
     }
 
     /// Replace a snapshot's tags, recorded the same way.
     pub fn set_tags(&self, id: &SnapshotId, tags: &[String]) -> Result<bool> {
-        if self.snapshot_by_id(id)?.is_none() {
-            return Ok(false);
-        }
         let change = crate::objects::Change {
             tags: Some(tags.to_vec()),
             ..Default::default()
         };
-        crate::objects::record_change(&self.root, id, change)?;
-        self.index.set_tags(id, tags)
+        self.change(id, change)
     }
 
-    /// Record that snapshots are forgotten (before the index drops them).
-    pub fn record_forgotten(&self, ids: &[SnapshotId]) -> Result<()> {
+    fn change(&self, id: &SnapshotId, change: crate::objects::Change) -> Result<bool> {
+        if self.snapshot_by_id(id)?.is_none() {
+            return Ok(false);
+        }
+        let name = crate::objects::record_change(&self.root, id, change.clone())?;
+        self.index.begin()?;
+        let r =
+            apply_to_index(&self.index, id, &change).and_then(|_| self.index.mark_applied(&name));
+        match r {
+            Ok(()) => self.index.commit()?,
+            Err(e) => {
+                let _ = self.index.rollback();
+                return Err(e);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Change records the index has not applied yet, in time order.
+    fn pending_changes(&self) -> Result<Vec<(SnapshotId, crate::objects::Change)>> {
+        if !self.root.join(crate::objects::CHANGES_DIR).is_dir() {
+            return Ok(Vec::new());
+        }
+        let applied = self.index.applied_changes()?;
+        let (changes, _) = crate::objects::read_changes(&self.root, |n| !applied.contains(n))?;
+        let mut pending: Vec<_> = changes
+            .into_iter()
+            .flat_map(|(id, cs)| cs.into_iter().map(move |c| (id, c)))
+            .collect();
+        pending.sort_by_key(|(_, c)| c.time_ns);
+        Ok(pending)
+    }
+
+    /// Record that snapshots are forgotten (before the index drops them);
+    /// the caller marks the returned records applied in that transaction.
+    pub fn record_forgotten(&self, ids: &[SnapshotId]) -> Result<Vec<String>> {
+        let mut names = Vec::new();
         for id in ids {
             let change = crate::objects::Change {
                 forgotten: true,
                 ..Default::default()
             };
-            crate::objects::record_change(&self.root, id, change)?;
+            names.push(crate::objects::record_change(&self.root, id, change)?);
         }
-        Ok(())
+        Ok(names)
+    }
+
+    /// Roll the index forward over change records it has not applied (a
+    /// command that crashed between recording a change and committing it).
+    fn apply_pending_changes(&self) -> Result<()> {
+        let pending = self.pending_changes()?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.index.begin()?;
+        let r = pending.iter().try_for_each(|(id, c)| {
+            apply_to_index(&self.index, id, c)?;
+            self.index.mark_applied(&c.name)
+        });
+        match r {
+            Ok(()) => self.index.commit(),
+            Err(e) => {
+                let _ = self.index.rollback();
+                Err(e)
+            }
+        }
     }
 
     pub fn latest_snapshot_of(&self, source: &Path) -> Result<Option<Snapshot>> {
@@ -343,6 +413,20 @@ pub fn list_pack_files(packs_dir: &Path) -> Result<PackFiles> {
         }
     }
     Ok((packs, temps))
+}
+
+fn apply_to_index(index: &Index, id: &SnapshotId, c: &crate::objects::Change) -> Result<()> {
+    if c.forgotten {
+        index.delete_snapshot(id)?;
+        return Ok(());
+    }
+    if let Some(t) = &c.tags {
+        index.set_tags(id, t)?;
+    }
+    if let Some(p) = c.pinned {
+        index.set_pinned(id, p)?;
+    }
+    Ok(())
 }
 
 /// Trees of 4 KiB or more are compressed with zstd when that helps;

@@ -150,6 +150,12 @@ impl Index {
                 supported: SCHEMA_VERSION,
             });
         }
+        if version == 1 {
+            return Err(Error::OldFormat {
+                path: repo.to_path_buf(),
+                found: 1,
+            });
+        }
         if version == 0 {
             return Err(Error::Damaged {
                 path: path.to_path_buf(),
@@ -176,6 +182,12 @@ impl Index {
                 .map_err(|_| Error::BadConfig(format!("{k} is not a number")))
         };
         let format_version = num("format_version")? as u32;
+        if format_version < FORMAT_VERSION {
+            return Err(Error::OldFormat {
+                path: repo.to_path_buf(),
+                found: format_version,
+            });
+        }
         if format_version > FORMAT_VERSION {
             return Err(Error::NewerFormat {
                 path: repo.to_path_buf(),
@@ -644,6 +656,23 @@ impl Index {
             )
             .map(|n| n > 0)
             .map_err(|e| self.err(e))
+    }
+
+    /// Note that the change record `name` (under changes/) is reflected.
+    pub fn mark_applied(&self, name: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO applied_changes(name) VALUES (?1)")
+            .and_then(|mut st| st.execute([name]))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn applied_changes(&self) -> Result<std::collections::HashSet<String>> {
+        let f = || -> rusqlite::Result<std::collections::HashSet<String>> {
+            let mut st = self.conn.prepare("SELECT name FROM applied_changes")?;
+            st.query_map([], |r| r.get(0))?.collect()
+        };
+        f().map_err(|e| self.err(e))
     }
 
     /// Run a full integrity check of the SQLite file itself.

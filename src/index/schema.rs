@@ -46,5 +46,8 @@ CREATE TABLE snapshots (
     stats      TEXT NOT NULL,
     root_meta  TEXT NOT NULL
 );
+CREATE TABLE applied_changes (
+    name TEXT PRIMARY KEY
+) WITHOUT ROWID;
 CREATE INDEX snapshots_by_source ON snapshots(source, time_ns);
 "#;

@@ -8,13 +8,39 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::id::{ChunkId, PackId, TreeId};
+use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::ops::restore::{MAX_DEPTH, entry_budget};
 use crate::pack::{HEADER_LEN, TRAILER_LEN, decode_chunk, read_footer_and_id};
 use crate::progress::Progress;
 use crate::repo::{ChunkReader, Repository};
 use crate::snapshot::Snapshot;
 use crate::tree::Kind;
+
+/// Where the index's record of a snapshot and its files disagree.
+fn differs(index: &Snapshot, files: &Snapshot) -> Option<String> {
+    let mut what = Vec::new();
+    if index.root != files.root {
+        what.push("root tree");
+    }
+    if index.tags != files.tags {
+        what.push("tags");
+    }
+    if index.pinned != files.pinned {
+        what.push("pin");
+    }
+    if index.labels != files.labels {
+        what.push("labels");
+    }
+    if index.source != files.source || index.time_ns != files.time_ns {
+        what.push("source or time");
+    }
+    (!what.is_empty()).then(|| {
+        format!(
+            "the index and the snapshot files disagree on its {} (`snap repair index` trusts the files)",
+            what.join(", ")
+        )
+    })
+}
 
 struct TreeShape {
     entries: u64,
@@ -79,6 +105,12 @@ pub struct CheckReport {
     pub read_bytes: u64,
     /// Pack files no index row references (removed by `snap gc`); not damage.
     pub unreferenced_packs: u64,
+    /// Snapshot objects of creates that crashed before their commit
+    /// (removed by `snap gc`); not damage.
+    pub uncommitted_snapshot_objects: u64,
+    /// Change records (tags, pins, forgets) of interrupted commands, which
+    /// the next writing command applies; not damage.
+    pub pending_changes: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -240,6 +272,56 @@ pub fn check(
                 "its directories nest {depth} deep, more than restore follows ({MAX_DEPTH})"
             );
             faults.push(Fault::Snapshot(Box::new(s.clone()), why));
+        }
+    }
+    // The repository's files must say what the index says.
+    progress.phase("check: snapshot files", None);
+    let records = crate::objects::read_records(repo.root())?;
+    for (path, why) in &records.bad {
+        faults.push(Fault::Index(format!("{}: {why}", path.display())));
+    }
+    let applied = repo.index().applied_changes()?;
+    report.pending_changes = records
+        .changes
+        .values()
+        .flatten()
+        .filter(|c| !applied.contains(&c.name))
+        .count() as u64;
+    let on_file: HashMap<SnapshotId, &Snapshot> =
+        records.snapshots.iter().map(|s| (s.id, s)).collect();
+    for s in &snapshots {
+        let why = match on_file.get(&s.id) {
+            None => Some(
+                "no snapshot object records it (`snap repair index` could not rebuild it)"
+                    .to_string(),
+            ),
+            Some(obj) => {
+                // `snapshots` already includes changes an interrupted
+                // command recorded but did not apply (the next writer
+                // applies them), so compare with every change.
+                let changes = records.changes.get(&s.id).map_or(&[][..], |c| c.as_slice());
+                match crate::objects::apply_changes((*obj).clone(), changes) {
+                    None => Some("its change records say it was forgotten".to_string()),
+                    Some(f) => differs(s, &f),
+                }
+            }
+        };
+        if let Some(why) = why {
+            faults.push(Fault::Snapshot(Box::new(s.clone()), why));
+        }
+    }
+    let listed: HashSet<SnapshotId> = snapshots.iter().map(|s| s.id).collect();
+    report.uncommitted_snapshot_objects = records
+        .snapshots
+        .iter()
+        .filter(|s| !listed.contains(&s.id))
+        .count() as u64;
+    for t in &seen_trees {
+        if !pack_of_chunk.contains_key(&ChunkId(t.0)) {
+            faults.push(Fault::Tree(
+                *t,
+                "has no blob in any tree pack (`snap repair index` could not rebuild it)".into(),
+            ));
         }
     }
     report.trees = seen_trees.len() as u64;

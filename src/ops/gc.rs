@@ -206,9 +206,12 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     drop(reader);
 
     // 4. One transaction, after the repository's files record the forgets.
-    repo.record_forgotten(&dead_snaps.iter().map(|s| s.id).collect::<Vec<_>>())?;
+    let records = repo.record_forgotten(&dead_snaps.iter().map(|s| s.id).collect::<Vec<_>>())?;
     index.begin()?;
     let tx = (|| -> Result<()> {
+        for name in &records {
+            index.mark_applied(name)?;
+        }
         for s in &dead_snaps {
             index.delete_snapshot(&s.id)?;
         }
@@ -321,8 +324,11 @@ pub fn forget(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
             return Err(Error::NoSuchSnapshot(id.to_hex()));
         }
     }
-    repo.record_forgotten(ids)?;
+    let records = repo.record_forgotten(ids)?;
     index.begin()?;
+    for name in &records {
+        index.mark_applied(name)?;
+    }
     for id in ids {
         if !index.delete_snapshot(id)? {
             let _ = index.rollback();

@@ -155,6 +155,9 @@ fn add_snapshots(
     };
     for s in records.snapshots {
         let changes = records.changes.get(&s.id).map_or(&[][..], |c| c.as_slice());
+        for c in changes {
+            index.mark_applied(&c.name)?;
+        }
         let Some(s) = crate::objects::apply_changes(s, changes) else {
             stats.forgotten_snapshots += 1;
             continue;
