@@ -123,3 +123,57 @@ fn an_index_that_is_not_a_database_is_reported() {
     let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(err.contains("index.db"), "{err}");
 }
+
+#[test]
+fn format_2_golden_bytes() {
+    use snap::snapshot::{RootMeta, Snapshot, SnapshotStats};
+    // A tree pack's header names its kind.
+    assert_eq!(
+        snap::pack::encode_header(PackKind::Tree),
+        *b"SNAPPACK\x02\x00\x00\x00\x01\x00\x00\x00"
+    );
+    // How a snapshot id is computed, frozen.
+    let root = snap::TreeId::of(b"root");
+    let id = Snapshot::compute_id(
+        1_700_000_000_000_000_000,
+        "host",
+        b"/data/app",
+        &root,
+        None,
+        42,
+    );
+    assert_eq!(
+        id.to_hex(),
+        "adb9a708f86698d0b0f465cd2e7396bfece3e12967d4f0f95fadc99db93b920c"
+    );
+    // A snapshot object's bytes, frozen.
+    let s = Snapshot {
+        id,
+        time_ns: 1_700_000_000_000_000_000,
+        host: "host".into(),
+        source: "/data/app".into(),
+        root,
+        parent: None,
+        tags: vec!["pre-migration".into()],
+        labels: [("app".to_string(), "notes".to_string())].into(),
+        complete: true,
+        pinned: false,
+        unreadable: vec![],
+        stats: SnapshotStats::default(),
+        root_meta: RootMeta {
+            mode: 0o755,
+            uid: 1000,
+            gid: 1000,
+            mtime_ns: 5,
+        },
+        sources: vec![],
+    };
+    let enc = snap::objects::encode_snapshot(&s, 42);
+    assert_eq!(
+        blake3::hash(&enc).to_hex().as_str(),
+        "d970e31813f352a91e68894f1142bce7553ba73c41a343c1937d7ed38af51080",
+        "{}",
+        String::from_utf8_lossy(&enc)
+    );
+    assert_eq!(snap::objects::decode_snapshot(&enc).unwrap().id, id);
+}
