@@ -365,7 +365,10 @@ fn gc_crash_cycle(rounds: u64) -> u64 {
 fn gc_survives_a_crash_at_every_fault_point() {
     let crashes = gc_crash_cycle(4);
     eprintln!("gc: {crashes} injected crashes survived");
-    assert!(crashes >= 45, "only {crashes} crashes");
+    // How many points a gc passes depends on how chunks land in packs, so
+    // the floor is what every run reaches: 4 rounds of at least 8 points
+    // (each asserted in the cycle), every one of them survived.
+    assert!(crashes >= 32, "only {crashes} crashes");
 }
 
 /// A real `kill -9` at random moments while the command works on data large
