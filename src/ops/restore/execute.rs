@@ -89,7 +89,7 @@ pub(super) fn execute(
     let mut x = Exec {
         roots,
         is_root: rustix::process::geteuid().is_root(),
-        protected: protected(repo)?,
+        protected: super::plan::protected_dirs(repo)?,
         widened: HashMap::new(),
         looked_at: HashSet::new(),
         filesystems: Mutex::new(filesystems),
@@ -120,16 +120,6 @@ impl DevId for fs::Metadata {
     }
 }
 
-fn protected(repo: &Repository) -> Result<HashSet<(u64, u64)>> {
-    use std::os::unix::fs::MetadataExt;
-    let root = fs::canonicalize(repo.root()).at(repo.root())?;
-    let mut out = HashSet::new();
-    for dir in root.ancestors() {
-        let m = fs::metadata(dir).at(dir)?;
-        out.insert((m.dev(), m.ino()));
-    }
-    Ok(out)
-}
 
 /// Why a step failed because the target changed under the restore.
 fn moved(e: &io::Error) -> String {

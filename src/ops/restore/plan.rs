@@ -43,7 +43,7 @@ pub fn entry_budget(snap: &Snapshot) -> u64 {
 
 /// Device and inode of the repository directory and of every directory
 /// above it: a restore may delete none of them.
-fn protected_dirs(repo: &Repository) -> Result<HashSet<(u64, u64)>> {
+pub(super) fn protected_dirs(repo: &Repository) -> Result<HashSet<(u64, u64)>> {
     let root = fs::canonicalize(repo.root()).at(repo.root())?;
     let mut out = HashSet::new();
     for dir in root.ancestors() {
