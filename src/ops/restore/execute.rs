@@ -120,7 +120,6 @@ impl DevId for fs::Metadata {
     }
 }
 
-
 /// Why a step failed because the target changed under the restore.
 fn moved(e: &io::Error) -> String {
     match e.raw_os_error() {
