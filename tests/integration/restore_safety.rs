@@ -322,37 +322,35 @@ fn assert_hostile_graph_is_damage(env: &Env, id: &str) {
     );
 }
 
-#[test]
-fn a_deeply_nested_tree_graph_is_damage_not_a_stack_overflow() {
+/// A repository with one real snapshot whose root is replaced by `levels`
+/// nested trees, each level naming the level below once per name.
+fn planted_graph(levels: usize, names: &[&[u8]]) -> (Env, String) {
     let env = Env::new();
     let src = env.path("src");
     write(&src.join("f"), b"f");
     env.create_id(&src);
     let mut trees = vec![Tree::default().encode()];
-    for _ in 0..20_000 {
+    for _ in 0..levels {
         let below = Tree::id_of_encoding(trees.last().unwrap());
-        trees.push(Tree::new(vec![dir_entry(b"d", below)]).encode());
+        let entries = names.iter().map(|n| dir_entry(n, below)).collect();
+        trees.push(Tree::new(entries).encode());
     }
     let root = Tree::id_of_encoding(trees.last().unwrap());
     let id = plant_trees(&env, &trees, root);
+    (env, id)
+}
+
+#[test]
+fn a_deeply_nested_tree_graph_is_damage_not_a_stack_overflow() {
+    let (env, id) = planted_graph(20_000, &[b"d"]);
     assert_hostile_graph_is_damage(&env, &id);
 }
 
 #[test]
 fn a_tree_graph_that_expands_beyond_its_snapshot_is_damage() {
-    let env = Env::new();
-    let src = env.path("src");
-    write(&src.join("f"), b"f");
-    env.create_id(&src);
     // 16 levels, each holding two names for the same subtree: 4 KB of
     // trees that would plan 65,536 directories.
-    let mut trees = vec![Tree::default().encode()];
-    for _ in 0..16 {
-        let below = Tree::id_of_encoding(trees.last().unwrap());
-        trees.push(Tree::new(vec![dir_entry(b"a", below), dir_entry(b"b", below)]).encode());
-    }
-    let root = Tree::id_of_encoding(trees.last().unwrap());
-    let id = plant_trees(&env, &trees, root);
+    let (env, id) = planted_graph(16, &[b"a", b"b"]);
     assert_hostile_graph_is_damage(&env, &id);
 }
 
