@@ -8,7 +8,8 @@ use snap::chunker::{ChunkerParams, chunk_lengths};
 use snap::compress::{Codec, Compressor};
 use snap::config::RepoConfig;
 use snap::id::{ChunkId, TreeId};
-use snap::pack::{PackKind, PackReader, PackWriter, read_footer};
+use snap::pack::{PackKind, PackReader, PackWriter};
+use snap::storage::{LocalStorage, Storage, pack_key};
 use snap::tree::{Entry, Kind, Payload, Tree};
 
 fn noise(len: usize) -> Vec<u8> {
@@ -106,6 +107,7 @@ fn compress(c: &mut Criterion) {
 
 fn pack(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::new(dir.path());
     let data = noise(16 << 20);
     let chunks: Vec<&[u8]> = data.chunks(16384).collect();
     let mut g = c.benchmark_group("pack");
@@ -113,27 +115,27 @@ fn pack(c: &mut Criterion) {
         .throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("write-16MiB-fsync", |b| {
         b.iter(|| {
-            let mut w = PackWriter::create(dir.path(), PackKind::Data).unwrap();
+            let mut w = PackWriter::create(&storage, PackKind::Data).unwrap();
             for ch in &chunks {
                 w.add(ChunkId::of(ch), Codec::Raw, ch.len() as u32, ch)
                     .unwrap();
             }
-            let f = w.finish(dir.path()).unwrap();
-            std::fs::remove_file(snap::pack::pack_path(dir.path(), &f.id)).unwrap();
+            let f = w.finish().unwrap();
+            storage.delete(&pack_key(&f.id)).unwrap();
         })
     });
-    let mut w = PackWriter::create(dir.path(), PackKind::Data).unwrap();
+    let mut w = PackWriter::create(&storage, PackKind::Data).unwrap();
     for ch in &chunks {
         w.add(ChunkId::of(ch), Codec::Raw, ch.len() as u32, ch)
             .unwrap();
     }
-    let f = w.finish(dir.path()).unwrap();
-    let path = snap::pack::pack_path(dir.path(), &f.id);
+    let f = w.finish().unwrap();
     g.bench_function("read-verify-all-chunks", |b| {
         b.iter(|| {
-            let footer = read_footer(&path).unwrap();
-            let r = PackReader::open(&path).unwrap();
-            footer
+            let r = PackReader::open(&storage, &f.id).unwrap();
+            r.footer()
+                .unwrap()
+                .entries
                 .iter()
                 .map(|e| {
                     r.read_chunk(&e.id, e.offset as u64, e.stored_len, e.raw_len, e.codec)

@@ -47,6 +47,12 @@ pub enum Error {
     #[error("{path}: damaged: {reason}", path = .path.display())]
     Damaged { path: PathBuf, reason: String },
 
+    #[error("pack {pack}: damaged: {reason}")]
+    PackDamaged {
+        pack: crate::id::PackId,
+        reason: String,
+    },
+
     #[error("chunk {id} is not in the index: {context}")]
     MissingChunk { id: String, context: String },
 
@@ -111,10 +117,18 @@ impl Error {
         }
     }
 
+    /// True for a storage object (or file) that is not there.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+
     /// True for errors that mean stored data is damaged (exit code 5).
     pub fn is_damage(&self) -> bool {
         match self {
-            Error::Damaged { .. } | Error::MissingChunk { .. } | Error::MissingTree { .. } => true,
+            Error::Damaged { .. }
+            | Error::PackDamaged { .. }
+            | Error::MissingChunk { .. }
+            | Error::MissingTree { .. } => true,
             // SQLite's own verdict on the index file: malformed or not a database.
             Error::Index { source, .. } => matches!(
                 source.sqlite_error_code(),

@@ -31,6 +31,7 @@ pub mod retention;
 pub mod snapshot;
 pub mod source;
 pub mod sqlite;
+pub mod storage;
 pub mod tree;
 pub mod user_config;
 

@@ -6,43 +6,27 @@
 //! <repo>/changes/<id>-<time>-<rand>   one immutable record per later change: tags, pin, forget
 //! ```
 //!
-//! Every file is written once, atomically and durably (temporary in the same
-//! directory, fsync, rename, fsync of the directory), before the index commit
-//! that reflects it, and only `snap repair index` and `snap check` read them.
+//! Every object is written once, atomically and durably (the storage
+//! layer's put), before the index commit that reflects it, and only
+//! `snap repair index`, `snap check` and readers of pending changes read them.
 //! Changes are separate small objects rather than rewrites, so that nothing
 //! is ever modified in place (which object storage and several writers need).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::RepoConfig;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::id::{SnapshotId, TreeId};
 use crate::snapshot::{RootMeta, Snapshot, SnapshotStats, SourceRoot};
+use crate::storage::Storage;
 
 pub const CONFIG_FILE: &str = "config";
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 pub const CHANGES_DIR: &str = "changes";
-
-/// Write `bytes` as `dir/name`, atomically and durably: after a crash the
-/// file is either absent or whole.
-pub fn put_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    crate::repo::create_private_dir(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .at(dir)?;
-    tmp.write_all(bytes).at(tmp.path())?;
-    tmp.as_file().sync_all().at(tmp.path())?;
-    let path = dir.join(name);
-    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-    crate::pack::sync_dir(dir)
-}
 
 #[derive(Serialize, Deserialize)]
 struct ConfigFile {
@@ -54,7 +38,7 @@ struct ConfigFile {
     pack_target_bytes: u64,
 }
 
-pub fn write_config(repo: &Path, c: &RepoConfig) -> Result<()> {
+pub fn write_config(storage: &dyn Storage, c: &RepoConfig) -> Result<()> {
     let f = ConfigFile {
         format_version: c.format_version,
         chunk_min_bytes: c.chunk_min_bytes,
@@ -64,14 +48,13 @@ pub fn write_config(repo: &Path, c: &RepoConfig) -> Result<()> {
         pack_target_bytes: c.pack_target_bytes,
     };
     let json = serde_json::to_vec_pretty(&f).expect("plain data serializes");
-    put_atomic(repo, CONFIG_FILE, &json)
+    storage.put(CONFIG_FILE, &json)
 }
 
-pub fn read_config(repo: &Path) -> Result<RepoConfig> {
-    let path = repo.join(CONFIG_FILE);
-    let bytes = fs::read(&path).at(&path)?;
+pub fn read_config(storage: &dyn Storage) -> Result<RepoConfig> {
+    let bytes = storage.read(CONFIG_FILE)?;
     let f: ConfigFile = serde_json::from_slice(&bytes).map_err(|e| Error::Damaged {
-        path: path.clone(),
+        path: storage.describe(CONFIG_FILE).into(),
         reason: format!("not a repository config: {e}"),
     })?;
     let c = RepoConfig {
@@ -182,12 +165,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
 }
 
 /// Write a new snapshot's object (before the index commit).
-pub fn write_snapshot(repo: &Path, s: &Snapshot, nonce: u64) -> Result<()> {
-    put_atomic(
-        &repo.join(SNAPSHOTS_DIR),
-        &s.id.to_hex(),
-        &encode_snapshot(s, nonce),
-    )?;
+pub fn write_snapshot(storage: &dyn Storage, s: &Snapshot, nonce: u64) -> Result<()> {
+    storage.put(&snapshot_key(&s.id), &encode_snapshot(s, nonce))?;
     crate::fault::point("snapshot object written");
     Ok(())
 }
@@ -213,7 +192,7 @@ fn now_ns() -> i64 {
 }
 
 /// Record a change (before the index reflects it); returns its name.
-pub fn record_change(repo: &Path, id: &SnapshotId, mut change: Change) -> Result<String> {
+pub fn record_change(storage: &dyn Storage, id: &SnapshotId, mut change: Change) -> Result<String> {
     change.snapshot = id.to_hex();
     change.time_ns = now_ns();
     let name = format!(
@@ -223,7 +202,7 @@ pub fn record_change(repo: &Path, id: &SnapshotId, mut change: Change) -> Result
         rand::random::<u64>()
     );
     let json = serde_json::to_vec(&change).expect("plain data serializes");
-    put_atomic(&repo.join(CHANGES_DIR), &name, &json)?;
+    storage.put(&format!("{CHANGES_DIR}/{name}"), &json)?;
     crate::fault::point("change recorded");
     Ok(name)
 }
@@ -244,53 +223,56 @@ pub fn apply_changes(mut s: Snapshot, changes: &[Change]) -> Option<Snapshot> {
     Some(s)
 }
 
-/// What the snapshot files say: every object that decodes, the ones that
-/// do not (with why), and the changes per snapshot in time order.
+/// What the snapshot objects say: every object that decodes, the ones
+/// that do not (where, and why), and the changes per snapshot in time order.
 pub struct Records {
     pub snapshots: Vec<Snapshot>,
-    pub bad: Vec<(PathBuf, String)>,
+    pub bad: Vec<(String, String)>,
     pub changes: HashMap<SnapshotId, Vec<Change>>,
 }
 
-fn names_in(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    match fs::read_dir(dir) {
-        Ok(rd) => {
-            for de in rd {
-                let de = de.at(dir)?;
-                let name = de.file_name().to_string_lossy().into_owned();
-                if !name.starts_with('.') {
-                    out.push((name, de.path()));
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(dir, e)),
-    }
-    out.sort();
-    Ok(out)
+pub fn snapshot_key(id: &SnapshotId) -> String {
+    format!("{SNAPSHOTS_DIR}/{}", id.to_hex())
+}
+
+/// The names of the objects in `dir`, sorted.
+fn names_in(storage: &dyn Storage, dir: &str) -> Result<Vec<String>> {
+    let prefix = format!("{dir}/");
+    Ok(storage
+        .list(&prefix)?
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.key.strip_prefix(&prefix)?;
+            (!name.contains('/')).then(|| name.to_string())
+        })
+        .collect())
 }
 
 /// Change records whose names `wanted` accepts, per snapshot in time
-/// order, and the files that are not change records.
+/// order, and the objects that are not change records (where, why).
 #[allow(clippy::type_complexity)]
 pub fn read_changes(
-    repo: &Path,
+    storage: &dyn Storage,
     wanted: impl Fn(&str) -> bool,
-) -> Result<(HashMap<SnapshotId, Vec<Change>>, Vec<(PathBuf, String)>)> {
+) -> Result<(HashMap<SnapshotId, Vec<Change>>, Vec<(String, String)>)> {
     let (mut changes, mut bad) = (HashMap::<SnapshotId, Vec<Change>>::new(), Vec::new());
-    for (name, path) in names_in(&repo.join(CHANGES_DIR))? {
+    for name in names_in(storage, CHANGES_DIR)? {
         if !wanted(&name) {
             continue;
         }
-        let bytes = fs::read(&path).at(&path)?;
+        let key = format!("{CHANGES_DIR}/{name}");
+        let bytes = match storage.read(&key) {
+            // Removed by a gc since the listing: nothing to apply.
+            Err(e) if e.is_not_found() => continue,
+            r => r?,
+        };
         let parsed: std::result::Result<Change, _> = serde_json::from_slice(&bytes);
         match parsed.ok().and_then(|mut c| {
             c.name = name;
             Some((SnapshotId::from_hex(&c.snapshot)?, c))
         }) {
             Some((id, c)) => changes.entry(id).or_default().push(c),
-            None => bad.push((path, "not a change record".into())),
+            None => bad.push((storage.describe(&key), "not a change record".into())),
         }
     }
     for list in changes.values_mut() {
@@ -299,21 +281,24 @@ pub fn read_changes(
     Ok((changes, bad))
 }
 
-pub fn read_records(repo: &Path) -> Result<Records> {
+pub fn read_records(storage: &dyn Storage) -> Result<Records> {
     let mut r = Records {
         snapshots: Vec::new(),
         bad: Vec::new(),
         changes: HashMap::new(),
     };
-    for (name, path) in names_in(&repo.join(SNAPSHOTS_DIR))? {
-        let bytes = fs::read(&path).at(&path)?;
+    for name in names_in(storage, SNAPSHOTS_DIR)? {
+        let key = format!("{SNAPSHOTS_DIR}/{name}");
+        let bytes = storage.read(&key)?;
         match decode_snapshot(&bytes) {
             Ok(s) if s.id.to_hex() == name => r.snapshots.push(s),
-            Ok(_) => r.bad.push((path, "named for another snapshot".into())),
-            Err(why) => r.bad.push((path, why)),
+            Ok(_) => r
+                .bad
+                .push((storage.describe(&key), "named for another snapshot".into())),
+            Err(why) => r.bad.push((storage.describe(&key), why)),
         }
     }
-    let (changes, bad) = read_changes(repo, |_| true)?;
+    let (changes, bad) = read_changes(storage, |_| true)?;
     r.changes = changes;
     r.bad.extend(bad);
     r.snapshots.sort_by_key(|s| (s.time_ns, s.id));
@@ -322,40 +307,32 @@ pub fn read_records(repo: &Path) -> Result<Records> {
 
 /// Remove a snapshot's object and its change records (gc, after the index
 /// commit that dropped it).
-pub fn delete_snapshot_files(repo: &Path, id: &SnapshotId) -> Result<()> {
+pub fn delete_snapshot_files(storage: &dyn Storage, id: &SnapshotId) -> Result<()> {
     let hex = id.to_hex();
-    let obj = repo.join(SNAPSHOTS_DIR).join(&hex);
-    remove_if_exists(&obj)?;
-    for (name, path) in names_in(&repo.join(CHANGES_DIR))? {
+    storage.delete(&snapshot_key(id))?;
+    for name in names_in(storage, CHANGES_DIR)? {
         if name.starts_with(&hex) {
-            remove_if_exists(&path)?;
+            storage.delete(&format!("{CHANGES_DIR}/{name}"))?;
         }
     }
     Ok(())
 }
 
-fn remove_if_exists(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-        _ => Ok(()),
-    }
-}
-
 /// Snapshot ids that have change records.
-pub fn changed_ids(repo: &Path) -> Result<Vec<SnapshotId>> {
-    let mut ids: Vec<SnapshotId> = names_in(&repo.join(CHANGES_DIR))?
+pub fn changed_ids(storage: &dyn Storage) -> Result<Vec<SnapshotId>> {
+    let mut ids: Vec<SnapshotId> = names_in(storage, CHANGES_DIR)?
         .into_iter()
-        .filter_map(|(n, _)| n.get(..64).and_then(SnapshotId::from_hex))
+        .filter_map(|n| n.get(..64).and_then(SnapshotId::from_hex))
         .collect();
     ids.dedup();
     Ok(ids)
 }
 
 /// Snapshot ids that have an object.
-pub fn object_ids(repo: &Path) -> Result<Vec<SnapshotId>> {
-    Ok(names_in(&repo.join(SNAPSHOTS_DIR))?
+pub fn object_ids(storage: &dyn Storage) -> Result<Vec<SnapshotId>> {
+    Ok(names_in(storage, SNAPSHOTS_DIR)?
         .into_iter()
-        .filter_map(|(n, _)| SnapshotId::from_hex(&n))
+        .filter_map(|n| SnapshotId::from_hex(&n))
         .collect())
 }
 

@@ -1,17 +1,20 @@
-//! A repository on the local filesystem: opening, initialising, and the
-//! shared reads (trees, chunks, snapshots) every operation needs.
+//! A repository: its objects behind a [`Storage`], its index (a cache of
+//! what the objects say) and lock in a local directory, and the shared
+//! reads (trees, chunks, snapshots) every operation needs.
 //!
 //! ```text
-//! <repo>/index.db               SQLite index (WAL mode)
-//! <repo>/packs/<2 hex>/<id>.pack
-//! <repo>/lock                   flock target; holds the exclusive holder's description
-//! <repo>/tmp/                   SQLite images while create captures them
+//! objects (storage/):  config, snapshots/<id>, changes/<name>, packs/<2 hex>/<id>.pack
+//! local directory:     index.db (SQLite, WAL), lock (flock), tmp/ (SQLite images)
 //! ```
+//!
+//! For a repository on the local filesystem both are the same directory.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::Receiver;
 
 use crate::compress::{Codec, decompress};
 use crate::config::RepoConfig;
@@ -19,25 +22,24 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::index::{ChunkLocation, Index};
 use crate::lock::{LockMode, RepoLock, default_wait};
-use crate::pack::{PackKind, PackReader, PackWriter, sync_dir};
+use crate::pack::{FinishedPack, PackKind, PackReader, Packer};
 use crate::snapshot::Snapshot;
+use crate::storage::{LocalStorage, Storage, local::sync_dir};
 use crate::tree::Tree;
 
 pub const INDEX_FILE: &str = "index.db";
 pub const TMP_DIR: &str = "tmp";
 pub const PACKS_DIR: &str = "packs";
 
-/// Pack files by id, and temporary pack files.
-pub type PackFiles = (Vec<(PackId, PathBuf)>, Vec<PathBuf>);
-
 pub struct Repository {
     root: PathBuf,
+    storage: Arc<dyn Storage>,
     pub(crate) index: Index,
     config: RepoConfig,
     _lock: Option<RepoLock>,
-    /// The tree pack being filled by `store_tree`; `flush_trees` makes it
-    /// durable and indexes it, before the snapshot that needs it commits.
-    tree_pack: std::sync::Mutex<Option<PackWriter>>,
+    /// Trees being packed by `store_tree`; `flush_trees` waits for their
+    /// packs and indexes them, before the snapshot that needs them commits.
+    tree_packer: Mutex<Option<(Packer, Receiver<Result<FinishedPack>>)>>,
 }
 
 /// Create a repository directory (and missing parents) readable by its
@@ -79,10 +81,23 @@ impl Repository {
             }
             Err(e) => return Err(Error::io(path, e)),
         }
+        create_private_dir(&path.join(PACKS_DIR))?;
+        Self::init_on(Arc::new(LocalStorage::new(path)), path, config)
+    }
+
+    /// Create a repository in `storage` (empty) whose index and lock live
+    /// in the local directory `local`.
+    pub fn init_on(storage: Arc<dyn Storage>, path: &Path, config: &RepoConfig) -> Result<()> {
+        config.validate()?;
+        create_private_dir(path)?;
         let lock = RepoLock::acquire(path, LockMode::Exclusive, default_wait())?;
-        let packs = path.join(PACKS_DIR);
-        create_private_dir(&packs)?;
-        crate::objects::write_config(path, config)?;
+        if is_repository(path) || storage.size(crate::objects::CONFIG_FILE)?.is_some() {
+            return Err(Error::Invalid(format!(
+                "{}: already holds a snap repository",
+                storage.describe(crate::objects::CONFIG_FILE)
+            )));
+        }
+        crate::objects::write_config(&*storage, config)?;
         // The index is written last: its presence is what makes a repository.
         let tmp_index = path.join(".index.db.init");
         let _ = fs::remove_file(&tmp_index);
@@ -108,7 +123,24 @@ impl Repository {
     }
 
     fn open_with(path: &Path, mode: Option<LockMode>, read_only: bool) -> Result<Repository> {
-        if path.join(PACKS_DIR).is_dir() && !path.join(INDEX_FILE).exists() {
+        Self::open_on(Arc::new(LocalStorage::new(path)), path, mode, read_only)
+    }
+
+    /// Open the repository in `storage` with its index and lock in `path`.
+    pub fn open_on(
+        storage: Arc<dyn Storage>,
+        path: &Path,
+        mode: Option<LockMode>,
+        read_only: bool,
+    ) -> Result<Repository> {
+        if !path.join(INDEX_FILE).exists()
+            && (path.join(PACKS_DIR).is_dir()
+                || storage
+                    .size(crate::objects::CONFIG_FILE)
+                    .ok()
+                    .flatten()
+                    .is_some())
+        {
             // Packs without an index: a repository that lost its index.
             return Err(Error::Damaged {
                 path: path.join(INDEX_FILE),
@@ -127,10 +159,11 @@ impl Repository {
         let (index, config) = Index::open(&path.join(INDEX_FILE), path, read_only)?;
         let repo = Repository {
             root: path.to_path_buf(),
+            storage,
             index,
             config,
             _lock: lock,
-            tree_pack: std::sync::Mutex::new(None),
+            tree_packer: Mutex::new(None),
         };
         if mode == Some(LockMode::Exclusive) && !read_only {
             repo.apply_pending_changes()?;
@@ -138,8 +171,14 @@ impl Repository {
         Ok(repo)
     }
 
+    /// The local directory: index, lock, scratch space.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Where the repository's objects are.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
     }
 
     pub fn config(&self) -> &RepoConfig {
@@ -156,18 +195,14 @@ impl Repository {
         self.root.join(TMP_DIR)
     }
 
-    pub fn packs_dir(&self) -> PathBuf {
-        self.root.join(PACKS_DIR)
+    /// Every pack object by id, with its size.
+    pub fn pack_objects(&self) -> Result<Vec<(PackId, u64)>> {
+        list_packs(&*self.storage)
     }
 
-    pub fn pack_path(&self, id: &PackId) -> PathBuf {
-        crate::pack::pack_path(&self.packs_dir(), id)
-    }
-
-    /// What lies in packs/: every pack file by id, and the temporary files
-    /// of packs being written (or left by a crash).
-    pub fn pack_files(&self) -> Result<PackFiles> {
-        list_pack_files(&self.packs_dir())
+    /// A reader of one pack.
+    pub fn open_pack(&self, id: &PackId) -> Result<PackReader> {
+        PackReader::open(&*self.storage, id)
     }
 
     /// Open a second, read-only connection (for worker threads).
@@ -189,40 +224,38 @@ impl Repository {
             self.index.insert_tree(&id, codec, &data)?;
             let blob = ChunkId(id.0);
             if !self.index.has_chunk(&blob)? {
-                let mut slot = self.tree_pack.lock().unwrap_or_else(|e| e.into_inner());
-                if slot.is_none() {
-                    *slot = Some(PackWriter::create(&self.packs_dir(), PackKind::Tree)?);
-                }
-                let w = slot.as_mut().expect("just created");
-                w.add(blob, codec, enc.len() as u32, &data)?;
-                if w.len() >= self.config.pack_target_bytes {
-                    let f = slot.take().expect("present").finish(&self.packs_dir())?;
-                    self.index.insert_pack(&f)?;
-                }
+                let mut slot = self.tree_packer.lock().unwrap_or_else(|e| e.into_inner());
+                let (packer, _) = slot.get_or_insert_with(|| {
+                    let (tx, rx) = crossbeam_channel::unbounded();
+                    let target = self.config.pack_target_bytes;
+                    let p = Packer::new(self.storage.clone(), PackKind::Tree, target, tx);
+                    (p, rx)
+                });
+                packer.add(blob, codec, enc.len() as u32, &data)?;
             }
         }
         Ok(id)
     }
 
-    /// Make the trees stored so far durable in a tree pack and index it.
+    /// Make the trees stored so far durable in tree packs and index them.
     pub fn flush_trees(&self) -> Result<()> {
-        let w = self
-            .tree_pack
+        let slot = self
+            .tree_packer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(w) = w
-            && !w.is_empty()
-        {
-            let f = w.finish(&self.packs_dir())?;
-            self.index.insert_pack(&f)?;
+        if let Some((packer, done)) = slot {
+            packer.finish()?;
+            for f in done.try_iter() {
+                self.index.insert_pack(&f?)?;
+            }
         }
         Ok(())
     }
 
     /// Forget trees stored by a create that did not commit.
     pub fn discard_trees(&self) {
-        self.tree_pack
+        self.tree_packer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
@@ -311,7 +344,7 @@ impl Repository {
         if self.snapshot_by_id(id)?.is_none() {
             return Ok(false);
         }
-        let name = crate::objects::record_change(&self.root, id, change.clone())?;
+        let name = crate::objects::record_change(&*self.storage, id, change.clone())?;
         self.index.begin()?;
         let r =
             apply_to_index(&self.index, id, &change).and_then(|_| self.index.mark_applied(&name));
@@ -327,11 +360,8 @@ impl Repository {
 
     /// Change records the index has not applied yet, in time order.
     fn pending_changes(&self) -> Result<Vec<(SnapshotId, crate::objects::Change)>> {
-        if !self.root.join(crate::objects::CHANGES_DIR).is_dir() {
-            return Ok(Vec::new());
-        }
         let applied = self.index.applied_changes()?;
-        let (changes, _) = crate::objects::read_changes(&self.root, |n| !applied.contains(n))?;
+        let (changes, _) = crate::objects::read_changes(&*self.storage, |n| !applied.contains(n))?;
         let mut pending: Vec<_> = changes
             .into_iter()
             .flat_map(|(id, cs)| cs.into_iter().map(move |c| (id, c)))
@@ -349,7 +379,7 @@ impl Repository {
                 forgotten: true,
                 ..Default::default()
             };
-            names.push(crate::objects::record_change(&self.root, id, change)?);
+            names.push(crate::objects::record_change(&*self.storage, id, change)?);
         }
         Ok(names)
     }
@@ -389,30 +419,13 @@ impl Repository {
     }
 }
 
-/// What lies in packs/: every pack file by id, and the temporary files
-/// of packs being written (or left by a crash).
-pub fn list_pack_files(packs_dir: &Path) -> Result<PackFiles> {
-    let packs_dir = packs_dir.to_path_buf();
-    let (mut packs, mut temps) = (Vec::new(), Vec::new());
-    for de in fs::read_dir(&packs_dir).at(&packs_dir)? {
-        let de = de.at(&packs_dir)?;
-        let path = de.path();
-        if de.file_name().to_string_lossy().starts_with(".tmp-pack-") {
-            temps.push(path);
-            continue;
-        }
-        if !de.file_type().at(&path)?.is_dir() {
-            continue;
-        }
-        for f in fs::read_dir(&path).at(&path)? {
-            let f = f.at(&path)?;
-            let name = f.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_suffix(".pack").and_then(PackId::from_hex) {
-                packs.push((id, f.path()));
-            }
-        }
-    }
-    Ok((packs, temps))
+/// Every pack object in `storage` by id, with its size.
+pub fn list_packs(storage: &dyn Storage) -> Result<Vec<(PackId, u64)>> {
+    Ok(storage
+        .list(crate::storage::PACKS_PREFIX)?
+        .into_iter()
+        .filter_map(|o| crate::storage::pack_of_key(&o.key).map(|id| (id, o.size)))
+        .collect())
 }
 
 fn apply_to_index(index: &Index, id: &SnapshotId, c: &crate::objects::Change) -> Result<()> {
@@ -473,16 +486,16 @@ pub fn load_tree_from(index: &Index, index_path: &Path, id: &TreeId) -> Result<T
     Tree::decode(&enc).map_err(|e| damaged(format!("tree {}: {e}", id.short())))
 }
 
-/// Reads chunks from packs, keeping recently used pack files open.
+/// Reads chunks from packs, keeping recently used packs open.
 pub struct ChunkReader {
-    packs_dir: PathBuf,
+    storage: Arc<dyn Storage>,
     open: HashMap<PackId, Arc<PackReader>>,
 }
 
 impl ChunkReader {
-    pub fn new(packs_dir: PathBuf) -> Self {
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
         ChunkReader {
-            packs_dir,
+            storage,
             open: HashMap::new(),
         }
     }
@@ -494,10 +507,7 @@ impl ChunkReader {
         if self.open.len() >= 64 {
             self.open.clear();
         }
-        let r = Arc::new(PackReader::open(&crate::pack::pack_path(
-            &self.packs_dir,
-            id,
-        ))?);
+        let r = Arc::new(PackReader::open(&*self.storage, id)?);
         self.open.insert(*id, r.clone());
         Ok(r)
     }

@@ -2,7 +2,6 @@
 //! is not: by pack id, with the snapshots and file paths it affects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -10,9 +9,9 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::ops::restore::{MAX_DEPTH, entry_budget};
-use crate::pack::{HEADER_LEN, TRAILER_LEN, decode_chunk, read_footer_and_id};
+use crate::pack::{HEADER_LEN, TRAILER_LEN, decode_chunk};
 use crate::progress::Progress;
-use crate::repo::{ChunkReader, Repository};
+use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::Kind;
 
@@ -151,18 +150,21 @@ pub fn check(
     // of a chunk whose index row is gone.
     let mut in_footer: HashMap<ChunkId, PackId> = HashMap::new();
     for p in &packs {
-        let path = repo.pack_path(&p.id);
         let rows = index.chunks_in_pack(p.rowid)?;
         for r in &rows {
             pack_of_chunk.insert(r.id, p.id);
         }
-        let size = match fs::metadata(&path) {
-            Ok(m) => m.len(),
+        let key = crate::storage::pack_key(&p.id);
+        let size = match repo.storage().size(&key) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                let at = repo.storage().describe(&key);
+                faults.push(Fault::Pack(p.id, format!("pack is missing ({at})")));
+                bad_packs.insert(p.id);
+                continue;
+            }
             Err(e) => {
-                faults.push(Fault::Pack(
-                    p.id,
-                    format!("pack file {}: {e}", path.display()),
-                ));
+                faults.push(Fault::Pack(p.id, e.to_string()));
                 bad_packs.insert(p.id);
                 continue;
             }
@@ -187,22 +189,13 @@ pub fn check(
             bad_packs.insert(p.id);
         }
         if opts.read_data && !bad_packs.contains(&p.id) {
-            let listed = check_pack_data(
-                repo,
-                &p.id,
-                &rows,
-                &path,
-                &mut report,
-                &mut faults,
-                progress,
-            );
+            let listed = check_pack_data(repo, &p.id, &rows, &mut report, &mut faults, progress);
             in_footer.extend(listed.into_iter().map(|c| (c, p.id)));
         }
     }
     let referenced: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
     report.unreferenced_packs = repo
-        .pack_files()?
-        .0
+        .pack_objects()?
         .iter()
         .filter(|(id, _)| !referenced.contains(id))
         .count() as u64;
@@ -276,9 +269,9 @@ pub fn check(
     }
     // The repository's files must say what the index says.
     progress.phase("check: snapshot files", None);
-    let records = crate::objects::read_records(repo.root())?;
-    for (path, why) in &records.bad {
-        faults.push(Fault::Index(format!("{}: {why}", path.display())));
+    let records = crate::objects::read_records(&**repo.storage())?;
+    for (at, why) in &records.bad {
+        faults.push(Fault::Index(format!("{at}: {why}")));
     }
     let applied = repo.index().applied_changes()?;
     report.pending_changes = records
@@ -332,31 +325,35 @@ pub fn check(
     Ok(report)
 }
 
-/// Read one pack whole; returns the chunk ids its footer lists.
+/// Read one pack whole (one read, not one per chunk); returns the chunk
+/// ids its footer lists.
 fn check_pack_data(
     repo: &Repository,
     id: &PackId,
     rows: &[crate::pack::PackEntry],
-    path: &Path,
     report: &mut CheckReport,
     faults: &mut Vec<Fault>,
     progress: &dyn Progress,
 ) -> Vec<ChunkId> {
     report.packs_read += 1;
-    if let Ok(m) = fs::metadata(path) {
-        report.read_bytes += m.len();
-    }
+    let pack = match repo.open_pack(id) {
+        Ok(p) => p,
+        Err(e) => {
+            faults.push(Fault::Pack(*id, e.to_string()));
+            return Vec::new();
+        }
+    };
     let mut listed = Vec::new();
-    match read_footer_and_id(path) {
-        Ok((footer, footer_id)) => {
-            if footer_id != *id {
+    match pack.footer() {
+        Ok(footer) => {
+            if footer.id != *id {
                 faults.push(Fault::Pack(
                     *id,
                     "pack footer does not match the pack's id".into(),
                 ));
             }
-            listed = footer.iter().map(|e| e.id).collect();
-            let by_id: HashMap<ChunkId, _> = footer.iter().map(|e| (e.id, *e)).collect();
+            listed = footer.entries.iter().map(|e| e.id).collect();
+            let by_id: HashMap<ChunkId, _> = footer.entries.iter().map(|e| (e.id, *e)).collect();
             for r in rows {
                 if by_id.get(&r.id) != Some(r) {
                     faults.push(Fault::Chunk(
@@ -369,18 +366,20 @@ fn check_pack_data(
         }
         Err(e) => faults.push(Fault::Pack(*id, e.to_string())),
     }
-    let mut reader = ChunkReader::new(repo.packs_dir());
-    let pack = match reader.pack(id) {
-        Ok(p) => p,
+    let body = match pack.read_all() {
+        Ok(b) => b,
         Err(e) => {
             faults.push(Fault::Pack(*id, e.to_string()));
             return listed;
         }
     };
+    report.read_bytes += body.len() as u64;
     for r in rows {
-        let res = pack
-            .read_stored(r.offset as u64, r.stored_len)
-            .and_then(|stored| decode_chunk(path, &r.id, r.codec, &stored, r.raw_len));
+        let (start, end) = (r.offset as usize, r.offset as usize + r.stored_len as usize);
+        let res = match body.get(start..end) {
+            Some(stored) => decode_chunk(id, &r.id, r.codec, stored, r.raw_len),
+            None => Err(crate::pack::damaged(id, "pack too short for the chunk")),
+        };
         report.chunks_read += 1;
         progress.bytes(r.stored_len as u64);
         if let Err(e) = res {

@@ -29,12 +29,13 @@ use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::index::Index;
-use crate::pack::{FinishedPack, PackKind, PackWriter, SealedPack};
+use crate::pack::{FinishedPack, PackKind, Packer};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::snapshot::{RootMeta, Snapshot, SnapshotStats, SourceRoot};
 use crate::source::{entry_from_metadata, entry_from_stat, lstat_at, unchanged};
 use crate::sqlite::{self, DbInfo};
+use crate::storage::Storage;
 use crate::tree::{Entry, Kind, Payload, Tree, flags};
 
 #[derive(Debug, Clone, Default)]
@@ -220,7 +221,7 @@ pub fn create(
     // object, then the index commit.
     let commit = repo
         .flush_trees()
-        .and_then(|_| crate::objects::write_snapshot(repo.root(), &snapshot, nonce))
+        .and_then(|_| crate::objects::write_snapshot(&**repo.storage(), &snapshot, nonce))
         .and_then(|_| repo.index.insert_snapshot(&snapshot))
         .and_then(|_| repo.index.commit());
     if let Err(e) = commit {
@@ -421,13 +422,12 @@ fn run(
     let cancel = Arc::new(AtomicBool::new(false));
     let params = ChunkerParams::from(repo.config());
     let level = repo.config().zstd_level;
-    let packs_dir = repo.packs_dir();
     let target = repo.config().pack_target_bytes;
 
     std::thread::scope(|scope| {
         let writer = {
-            let packs_dir = packs_dir.clone();
-            scope.spawn(move || pack_writer(chunk_rx, pack_tx, &packs_dir, target))
+            let storage = repo.storage().clone();
+            scope.spawn(move || pack_writer(chunk_rx, pack_tx, storage, target))
         };
         let mut handles = Vec::new();
         for _ in 0..workers {
@@ -1243,78 +1243,37 @@ impl Read for ReadAdapter<'_> {
     }
 }
 
-/// The single pack writer: appends chunks, rolls packs at the target size,
-/// and hands each sealed pack to a finisher thread that makes it durable
-/// (fsync, rename, directory fsync) and reports it, so the writer never
-/// waits for the disk. After an error it drains its queue so readers never
-/// block, and reports the error once.
+/// The single pack writer: feeds new chunks to a [`Packer`], which seals
+/// packs at the target size and commits them on its finisher thread, so
+/// this thread never waits for the disk. After an error it drains its queue
+/// so readers never block, and reports the error once.
 fn pack_writer(
     rx: Receiver<Vec<NewChunk>>,
     done: Sender<Result<FinishedPack>>,
-    packs_dir: &Path,
+    storage: Arc<dyn Storage>,
     target: u64,
 ) -> Result<()> {
-    let (seal_tx, seal_rx) = bounded::<SealedPack>(2);
-    std::thread::scope(|scope| {
-        let finisher = {
-            let done = done.clone();
-            scope.spawn(move || {
-                for sealed in seal_rx {
-                    let r = sealed.publish(packs_dir);
-                    let failed = r.is_err();
-                    let _ = done.send(r);
-                    if failed {
-                        break;
-                    }
-                }
-            })
-        };
-        let mut current: Option<PackWriter> = None;
-        let mut failed: Option<String> = None;
-        for batch in rx {
-            if failed.is_some() {
-                continue;
-            }
-            let step = (|| -> Result<()> {
-                for c in batch {
-                    if current.is_none() {
-                        current = Some(PackWriter::create(packs_dir, PackKind::Data)?);
-                    }
-                    let w = current.as_mut().unwrap();
-                    w.add(c.id, c.codec, c.raw_len, &c.data)?;
-                    if w.len() >= target {
-                        let sealed = current.take().unwrap().seal()?;
-                        seal_tx
-                            .send(sealed)
-                            .map_err(|_| Error::Invalid("pack finisher stopped".into()))?;
-                    }
-                }
-                Ok(())
-            })();
-            if let Err(e) = step {
-                failed = Some(e.to_string());
-                current = None;
-                let _ = done.send(Err(e));
-            }
-        }
-        if failed.is_none()
-            && let Some(w) = current.take()
+    let mut packer = Some(Packer::new(storage, PackKind::Data, target, done.clone()));
+    let mut failed: Option<String> = None;
+    for batch in rx {
+        let Some(p) = packer.as_mut() else { continue };
+        if let Err(e) = batch
+            .into_iter()
+            .try_for_each(|c| p.add(c.id, c.codec, c.raw_len, &c.data))
         {
-            match w.seal() {
-                Ok(sealed) => {
-                    let _ = seal_tx.send(sealed);
-                }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    let _ = done.send(Err(e));
-                }
-            }
+            failed = Some(e.to_string());
+            packer = None;
+            let _ = done.send(Err(e));
         }
-        drop(seal_tx);
-        let _ = finisher.join();
-        match failed {
-            Some(msg) => Err(Error::Invalid(format!("pack writer failed: {msg}"))),
-            None => Ok(()),
-        }
-    })
+    }
+    if let Some(p) = packer
+        && let Err(e) = p.finish()
+    {
+        failed = Some(e.to_string());
+        let _ = done.send(Err(e));
+    }
+    match failed {
+        Some(msg) => Err(Error::Invalid(format!("pack writer failed: {msg}"))),
+        None => Ok(()),
+    }
 }

@@ -16,17 +16,16 @@
 //! files are unlinked only after the commit.
 
 use std::collections::HashSet;
-use std::fs;
-use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
-use crate::pack::{PackWriter, sync_dir};
+use crate::pack::{FinishedPack, PackKind, Packer};
 use crate::progress::Progress;
 use crate::repo::{ChunkReader, Repository};
 use crate::retention::{Policy, kept};
+use crate::storage::pack_key;
 use crate::tree::Kind;
 
 #[derive(Debug, Clone)]
@@ -147,12 +146,9 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     let old_bytes: u64 = delete.iter().chain(&repack).map(|p| p.size).sum();
 
     let referenced: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
-    let orphans = orphan_files(repo, &referenced)?;
-    stats.orphan_packs_deleted = orphans.iter().filter(|(_, is_pack)| *is_pack).count() as u64;
-    let orphan_bytes: u64 = orphans
-        .iter()
-        .map(|(p, _)| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let orphans = orphan_packs(repo, &referenced)?;
+    stats.orphan_packs_deleted = orphans.len() as u64;
+    let orphan_bytes: u64 = orphans.iter().map(|o| o.size).sum();
 
     if opts.dry_run {
         // Estimate: repacked packs keep their live bytes.
@@ -167,43 +163,9 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
 
     // 3. Repack: new packs durable before any row points at them.
     progress.phase("gc: repack", None);
-    let packs_dir = repo.packs_dir();
-    let mut reader = ChunkReader::new(packs_dir.clone());
-    let mut moved = Vec::new();
-    let mut new_bytes = 0u64;
-    // One writer per kind: trees stay in tree packs.
-    let mut writers: [Option<PackWriter>; 2] = [None, None];
-    let target = repo.config().pack_target_bytes;
-    for p in &repack {
-        let pack = reader.pack(&p.id)?;
-        let max = p.kind.blob_max();
-        let slot = &mut writers[p.kind as usize];
-        for e in index.live_chunks_in_pack(p.rowid)? {
-            // Verify before copying: never spread a damaged chunk.
-            let stored = pack.read_stored_max(e.offset as u64, e.stored_len, max)?;
-            crate::pack::decode_blob(pack.path(), &e.id, e.codec, &stored, e.raw_len, max)?;
-            if slot.is_none() {
-                *slot = Some(PackWriter::create(&packs_dir, p.kind)?);
-            }
-            let w = slot.as_mut().unwrap();
-            w.add(e.id, e.codec, e.raw_len, &stored)?;
-            progress.bytes(stored.len() as u64);
-            if w.len() >= target {
-                let f = slot.take().unwrap().finish(&packs_dir)?;
-                new_bytes += f.size;
-                moved.push(f);
-            }
-        }
-    }
-    for w in writers.into_iter().flatten() {
-        if !w.is_empty() {
-            let f = w.finish(&packs_dir)?;
-            new_bytes += f.size;
-            moved.push(f);
-        }
-    }
+    let moved = repack_live(repo, &repack, progress)?;
+    let new_bytes: u64 = moved.iter().map(|f| f.size).sum();
     stats.packs_written = moved.len() as u64;
-    drop(reader);
 
     // 4. One transaction, after the repository's files record the forgets.
     let records = repo.record_forgotten(&dead_snaps.iter().map(|s| s.id).collect::<Vec<_>>())?;
@@ -240,64 +202,97 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
         }
     }
 
-    // 5. Unlink what no row references any more.
+    // 5. Remove what no row references any more.
     progress.phase("gc: delete", None);
-    let mut dirs = HashSet::new();
+    let storage = repo.storage();
     for p in delete.iter().chain(&repack) {
-        let path = repo.pack_path(&p.id);
-        remove_if_exists(&path)?;
+        storage.delete(&pack_key(&p.id))?;
         crate::fault::point("gc unlinked a pack");
-        dirs.extend(path.parent().map(PathBuf::from));
     }
     // Orphans are listed again from the committed index: a repack may just
     // have written a pack with exactly the content (and so the name) of an
-    // orphan left by an earlier crash, and that file is referenced now.
+    // orphan left by an earlier crash, and that pack is referenced now.
     let referenced: HashSet<PackId> = index.packs()?.iter().map(|p| p.id).collect();
-    let orphans = orphan_files(repo, &referenced)?;
-    stats.orphan_packs_deleted = orphans.iter().filter(|(_, is_pack)| *is_pack).count() as u64;
-    for (path, _) in &orphans {
-        remove_if_exists(path)?;
-        dirs.extend(path.parent().map(PathBuf::from));
+    let orphans = orphan_packs(repo, &referenced)?;
+    stats.orphan_packs_deleted = orphans.len() as u64;
+    for o in &orphans {
+        storage.delete(&pack_key(&o.id))?;
     }
-    for d in dirs {
-        if d.is_dir() {
-            sync_dir(&d)?;
-        }
-    }
+    storage.remove_partial()?;
+    remove_stale_images(repo);
+    storage.flush()?;
     // Snapshot files the committed index no longer names: forgotten ones,
     // and objects of creates that crashed before their commit (their packs
     // were orphans, removed above).
     let listed: HashSet<SnapshotId> = repo.snapshots()?.iter().map(|s| s.id).collect();
-    for id in crate::objects::object_ids(repo.root())? {
+    for id in crate::objects::object_ids(&**storage)? {
         if !listed.contains(&id) {
-            crate::objects::delete_snapshot_files(repo.root(), &id)?;
+            crate::objects::delete_snapshot_files(&**storage, &id)?;
             crate::fault::point("gc removed a snapshot object");
         }
     }
-    for id in crate::objects::changed_ids(repo.root())? {
+    for id in crate::objects::changed_ids(&**storage)? {
         if !listed.contains(&id) {
-            crate::objects::delete_snapshot_files(repo.root(), &id)?;
+            crate::objects::delete_snapshot_files(&**storage, &id)?;
         }
     }
+    storage.flush()?;
     stats.reclaimed_bytes = (old_bytes + orphan_bytes).saturating_sub(new_bytes);
     stats.duration_ms = started.elapsed().as_millis() as u64;
     Ok(stats)
 }
 
-fn remove_if_exists(path: &std::path::Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-        _ => Ok(()),
+/// Copy the live blobs of `repack` into new packs (one packer per kind:
+/// trees stay in tree packs), verifying each before it is copied so a
+/// damaged chunk is never spread. Returns the packs, durable, not yet
+/// referenced.
+fn repack_live(
+    repo: &Repository,
+    repack: &[crate::index::PackRow],
+    progress: &dyn Progress,
+) -> Result<Vec<FinishedPack>> {
+    let index = repo.index();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let target = repo.config().pack_target_bytes;
+    let new_packer = |kind| Packer::new(repo.storage().clone(), kind, target, tx.clone());
+    let mut packers = [new_packer(PackKind::Data), new_packer(PackKind::Tree)];
+    let mut reader = ChunkReader::new(repo.storage().clone());
+    for p in repack {
+        let pack = reader.pack(&p.id)?;
+        let max = p.kind.blob_max();
+        let packer = &mut packers[p.kind as usize];
+        for e in index.live_chunks_in_pack(p.rowid)? {
+            let stored = pack.read_stored_max(e.offset as u64, e.stored_len, max)?;
+            crate::pack::decode_blob(&p.id, &e.id, e.codec, &stored, e.raw_len, max)?;
+            packer.add(e.id, e.codec, e.raw_len, &stored)?;
+            progress.bytes(stored.len() as u64);
+        }
     }
+    for packer in packers {
+        packer.finish()?;
+    }
+    drop(tx);
+    rx.into_iter().collect()
 }
 
-/// Files under packs/ that no index row references: packs renamed into
-/// place by an interrupted create or gc, and temporaries (also SQLite
-/// images under tmp/). Safe to delete
-/// only under the exclusive lock. `(path, is_pack)`.
-fn orphan_files(repo: &Repository, referenced: &HashSet<PackId>) -> Result<Vec<(PathBuf, bool)>> {
-    let (packs, mut temps) = repo.pack_files()?;
-    // SQLite images a crashed create left in tmp/.
+/// A pack object no index row references: renamed into place by an
+/// interrupted create or gc. Safe to delete only under the exclusive lock.
+struct Orphan {
+    id: PackId,
+    size: u64,
+}
+
+fn orphan_packs(repo: &Repository, referenced: &HashSet<PackId>) -> Result<Vec<Orphan>> {
+    Ok(repo
+        .pack_objects()?
+        .into_iter()
+        .filter(|(id, _)| !referenced.contains(id))
+        .map(|(id, size)| Orphan { id, size })
+        .collect())
+}
+
+/// SQLite images a crashed create left in the local tmp/.
+fn remove_stale_images(repo: &Repository) {
     if let Ok(rd) = std::fs::read_dir(repo.tmp_dir()) {
         for de in rd.flatten() {
             if de
@@ -305,15 +300,10 @@ fn orphan_files(repo: &Repository, referenced: &HashSet<PackId>) -> Result<Vec<(
                 .to_string_lossy()
                 .starts_with(crate::ops::create::TMP_SQLITE_PREFIX)
             {
-                temps.push(de.path());
+                let _ = std::fs::remove_file(de.path());
             }
         }
     }
-    let orphans = packs.into_iter().filter(|(id, _)| !referenced.contains(id));
-    Ok(orphans
-        .map(|(_, path)| (path, true))
-        .chain(temps.into_iter().map(|path| (path, false)))
-        .collect())
 }
 
 /// Remove snapshots by id (no sweep: `gc` reclaims the space).

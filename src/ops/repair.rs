@@ -11,7 +11,8 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -19,9 +20,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, TreeId};
 use crate::index::Index;
 use crate::lock::{LockMode, RepoLock, default_wait};
-use crate::pack::{FinishedPack, PackKind, PackReader, decode_blob, read_footer_full};
+use crate::pack::{FinishedPack, PackKind, PackReader, decode_blob};
 use crate::progress::Progress;
-use crate::repo::{INDEX_FILE, PACKS_DIR, compress_tree, list_pack_files};
+use crate::repo::{ChunkReader, INDEX_FILE, compress_tree, list_packs};
+use crate::storage::{LocalStorage, Storage, local::sync_dir, pack_key};
 use crate::tree::{Kind, Tree};
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -49,15 +51,25 @@ impl RepairStats {
 
 const TMP_INDEX: &str = ".index.db.repair";
 
+/// Rebuild the index of the repository in the directory `root`.
 pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<RepairStats> {
+    repair_index_on(Arc::new(LocalStorage::new(root)), root, progress)
+}
+
+/// Rebuild the index in `root` from the objects in `storage`.
+pub fn repair_index_on(
+    storage: Arc<dyn Storage>,
+    root: &Path,
+    progress: &dyn Progress,
+) -> Result<RepairStats> {
     let started = std::time::Instant::now();
-    if !root.join(PACKS_DIR).is_dir() || !root.join(crate::objects::CONFIG_FILE).is_file() {
+    if !root.is_dir() || storage.size(crate::objects::CONFIG_FILE)?.is_none() {
         return Err(Error::NotARepository {
             path: root.to_path_buf(),
         });
     }
     let _lock = RepoLock::acquire(root, LockMode::Exclusive, default_wait())?;
-    let config = crate::objects::read_config(root)?;
+    let config = crate::objects::read_config(&*storage)?;
     let tmp = root.join(TMP_INDEX);
     for f in [TMP_INDEX, ".index.db.repair-wal", ".index.db.repair-shm"] {
         let _ = fs::remove_file(root.join(f));
@@ -68,9 +80,9 @@ pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<RepairStats>
         index.tune_for_create()?;
         index.begin()?;
         progress.phase("repair: packs", None);
-        add_packs(&index, root, &mut stats, progress)?;
+        add_packs(&index, &*storage, &mut stats, progress)?;
         progress.phase("repair: snapshots", None);
-        add_snapshots(&index, root, &mut stats, progress)?;
+        add_snapshots(&index, &storage, &mut stats, progress)?;
         index.commit()?;
     }
     crate::fault::point("repaired index written");
@@ -87,7 +99,7 @@ pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<RepairStats>
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).at(&tmp)?;
     fs::rename(&tmp, root.join(INDEX_FILE)).at(root.join(INDEX_FILE))?;
-    crate::pack::sync_dir(root)?;
+    sync_dir(root)?;
     crate::fault::point("repaired index in place");
     stats.duration_ms = started.elapsed().as_millis() as u64;
     Ok(stats)
@@ -96,24 +108,22 @@ pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<RepairStats>
 /// Every pack whose footer is sound: a pack row and its blobs' rows.
 fn add_packs(
     index: &Index,
-    root: &Path,
+    storage: &dyn Storage,
     stats: &mut RepairStats,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let (packs, _temps) = list_pack_files(&root.join(PACKS_DIR))?;
-    for (id, path) in packs {
-        let footer = match read_footer_full(&path) {
+    for (id, _) in list_packs(storage)? {
+        let at = || storage.describe(&pack_key(&id));
+        let footer = match PackReader::open(storage, &id).and_then(|p| p.footer()) {
             Ok(f) => f,
             Err(e) => {
-                stats
-                    .unusable_files
-                    .push((path.display().to_string(), e.to_string()));
+                stats.unusable_files.push((at(), e.to_string()));
                 continue;
             }
         };
         if footer.id != id {
             stats.unusable_files.push((
-                path.display().to_string(),
+                at(),
                 format!(
                     "its footer hashes to {}, not to its name",
                     footer.id.short()
@@ -138,19 +148,15 @@ fn add_packs(
 /// reaches, loaded from the blobs the pack rows now locate.
 fn add_snapshots(
     index: &Index,
-    root: &Path,
+    storage: &Arc<dyn Storage>,
     stats: &mut RepairStats,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let records = crate::objects::read_records(root)?;
-    for (path, why) in &records.bad {
-        stats
-            .unusable_files
-            .push((path.display().to_string(), why.clone()));
-    }
+    let records = crate::objects::read_records(&**storage)?;
+    stats.unusable_files.extend(records.bad.iter().cloned());
     let mut loader = TreeLoader {
         index,
-        packs_dir: root.join(PACKS_DIR),
+        packs: ChunkReader::new(storage.clone()),
         done: HashSet::new(),
     };
     for s in records.snapshots {
@@ -178,7 +184,7 @@ fn add_snapshots(
 
 struct TreeLoader<'a> {
     index: &'a Index,
-    packs_dir: PathBuf,
+    packs: ChunkReader,
     done: HashSet<TreeId>,
 }
 
@@ -230,20 +236,19 @@ impl TreeLoader<'_> {
         Ok(missing)
     }
 
-    fn load(&self, t: &TreeId) -> std::result::Result<Tree, String> {
+    fn load(&mut self, t: &TreeId) -> std::result::Result<Tree, String> {
         let blob = ChunkId(t.0);
         let loc = self
             .index
             .chunk_location(&blob)
             .map_err(|e| e.to_string())?
             .ok_or("its blob is in no pack")?;
-        let path = crate::pack::pack_path(&self.packs_dir, &loc.pack);
-        let pack = PackReader::open(&path).map_err(|e| e.to_string())?;
+        let pack = self.packs.pack(&loc.pack).map_err(|e| e.to_string())?;
         let max = PackKind::Tree.blob_max();
         let stored = pack
             .read_stored_max(loc.offset as u64, loc.stored_len, max)
             .map_err(|e| e.to_string())?;
-        let enc = decode_blob(&path, &blob, loc.codec, &stored, loc.raw_len, max)
+        let enc = decode_blob(&loc.pack, &blob, loc.codec, &stored, loc.raw_len, max)
             .map_err(|e| e.to_string())?;
         let tree = Tree::decode(&enc).map_err(|e| e.to_string())?;
         let (codec, data) = compress_tree(&enc);

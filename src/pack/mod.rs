@@ -17,11 +17,8 @@
 mod reader;
 mod writer;
 
-pub use reader::{
-    Footer, PackReader, decode_blob, decode_chunk, read_footer, read_footer_and_id,
-    read_footer_full,
-};
-pub use writer::{FinishedPack, PackWriter, SealedPack, pack_path, sync_dir};
+pub use reader::{Footer, PackReader, damaged, decode_blob, decode_chunk};
+pub use writer::{FinishedPack, PackWriter, Packer, SealedPack};
 
 use crate::compress::Codec;
 use crate::id::{ChunkId, PackId};

@@ -1,26 +1,28 @@
-//! Writes one pack to a temporary file and publishes it atomically.
+//! Writes packs through the storage layer. [`Packer`] is the one place the
+//! write order of packs lives: blobs appended, a full pack sealed (footer
+//! written) on the caller's thread, then committed (durable under its
+//! name) on a finisher thread, and reported in order.
 
-use std::fs;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
-use tempfile::NamedTempFile;
+use crossbeam_channel::{Sender, bounded};
 
 use super::{HEADER_LEN, PackEntry, PackKind, encode_footer, encode_header, footer_id};
 use crate::compress::Codec;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
+use crate::storage::{ObjectWriter, Storage, pack_key};
 
-/// A pack being written. Dropping it without `finish` removes the temp file.
+/// A pack being written. Dropping it without `seal` discards it.
 pub struct PackWriter {
-    tmp_path: PathBuf,
-    file: BufWriter<NamedTempFile>,
+    out: Box<dyn ObjectWriter>,
     entries: Vec<PackEntry>,
     len: u64,
     kind: PackKind,
 }
 
-/// A pack that is durable under its final name.
+/// A pack that is durable under its key.
 #[derive(Debug, Clone)]
 pub struct FinishedPack {
     pub id: PackId,
@@ -30,18 +32,9 @@ pub struct FinishedPack {
 }
 
 impl PackWriter {
-    /// Start a pack in `tmp_dir`, which must be on the same filesystem as
-    /// its final place so that the rename is atomic.
-    pub fn create(tmp_dir: &Path, kind: PackKind) -> Result<Self> {
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp-pack-")
-            .suffix(".tmp")
-            .tempfile_in(tmp_dir)
-            .at(tmp_dir)?;
-        let tmp_path = tmp.path().to_path_buf();
+    pub fn create(storage: &dyn Storage, kind: PackKind) -> Result<Self> {
         let mut w = PackWriter {
-            tmp_path,
-            file: BufWriter::with_capacity(1 << 20, tmp),
+            out: storage.create("packs")?,
             entries: Vec::new(),
             len: 0,
             kind,
@@ -52,7 +45,7 @@ impl PackWriter {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file.write_all(bytes).at(&self.tmp_path)?;
+        self.out.write(bytes)?;
         self.len += bytes.len() as u64;
         Ok(())
     }
@@ -80,15 +73,8 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
-    /// Write the footer, fsync, and rename to `<dir>/<2 hex>/<id>.pack`,
-    /// fsyncing the directories so the name is durable too.
-    pub fn finish(self, packs_dir: &Path) -> Result<FinishedPack> {
-        self.seal()?.publish(packs_dir)
-    }
-
-    /// Write the footer and flush; the pack is complete but not yet durable
-    /// nor visible under its name. `publish` can run on another thread, so
-    /// the next pack is written while this one is fsynced.
+    /// Write the footer: the pack is complete but not yet durable nor
+    /// visible under its name.
     pub fn seal(mut self) -> Result<SealedPack> {
         let footer = encode_footer(&self.entries);
         self.write(&footer)?;
@@ -96,14 +82,9 @@ impl PackWriter {
         // names every chunk by its BLAKE3 with its offset and lengths, so it
         // identifies the content without hashing the data a second time.
         let id = footer_id(&footer);
-        let tmp = self
-            .file
-            .into_inner()
-            .map_err(|e| Error::io(&self.tmp_path, e.into_error()))?;
         crate::fault::point("pack written");
         Ok(SealedPack {
-            tmp,
-            tmp_path: self.tmp_path,
+            out: self.out,
             pack: FinishedPack {
                 id,
                 kind: self.kind,
@@ -112,41 +93,120 @@ impl PackWriter {
             },
         })
     }
+
+    /// Seal and commit on this thread.
+    pub fn finish(self) -> Result<FinishedPack> {
+        self.seal()?.publish()
+    }
 }
 
-/// A complete pack in its temporary file.
+/// A complete pack not yet committed.
 pub struct SealedPack {
-    tmp: NamedTempFile,
-    tmp_path: PathBuf,
+    out: Box<dyn ObjectWriter>,
     pack: FinishedPack,
 }
 
 impl SealedPack {
-    /// fsync, rename to `<dir>/<2 hex>/<id>.pack`, fsync the directory.
-    pub fn publish(self, packs_dir: &Path) -> Result<FinishedPack> {
-        self.tmp.as_file().sync_all().at(&self.tmp_path)?;
-        crate::fault::point("pack fsynced");
-        let final_path = pack_path(packs_dir, &self.pack.id);
-        let sub = final_path.parent().expect("pack path has a parent");
-        if !sub.exists() {
-            crate::repo::create_private_dir(sub)?;
-            sync_dir(packs_dir)?;
-        }
-        self.tmp
-            .persist(&final_path)
-            .map_err(|e| Error::io(&final_path, e.error))?;
-        crate::fault::point("pack renamed");
-        sync_dir(sub)?;
-        crate::fault::point("pack directory fsynced");
+    /// Make it durable under `packs/<2 hex>/<id>.pack`.
+    pub fn publish(self) -> Result<FinishedPack> {
+        self.out.commit(&pack_key(&self.pack.id))?;
         Ok(self.pack)
     }
 }
 
-pub fn pack_path(packs_dir: &Path, id: &PackId) -> PathBuf {
-    let hex = id.to_hex();
-    packs_dir.join(&hex[..2]).join(format!("{hex}.pack"))
+/// Packs of one kind: appends blobs, seals a pack when it reaches the
+/// target size, and commits it on a finisher thread so the caller never
+/// waits for the disk. Every committed pack (or the first error) is sent
+/// on `done`, in order; after an error nothing more is committed.
+pub struct Packer {
+    storage: Arc<dyn Storage>,
+    kind: PackKind,
+    target: u64,
+    current: Option<PackWriter>,
+    sealed: Option<Sender<SealedPack>>,
+    finisher: Option<JoinHandle<()>>,
 }
 
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir).and_then(|f| f.sync_all()).at(dir)
+impl Packer {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        kind: PackKind,
+        target: u64,
+        done: Sender<Result<FinishedPack>>,
+    ) -> Packer {
+        // At most two sealed packs wait: memory stays bounded on S3, and
+        // the writer runs ahead of the disk by one pack.
+        let (tx, rx) = bounded::<SealedPack>(2);
+        let finisher = std::thread::Builder::new()
+            .name("snap-pack-finisher".into())
+            .spawn(move || {
+                for sealed in rx {
+                    let r = sealed.publish();
+                    let failed = r.is_err();
+                    let _ = done.send(r);
+                    if failed {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn the pack finisher");
+        Packer {
+            storage,
+            kind,
+            target,
+            current: None,
+            sealed: Some(tx),
+            finisher: Some(finisher),
+        }
+    }
+
+    /// Append one blob's stored bytes.
+    pub fn add(&mut self, id: ChunkId, codec: Codec, raw_len: u32, stored: &[u8]) -> Result<()> {
+        if self.current.is_none() {
+            self.current = Some(PackWriter::create(&*self.storage, self.kind)?);
+        }
+        let w = self.current.as_mut().expect("just created");
+        w.add(id, codec, raw_len, stored)?;
+        if w.len() >= self.target {
+            let w = self.current.take().expect("present");
+            self.send(w)?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, w: PackWriter) -> Result<()> {
+        let sealed = w.seal()?;
+        self.sealed
+            .as_ref()
+            .expect("open until finish")
+            .send(sealed)
+            .map_err(|_| Error::Invalid("the pack finisher stopped after an error".into()))
+    }
+
+    /// Seal the last pack and wait until every pack is committed (their
+    /// results are on `done`).
+    pub fn finish(mut self) -> Result<()> {
+        let r = match self.current.take() {
+            Some(w) if !w.is_empty() => self.send(w),
+            _ => Ok(()),
+        };
+        self.stop();
+        r
+    }
+
+    fn stop(&mut self) {
+        self.sealed = None;
+        if let Some(f) = self.finisher.take() {
+            let _ = f.join();
+        }
+    }
+}
+
+impl Drop for Packer {
+    /// Dropped without `finish` (an error): sealed packs still commit (an
+    /// unreferenced pack is an orphan gc removes), the open one is discarded.
+    fn drop(&mut self) {
+        self.current = None;
+        self.stop();
+    }
 }

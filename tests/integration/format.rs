@@ -2,7 +2,8 @@
 
 use snap::compress::Codec;
 use snap::id::ChunkId;
-use snap::pack::{PackKind, PackReader, PackWriter, read_footer, read_footer_and_id};
+use snap::pack::{PackKind, PackReader, PackWriter};
+use snap::storage::{LocalStorage, pack_key};
 
 use crate::common::*;
 
@@ -10,9 +11,9 @@ use crate::common::*;
 fn pack_round_trip_and_the_footer_alone_lists_its_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let packs = dir.path().join("packs");
-    std::fs::create_dir_all(&packs).unwrap();
+    let storage = LocalStorage::new(dir.path());
     let chunks: Vec<Vec<u8>> = (0..20).map(|i| noise(i, 1000 + i as usize * 517)).collect();
-    let mut w = PackWriter::create(&packs, PackKind::Data).unwrap();
+    let mut w = PackWriter::create(&storage, PackKind::Data).unwrap();
     for (i, c) in chunks.iter().enumerate() {
         let (codec, stored) = if i % 2 == 0 {
             (Codec::Zstd, zstd::bulk::compress(c, 3).unwrap())
@@ -22,8 +23,8 @@ fn pack_round_trip_and_the_footer_alone_lists_its_chunks() {
         w.add(ChunkId::of(c), codec, c.len() as u32, &stored)
             .unwrap();
     }
-    let finished = w.finish(&packs).unwrap();
-    let path = snap::pack::pack_path(&packs, &finished.id);
+    let finished = w.finish().unwrap();
+    let path = dir.path().join(pack_key(&finished.id));
     assert!(path.is_file());
     // The pack id is the hash of the footer entries, which the trailer holds.
     let bytes = std::fs::read(&path).unwrap();
@@ -46,11 +47,11 @@ fn pack_round_trip_and_the_footer_alone_lists_its_chunks() {
         .collect();
     assert!(leftovers.is_empty());
 
-    let (footer, id) = read_footer_and_id(&path).unwrap();
-    assert_eq!(footer, finished.entries);
-    assert_eq!(id, finished.id);
-    let reader = PackReader::open(&path).unwrap();
-    for (e, c) in footer.iter().zip(&chunks) {
+    let reader = PackReader::open(&storage, &finished.id).unwrap();
+    let footer = reader.footer().unwrap();
+    assert_eq!(footer.entries, finished.entries);
+    assert_eq!(footer.id, finished.id);
+    for (e, c) in footer.entries.iter().zip(&chunks) {
         assert_eq!(e.id, ChunkId::of(c));
         let got = reader
             .read_chunk(&e.id, e.offset as u64, e.stored_len, e.raw_len, e.codec)
@@ -62,40 +63,46 @@ fn pack_round_trip_and_the_footer_alone_lists_its_chunks() {
 #[test]
 fn damaged_packs_are_reported_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
-    let packs = dir.path();
+    let storage = LocalStorage::new(dir.path());
     let data = noise(9, 5000);
-    let mut w = PackWriter::create(packs, PackKind::Data).unwrap();
+    let mut w = PackWriter::create(&storage, PackKind::Data).unwrap();
     w.add(ChunkId::of(&data), Codec::Raw, 5000, &data).unwrap();
-    let f = w.finish(packs).unwrap();
-    let path = snap::pack::pack_path(packs, &f.id);
+    let f = w.finish().unwrap();
+    let path = dir.path().join(pack_key(&f.id));
     let good = std::fs::read(&path).unwrap();
+    let open = || PackReader::open(&storage, &f.id).unwrap();
+    let read_footer = || open().footer().map(|f| f.entries);
 
     // A flipped byte in the chunk frame: the footer is fine, the chunk is not.
     let mut bad = good.clone();
     bad[100] ^= 1;
     std::fs::write(&path, &bad).unwrap();
-    let e = read_footer(&path).unwrap()[0];
-    let err = PackReader::open(&path)
-        .unwrap()
+    let e = read_footer().unwrap()[0];
+    let err = open()
         .read_chunk(&e.id, e.offset as u64, e.stored_len, e.raw_len, e.codec)
         .unwrap_err();
     assert!(err.to_string().contains("BLAKE3"), "{err}");
+    // Errors name the pack by id, not by where it is stored.
+    assert!(err.to_string().contains(&f.id.to_hex()), "{err}");
+    assert!(!err.to_string().contains(".pack"), "{err}");
 
     // A flipped byte in the footer.
     let mut bad = good.clone();
     let n = bad.len();
     bad[n - 60] ^= 1;
     std::fs::write(&path, &bad).unwrap();
-    assert!(
-        read_footer(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("footer")
-    );
+    assert!(read_footer().unwrap_err().to_string().contains("footer"));
 
     // Truncated.
     std::fs::write(&path, &good[..good.len() - 10]).unwrap();
-    assert!(read_footer(&path).is_err());
+    assert!(read_footer().is_err());
+    // Gone.
+    std::fs::remove_file(&path).unwrap();
+    let err = PackReader::open(&storage, &f.id).err().unwrap();
+    assert!(
+        err.is_damage() && err.to_string().contains("missing"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -261,7 +261,7 @@ impl Exec<'_> {
     ///    barriers): locate chunks, write temporaries in parallel, one
     ///    barrier for the batch, then rename each over its real name.
     fn contents(&mut self, repo: &Repository, plan: &Plan) -> Result<()> {
-        let packs_dir = repo.packs_dir();
+        let storage = repo.storage().clone();
         let writes: Vec<(&PathBuf, &Meta)> = plan
             .steps
             .iter()
@@ -296,7 +296,7 @@ impl Exec<'_> {
             let written: Vec<(&WriteJob, Result<TempFile>)> = jobs
                 .par_iter()
                 .map_init(
-                    || ChunkReader::new(packs_dir.clone()),
+                    || ChunkReader::new(storage.clone()),
                     |reader, job| {
                         let r = write_temp(reader, job, is_root, progress, filesystems);
                         crate::fault::point("restore wrote a temporary file");
@@ -486,8 +486,8 @@ fn locate_chunks(repo: &Repository, meta: &Meta) -> Result<Vec<(ChunkId, ChunkLo
                 id: id.short(),
                 context: "missing from the index".into(),
             })?;
-        let bad = |why: &str| Error::Damaged {
-            path: repo.pack_path(&loc.pack),
+        let bad = |why: &str| Error::PackDamaged {
+            pack: loc.pack,
             reason: format!("index row of chunk {}: {why}", id.short()),
         };
         if (loc.offset as u64) < HEADER_LEN {
@@ -547,13 +547,13 @@ fn write_temp(
         let run = pack.read_stored(start, (end - start) as u32)?;
         for (id, loc) in &locs[i..j] {
             let at = (loc.offset as u64 - start) as usize;
-            let stored =
-                run.get(at..at + loc.stored_len as usize)
-                    .ok_or_else(|| Error::Damaged {
-                        path: pack.path().to_path_buf(),
-                        reason: format!("chunk {} lies outside what was read", id.short()),
-                    })?;
-            let data = decode_chunk(pack.path(), id, loc.codec, stored, loc.raw_len)?;
+            let stored = run.get(at..at + loc.stored_len as usize).ok_or_else(|| {
+                crate::pack::damaged(
+                    pack.id(),
+                    format!("chunk {} lies outside what was read", id.short()),
+                )
+            })?;
+            let data = decode_chunk(pack.id(), id, loc.codec, stored, loc.raw_len)?;
             if data.len() >= 4096 && data.iter().all(|&b| b == 0) {
                 // Leave a hole: sparse files stay sparse.
                 file.seek(SeekFrom::Current(data.len() as i64))
