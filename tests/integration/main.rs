@@ -18,3 +18,4 @@ mod restore_in_place;
 mod restore_safety;
 mod roundtrip;
 mod sqlite;
+mod storage;
