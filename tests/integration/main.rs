@@ -9,6 +9,7 @@ mod crash;
 mod damage;
 mod dedup;
 mod format;
+mod frozen;
 mod gc;
 mod guard;
 mod hostile;
