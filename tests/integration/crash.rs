@@ -72,9 +72,8 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
         .filter_map(|e| e.ok())
         .filter(|e| {
             let n = e.file_name().to_string_lossy();
-            n.starts_with(".snap-tmp-")
-                || n.starts_with(".tmp-pack-")
-                || n.starts_with(".tmp-sqlite-")
+            // Restore's temporaries, the storage's (`.tmp-*`), SQLite images.
+            n.starts_with(".snap-tmp-") || n.starts_with(".tmp-")
         })
         .map(|e| e.path().to_path_buf())
         .collect()
