@@ -82,6 +82,33 @@ pub enum Command {
     /// Rebuild what can be rebuilt from the repository's own files
     #[command(subcommand)]
     Repair(RepairWhat),
+    /// What changed between two snapshots, or from a snapshot to its source now
+    Diff(DiffArgs),
+    /// Paths matching glob patterns, in every snapshot or those given
+    Find(FindArgs),
+    /// Sizes: of the repository (logical, unique, stored, ratios), or of one snapshot
+    Stats {
+        /// Snapshot id, unique prefix, `latest`, `tag:NAME`, each with `~N`
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a file of a snapshot to stdout, or a directory as a tar stream
+    Dump {
+        /// Snapshot id, unique prefix, `latest`, `tag:NAME`, each with `~N`
+        id: String,
+        /// Path inside the snapshot (`.` for all of it)
+        path: std::path::PathBuf,
+    },
+    /// Add or remove tags of a snapshot
+    Tag(TagArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Print snap's man page (roff) to stdout, or the page of one command
+    Man {
+        /// A command, e.g. `restore`
+        command: Option<String>,
+    },
     /// Check the repository's consistency; --read-data also verifies every chunk
     Check {
         /// Read every pack and verify every chunk's BLAKE3 id
@@ -90,6 +117,45 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The snapshot to compare from
+    pub from: String,
+    /// The snapshot to compare to [default: the source directories as they are now]
+    pub to: Option<String>,
+    /// Against the source: also read files whose size and mtime match
+    #[arg(long)]
+    pub verify: bool,
+    /// One JSON array of {path, change, kind, size_before, size_after}
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct FindArgs {
+    /// Glob patterns, matched like excludes (a pattern without `/` matches a name at any depth)
+    #[arg(required = true)]
+    pub patterns: Vec<String>,
+    /// Search only this snapshot (repeatable) [default: every snapshot]
+    #[arg(long = "snapshot", short = 's', value_name = "ID")]
+    pub snapshots: Vec<String>,
+    /// One JSON array of {snapshot, path, kind, size, mtime}
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct TagArgs {
+    /// Snapshot id, unique prefix, `latest`, `tag:NAME`, each with `~N`
+    pub id: String,
+    /// Add this tag (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub add: Vec<String>,
+    /// Remove this tag (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub remove: Vec<String>,
 }
 
 #[derive(clap::Subcommand)]

@@ -30,6 +30,7 @@ pub mod repo;
 pub mod retention;
 pub mod snapshot;
 pub mod source;
+pub mod spec;
 pub mod sqlite;
 pub mod storage;
 pub mod tree;

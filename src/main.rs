@@ -2,6 +2,7 @@
 //! map the outcome to an exit code (see README, "Exit codes").
 
 mod cli;
+mod cmd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -179,6 +180,13 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
     }
     cli.repo = repo_path;
     match cli.command {
+        Command::Diff(args) => cmd::diff::run(&cli.repo, args, &mut out),
+        Command::Find(args) => cmd::find::run(&cli.repo, args, &mut out),
+        Command::Stats { id, json } => cmd::stats::run(&cli.repo, id, json, &mut out),
+        Command::Dump { id, path } => cmd::dump::run(&cli.repo, &id, &path, &mut out),
+        Command::Tag(args) => cmd::tag::run(&cli.repo, args, &mut out),
+        Command::Completions { shell } => cmd::docs::completions(shell, &mut out),
+        Command::Man { command } => cmd::docs::man(command.as_deref(), &mut out),
         Command::Init {
             path,
             pack_size,

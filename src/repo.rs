@@ -290,31 +290,16 @@ impl Repository {
             .collect())
     }
 
-    /// Resolve `latest`, a full id, or a unique hex prefix.
+    /// Resolve what a user typed for a snapshot (see [`crate::spec`]):
+    /// `latest`, `tag:NAME`, an id or unique prefix, each with `~N`.
     pub fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
-        let all = self.snapshots()?;
-        if spec == "latest" {
-            return all
-                .into_iter()
-                .next_back()
-                .ok_or_else(|| Error::NoSuchSnapshot(spec.to_string()));
-        }
-        let want = spec.to_ascii_lowercase();
-        if want.is_empty() || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::NoSuchSnapshot(spec.to_string()));
-        }
-        let mut hits: Vec<Snapshot> = all
-            .into_iter()
-            .filter(|s| s.id.to_hex().starts_with(&want))
-            .collect();
-        match hits.len() {
-            0 => Err(Error::NoSuchSnapshot(spec.to_string())),
-            1 => Ok(hits.pop().unwrap()),
-            count => Err(Error::AmbiguousSnapshot {
-                prefix: spec.to_string(),
-                count,
-            }),
-        }
+        crate::spec::resolve(&self.snapshots()?, spec, None)
+    }
+
+    /// Like `find_snapshot`, with `latest` and `tag:` meaning the newest of
+    /// the snapshots of `source`.
+    pub fn find_snapshot_of(&self, spec: &str, source: &Path) -> Result<Snapshot> {
+        crate::spec::resolve(&self.snapshots()?, spec, Some(source))
     }
 
     pub fn snapshot_by_id(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {

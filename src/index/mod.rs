@@ -366,6 +366,21 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// Blobs in packs of `kind`: how many, their raw and their stored bytes.
+    pub fn blob_totals(&self, kind: crate::pack::PackKind) -> Result<(u64, u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(c.raw_len), 0), coalesce(sum(c.stored_len), 0)
+                 FROM chunks c JOIN packs p ON c.pack = p.id WHERE p.kind = ?1",
+                [kind as i64],
+                |r| {
+                    let g = |i| r.get::<_, i64>(i).map(|v| v as u64);
+                    Ok((g(0)?, g(1)?, g(2)?))
+                },
+            )
+            .map_err(|e| self.err(e))
+    }
+
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
         self.conn
             .prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")

@@ -2,8 +2,12 @@
 
 pub mod check;
 pub mod create;
+pub mod diff;
+pub mod dump;
+pub mod find;
 pub mod gc;
 pub mod guard;
 pub mod ls;
 pub mod repair;
 pub mod restore;
+pub mod stats;

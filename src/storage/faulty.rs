@@ -29,7 +29,7 @@ struct State {
 
 impl State {
     /// Count a call; `Err` when it must fail, with whether it is the crash.
-    fn call(&self, what: &str) -> std::result::Result<(), bool> {
+    fn call(&self) -> std::result::Result<(), bool> {
         if self.crashed.load(Ordering::SeqCst) {
             return Err(false);
         }
@@ -38,7 +38,6 @@ impl State {
             Fault::FailCall(k) if k == n => Err(false),
             Fault::CrashAt(k) if k == n => {
                 self.crashed.store(true, Ordering::SeqCst);
-                let _ = what;
                 Err(true)
             }
             _ => Ok(()),
@@ -79,7 +78,7 @@ impl FaultyStorage {
 
     fn check(&self, key: &str) -> Result<()> {
         self.state
-            .call(key)
+            .call()
             .map_err(|_| injected(&self.inner.describe(key)))
     }
 }
@@ -152,7 +151,7 @@ impl FaultyWriter {
 
 impl ObjectWriter for FaultyWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        match self.state.call(&self.what) {
+        match self.state.call() {
             Ok(()) => self
                 .inner
                 .as_mut()
@@ -172,7 +171,7 @@ impl ObjectWriter for FaultyWriter {
     }
 
     fn commit(mut self: Box<Self>, key: &str) -> Result<()> {
-        match self.state.call(key) {
+        match self.state.call() {
             Ok(()) => self
                 .inner
                 .take()
@@ -200,9 +199,7 @@ impl ObjectReader for FaultyReader {
     }
 
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.state
-            .call(&self.what)
-            .map_err(|_| injected(&self.what))?;
+        self.state.call().map_err(|_| injected(&self.what))?;
         let mut bytes = self.inner.read_at(offset, len)?;
         if self.state.fault == Fault::ShortReads {
             bytes.pop();

@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod commands;
 mod config;
 mod crash;
 mod damage;

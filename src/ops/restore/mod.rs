@@ -32,7 +32,7 @@ use crate::repo::Repository;
 use crate::snapshot::{Snapshot, SourceRoot};
 use crate::tree::{Kind, Payload};
 
-pub use plan::{MAX_DEPTH, entry_budget, plan};
+pub use plan::{MAX_DEPTH, entry_budget, file_matches, plan};
 
 /// Prefix of the temporary files restore writes; leftovers from an
 /// interrupted restore are extra entries and the next restore removes them.
@@ -289,7 +289,7 @@ fn safety_snapshot(
         Ok(is_dir && fs::read_dir(d).at(d)?.next().is_some())
     };
     let mut co = CreateOptions {
-        tags: vec!["pre-restore".to_string()],
+        tags: vec![crate::spec::SAFETY_TAG.to_string()],
         ..CreateOptions::default()
     };
     if snap.is_multi_source() {

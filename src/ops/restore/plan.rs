@@ -814,40 +814,44 @@ impl Planner<'_> {
         Ok(dirty)
     }
 
-    /// Does the file at `path` hold exactly the snapshot's chunks?
     fn content_equal(&self, path: &Path, e: &Entry) -> bool {
-        let Ok(file) = File::open(path) else {
-            return false;
-        };
-        let mut chunker = if e.has_flag(flags::SQLITE_IMAGE) {
-            // Images are cut into whole pages (see crate::sqlite).
-            let mut header = [0u8; 100];
-            let size = file
-                .read_exact_at(&mut header, 0)
-                .ok()
-                .and_then(|_| crate::sqlite::chunk_size(&header));
-            match size {
-                Some(size) => Chunker::fixed(file, size, 4 << 20, e.size),
-                None => return false,
-            }
-        } else {
-            Chunker::new(file, self.params, 4 << 20)
-        };
-        let want = e.chunks();
-        let mut i = 0;
-        loop {
-            match chunker.next_batch() {
-                Ok(Some((buf, cuts))) => {
-                    for (o, l) in cuts {
-                        if want.get(i) != Some(&ChunkId::of(&buf[o..o + l])) {
-                            return false;
-                        }
-                        i += 1;
+        file_matches(path, e, self.params)
+    }
+}
+
+/// Does the file at `path` hold exactly the chunks of `e`?
+pub fn file_matches(path: &Path, e: &Entry, params: ChunkerParams) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let mut chunker = if e.has_flag(flags::SQLITE_IMAGE) {
+        // Images are cut into whole pages (see crate::sqlite).
+        let mut header = [0u8; 100];
+        let size = file
+            .read_exact_at(&mut header, 0)
+            .ok()
+            .and_then(|_| crate::sqlite::chunk_size(&header));
+        match size {
+            Some(size) => Chunker::fixed(file, size, 4 << 20, e.size),
+            None => return false,
+        }
+    } else {
+        Chunker::new(file, params, 4 << 20)
+    };
+    let want = e.chunks();
+    let mut i = 0;
+    loop {
+        match chunker.next_batch() {
+            Ok(Some((buf, cuts))) => {
+                for (o, l) in cuts {
+                    if want.get(i) != Some(&ChunkId::of(&buf[o..o + l])) {
+                        return false;
                     }
+                    i += 1;
                 }
-                Ok(None) => return i == want.len(),
-                Err(_) => return false,
             }
+            Ok(None) => return i == want.len(),
+            Err(_) => return false,
         }
     }
 }
