@@ -361,3 +361,14 @@ impl snap::progress::Progress for TermProgress {
         }
     }
 }
+
+/// `1 file`, `2 files`, `1 entry`, `3 entries`.
+pub fn count(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else if let Some(stem) = word.strip_suffix('y') {
+        format!("{n} {stem}ies")
+    } else {
+        format!("{n} {word}s")
+    }
+}

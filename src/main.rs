@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 
-use cli::{Cli, Command, TermProgress, human_bytes};
+use cli::{Cli, Command, TermProgress, count, human_bytes};
 use snap::lock::LockMode;
 use snap::ops::check::{CheckOptions, check};
 use snap::ops::create::{CreateOptions, create};
@@ -227,14 +227,16 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
                 writeln!(out, "snapshot {}", snap.id)?;
                 writeln!(
                     out,
-                    "  {} files, {} dirs, {} in total; read {}, stored {} new ({} chunks, {} packs) in {:.2} s",
-                    s.files,
-                    s.dirs,
+                    "  {}, {}, {}, {}, {} in total; read {}, stored {} new ({}, {}) in {:.2} s",
+                    count(s.files, "file"),
+                    count(s.dirs, "dir"),
+                    count(s.symlinks, "symlink"),
+                    count(s.others, "special file"),
                     human_bytes(s.total_bytes),
                     human_bytes(s.read_bytes),
                     human_bytes(s.new_stored_bytes),
-                    s.new_chunks,
-                    s.new_packs,
+                    count(s.new_chunks, "chunk"),
+                    count(s.new_packs, "pack"),
                     s.duration_ms as f64 / 1000.0
                 )?;
             }
@@ -402,9 +404,10 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
                 serde_json::to_writer_pretty(&mut out, &v)?;
                 writeln!(out)?;
             } else {
-                // The snapshot's labels head a listing of its root.
-                if rel.as_os_str().is_empty() && !snap.labels.is_empty() {
-                    writeln!(out, "labels: {}", labels_line(&snap))?;
+                // The snapshot's labels head a listing of its root, on
+                // stderr: stdout holds one line per entry, for scripts.
+                if rel.as_os_str().is_empty() && !snap.labels.is_empty() && !cli.quiet {
+                    eprintln!("labels: {}", labels_line(&snap));
                 }
                 for (p, e) in &entries {
                     print_entry(&mut out, p, e)?;
@@ -450,16 +453,17 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
                         let s = &plan.summary;
                         writeln!(
                             out,
-                            "plan for {}: write {} files ({}), delete {}, create {} dirs, {} links, {} symlinks, fix metadata of {}, leave {} files ({}) alone",
+                            "plan for {}: write {} ({}), delete {}, create {}, {}, {}, {}, fix metadata of {}, leave {} ({}) alone",
                             targets_text(&plan.targets),
-                            s.write_files,
+                            count(s.write_files, "file"),
                             human_bytes(s.write_bytes),
-                            s.delete_entries,
-                            s.create_dirs,
-                            s.links,
-                            s.symlinks,
-                            s.fix_metadata,
-                            s.unchanged_files,
+                            count(s.delete_entries, "entry"),
+                            count(s.create_dirs, "dir"),
+                            count(s.links, "link"),
+                            count(s.symlinks, "symlink"),
+                            count(s.specials, "special file"),
+                            count(s.fix_metadata, "entry"),
+                            count(s.unchanged_files, "file"),
                             human_bytes(s.unchanged_bytes)
                         )?;
                     }
@@ -491,17 +495,18 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
                         }
                         writeln!(
                             out,
-                            "restored {} to {}: wrote {} files ({}), deleted {}, created {} dirs, {} links, {} symlinks, fixed metadata of {}, left {} files alone, in {:.2} s",
+                            "restored {} to {}: wrote {} ({}), deleted {}, created {}, {}, {}, {}, fixed metadata of {}, left {} alone, in {:.2} s",
                             snap.id.short(),
                             targets_text(&plan.targets),
-                            st.written_files,
+                            count(st.written_files, "file"),
                             human_bytes(st.written_bytes),
-                            st.deleted_entries,
-                            st.created_dirs,
-                            st.links,
-                            st.symlinks,
-                            st.fixed_metadata,
-                            st.unchanged_files,
+                            count(st.deleted_entries, "entry"),
+                            count(st.created_dirs, "dir"),
+                            count(st.links, "link"),
+                            count(st.symlinks, "symlink"),
+                            count(st.specials, "special file"),
+                            count(st.fixed_metadata, "entry"),
+                            count(st.unchanged_files, "file"),
                             st.duration_ms as f64 / 1000.0
                         )?;
                     }
@@ -544,12 +549,12 @@ fn repair_report(
     } else {
         writeln!(
             out,
-            "rebuilt index.db: {} snapshots, {} trees, {} chunks and trees in {} packs ({} forgotten snapshots left out) in {:.2} s",
-            st.snapshots,
-            st.trees,
-            st.chunks,
-            st.packs,
-            st.forgotten_snapshots,
+            "rebuilt index.db: {}, {}, {} in {} ({} left out) in {:.2} s",
+            count(st.snapshots, "snapshot"),
+            count(st.trees, "tree"),
+            count(st.chunks, "blob"),
+            count(st.packs, "pack"),
+            count(st.forgotten_snapshots, "forgotten snapshot"),
             st.duration_ms as f64 / 1000.0
         )?;
     }
@@ -618,14 +623,29 @@ fn gc_command(
         }
         writeln!(
             out,
-            "{}{} {} snapshots (kept {}), deleted {} packs, repacked {}, {} orphaned files; {} {}",
+            "{}{} {} (kept {}), {} {}, {} {}, {} {}; {} {}",
             if stats.dry_run { "dry run: " } else { "" },
             verb,
-            stats.snapshots_removed.len(),
+            count(stats.snapshots_removed.len() as u64, "snapshot"),
             stats.snapshots_kept,
-            stats.packs_deleted,
+            if stats.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            },
+            count(stats.packs_deleted, "pack"),
+            if stats.dry_run {
+                "would repack"
+            } else {
+                "repacked"
+            },
             stats.packs_repacked,
-            stats.orphan_packs_deleted,
+            if stats.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            },
+            count(stats.orphan_packs_deleted, "orphaned pack"),
             human_bytes(stats.reclaimed_bytes),
             if stats.dry_run {
                 "would be reclaimed"
@@ -672,16 +692,16 @@ fn check_command(
         }
         writeln!(
             out,
-            "{}: {} snapshots, {} trees, {} chunks referenced, {} packs{}{}",
+            "{}: {}, {}, {} referenced, {}{}{}",
             if report.is_sound() { "ok" } else { "DAMAGED" },
-            report.snapshots,
-            report.trees,
-            report.chunks_referenced,
-            report.packs,
+            count(report.snapshots, "snapshot"),
+            count(report.trees, "tree"),
+            count(report.chunks_referenced, "chunk"),
+            count(report.packs, "pack"),
             if read_data {
                 format!(
-                    ", read {} chunks ({})",
-                    report.chunks_read,
+                    ", read {} ({})",
+                    count(report.chunks_read, "chunk"),
                     human_bytes(report.read_bytes)
                 )
             } else {
@@ -782,11 +802,11 @@ fn print_guard(out: &mut impl Write, r: &GuardReport, json: bool) -> anyhow::Res
             let st = r.restore.as_ref();
             writeln!(
                 out,
-                "{}; rolled back to snapshot {short}: wrote {} files, deleted {} entries, fixed metadata of {}",
+                "{}; rolled back to snapshot {short}: wrote {}, deleted {}, fixed metadata of {}",
                 r.failure.as_deref().unwrap_or("the migration failed"),
-                st.map_or(0, |s| s.written_files),
-                st.map_or(0, |s| s.deleted_entries),
-                st.map_or(0, |s| s.fixed_metadata),
+                count(st.map_or(0, |s| s.written_files), "file"),
+                count(st.map_or(0, |s| s.deleted_entries), "entry"),
+                count(st.map_or(0, |s| s.fixed_metadata), "entry"),
             )?;
             const SHOWN: usize = 20;
             for line in r.rolled_back.iter().take(SHOWN) {

@@ -156,7 +156,12 @@ impl Repository {
             Some(m) => Some(RepoLock::acquire(path, m, default_wait())?),
             None => None,
         };
-        let (index, config) = Index::open(&path.join(INDEX_FILE), path, read_only)?;
+        let access = match (read_only, mode) {
+            (false, _) => crate::index::Access::ReadWrite,
+            (true, None) => crate::index::Access::ReadOnly,
+            (true, Some(_)) => crate::index::Access::Untouched,
+        };
+        let (index, config) = Index::open_as(&path.join(INDEX_FILE), path, access)?;
         let repo = Repository {
             root: path.to_path_buf(),
             storage,

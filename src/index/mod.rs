@@ -59,6 +59,32 @@ fn blob_id<T>(v: Vec<u8>, f: fn(&[u8]) -> Option<T>) -> rusqlite::Result<T> {
     })
 }
 
+/// How a command opens the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    /// Read-only; SQLite may still create its `-wal`/`-shm` companions.
+    ReadOnly,
+    /// Read-only and the repository's bytes left exactly as they are (no
+    /// `-wal`/`-shm` created): only under the repository lock, which keeps
+    /// every writer (and so every checkpoint) out while the index is open.
+    Untouched,
+}
+
+/// `path` percent-encoded for an SQLite `file:` URI.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl Index {
     fn err(&self, source: rusqlite::Error) -> Error {
         Error::Index {
@@ -125,12 +151,34 @@ impl Index {
     /// Open an existing index, checking its versions. `repo` names the
     /// repository in messages.
     pub fn open(path: &Path, repo: &Path, read_only: bool) -> Result<(Index, RepoConfig)> {
-        let flags = if read_only {
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-        } else {
-            OpenFlags::SQLITE_OPEN_READ_WRITE
+        Self::open_as(
+            path,
+            repo,
+            if read_only {
+                Access::ReadOnly
+            } else {
+                Access::ReadWrite
+            },
+        )
+    }
+
+    /// Open with `access`; see [`Access::Untouched`].
+    pub fn open_as(path: &Path, repo: &Path, access: Access) -> Result<(Index, RepoConfig)> {
+        let sidecar = |s: &str| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(s);
+            std::path::PathBuf::from(p)
         };
-        let conn = Self::connect(path, flags)?;
+        let conn = match access {
+            Access::ReadWrite => Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
+            Access::Untouched if !sidecar("-wal").exists() && !sidecar("-shm").exists() => {
+                // Nothing in a log: read the file as it is, creating nothing.
+                let uri = format!("file:{}?immutable=1", uri_path(path));
+                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+                Self::connect(Path::new(&uri), flags)?
+            }
+            _ => Self::connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
+        };
         let idx = Index {
             conn,
             path: path.to_path_buf(),

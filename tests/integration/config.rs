@@ -114,10 +114,13 @@ fn create_snapshots_every_source_into_one_snapshot_without_the_excludes() {
     assert!(text.contains("app_version=2.3.0"), "{text}");
     let ls = a.snap().args(["ls", id]).assert().success();
     let text = String::from_utf8_lossy(&ls.get_output().stdout).to_string();
+    let err = String::from_utf8_lossy(&ls.get_output().stderr).to_string();
+    // Labels on stderr; stdout is one line per entry (`ls | wc -l`).
     assert!(
-        text.starts_with("labels: app=notes app_version=2.3.0"),
-        "{text}"
+        err.starts_with("labels: app=notes app_version=2.3.0"),
+        "{err}"
     );
+    assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.contains(" db\n") && text.contains(" docs\n"), "{text}");
 }
 

@@ -218,22 +218,51 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
                         snapshot: snap.id.short(),
                     })?;
                 let target = base.join(rel);
-                if !fs::symlink_metadata(&base).is_ok_and(|m| m.is_dir()) {
-                    // A plain restore creates a missing target; so does --path.
+                // The directories between the target and the path, top down.
+                let between: Vec<&Path> = {
+                    let mut v: Vec<&Path> = rel.ancestors().skip(1).collect();
+                    v.retain(|a| !a.as_os_str().is_empty());
+                    v.reverse();
+                    v
+                };
+                let new_target = !fs::symlink_metadata(&base).is_ok_and(|m| m.is_dir());
+                if new_target {
+                    // A plain restore creates a missing target; so does
+                    // --path, with the snapshot's directories down to it.
                     p.plan_missing_dirs(&base);
+                    for a in &between {
+                        p.steps.push(Step::MakeDir { path: base.join(a) });
+                        p.summary.create_dirs += 1;
+                    }
                 } else {
                     check_parents(&base, &target)?;
-                }
-                if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty())
-                    && !base.join(parent).is_dir()
-                {
-                    return Err(Error::BadSource {
-                        path: base.join(parent),
-                        reason: "the parent directory of the restored path does not exist".into(),
-                    });
+                    if let Some(parent) = between.last()
+                        && !base.join(parent).is_dir()
+                    {
+                        return Err(Error::BadSource {
+                            path: base.join(parent),
+                            reason: "the parent directory of the restored path does not exist"
+                                .into(),
+                        });
+                    }
                 }
                 let disk = fs::symlink_metadata(&target).ok();
                 p.plan_entry(&entry, &target, disk, None)?;
+                if new_target {
+                    for a in between.iter().rev() {
+                        let in_snapshot = if multi {
+                            Path::new(&src.name).join(a)
+                        } else {
+                            a.to_path_buf()
+                        };
+                        if let Some((e, _)) = lookup(repo, snap, &in_snapshot)? {
+                            p.steps.push(Step::DirMeta {
+                                path: base.join(a),
+                                meta: Meta::of(&e),
+                            });
+                        }
+                    }
+                }
             }
         }
         targets.push(match rel {
