@@ -232,6 +232,12 @@ pub struct SnapshotArgs {
     /// Leave out paths matching PATTERN (repeatable; see README, "Config file")
     #[arg(long = "exclude", value_name = "PATTERN")]
     pub excludes: Vec<String>,
+    /// Read exclude patterns from FILE, one per line (`#` starts a comment)
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    pub exclude_files: Vec<std::path::PathBuf>,
+    /// Do not enter directories on other filesystems (stored empty)
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
     /// Run PRAGMA quick_check on every SQLite database captured
     #[arg(long)]
     pub sqlite_check: bool,

@@ -142,7 +142,11 @@ fn snapshot_options(
     picks: &[PathBuf],
     what: &cli::SnapshotArgs,
 ) -> anyhow::Result<CreateOptions> {
-    let sel = user_config::select(cfg, picks, &what.excludes)?;
+    let mut excludes = what.excludes.clone();
+    for f in &what.exclude_files {
+        excludes.extend(read_exclude_file(f)?);
+    }
+    let sel = user_config::select(cfg, picks, &excludes)?;
     let mut labels = cfg.map(|c| c.labels.clone()).unwrap_or_default();
     labels.extend(what.labels.iter().cloned());
     Ok(CreateOptions {
@@ -151,8 +155,26 @@ fn snapshot_options(
         sources: sel.sources,
         labels,
         sqlite_check: what.sqlite_check,
+        one_file_system: what.one_file_system,
         ..Default::default()
     })
+}
+
+/// Exclude patterns from a file: one per line; blank lines and lines
+/// starting with `#` are skipped, trailing spaces are trimmed.
+fn read_exclude_file(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the exclude file", path.display()))?;
+    let patterns: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if let Err(e) = snap::exclude::Excludes::new(&patterns) {
+        anyhow::bail!("{}: {e}", path.display());
+    }
+    Ok(patterns)
 }
 
 /// Databases whose `PRAGMA quick_check` did not say "ok", from the labels.

@@ -57,6 +57,9 @@ pub struct CreateOptions {
     pub pinned: bool,
     /// Run `PRAGMA quick_check` on every captured SQLite image.
     pub sqlite_check: bool,
+    /// Do not descend into directories on another filesystem than their
+    /// source's: each is stored as an empty directory (with its metadata).
+    pub one_file_system: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -473,6 +476,11 @@ fn run(
             force: opts.force,
             sqlite_check: opts.sqlite_check,
             excludes,
+            one_fs_dev: if opts.one_file_system {
+                Some(fs::metadata(source).at(source)?.dev())
+            } else {
+                None
+            },
             dbs: Vec::new(),
             repo_key,
             start_ns,
@@ -513,6 +521,8 @@ struct Walk<'a> {
     force: bool,
     sqlite_check: bool,
     excludes: Option<&'a Excludes>,
+    /// With --one-file-system: the source's device; other ones are not entered.
+    one_fs_dev: Option<u64>,
     /// Each SQLite database captured (or reused unchanged), by relative path.
     dbs: Vec<(String, DbInfo)>,
     repo_key: (u64, u64),
@@ -643,6 +653,14 @@ impl Walk<'_> {
             let old_entry = old.as_ref().and_then(|(_, t)| t.get(&name));
             let slot_idx = self.nodes[&node_id].entries.len();
             match entry.kind {
+                Kind::Dir if self.one_fs_dev.is_some_and(|d| d != st.dev) => {
+                    self.progress.warn(&format!(
+                        "{}: on another filesystem; stored as an empty directory (--one-file-system)",
+                        path.display()
+                    ));
+                    entry.payload = Payload::Subtree(self.repo.store_tree(&Tree::default())?);
+                    self.stats.dirs += 1;
+                }
                 Kind::Dir => {
                     let old_sub = old_entry
                         .filter(|o| o.kind == Kind::Dir)

@@ -391,3 +391,96 @@ fn completions_and_man_page_are_generated() {
     );
     env.snap().args(["man", "nope"]).assert().failure();
 }
+
+#[test]
+fn exclude_file_and_one_file_system() {
+    let env = Env::new();
+    let src = env.path("app");
+    write(&src.join("keep.txt"), b"k");
+    write(&src.join("cache/big.bin"), b"c");
+    write(&src.join("x.tmp"), b"t");
+    fs::write(env.path("excludes"), "# caches\ncache/\n\n*.tmp   \n").unwrap();
+    let out = env
+        .snap()
+        .args(["create", "--json", "--exclude-file"])
+        .arg(env.path("excludes"))
+        .arg(&src)
+        .assert()
+        .success();
+    let id = serde_json::from_slice::<serde_json::Value>(&out.get_output().stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ls = stdout_of(&env, &["ls", &id, "-r"]);
+    assert!(
+        ls.contains("keep.txt") && !ls.contains("cache") && !ls.contains("x.tmp"),
+        "{ls}"
+    );
+    // A bad pattern in the file names the file and the pattern.
+    fs::write(env.path("bad"), "a[\n").unwrap();
+    let err = env
+        .snap()
+        .args(["create", "--exclude-file"])
+        .arg(env.path("bad"))
+        .arg(&src)
+        .assert()
+        .failure();
+    let msg = String::from_utf8_lossy(&err.get_output().stderr).to_string();
+    assert!(msg.contains("bad") && msg.contains("a["), "{msg}");
+
+    let Some(disk) = SmallDisk::mount(&src.join("mnt"), "1m") else {
+        eprintln!("skipped the --one-file-system half: mounting a tmpfs needs root");
+        return;
+    };
+    write(&disk.path.join("other-fs.txt"), b"on the tmpfs");
+    let out = env
+        .snap()
+        .args(["create", "--json", "-x"])
+        .arg(&src)
+        .assert()
+        .success();
+    let warn = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        warn.contains("mnt") && warn.contains("another filesystem"),
+        "{warn}"
+    );
+    let id = serde_json::from_slice::<serde_json::Value>(&out.get_output().stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ls = stdout_of(&env, &["ls", &id, "-r"]);
+    assert!(
+        ls.contains(" mnt\n") && !ls.contains("other-fs.txt"),
+        "{ls}"
+    );
+    // Without -x the tmpfs is read like any directory.
+    let all = env.create_id(&src);
+    assert!(stdout_of(&env, &["ls", &all, "-r"]).contains("other-fs.txt"));
+    drop(disk);
+}
+
+#[test]
+fn restore_of_one_file_into_a_new_target_creates_its_directories() {
+    let env = Env::new();
+    let src = env.path("app");
+    write(&src.join("a/b/file.txt"), b"deep");
+    fs::set_permissions(
+        src.join("a"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    set_mtime(&src.join("a"), 1_600_000_000, 7);
+    let id = env.create_id(&src);
+    let target = env.path("new/target");
+    env.snap()
+        .args(["restore", &id, "--path", "a/b/file.txt", "--target"])
+        .arg(&target)
+        .assert()
+        .success();
+    assert_eq!(fs::read(target.join("a/b/file.txt")).unwrap(), b"deep");
+    let (want, got) = (listing(&src), listing(&target));
+    assert_eq!(
+        want[std::path::Path::new("a")],
+        got[std::path::Path::new("a")]
+    );
+}
