@@ -15,15 +15,29 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 )]
 pub struct Cli {
     /// Repository path [default: a repository in the user's data directory, created on first use]
-    #[arg(long, global = true, env = "SNAP_REPO", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "SNAP_REPO",
+        hide_env_values = true,
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
     pub repo: Option<PathBuf>,
 
     /// Config file [default: <repository>/snap.toml, else the user's config directory's snap/snap.toml]
-    #[arg(long, global = true, env = "SNAP_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "SNAP_CONFIG",
+        hide_env_values = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
     pub config: Option<PathBuf>,
 
     /// No progress display
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = "Global options")]
     pub quiet: bool,
 
     #[command(subcommand)]
@@ -47,6 +61,7 @@ pub enum Command {
     Create(CreateArgs),
     /// List snapshots, oldest first
     List {
+        /// Print the snapshots as a JSON array
         #[arg(long)]
         json: bool,
     },
@@ -90,6 +105,7 @@ pub enum Command {
     Stats {
         /// Snapshot id, unique prefix, `latest`, `tag:NAME`, each with `~N`
         id: Option<String>,
+        /// Print the statistics as one JSON object
         #[arg(long)]
         json: bool,
     },
@@ -114,6 +130,7 @@ pub enum Command {
         /// Read every pack and verify every chunk's BLAKE3 id
         #[arg(long)]
         read_data: bool,
+        /// Print the report as one JSON object
         #[arg(long)]
         json: bool,
     },
@@ -162,6 +179,7 @@ pub struct TagArgs {
 pub enum RepairWhat {
     /// Rebuild index.db from the packs and snapshot files (when it is lost or damaged)
     Index {
+        /// Print what was rebuilt as one JSON object
         #[arg(long)]
         json: bool,
     },
@@ -199,6 +217,7 @@ pub struct GcArgs {
     /// Report what would be removed; change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the statistics as one JSON object
     #[arg(long)]
     pub json: bool,
 }
@@ -304,20 +323,32 @@ pub struct RestoreArgs {
 /// Progress on stderr when it is a terminal.
 pub struct TermProgress {
     bar: Option<ProgressBar>,
+    /// The current phase's name and the entries it has visited.
+    phase: std::sync::Mutex<(String, u64)>,
 }
+
+const SPINNER: &str = "{spinner} {msg} {binary_bytes} [{elapsed}]";
+const WITH_TOTAL: &str =
+    "{spinner} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {percent}%, ETA {eta}";
 
 impl TermProgress {
     pub fn new(quiet: bool) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            b.set_style(
-                ProgressStyle::with_template("{spinner} {msg} {pos} entries, {prefix} [{elapsed}]")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
+            b.set_style(Self::style(SPINNER));
             b.enable_steady_tick(Duration::from_millis(120));
             b
         });
-        TermProgress { bar }
+        TermProgress {
+            bar,
+            phase: std::sync::Mutex::new((String::new(), 0)),
+        }
+    }
+
+    fn style(template: &str) -> ProgressStyle {
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_spinner())
+            .progress_chars("=> ")
     }
 }
 
@@ -337,22 +368,42 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 impl snap::progress::Progress for TermProgress {
-    fn phase(&self, name: &str, _total: Option<u64>) {
+    fn phase(&self, name: &str, total: Option<u64>) {
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        *phase = (name.to_string(), 0);
         if let Some(b) = &self.bar {
-            b.set_message(name.to_string());
+            b.set_message(format!("{name}:"));
+            b.set_position(0);
+            match total.filter(|&t| t > 0) {
+                // With a total: a bar, a percentage and an ETA.
+                Some(t) => {
+                    b.set_length(t);
+                    b.set_style(Self::style(WITH_TOTAL));
+                }
+                None => {
+                    b.unset_length();
+                    b.set_style(Self::style(SPINNER));
+                }
+            }
         }
     }
     fn entries(&self, n: u64) {
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        phase.1 += n;
         if let Some(b) = &self.bar {
-            b.inc(n);
+            b.set_message(format!("{}: {},", phase.0, count(phase.1, "entry")));
         }
     }
     fn bytes(&self, n: u64) {
         if let Some(b) = &self.bar {
-            // Bytes as a prefix; the position counts entries.
-            let total = b.length().unwrap_or(0) + n;
-            b.set_length(total);
-            b.set_prefix(human_bytes(total));
+            b.inc(n);
+            // A total is an estimate (the parent snapshot's size): never
+            // let the position run past it.
+            if let Some(len) = b.length()
+                && b.position() > len
+            {
+                b.set_length(b.position());
+            }
         }
     }
     fn warn(&self, message: &str) {

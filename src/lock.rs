@@ -43,6 +43,26 @@ pub fn default_wait() -> Duration {
         .unwrap_or(Duration::from_secs(30))
 }
 
+static WAIT_NOTICE: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
+
+/// Who to tell, once per wait, that a lock is busy and who holds it (the
+/// binary prints it; the library never does).
+pub fn set_wait_notice(f: fn(&str)) {
+    let _ = WAIT_NOTICE.set(f);
+}
+
+fn read_holder(file: &mut File) -> String {
+    let mut holder = String::new();
+    let _ = file.seek(SeekFrom::Start(0));
+    let _ = file.read_to_string(&mut holder);
+    let holder = holder.trim();
+    if holder.is_empty() {
+        "a reader: restore or check".to_string()
+    } else {
+        holder.to_string()
+    }
+}
+
 impl RepoLock {
     pub fn acquire(repo: &Path, mode: LockMode, wait: Duration) -> Result<RepoLock> {
         let path: PathBuf = repo.join("lock");
@@ -67,6 +87,7 @@ impl RepoLock {
                 }
             })?;
         let start = Instant::now();
+        let mut told = false;
         loop {
             let got = match mode {
                 LockMode::Shared => file.try_lock_shared(),
@@ -76,19 +97,19 @@ impl RepoLock {
                 Ok(()) => break,
                 Err(TryLockError::WouldBlock) => {
                     if start.elapsed() >= wait {
-                        let mut holder = String::new();
-                        let _ = file.seek(SeekFrom::Start(0));
-                        let _ = file.read_to_string(&mut holder);
-                        let holder = holder.trim();
                         return Err(Error::Locked {
                             path: repo.to_path_buf(),
-                            holder: if holder.is_empty() {
-                                "a reader: restore or check".to_string()
-                            } else {
-                                holder.to_string()
-                            },
+                            holder: read_holder(&mut file),
                             waited_secs: wait.as_secs(),
                         });
+                    }
+                    if !told && let Some(tell) = WAIT_NOTICE.get() {
+                        told = true;
+                        tell(&format!(
+                            "waiting up to {} s for the repository lock, held by {}",
+                            wait.as_secs(),
+                            read_holder(&mut file)
+                        ));
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }

@@ -37,6 +37,24 @@ mod exit {
     pub const ROLLED_BACK: u8 = 7;
     pub const ROLLBACK_INCOMPLETE: u8 = 8;
     pub const SAFETY_INCOMPLETE: u8 = 9;
+    /// 128 + SIGINT, as a shell reports a command killed by Ctrl-C.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// A flag the first SIGINT or SIGTERM sets (the operation stops at its next
+/// safe point); a second one ends the process at once.
+fn interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(
+            sig,
+            exit::INTERRUPTED as i32,
+            flag.clone(),
+        )?;
+        signal_hook::flag::register(sig, flag.clone())?;
+    }
+    Ok(flag)
 }
 
 fn main() -> ExitCode {
@@ -188,6 +206,7 @@ fn failed_checks(snap: &Snapshot) -> Vec<(&str, &str)> {
 
 fn run(mut cli: Cli) -> anyhow::Result<u8> {
     let progress = TermProgress::new(cli.quiet);
+    snap::lock::set_wait_notice(|m| eprintln!("snap: {m}"));
     let mut out = std::io::stdout().lock();
     let (repo_path, cfg) = resolve_config(&cli)?;
     // A repository snap.toml names is created on first use, like the default.
@@ -240,7 +259,21 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
                 force: args.force,
                 ..snapshot_options(cfg.as_ref(), &picks, &args.what)?
             };
-            let snap = create(&repo, &opts, &progress)?;
+            let cancel = interrupt_flag()?;
+            let opts = CreateOptions {
+                cancel: Some(cancel),
+                ..opts
+            };
+            let snap = match create(&repo, &opts, &progress) {
+                Err(Error::Interrupted) => {
+                    progress.finish();
+                    eprintln!(
+                        "snap: interrupted; no snapshot was committed. The packs written so far are not referenced: `snap gc` removes them."
+                    );
+                    return Ok(exit::INTERRUPTED);
+                }
+                r => r?,
+            };
             if args.json {
                 serde_json::to_writer(&mut out, &snapshot_json(&snap))?;
                 writeln!(out)?;

@@ -141,8 +141,9 @@ pub fn check(
     }
 
     // Packs: every row's file exists and holds every chunk row's bytes.
-    progress.phase("check: packs", None);
     let packs = index.packs()?;
+    let to_read = opts.read_data.then(|| packs.iter().map(|p| p.size).sum());
+    progress.phase("check: packs", to_read);
     report.packs = packs.len() as u64;
     let mut bad_packs: HashSet<PackId> = HashSet::new();
     let mut pack_of_chunk: HashMap<ChunkId, PackId> = HashMap::new();
@@ -374,6 +375,7 @@ fn check_pack_data(
         }
     };
     report.read_bytes += body.len() as u64;
+    progress.bytes(body.len() as u64);
     for r in rows {
         let (start, end) = (r.offset as usize, r.offset as usize + r.stored_len as usize);
         let res = match body.get(start..end) {
@@ -381,7 +383,6 @@ fn check_pack_data(
             None => Err(crate::pack::damaged(id, "pack too short for the chunk")),
         };
         report.chunks_read += 1;
-        progress.bytes(r.stored_len as u64);
         if let Err(e) = res {
             faults.push(Fault::Chunk(Some(*id), r.id, e.to_string()));
         }

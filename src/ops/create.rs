@@ -60,6 +60,9 @@ pub struct CreateOptions {
     /// Do not descend into directories on another filesystem than their
     /// source's: each is stored as an empty directory (with its metadata).
     pub one_file_system: bool,
+    /// Set from outside (a signal handler) to stop: create then commits
+    /// nothing and returns `Error::Interrupted`.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -164,9 +167,12 @@ pub fn create(
     let repo_md = fs::metadata(repo.root()).at(repo.root())?;
 
     prepare_tmp_dir(&repo.tmp_dir())?;
-    progress.phase("create", None);
+    // The parent's size is the best estimate of this snapshot's (the
+    // bytes read plus the bytes of unchanged files reused).
+    progress.phase("create", parent.as_ref().map(|p| p.stats.total_bytes));
     repo.index.tune_for_create()?;
     repo.index.begin()?;
+    crate::fault::pause("create started");
     let result = walk_roots(
         repo,
         opts,
@@ -422,7 +428,7 @@ fn run(
     let (chunk_tx, chunk_rx) = bounded::<Vec<NewChunk>>(16);
     let (pack_tx, pack_rx) = unbounded::<Result<FinishedPack>>();
     let claimed: Arc<Mutex<HashSet<ChunkId>>> = Arc::default();
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = opts.cancel.clone().unwrap_or_default();
     let params = ChunkerParams::from(repo.config());
     let level = repo.config().zstd_level;
     let target = repo.config().pack_target_bytes;
@@ -493,6 +499,7 @@ fn run(
             job_tx: Some(job_tx),
             res_rx,
             pack_rx,
+            cancel: cancel.clone(),
         };
         let result = walk.run(source, parent_root);
         if result.is_err() {
@@ -536,6 +543,7 @@ struct Walk<'a> {
     job_tx: Option<Sender<FileJob>>,
     res_rx: Receiver<FileResult>,
     pack_rx: Receiver<Result<FinishedPack>>,
+    cancel: Arc<AtomicBool>,
 }
 
 impl Walk<'_> {
@@ -570,6 +578,9 @@ impl Walk<'_> {
         slot: Option<(usize, usize)>,
         stack: &mut Vec<DirVisit>,
     ) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
         let mut names: Vec<Vec<u8>> = Vec::new();
         let listing = fs::read_dir(abs).and_then(|rd| {
             for de in rd {

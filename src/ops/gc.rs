@@ -162,7 +162,11 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     }
 
     // 3. Repack: new packs durable before any row points at them.
-    progress.phase("gc: repack", None);
+    let live_bytes: u64 = repack
+        .iter()
+        .map(|p| liveness.get(&p.rowid).map_or(0, |l| l.1))
+        .sum();
+    progress.phase("gc: repack", Some(live_bytes));
     let moved = repack_live(repo, &repack, progress)?;
     let new_bytes: u64 = moved.iter().map(|f| f.size).sum();
     stats.packs_written = moved.len() as u64;

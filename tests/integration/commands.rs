@@ -484,3 +484,44 @@ fn restore_of_one_file_into_a_new_target_creates_its_directories() {
         got[std::path::Path::new("a")]
     );
 }
+
+#[test]
+fn ctrl_c_during_create_commits_nothing_and_says_so() {
+    use std::process::{Command, Stdio};
+    let env = Env::new();
+    let src = env.path("app");
+    write(&src.join("a.bin"), noise(1, 2_000_000));
+    let flag = env.path("pause-flag");
+    let child = Command::new(assert_cmd::cargo::cargo_bin("snap"))
+        .args(["create"])
+        .arg(&src)
+        .env("SNAP_REPO", &env.repo)
+        .env("SNAP_PAUSE_AT", "create started")
+        .env("SNAP_PAUSE_FILE", &flag)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !flag.exists() {
+        assert!(start.elapsed().as_secs() < 60, "create never paused");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    fs::remove_file(&flag).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no snapshot was committed") && err.contains("snap gc"),
+        "{err}"
+    );
+    assert!(env.list().is_empty());
+    env.snap().args(["check", "--read-data"]).assert().success();
+    // The next create works as if nothing had happened.
+    let id = env.create_id(&src);
+    let out = env.path("out");
+    env.restore_to(&id, &out);
+    assert_same_tree(&src, &out);
+}
