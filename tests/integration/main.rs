@@ -15,6 +15,7 @@ mod gc;
 mod guard;
 mod hostile;
 mod model;
+mod readme;
 mod repair;
 mod restore_in_place;
 mod restore_safety;
