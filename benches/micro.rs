@@ -217,6 +217,7 @@ fn tree(c: &mut Criterion) {
             ino: i as u64,
             nlink: 1,
             payload: Payload::Chunks(vec![ChunkId::of(&i.to_le_bytes())]),
+            xattrs: Vec::new(),
         })
         .collect();
     let t = Tree::new(entries);

@@ -35,6 +35,7 @@ pub mod sqlite;
 pub mod storage;
 pub mod tree;
 pub mod user_config;
+pub mod xattr;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, PackId, SnapshotId, TreeId};

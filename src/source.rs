@@ -123,6 +123,7 @@ pub fn entry_from_stat(name: Vec<u8>, st: &Stat) -> Entry {
             Kind::Dir => Payload::Subtree(crate::id::TreeId([0; 32])),
             Kind::Fifo | Kind::Socket => Payload::None,
         },
+        xattrs: Vec::new(),
     }
 }
 

@@ -9,7 +9,12 @@
 //!        | payload (by kind)
 //! payload: file: n u32 | n chunk ids [32]   dir: tree id [32]
 //!          symlink: len u16 | target bytes   chardev/blockdev: rdev u64   fifo/socket: none
+//! then, only when flags has XATTRS (16):
+//!        count u16 (>= 1) | count × (name_len u8 | name | value_len u32 | value), sorted by name, unique
 //! ```
+//!
+//! An entry without extended attributes encodes exactly as before they
+//! existed, so trees (and their ids) of such data never change.
 //!
 //! A tree's id is the BLAKE3 of this encoding, so an unchanged directory
 //! encodes to the same id and costs nothing in a new snapshot.
@@ -75,7 +80,10 @@ pub mod flags {
     pub const RACY: u8 = 4;
     /// A SQLite database stored as a consistent online-backup image.
     pub const SQLITE_IMAGE: u8 = 8;
-    pub const ALL: u8 = UNREADABLE | CHANGED_DURING_READ | RACY | SQLITE_IMAGE;
+    /// Extended attributes follow the payload. Set by the encoder from
+    /// `Entry::xattrs`; decoded entries do not carry it in `flags`.
+    pub const XATTRS: u8 = 16;
+    pub const ALL: u8 = UNREADABLE | CHANGED_DURING_READ | RACY | SQLITE_IMAGE | XATTRS;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +112,18 @@ pub struct Entry {
     pub ino: u64,
     pub nlink: u32,
     pub payload: Payload,
+    /// Extended attributes (name, value), sorted by name: see crate::xattr
+    /// for which namespaces are kept.
+    pub xattrs: Xattrs,
 }
+
+/// Extended attributes, (name, value) sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Bounds a decoder enforces (Linux's own: a name of at most 255 bytes, a
+/// value of at most 64 KiB).
+pub const XATTR_NAME_MAX: usize = 255;
+pub const XATTR_VALUE_MAX: usize = 65536;
 
 impl Entry {
     pub fn name_os(&self) -> &OsStr {
@@ -168,7 +187,12 @@ impl Tree {
             out.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
             out.extend_from_slice(&e.name);
             out.push(e.kind as u8);
-            out.push(e.flags);
+            let f = if e.xattrs.is_empty() {
+                e.flags & !flags::XATTRS
+            } else {
+                e.flags | flags::XATTRS
+            };
+            out.push(f);
             for v in [e.mode, e.uid, e.gid] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
@@ -201,6 +225,16 @@ impl Tree {
                     "tree entry {:?} has a payload that does not fit its kind",
                     e.name_os()
                 ),
+            }
+            if !e.xattrs.is_empty() {
+                out.extend_from_slice(&(e.xattrs.len() as u16).to_le_bytes());
+                for (k, v) in &e.xattrs {
+                    debug_assert!(k.len() <= XATTR_NAME_MAX && v.len() <= XATTR_VALUE_MAX);
+                    out.push(k.len() as u8);
+                    out.extend_from_slice(k);
+                    out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                    out.extend_from_slice(v);
+                }
             }
         }
         out
@@ -274,6 +308,12 @@ impl Tree {
                 Kind::CharDev | Kind::BlockDev => Payload::Device(r.u64()?),
                 Kind::Fifo | Kind::Socket => Payload::None,
             };
+            let xattrs = if flags & flags::XATTRS != 0 {
+                decode_xattrs(&mut r)?
+            } else {
+                Vec::new()
+            };
+            let flags = flags & !flags::XATTRS;
             entries.push(Entry {
                 name,
                 kind,
@@ -288,6 +328,7 @@ impl Tree {
                 ino,
                 nlink,
                 payload,
+                xattrs,
             });
         }
         if r.pos != data.len() {
@@ -295,6 +336,30 @@ impl Tree {
         }
         Ok(Tree { entries })
     }
+}
+
+fn decode_xattrs(r: &mut Cursor) -> Result<Xattrs, DecodeError> {
+    let n = r.u16()? as usize;
+    if n == 0 {
+        return Err(DecodeError("xattr flag without xattrs"));
+    }
+    let mut out: Xattrs = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        let klen = r.u8()? as usize;
+        let k = r.take(klen)?.to_vec();
+        if k.is_empty() || k.contains(&0) {
+            return Err(DecodeError("bad xattr name"));
+        }
+        if out.last().is_some_and(|(prev, _)| *prev >= k) {
+            return Err(DecodeError("xattrs not sorted or not unique"));
+        }
+        let vlen = r.u32()? as usize;
+        if vlen > XATTR_VALUE_MAX {
+            return Err(DecodeError("xattr value too long"));
+        }
+        out.push((k, r.take(vlen)?.to_vec()));
+    }
+    Ok(out)
 }
 
 struct Cursor<'a> {
@@ -351,6 +416,7 @@ mod tests {
             ino: 2,
             nlink: 1,
             payload,
+            xattrs: Vec::new(),
         }
     }
 
@@ -369,7 +435,37 @@ mod tests {
             entry(b"dir", Kind::Dir, Payload::Subtree(TreeId::of(b"t"))),
             entry(b"fifo", Kind::Fifo, Payload::None),
             entry(b"null", Kind::CharDev, Payload::Device(0x0103)),
+            Entry {
+                xattrs: vec![
+                    (b"security.selinux".to_vec(), b"label\0".to_vec()),
+                    (b"user.mime".to_vec(), b"text/plain".to_vec()),
+                ],
+                ..entry(b"tagged", Kind::File, Payload::Chunks(vec![]))
+            },
         ])
+    }
+
+    #[test]
+    fn an_entry_without_xattrs_encodes_as_before_they_existed() {
+        // Frozen: a FIFO entry's bytes, from before xattrs were added.
+        let t = Tree::new(vec![entry(b"p", Kind::Fifo, Payload::None)]);
+        let id = Tree::id_of_encoding(&t.encode());
+        assert_eq!(
+            id.to_hex(),
+            TreeId::of(&t.encode()).to_hex(),
+            "ids are the hash of the encoding"
+        );
+        assert_eq!(
+            t.encode()[13..13 + 2 + 1 + 1 + 1],
+            [1, 0, b'p', Kind::Fifo as u8, 0]
+        );
+        let mut x = t.clone();
+        x.entries[0].xattrs = vec![(b"user.a".to_vec(), b"1".to_vec())];
+        let enc = x.encode();
+        assert_eq!(enc[17], flags::XATTRS);
+        let back = Tree::decode(&enc).unwrap();
+        assert_eq!(back, x);
+        assert_eq!(back.entries[0].flags, 0);
     }
 
     #[test]

@@ -126,6 +126,7 @@ fn plant(conn: &rusqlite::Connection, data: &[u8]) {
                 ino: 0,
                 nlink: 1,
                 payload: Payload::Subtree(sub),
+                xattrs: Vec::new(),
             };
             let root = put_tree(&Tree::new(vec![e]).encode());
             conn.execute("UPDATE snapshots SET root = ?1", [root.as_bytes().to_vec()])

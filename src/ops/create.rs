@@ -661,6 +661,10 @@ impl Walk<'_> {
             }
             self.progress.entries(1);
             let mut entry = entry_from_stat(name.clone(), &st);
+            if entry.kind != Kind::File {
+                // Files get theirs from the open file, in the reader.
+                entry.xattrs = self.xattrs_of(&path);
+            }
             let old_entry = old.as_ref().and_then(|(_, t)| t.get(&name));
             let slot_idx = self.nodes[&node_id].entries.len();
             match entry.kind {
@@ -703,6 +707,8 @@ impl Walk<'_> {
                             }
                         }
                         entry.payload = o.payload.clone();
+                        // Same ctime: the attributes did not change either.
+                        entry.xattrs = o.xattrs.clone();
                         entry.flags |= self.racy_flag(&entry);
                         self.stats.reused_files += 1;
                         self.progress.bytes(entry.size);
@@ -736,6 +742,16 @@ impl Walk<'_> {
         node.walked = true;
         node.old = old;
         self.resolve(node_id)
+    }
+
+    fn xattrs_of(&self, path: &Path) -> crate::xattr::Xattrs {
+        crate::xattr::read(crate::xattr::At::Path(path)).unwrap_or_else(|e| {
+            self.progress.warn(&format!(
+                "{}: extended attributes not read: {e}",
+                path.display()
+            ));
+            Vec::new()
+        })
     }
 
     fn racy_flag(&self, e: &Entry) -> u8 {
@@ -982,14 +998,23 @@ fn read_file(ctx: &WorkerCtx, job: &FileJob) -> FileOutcome {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return FileOutcome::Vanished,
         Err(e) => return FileOutcome::Unreadable(e.to_string()),
     };
+    let xattrs = {
+        use std::os::fd::AsFd;
+        crate::xattr::read(crate::xattr::At::Fd(file.as_fd())).unwrap_or_default()
+    };
     let mut header = [0u8; 100];
-    if file.read_exact_at(&mut header, 0).is_ok()
+    let mut outcome = if file.read_exact_at(&mut header, 0).is_ok()
         && sqlite::is_database_header(&header)
         && let Some(outcome) = capture_db(ctx, job, &file, &header)
     {
-        return outcome;
+        outcome
+    } else {
+        read_file_plain(ctx, job, &file)
+    };
+    if let FileOutcome::Stored { meta, .. } = &mut outcome {
+        meta.xattrs = xattrs;
     }
-    read_file_plain(ctx, job, &file)
+    outcome
 }
 
 /// Read a file's bytes as they are, re-reading it if it changes meanwhile.

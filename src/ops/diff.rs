@@ -8,7 +8,8 @@
 //! and compared by chunk hashes (modified, or metadata only); one whose
 //! size and mtime match is unchanged unless `verify` asks to read it too
 //! (or create flagged it as possibly changed while read). Directories are
-//! compared by mode and owner, not mtime (which changes with any content).
+//! compared by mode, owner and extended attributes, not mtime (which
+//! changes with any content).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -178,7 +179,10 @@ fn diff_trees(
 }
 
 fn same_owner_and_mode(a: &Entry, b: &Entry) -> bool {
-    (a.kind == Kind::Symlink || a.mode == b.mode) && a.uid == b.uid && a.gid == b.gid
+    (a.kind == Kind::Symlink || a.mode == b.mode)
+        && a.uid == b.uid
+        && a.gid == b.gid
+        && a.xattrs == b.xattrs
 }
 
 /// An entry removed, with everything below it.
@@ -283,7 +287,8 @@ impl SourceDiff<'_> {
                 {
                     continue;
                 }
-                let e = crate::source::entry_from_metadata(name.clone(), &md);
+                let mut e = crate::source::entry_from_metadata(name.clone(), &md);
+                e.xattrs = crate::xattr::read(crate::xattr::At::Path(&path)).unwrap_or_default();
                 merged.entry(name).or_default().1 = Some((e, path));
             }
         }

@@ -22,3 +22,4 @@ mod restore_safety;
 mod roundtrip;
 mod sqlite;
 mod storage;
+mod xattrs;

@@ -282,6 +282,7 @@ fn dir_entry(name: &[u8], sub: snap::TreeId) -> Entry {
         ino: 0,
         nlink: 1,
         payload: Payload::Subtree(sub),
+        xattrs: Vec::new(),
     }
 }
 

@@ -133,6 +133,13 @@ fn moved(e: &io::Error) -> String {
 }
 
 impl Exec<'_> {
+    /// Restored, but not exactly (listed with the failures: exit 3).
+    fn partly(&mut self, path: &Path, why: String) {
+        self.progress
+            .warn(&format!("{}: restored, but {why}", path.display()));
+        self.stats.failed.push((path.display().to_string(), why));
+    }
+
     fn fail(&mut self, path: &Path, why: String) {
         self.progress
             .warn(&format!("{}: not restored: {why}", path.display()));
@@ -293,7 +300,7 @@ impl Exec<'_> {
                 }
             }
             let (is_root, progress, filesystems) = (self.is_root, self.progress, &self.filesystems);
-            let written: Vec<(&WriteJob, Result<TempFile>)> = jobs
+            let written: Vec<(&WriteJob, Result<Written>)> = jobs
                 .par_iter()
                 .map_init(
                     || ChunkReader::new(storage.clone()),
@@ -307,7 +314,12 @@ impl Exec<'_> {
             let mut renames = Vec::new();
             for (job, r) in written {
                 match r {
-                    Ok(tmp) => renames.push((job, tmp)),
+                    Ok((tmp, note)) => {
+                        if let Some(why) = note {
+                            self.partly(job.path, format!("extended attributes not set: {why}"));
+                        }
+                        renames.push((job, tmp))
+                    }
                     Err(err) => {
                         self.stats.damaged |= err.is_damage();
                         self.fail(job.path, err.to_string());
@@ -515,15 +527,20 @@ fn locate_chunks(repo: &Repository, meta: &Meta) -> Result<Vec<(ChunkId, ChunkLo
     Ok(locs)
 }
 
+/// A temporary file with the content, and what of its extended attributes
+/// could not be set.
+type Written = (TempFile, Option<String>);
+
 /// Write one file's content to a temporary file beside it, with the
-/// snapshot's metadata; returns the temporary to be renamed.
+/// snapshot's metadata; returns the temporary to be renamed, and what of
+/// its extended attributes could not be set.
 fn write_temp(
     reader: &mut ChunkReader,
     job: &WriteJob,
     is_root: bool,
     progress: &dyn Progress,
     filesystems: &Mutex<HashMap<u64, File>>,
-) -> Result<TempFile> {
+) -> Result<Written> {
     let (tmp, mut file) = TempFile::create(&job.dir, TEMP_PREFIX).at(job.path)?;
     let locs = &job.locs;
     let mut pos: u64 = 0;
@@ -585,6 +602,16 @@ fn write_temp(
         e.mtime_ns,
     )
     .at(job.path)?;
+    // Attributes go on the open temporary (a new file may have inherited
+    // a default ACL: `apply` removes what the snapshot lacks).
+    let note = {
+        use std::os::fd::AsFd;
+        match crate::xattr::apply(crate::xattr::At::Fd(file.as_fd()), &e.xattrs, is_root) {
+            Ok(refused) if refused.is_empty() => None,
+            Ok(refused) => Some(refused.join("; ")),
+            Err(err) => Some(err.to_string()),
+        }
+    };
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     file.sync_all().at(job.path)?;
     // Remember one file per filesystem for the barriers.
@@ -593,7 +620,7 @@ fn write_temp(
     if let std::collections::hash_map::Entry::Vacant(v) = fss.entry(dev) {
         v.insert(file.try_clone().at(job.path)?);
     }
-    Ok(tmp)
+    Ok((tmp, note))
 }
 
 /// Create a symlink or special file `name` in `dir` with its metadata.
@@ -634,5 +661,26 @@ fn set_meta(dir: &DirFd, name: &OsStr, e: &Meta, is_root: bool) -> Result<(), St
         confined::chmod(dir, name, effective_mode(e.mode, e.uid, e.gid))
             .map_err(|e| format!("cannot set the mode: {}", moved(&e)))?;
     }
-    confined::set_mtime(dir, name, e.mtime_ns).map_err(|e| format!("cannot set the mtime: {e}"))
+    confined::set_mtime(dir, name, e.mtime_ns).map_err(|e| format!("cannot set the mtime: {e}"))?;
+    set_xattrs(dir, name, e, is_root)
+}
+
+/// The entry's extended attributes, exactly (what this user may set):
+/// through the pinned directory handle, never following `name`.
+fn set_xattrs(dir: &DirFd, name: &OsStr, e: &Meta, is_root: bool) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let mut p = std::ffi::OsString::from(format!("/proc/self/fd/{}/", dir.as_raw_fd()));
+    p.push(name);
+    let at = crate::xattr::At::Path(Path::new(&p));
+    if e.xattrs.is_empty() && !crate::xattr::differs(at, &e.xattrs, is_root) {
+        return Ok(());
+    }
+    match crate::xattr::apply(at, &e.xattrs, is_root) {
+        Ok(refused) if refused.is_empty() => Ok(()),
+        Ok(refused) => Err(format!(
+            "extended attributes not set: {}",
+            refused.join("; ")
+        )),
+        Err(err) => Err(format!("extended attributes not set: {err}")),
+    }
 }

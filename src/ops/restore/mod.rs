@@ -106,6 +106,7 @@ pub struct Meta {
     pub mtime_ns: i64,
     pub size: u64,
     pub payload: Payload,
+    pub xattrs: crate::xattr::Xattrs,
 }
 
 impl Meta {

@@ -331,6 +331,7 @@ impl Meta {
             mtime_ns: e.mtime_ns,
             size: e.size,
             payload: e.payload.clone(),
+            xattrs: e.xattrs.clone(),
         }
     }
 }
@@ -402,11 +403,14 @@ fn mtime_ns(m: &Metadata) -> i64 {
 }
 
 impl Planner<'_> {
-    fn meta_equal(&self, e: &Entry, m: &Metadata) -> bool {
+    fn meta_equal(&self, e: &Entry, m: &Metadata, path: &Path) -> bool {
         let mode_ok =
             e.kind == Kind::Symlink || m.mode() & 0o7777 == effective_mode(e.mode, e.uid, e.gid);
         let owner_ok = !self.is_root || (m.uid() == e.uid && m.gid() == e.gid);
-        mode_ok && owner_ok && mtime_ns(m) == e.mtime_ns
+        mode_ok
+            && owner_ok
+            && mtime_ns(m) == e.mtime_ns
+            && !crate::xattr::differs(crate::xattr::At::Path(path), &e.xattrs, self.is_root)
     }
 
     fn delete(&mut self, path: &Path, m: &Metadata) {
@@ -454,6 +458,8 @@ impl Planner<'_> {
                     mtime_ns: rm.mtime_ns,
                     size: 0,
                     payload: Payload::None,
+                    // The source directory's own attributes are not kept.
+                    xattrs: Vec::new(),
                 },
             });
         }
@@ -648,7 +654,7 @@ impl Planner<'_> {
                     Err(err) => return Err(err),
                 };
                 let child_dirty = self.plan_dir(&tree, path, disk.as_ref().map(|m| m.dev()))?;
-                let meta_differs = disk.as_ref().is_none_or(|m| !self.meta_equal(e, m));
+                let meta_differs = disk.as_ref().is_none_or(|m| !self.meta_equal(e, m, path));
                 if child_dirty || meta_differs {
                     if exists && !child_dirty {
                         self.summary.fix_metadata += 1;
@@ -693,7 +699,7 @@ impl Planner<'_> {
                         self.summary.write_files -= 1;
                         self.summary.write_bytes -= old_size;
                         self.summary.links += 1;
-                        if self.meta_equal(e, &m) {
+                        if self.meta_equal(e, &m, path) {
                             self.summary.unchanged_files += 1;
                             self.summary.unchanged_bytes += e.size;
                         } else {
@@ -741,7 +747,7 @@ impl Planner<'_> {
                         };
                         if !same_content {
                             Act::Write
-                        } else if self.meta_equal(e, m) {
+                        } else if self.meta_equal(e, m, path) {
                             Act::Keep
                         } else {
                             Act::Meta
@@ -799,7 +805,7 @@ impl Planner<'_> {
                         .map(|t| t.as_os_str().as_bytes() == want.as_slice())
                         .unwrap_or(false);
                 if same {
-                    if !self.meta_equal(e, disk.as_ref().unwrap()) {
+                    if !self.meta_equal(e, disk.as_ref().unwrap(), path) {
                         self.steps.push(Step::FixMeta {
                             path: path_buf.clone(),
                             meta: Meta::of(e),
@@ -821,7 +827,7 @@ impl Planner<'_> {
             }
             Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => match &disk {
                 Some(m) => {
-                    if !self.meta_equal(e, m) {
+                    if !self.meta_equal(e, m, path) {
                         self.steps.push(Step::FixMeta {
                             path: path_buf.clone(),
                             meta: Meta::of(e),
