@@ -407,10 +407,17 @@ impl Planner<'_> {
         let mode_ok =
             e.kind == Kind::Symlink || m.mode() & 0o7777 == effective_mode(e.mode, e.uid, e.gid);
         let owner_ok = !self.is_root || (m.uid() == e.uid && m.gid() == e.gid);
+        // The inode the snapshot read, its ctime unmoved: its attributes
+        // are the ones recorded (setting one moves ctime), so the
+        // llistxattr per entry is only paid for entries touched since.
+        let untouched = m.dev() == e.dev
+            && m.ino() == e.ino
+            && m.ctime() * 1_000_000_000 + m.ctime_nsec() == e.ctime_ns;
         mode_ok
             && owner_ok
             && mtime_ns(m) == e.mtime_ns
-            && !crate::xattr::differs(crate::xattr::At::Path(path), &e.xattrs, self.is_root)
+            && (untouched
+                || !crate::xattr::differs(crate::xattr::At::Path(path), &e.xattrs, self.is_root))
     }
 
     fn delete(&mut self, path: &Path, m: &Metadata) {
