@@ -62,8 +62,9 @@ pub fn resolve(all: &[Snapshot], spec: &str, source: Option<&Path>) -> Result<Sn
         .collect();
     let at = line.iter().position(|s| s.id == found.id).ok_or_else(no)?;
     let want = at.checked_sub(back).ok_or_else(|| {
-        Error::NoSuchSnapshot(format!(
-            "{spec} (only {at} snapshot{} of {} before it)",
+        Error::Invalid(format!(
+            "{spec}: snapshot {} has only {at} snapshot{} of {} before it",
+            found.id.short(),
             if at == 1 { "" } else { "s" },
             found.source.display()
         ))
@@ -156,6 +157,6 @@ mod tests {
         assert_eq!(id_of(&all, "latest~x", None), None);
         assert_eq!(id_of(&all, "", None), None);
         let err = resolve(&all, "latest~9", None).unwrap_err().to_string();
-        assert!(err.contains("only 1 snapshot of /b before it"), "{err}");
+        assert!(err.contains("has only 1 snapshot of /b before it"), "{err}");
     }
 }
