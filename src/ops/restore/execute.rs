@@ -411,7 +411,7 @@ impl Exec<'_> {
     ///    does not disturb the parent's afterwards.
     fn directory_metadata(&mut self, plan: &Plan) {
         for step in plan.steps.iter().rev() {
-            let Step::DirMeta { path, meta } = step else {
+            let Step::DirMeta { path, meta, fix } = step else {
                 continue;
             };
             let Some((ri, rel)) = self.locate(path) else {
@@ -430,8 +430,10 @@ impl Exec<'_> {
                     .map_err(|e| moved(&e))
                     .and_then(|(dir, name)| set_meta(&dir, name, meta, is_root))
             };
-            if let Err(why) = r {
-                self.fail(path, why);
+            match r {
+                Err(why) => self.fail(path, why),
+                Ok(()) if *fix => self.stats.fixed_metadata += 1,
+                Ok(()) => {}
             }
         }
     }

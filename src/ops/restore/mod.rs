@@ -92,6 +92,9 @@ pub enum Step {
         path: PathBuf,
         #[serde(skip)]
         meta: Meta,
+        /// Only the directory's own metadata differs (counted as a fix).
+        #[serde(skip)]
+        fix: bool,
     },
 }
 

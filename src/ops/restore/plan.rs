@@ -259,6 +259,7 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
                             p.steps.push(Step::DirMeta {
                                 path: base.join(a),
                                 meta: Meta::of(&e),
+                                fix: false,
                             });
                         }
                     }
@@ -452,10 +453,12 @@ impl Planner<'_> {
                 || (self.is_root && (m.uid() != rm.uid || m.gid() != rm.gid))
         });
         if dirty || meta_differs {
-            if exists && !dirty {
+            let fix = exists && !dirty;
+            if fix {
                 self.summary.fix_metadata += 1;
             }
             self.steps.push(Step::DirMeta {
+                fix,
                 path: target.to_path_buf(),
                 meta: Meta {
                     kind: Kind::Dir,
@@ -663,12 +666,14 @@ impl Planner<'_> {
                 let child_dirty = self.plan_dir(&tree, path, disk.as_ref().map(|m| m.dev()))?;
                 let meta_differs = disk.as_ref().is_none_or(|m| !self.meta_equal(e, m, path));
                 if child_dirty || meta_differs {
-                    if exists && !child_dirty {
+                    let fix = exists && !child_dirty;
+                    if fix {
                         self.summary.fix_metadata += 1;
                     }
                     self.steps.push(Step::DirMeta {
                         path: path_buf.clone(),
                         meta: Meta::of(e),
+                        fix,
                     });
                     dirty = true;
                 }
