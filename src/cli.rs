@@ -406,7 +406,8 @@ impl snap::progress::Progress for TermProgress {
             }
         }
     }
-    fn warn(&self, message: &str) {
+    fn warn(&self, w: &snap::progress::Warning) {
+        let message = &w.message;
         match &self.bar {
             Some(b) => b.suspend(|| eprintln!("warning: {message}")),
             None => eprintln!("warning: {message}"),

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("{path}: {source}")]
     Io {
@@ -37,11 +38,13 @@ pub enum Error {
         waited_secs: u64,
     },
 
-    #[error("{path}: index database error: {source}", path = .path.display())]
+    /// The index database (SQLite) failed; `corrupt` when SQLite says the
+    /// file is malformed or not a database.
+    #[error("{path}: index database error: {message}", path = .path.display())]
     Index {
         path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
+        message: String,
+        corrupt: bool,
     },
 
     #[error("{path}: damaged: {reason}", path = .path.display())]
@@ -96,6 +99,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// An index (SQLite) error: the library's error type carries no
+    /// rusqlite type, only what it said and whether the file is damaged.
+    pub(crate) fn index(path: impl Into<PathBuf>, e: rusqlite::Error) -> Self {
+        let corrupt = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        );
+        Error::Index {
+            path: path.into(),
+            message: e.to_string(),
+            corrupt,
+        }
+    }
+
     /// Attach a path to an io::Error; used through `IoContext`.
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
@@ -130,10 +147,7 @@ impl Error {
             | Error::MissingChunk { .. }
             | Error::MissingTree { .. } => true,
             // SQLite's own verdict on the index file: malformed or not a database.
-            Error::Index { source, .. } => matches!(
-                source.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
-            ),
+            Error::Index { corrupt, .. } => *corrupt,
             _ => false,
         }
     }

@@ -17,7 +17,6 @@ use snap::lock::LockMode;
 use snap::ops::check::{CheckOptions, check};
 use snap::ops::create::{CreateOptions, create};
 use snap::ops::gc::{GcOptions, forget, gc, set_pinned};
-use snap::ops::guard::{GuardOptions, GuardReport, Outcome, guard};
 use snap::ops::ls::{lookup, mode_string, walk};
 use snap::ops::restore::{RestoreOptions, Step, restore};
 use snap::progress::Progress;
@@ -314,34 +313,14 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Guard(args) => {
             let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
             let picks: Vec<PathBuf> = args.sources.iter().map(PathBuf::from).collect();
-            let opts = GuardOptions {
-                snapshot: snapshot_options(cfg.as_ref(), &picks, &args.what)?,
-                command: args.command.clone(),
-                check: args.check.clone(),
-                keep: args.keep,
-            };
-            let report = guard(&repo, &opts, &progress)?;
-            progress.finish();
-            print_guard(&mut out, &report, args.json)?;
-            Ok(match report.outcome {
-                Outcome::Migrated => 0,
-                Outcome::RolledBack => exit::ROLLED_BACK,
-                Outcome::RollbackIncomplete => exit::ROLLBACK_INCOMPLETE,
-            })
+            let what = snapshot_options(cfg.as_ref(), &picks, &args.what)?;
+            cmd::guard::run(&repo, what, &args, &progress, &mut out)
         }
         Command::Forget { ids } => {
             let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
             let mut resolved = Vec::new();
             for id in &ids {
-                let s = repo.find_snapshot(id)?;
-                if s.pinned {
-                    anyhow::bail!(
-                        "snapshot {} is pinned; `snap unpin {}` first",
-                        s.id.short(),
-                        s.id.short()
-                    );
-                }
-                resolved.push(s.id);
+                resolved.push(repo.find_snapshot(id)?.id);
             }
             forget(&repo, &resolved)?;
             for id in &resolved {
@@ -833,58 +812,6 @@ fn entry_json(path: &Path, e: &snap::tree::Entry) -> serde_json::Value {
         },
         "sqlite_image": e.has_flag(snap::tree::flags::SQLITE_IMAGE),
     })
-}
-
-fn print_guard(out: &mut impl Write, r: &GuardReport, json: bool) -> anyhow::Result<()> {
-    if json {
-        // One line, the last of stdout (the migration shares stdout).
-        serde_json::to_writer(&mut *out, r)?;
-        writeln!(out)?;
-        return Ok(());
-    }
-    let short = &r.snapshot[..8];
-    match r.outcome {
-        Outcome::Migrated => {
-            writeln!(
-                out,
-                "migration succeeded; snapshot {short} kept (tagged migrated; `snap restore {short}` goes back)"
-            )?;
-            for id in &r.forgotten {
-                writeln!(out, "forgot older guard snapshot {}", &id[..8])?;
-            }
-        }
-        Outcome::RolledBack | Outcome::RollbackIncomplete => {
-            let st = r.restore.as_ref();
-            writeln!(
-                out,
-                "{}; rolled back to snapshot {short}: wrote {}, deleted {}, fixed metadata of {}",
-                r.failure.as_deref().unwrap_or("the migration failed"),
-                count(st.map_or(0, |s| s.written_files), "file"),
-                count(st.map_or(0, |s| s.deleted_entries), "entry"),
-                count(st.map_or(0, |s| s.fixed_metadata), "entry"),
-            )?;
-            const SHOWN: usize = 20;
-            for line in r.rolled_back.iter().take(SHOWN) {
-                writeln!(out, "  {line}")?;
-            }
-            let more = r.rolled_back.len().saturating_sub(SHOWN) + r.rolled_back_more;
-            if more > 0 {
-                writeln!(out, "  ... and {more} more")?;
-            }
-            if let Some(id) = st.and_then(|s| s.safety_snapshot.as_ref()) {
-                writeln!(
-                    out,
-                    "the state the migration left is snapshot {} (`snap restore {}` brings it back)",
-                    &id[..8],
-                    &id[..8]
-                )?;
-            }
-            for (p, why) in st.map_or(&[][..], |s| s.failed.as_slice()) {
-                eprintln!("snap: {p}: not rolled back: {why}");
-            }
-        }
-    }
-    Ok(())
 }
 
 fn print_entry(out: &mut impl Write, path: &Path, e: &snap::tree::Entry) -> std::io::Result<()> {

@@ -7,6 +7,7 @@ pub mod diff;
 pub mod docs;
 pub mod dump;
 pub mod find;
+pub mod guard;
 pub mod stats;
 pub mod tag;
 

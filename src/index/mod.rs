@@ -87,26 +87,18 @@ fn uri_path(path: &Path) -> String {
 
 impl Index {
     fn err(&self, source: rusqlite::Error) -> Error {
-        Error::Index {
-            path: self.path.clone(),
-            source,
-        }
+        Error::index(&self.path, source)
     }
 
     fn connect(path: &Path, flags: OpenFlags) -> Result<Connection> {
-        let conn = Connection::open_with_flags(path, flags).map_err(|source| Error::Index {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|source| Error::index(path, source))?;
         conn.busy_timeout(Duration::from_secs(30))
             .and_then(|_| conn.pragma_update(None, "foreign_keys", "ON"))
             // Small by default: create runs one connection per reader thread,
             // and peak memory must stay well under 100 MB.
             .and_then(|_| conn.pragma_update(None, "cache_size", -4096))
-            .map_err(|source| Error::Index {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| Error::index(path, source))?;
         Ok(conn)
     }
 

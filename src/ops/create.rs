@@ -30,7 +30,7 @@ use crate::exclude::Excludes;
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::index::Index;
 use crate::pack::{FinishedPack, PackKind, Packer};
-use crate::progress::Progress;
+use crate::progress::{Progress, Warning, WarningKind};
 use crate::repo::Repository;
 use crate::snapshot::{RootMeta, Snapshot, SnapshotStats, SourceRoot};
 use crate::source::{entry_from_metadata, entry_from_stat, lstat_at, unchanged};
@@ -638,9 +638,13 @@ impl Walk<'_> {
             let st = match lstat_at(&dir_fd, &name) {
                 Ok(st) => st,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.progress.warn(&format!(
-                        "{}: vanished during the walk; not in the snapshot",
-                        path.display()
+                    self.progress.warn(&Warning::new(
+                        WarningKind::Vanished,
+                        &path,
+                        format!(
+                            "{}: vanished during the walk; not in the snapshot",
+                            path.display()
+                        ),
                     ));
                     continue;
                 }
@@ -655,8 +659,11 @@ impl Walk<'_> {
                 continue;
             }
             if st.kind() == Kind::Dir && (st.dev, st.ino) == self.repo_key {
-                self.progress
-                    .warn(&format!("{}: is the repository; excluded", path.display()));
+                self.progress.warn(&Warning::new(
+                    WarningKind::Skipped,
+                    &path,
+                    format!("{}: is the repository; excluded", path.display()),
+                ));
                 continue;
             }
             self.progress.entries(1);
@@ -669,9 +676,13 @@ impl Walk<'_> {
             let slot_idx = self.nodes[&node_id].entries.len();
             match entry.kind {
                 Kind::Dir if self.one_fs_dev.is_some_and(|d| d != st.dev) => {
-                    self.progress.warn(&format!(
-                        "{}: on another filesystem; stored as an empty directory (--one-file-system)",
-                        path.display()
+                    self.progress.warn(&Warning::new(
+                        WarningKind::Skipped,
+                        &path,
+                        format!(
+                            "{}: on another filesystem; stored as an empty directory (--one-file-system)",
+                            path.display()
+                        ),
                     ));
                     entry.payload = Payload::Subtree(self.repo.store_tree(&Tree::default())?);
                     self.stats.dirs += 1;
@@ -746,9 +757,10 @@ impl Walk<'_> {
 
     fn xattrs_of(&self, path: &Path) -> crate::xattr::Xattrs {
         crate::xattr::read(crate::xattr::At::Path(path)).unwrap_or_else(|e| {
-            self.progress.warn(&format!(
-                "{}: extended attributes not read: {e}",
-                path.display()
+            self.progress.warn(&Warning::new(
+                WarningKind::Unreadable,
+                path,
+                format!("{}: extended attributes not read: {e}", path.display()),
             ));
             Vec::new()
         })
@@ -768,8 +780,11 @@ impl Walk<'_> {
         } else {
             rel.to_string_lossy().into_owned()
         };
-        self.progress
-            .warn(&format!("{shown}: could not be read: {reason}"));
+        self.progress.warn(&Warning::new(
+            WarningKind::Unreadable,
+            rel,
+            format!("{shown}: could not be read: {reason}"),
+        ));
         self.unreadable.push((shown, reason.to_string()));
     }
 
@@ -875,9 +890,13 @@ impl Walk<'_> {
                 e.payload = Payload::Chunks(chunks);
                 if changed {
                     e.flags |= flags::CHANGED_DURING_READ;
-                    self.progress.warn(&format!(
-                        "{}: changed while it was read, even after {READ_ATTEMPTS} attempts; stored as read and flagged",
-                        res.rel.display()
+                    self.progress.warn(&Warning::new(
+                        WarningKind::Changed,
+                        &res.rel,
+                        format!(
+                            "{}: changed while it was read, even after {READ_ATTEMPTS} attempts; stored as read and flagged",
+                            res.rel.display()
+                        ),
                     ));
                 }
                 let racy = self.racy_flag(&self.nodes[&res.node].entries[res.slot]);
@@ -886,9 +905,13 @@ impl Walk<'_> {
             }
             FileOutcome::Vanished => {
                 node.dropped.push(res.slot);
-                self.progress.warn(&format!(
-                    "{}: vanished before it could be read; not in the snapshot",
-                    res.rel.display()
+                self.progress.warn(&Warning::new(
+                    WarningKind::Vanished,
+                    &res.rel,
+                    format!(
+                        "{}: vanished before it could be read; not in the snapshot",
+                        res.rel.display()
+                    ),
                 ));
             }
             FileOutcome::Unreadable(reason) => {
@@ -1031,9 +1054,13 @@ fn read_file_plain(ctx: &WorkerCtx, job: &FileJob, file: &File) -> FileOutcome {
             );
         }
         if before.ino() != job.ino {
-            ctx.progress.warn(&format!(
-                "{}: replaced during the walk; storing the new file",
-                job.rel.display()
+            ctx.progress.warn(&Warning::new(
+                WarningKind::Changed,
+                &job.rel,
+                format!(
+                    "{}: replaced during the walk; storing the new file",
+                    job.rel.display()
+                ),
             ));
         }
         let read = chunk_file(ctx, file, before.len(), None);
@@ -1144,9 +1171,13 @@ fn capture_db(
     let info = match sqlite::capture(&job.path, &image, ctx.sqlite_check) {
         Ok(info) => info,
         Err(why) => {
-            ctx.progress.warn(&format!(
-                "{}: looks like a SQLite database but could not be captured through SQLite ({why}); stored as plain bytes",
-                job.rel.display()
+            ctx.progress.warn(&Warning::new(
+                WarningKind::Other,
+                &job.rel,
+                format!(
+                    "{}: looks like a SQLite database but could not be captured through SQLite ({why}); stored as plain bytes",
+                    job.rel.display()
+                ),
             ));
             if ctx.sqlite_check {
                 // A database SQLite cannot read fails its check.

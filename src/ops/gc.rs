@@ -310,12 +310,21 @@ fn remove_stale_images(repo: &Repository) {
     }
 }
 
-/// Remove snapshots by id (no sweep: `gc` reclaims the space).
+/// Remove snapshots by id (no sweep: `gc` reclaims the space). A pinned
+/// snapshot is refused, and then nothing is forgotten.
 pub fn forget(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
     let index = repo.index();
     for id in ids {
-        if repo.snapshot_by_id(id)?.is_none() {
-            return Err(Error::NoSuchSnapshot(id.to_hex()));
+        match repo.snapshot_by_id(id)? {
+            None => return Err(Error::NoSuchSnapshot(id.to_hex())),
+            Some(s) if s.pinned => {
+                return Err(Error::Invalid(format!(
+                    "snapshot {} is pinned; `snap unpin {}` first",
+                    s.id.short(),
+                    s.id.short()
+                )));
+            }
+            Some(_) => {}
         }
     }
     let records = repo.record_forgotten(ids)?;

@@ -20,7 +20,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::ChunkLocation;
 use crate::pack::{HEADER_LEN, decode_chunk};
-use crate::progress::Progress;
+use crate::progress::{Progress, Warning, WarningKind};
 use crate::repo::{ChunkReader, Repository};
 use crate::tree::{Kind, Payload};
 
@@ -105,7 +105,9 @@ pub(super) fn execute(
     x.put_back_widened(plan);
     x.barrier()?;
     if x.stats.damaged {
-        progress.warn("some files could not be restored because the repository is damaged; run `snap check --read-data`");
+        progress.warn(&Warning::general(
+            "some files could not be restored because the repository is damaged; run `snap check --read-data`".into(),
+        ));
     }
     Ok(())
 }
@@ -135,14 +137,20 @@ fn moved(e: &io::Error) -> String {
 impl Exec<'_> {
     /// Restored, but not exactly (listed with the failures: exit 3).
     fn partly(&mut self, path: &Path, why: String) {
-        self.progress
-            .warn(&format!("{}: restored, but {why}", path.display()));
+        self.progress.warn(&Warning::new(
+            WarningKind::NotRestored,
+            path,
+            format!("{}: restored, but {why}", path.display()),
+        ));
         self.stats.failed.push((path.display().to_string(), why));
     }
 
     fn fail(&mut self, path: &Path, why: String) {
-        self.progress
-            .warn(&format!("{}: not restored: {why}", path.display()));
+        self.progress.warn(&Warning::new(
+            WarningKind::NotRestored,
+            path,
+            format!("{}: not restored: {why}", path.display()),
+        ));
         self.stats.failed.push((path.display().to_string(), why));
     }
 

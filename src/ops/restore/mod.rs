@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::ops::create::{CreateOptions, SourceSpec, create};
-use crate::progress::Progress;
+use crate::progress::{Progress, Warning, WarningKind};
 use crate::repo::Repository;
 use crate::snapshot::{Snapshot, SourceRoot};
 use crate::tree::{Kind, Payload};
@@ -243,12 +243,20 @@ pub fn restore(
         ..RestoreStats::default()
     };
     for (path, why) in &plan.damaged {
-        progress.warn(&format!("{}: not restored: {why}", path.display()));
+        progress.warn(&Warning::new(
+            WarningKind::NotRestored,
+            path,
+            format!("{}: not restored: {why}", path.display()),
+        ));
         stats.failed.push((path.display().to_string(), why.clone()));
         stats.damaged = true;
     }
     for (path, why) in &plan.refused {
-        progress.warn(&format!("{}: left in place: {why}", path.display()));
+        progress.warn(&Warning::new(
+            WarningKind::NotRestored,
+            path,
+            format!("{}: left in place: {why}", path.display()),
+        ));
         stats
             .failed
             .push((path.display().to_string(), format!("left in place: {why}")));
@@ -265,11 +273,11 @@ pub fn restore(
                         paths,
                     });
                 }
-                progress.warn(&format!(
+                progress.warn(&Warning::general(format!(
                     "--force: the safety snapshot {} could not store {}; if the restore changes them they cannot be brought back",
                     safety.id.short(),
                     paths.join(", ")
-                ));
+                )));
             }
         }
     }
