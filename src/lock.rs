@@ -34,13 +34,21 @@ impl Drop for RepoLock {
     }
 }
 
-/// How long to wait for a busy lock: `SNAP_LOCK_WAIT` seconds, default 30.
+/// Milliseconds to wait for a busy lock (the binary sets it from
+/// `SNAP_LOCK_WAIT`).
+static WAIT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(30_000);
+
+/// How long opening a repository waits for a busy lock, for this process:
+/// 30 s unless set.
+pub fn set_default_wait(wait: Duration) {
+    WAIT_MS.store(
+        wait.as_millis().min(u64::MAX as u128) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 pub fn default_wait() -> Duration {
-    std::env::var("SNAP_LOCK_WAIT")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs(30))
+    Duration::from_millis(WAIT_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 static WAIT_NOTICE: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();

@@ -56,9 +56,45 @@ fn interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBo
     Ok(flag)
 }
 
+/// What the environment asks of the library (it reads none itself).
+fn apply_environment() {
+    if let Some(wait) = std::env::var("SNAP_LOCK_WAIT")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+    {
+        snap::lock::set_default_wait(std::time::Duration::from_secs_f64(wait));
+    }
+    #[cfg(feature = "fault-injection")]
+    {
+        if let Some(n) = std::env::var("SNAP_FAULT_AFTER")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            snap::fault::crash_after(n);
+        }
+        if let (Ok(at), Some(file)) = (
+            std::env::var("SNAP_PAUSE_AT"),
+            std::env::var_os("SNAP_PAUSE_FILE"),
+        ) {
+            snap::fault::pause_at(&at, Path::new(&file));
+        }
+    }
+}
+
+/// `SNAP_WORKERS`: how many files create reads at once.
+pub(crate) fn workers_from_env() -> Option<usize> {
+    std::env::var("SNAP_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    apply_environment();
     let result = run(cli);
+    #[cfg(feature = "fault-injection")]
     if std::env::var_os("SNAP_FAULT_REPORT").is_some() {
         eprintln!("snap: fault points passed: {}", snap::fault::passed());
     }
@@ -173,6 +209,7 @@ fn snapshot_options(
         labels,
         sqlite_check: what.sqlite_check,
         one_file_system: what.one_file_system,
+        workers: workers_from_env(),
         ..Default::default()
     })
 }

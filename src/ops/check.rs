@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::ops::restore::{MAX_DEPTH, entry_budget};
 use crate::pack::{HEADER_LEN, TRAILER_LEN, decode_chunk};
@@ -151,6 +151,9 @@ pub fn check(
     // of a chunk whose index row is gone.
     let mut in_footer: HashMap<ChunkId, PackId> = HashMap::new();
     for p in &packs {
+        if progress.cancelled() {
+            return Err(Error::Interrupted);
+        }
         let rows = index.chunks_in_pack(p.rowid)?;
         for r in &rows {
             pack_of_chunk.insert(r.id, p.id);

@@ -61,8 +61,11 @@ pub struct CreateOptions {
     /// source's: each is stored as an empty directory (with its metadata).
     pub one_file_system: bool,
     /// Set from outside (a signal handler) to stop: create then commits
-    /// nothing and returns `Error::Interrupted`.
+    /// nothing and returns `Error::Interrupted`. [`Progress::cancelled`]
+    /// is polled at the same points (each directory, each file).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// How many files are read at once; default three per core.
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -418,9 +421,9 @@ fn run(
     start_ns: i64,
     progress: &dyn Progress,
 ) -> Result<RunOutput> {
-    let workers: usize = std::env::var("SNAP_WORKERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
+    let workers: usize = opts
+        .workers
+        .filter(|&n| n > 0)
         // Readers block on I/O and on rayon; three per core keep the cores busy.
         .unwrap_or_else(|| 3 * std::thread::available_parallelism().map_or(2, |n| n.get()));
     let (job_tx, job_rx) = bounded::<FileJob>(workers * 4);
@@ -456,6 +459,9 @@ fn run(
             let res_tx = res_tx.clone();
             handles.push(scope.spawn(move || {
                 for job in job_rx {
+                    if ctx.progress.cancelled() {
+                        ctx.cancel.store(true, Ordering::Relaxed);
+                    }
                     let outcome = if ctx.cancel.load(Ordering::Relaxed) {
                         FileOutcome::Fatal(Error::Interrupted)
                     } else {
@@ -578,6 +584,9 @@ impl Walk<'_> {
         slot: Option<(usize, usize)>,
         stack: &mut Vec<DirVisit>,
     ) -> Result<()> {
+        if self.progress.cancelled() {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
         if self.cancel.load(Ordering::Relaxed) {
             return Err(Error::Interrupted);
         }
@@ -1002,10 +1011,15 @@ fn compress_with(level: i32, data: &[u8]) -> io::Result<(Codec, Vec<u8>)> {
 /// Open a regular file without following links, blocking on FIFOs or
 /// updating atime (where permitted).
 fn open_source(path: &Path) -> io::Result<File> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const NOATIME: i32 = libc::O_NOATIME;
+    // Elsewhere atime is relaxed by the mount, not per open.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const NOATIME: i32 = 0;
     let base = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
     match OpenOptions::new()
         .read(true)
-        .custom_flags(base | libc::O_NOATIME)
+        .custom_flags(base | NOATIME)
         .open(path)
     {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {

@@ -115,6 +115,9 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
         // The tree's own blob in a tree pack.
         index.live_add(&[ChunkId(t.0)])?;
         progress.entries(1);
+        if progress.cancelled() {
+            return Err(Error::Interrupted);
+        }
     }
 
     // 2. Decide per pack.
@@ -168,6 +171,11 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
         .sum();
     progress.phase("gc: repack", Some(live_bytes));
     let moved = repack_live(repo, &repack, progress)?;
+    // The last point where stopping leaves everything as it was (new packs
+    // nothing points at are orphans the next gc removes).
+    if progress.cancelled() {
+        return Err(Error::Interrupted);
+    }
     let new_bytes: u64 = moved.iter().map(|f| f.size).sum();
     stats.packs_written = moved.len() as u64;
 
@@ -262,6 +270,9 @@ fn repack_live(
     let mut packers = [new_packer(PackKind::Data), new_packer(PackKind::Tree)];
     let mut reader = ChunkReader::new(repo.storage().clone());
     for p in repack {
+        if progress.cancelled() {
+            return Err(Error::Interrupted);
+        }
         let pack = reader.pack(&p.id)?;
         let max = p.kind.blob_max();
         let packer = &mut packers[p.kind as usize];

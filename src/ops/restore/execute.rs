@@ -98,7 +98,13 @@ pub(super) fn execute(
     };
     x.deletions(plan);
     x.directories(plan);
-    x.contents(repo, plan)?;
+    if let Err(e) = x.contents(repo, plan) {
+        // Directories opened up for writing get their mode back even when
+        // the restore stops half way.
+        x.put_back_widened(plan);
+        let _ = x.barrier();
+        return Err(e);
+    }
     crate::fault::pause("restore contents written");
     x.links_and_metadata(plan);
     x.directory_metadata(plan);
@@ -286,6 +292,9 @@ impl Exec<'_> {
             })
             .collect();
         for batch in writes.chunks(WRITE_BATCH_FILES) {
+            if self.progress.cancelled() {
+                return Err(Error::Interrupted);
+            }
             let mut jobs: Vec<WriteJob> = Vec::with_capacity(batch.len());
             for &(path, meta) in batch {
                 let locs = match locate_chunks(repo, meta) {

@@ -232,12 +232,46 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<(Plan, Option<RestoreStats>)> {
-    let started = Instant::now();
-    let opts = &resolve_target(opts)?;
-    let plan = plan(repo, snap, opts)?;
+    let plan = plan_restore(repo, snap, opts)?;
     if opts.dry_run {
         return Ok((plan, None));
     }
+    let stats = execute_restore(repo, snap, &plan, opts, progress)?;
+    Ok((plan, Some(stats)))
+}
+
+/// What a restore of `snap` with `opts` would do, changing nothing.
+pub fn plan_restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result<Plan> {
+    plan(repo, snap, &resolve_target(opts)?)
+}
+
+/// Carry out `plan` (from [`plan_restore`] with the same `snap` and
+/// `opts`; `dry_run` is ignored). Whatever changed on disk since the plan
+/// was made is found again step by step: an entry that is no longer what
+/// the plan saw fails alone and is named in `failed`, and nothing is ever
+/// done outside the plan's roots.
+///
+/// Cancellation ([`Progress::cancelled`]) is honoured before the safety
+/// snapshot, before the first change and between batches of file writes;
+/// a restore cancelled after it began leaves the target partly restored
+/// (every file old or new, never torn): run it again to finish, or restore
+/// the safety snapshot to undo.
+pub fn execute_restore(
+    repo: &Repository,
+    snap: &Snapshot,
+    plan: &Plan,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreStats> {
+    let started = Instant::now();
+    if plan.snapshot != snap.id.to_hex() {
+        return Err(Error::Invalid(format!(
+            "the plan is for snapshot {}, not {}",
+            plan.snapshot,
+            snap.id.short()
+        )));
+    }
+    let opts = &resolve_target(opts)?;
     let mut stats = RestoreStats {
         unchanged_files: plan.summary.unchanged_files,
         ..RestoreStats::default()
@@ -261,9 +295,12 @@ pub fn restore(
             .failed
             .push((path.display().to_string(), format!("left in place: {why}")));
     }
+    if progress.cancelled() {
+        return Err(Error::Interrupted);
+    }
     if opts.safety_snapshot && plan.changes_anything() {
         // Snapshot what is about to change, so the restore can be undone.
-        if let Some(safety) = safety_snapshot(repo, snap, &plan, opts, progress)? {
+        if let Some(safety) = safety_snapshot(repo, snap, plan, opts, progress)? {
             stats.safety_snapshot = Some(safety.id.to_hex());
             if !safety.complete {
                 let paths: Vec<String> = safety.unreadable.iter().map(|(p, _)| p.clone()).collect();
@@ -282,9 +319,12 @@ pub fn restore(
         }
     }
     crate::fault::pause("restore planned");
-    execute::execute(repo, &plan, &mut stats, progress)?;
+    if progress.cancelled() {
+        return Err(Error::Interrupted);
+    }
+    execute::execute(repo, plan, &mut stats, progress)?;
     stats.duration_ms = started.elapsed().as_millis() as u64;
-    Ok((plan, Some(stats)))
+    Ok(stats)
 }
 
 /// Snapshot the directories a restore is about to change (tagged
