@@ -123,7 +123,7 @@ fn main() {
             );
             verdict(&p, &mut plain);
             let img = dir.path().join(format!("snap-{i}.db"));
-            match snap::sqlite::capture(&db, &img, false) {
+            match snap::sqlite::capture(&db, &img, false, None) {
                 Ok(_) => verdict(&img, &mut snap),
                 Err(_) => snap.corrupt += 1,
             }

@@ -26,19 +26,7 @@ use snap::tree::{Kind, Payload};
 use snap::user_config::{self, UserConfig};
 use snap::{Error, Repository};
 
-/// Exit codes (documented in README.md).
-mod exit {
-    pub const FAILURE: u8 = 1;
-    pub const PARTIAL: u8 = 3;
-    pub const LOCKED: u8 = 4;
-    pub const DAMAGED: u8 = 5;
-    pub const NOTHING_TO_DO: u8 = 6;
-    pub const ROLLED_BACK: u8 = 7;
-    pub const ROLLBACK_INCOMPLETE: u8 = 8;
-    pub const SAFETY_INCOMPLETE: u8 = 9;
-    /// 128 + SIGINT, as a shell reports a command killed by Ctrl-C.
-    pub const INTERRUPTED: u8 = 130;
-}
+use snap::exit;
 
 /// A flag the first SIGINT or SIGTERM sets (the operation stops at its next
 /// safe point); a second one ends the process at once.
@@ -114,10 +102,8 @@ fn main() -> ExitCode {
                 );
             }
             let code = match err.downcast_ref::<Error>() {
-                Some(Error::Locked { .. }) => exit::LOCKED,
-                Some(Error::SafetySnapshotIncomplete { .. }) => exit::SAFETY_INCOMPLETE,
-                Some(e) if e.is_damage() => exit::DAMAGED,
-                _ => exit::FAILURE,
+                Some(e) => exit::of(e),
+                None => exit::FAILURE,
             };
             ExitCode::from(code)
         }
@@ -792,20 +778,7 @@ fn check_command(
 }
 
 fn snapshot_json(s: &Snapshot) -> serde_json::Value {
-    json!({
-        "id": s.id.to_hex(),
-        "time": s.time_string(),
-        "host": s.host,
-        "source": s.source.to_string_lossy(),
-        "tags": s.tags,
-        "labels": s.labels,
-        "parent": s.parent.map(|p| p.to_hex()),
-        "root": s.root.to_hex(),
-        "complete": s.complete,
-        "pinned": s.pinned,
-        "unreadable": s.unreadable,
-        "stats": s.stats,
-    })
+    s.to_json()
 }
 
 /// The source column: the directory, or the config file and the names.

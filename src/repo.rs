@@ -19,6 +19,7 @@ use crossbeam_channel::Receiver;
 use crate::compress::{Codec, decompress};
 use crate::config::RepoConfig;
 use crate::error::{Error, IoContext, Result};
+use crate::held::HeldFiles;
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::index::{ChunkLocation, Index};
 use crate::lock::{LockMode, RepoLock, default_wait};
@@ -40,6 +41,8 @@ pub struct Repository {
     /// Trees being packed by `store_tree`; `flush_trees` waits for their
     /// packs and indexes them, before the snapshot that needs them commits.
     tree_packer: Mutex<Option<(Packer, Receiver<Result<FinishedPack>>)>>,
+    /// Set when snap runs inside the process whose databases it snapshots.
+    held: Option<Arc<HeldFiles>>,
 }
 
 /// Create a repository directory (and missing parents) readable by its
@@ -169,11 +172,26 @@ impl Repository {
             config,
             _lock: lock,
             tree_packer: Mutex::new(None),
+            held: None,
         };
         if mode == Some(LockMode::Exclusive) && !read_only {
             repo.apply_pending_changes()?;
         }
         Ok(repo)
+    }
+
+    /// Run as a library inside the process that owns the databases being
+    /// snapshotted: SQLite files in the sources are never opened by snap's
+    /// SQLite and their descriptors are kept in `held`, never closed (see
+    /// crate::held). Share one `held` between every repository opened in
+    /// the process, and drop it only once the app closed its databases.
+    pub fn with_held_files(mut self, held: Arc<HeldFiles>) -> Repository {
+        self.held = Some(held);
+        self
+    }
+
+    pub fn held_files(&self) -> Option<&Arc<HeldFiles>> {
+        self.held.as_ref()
     }
 
     /// The local directory: index, lock, scratch space.

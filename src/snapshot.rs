@@ -166,3 +166,24 @@ pub fn format_time_local(ns: i64) -> String {
         Err(_) => format!("@{ns}ns"),
     }
 }
+
+impl Snapshot {
+    /// The snapshot as `snap list --json` and `snap create --json` print it
+    /// (and the C ABI returns it): ids in hex, the time in RFC 3339.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_hex(),
+            "time": self.time_string(),
+            "host": self.host,
+            "source": self.source.to_string_lossy(),
+            "tags": self.tags,
+            "labels": self.labels,
+            "parent": self.parent.map(|p| p.to_hex()),
+            "root": self.root.to_hex(),
+            "complete": self.complete,
+            "pinned": self.pinned,
+            "unreadable": self.unreadable,
+            "stats": self.stats,
+        })
+    }
+}

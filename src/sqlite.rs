@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::held::HeldFiles;
+
 /// The first 16 bytes of every SQLite 3 database.
 pub const MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// Sidecar suffixes SQLite creates next to a database.
@@ -44,22 +46,26 @@ pub fn is_database_header(header: &[u8]) -> bool {
 }
 
 /// The first 100 bytes of a file (where a SQLite header would be), if it
-/// has them. Never follows a symlink and never blocks on a FIFO.
-pub fn read_header(path: &Path) -> Option<[u8; 100]> {
+/// has them. Never follows a symlink and never blocks on a FIFO. With
+/// `held`, through a descriptor that stays open (see crate::held).
+pub fn read_header(path: &Path, held: Option<&HeldFiles>) -> Option<[u8; 100]> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut header = [0u8; 100];
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .and_then(|f| f.read_exact_at(&mut header, 0))
-        .ok()?;
+    match held {
+        Some(h) => h.open(path).and_then(|f| f.read_exact_at(&mut header, 0)),
+        None => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .and_then(|f| f.read_exact_at(&mut header, 0)),
+    }
+    .ok()?;
     Some(header)
 }
 
 /// True when the file at `path` starts with a SQLite database header.
-pub fn is_database_file(path: &Path) -> bool {
-    read_header(path).is_some_and(|h| is_database_header(&h))
+pub fn is_database_file(path: &Path, held: Option<&HeldFiles>) -> bool {
+    read_header(path, held).is_some_and(|h| is_database_header(&h))
 }
 
 /// True when the database at `path` may have content outside its main
@@ -113,26 +119,31 @@ fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
 ///   file nobody has open), opening it would make SQLite create files or
 ///   repair it in place; the files are copied to scratch space first and
 ///   SQLite works on the copy.
-pub fn capture(source: &Path, image: &Path, quick_check: bool) -> Result<DbInfo, String> {
+///
+/// With `held` (snap runs inside the app's process), SQLite never opens
+/// the source: it is always copied, through descriptors that stay open.
+pub fn capture(
+    source: &Path,
+    image: &Path,
+    quick_check: bool,
+    held: Option<&HeldFiles>,
+) -> Result<DbInfo, String> {
     let exists = |s: &str| std::fs::symlink_metadata(sidecar(source, s)).is_ok();
-    let mut header = [0u8; 100];
-    std::fs::File::open(source)
-        .and_then(|f| f.read_exact_at(&mut header, 0))
-        .map_err(|e| format!("cannot read the header: {e}"))?;
+    let header = read_header(source, held).ok_or("cannot read the header")?;
     let wal_mode = header[18] == 2;
-    if exists("-shm") || (!wal_mode && !exists("-wal")) {
+    if held.is_none() && (exists("-shm") || (!wal_mode && !exists("-wal"))) {
         // In use in WAL mode, or in rollback mode: SQLite's locks make a
         // live read consistent. A hot journal (left by a crash) makes the
         // read-only open fail; then the files are copied and recovered.
-        match backup(source, false, image, quick_check) {
+        match backup(source, false, image, quick_check, source, None) {
             Ok(info) => return Ok(info),
             Err(e) if wal_mode || !exists("-journal") => return Err(e),
             Err(_) => {}
         }
     }
     let copy = sidecar(image, ".source");
-    let result =
-        copy_quiet_database(source, &copy).and_then(|_| backup(&copy, true, image, quick_check));
+    let result = copy_quiet_database(source, &copy, held)
+        .and_then(|_| backup(&copy, true, image, quick_check, source, held));
     for s in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(sidecar(&copy, s));
     }
@@ -205,8 +216,9 @@ fn run_quick_check(c: &Connection) -> String {
 }
 
 /// Copy a database nobody has open in WAL mode, with its `-wal` and
-/// `-journal`, checking that nothing changed meanwhile.
-fn copy_quiet_database(source: &Path, copy: &Path) -> Result<(), String> {
+/// `-journal`, checking that nothing changed meanwhile (and retrying when
+/// something did). With `held`, through descriptors that stay open.
+fn copy_quiet_database(source: &Path, copy: &Path, held: Option<&HeldFiles>) -> Result<(), String> {
     let stamp = |p: &Path| {
         std::fs::symlink_metadata(p).ok().map(|m| {
             use std::os::unix::fs::MetadataExt;
@@ -226,9 +238,13 @@ fn copy_quiet_database(source: &Path, copy: &Path) -> Result<(), String> {
             .collect();
         for s in ["", "-wal", "-journal"] {
             let from = sidecar(source, s);
-            if from.exists() {
-                std::fs::copy(&from, sidecar(copy, s))
-                    .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+            if std::fs::symlink_metadata(&from).is_ok() {
+                let to = sidecar(copy, s);
+                match held {
+                    Some(h) => h.open(&from).and_then(|f| copy_from(&f, &to)),
+                    None => std::fs::copy(&from, &to).map(|_| ()),
+                }
+                .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
             }
         }
         let after: Vec<_> = ["", "-wal", "-journal", "-shm"]
@@ -242,13 +258,34 @@ fn copy_quiet_database(source: &Path, copy: &Path) -> Result<(), String> {
     Err("the database kept changing while it was copied".into())
 }
 
+/// Copy all of `from` (read at offsets, so a shared descriptor's position
+/// does not matter) into a new file `to`.
+fn copy_from(from: &std::fs::File, to: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::fs::File::create(to)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = from.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+}
+
 /// The backup itself, from `source` (read-only unless `writable`, for a
-/// private copy that SQLite may need to recover) into `image`.
+/// private copy that SQLite may need to recover) into `image`. `original`
+/// is the database `source` was copied from (or `source` itself); `held`
+/// is how to open it.
 fn backup(
     source: &Path,
     writable: bool,
     image: &Path,
     quick_check: bool,
+    original: &Path,
+    held: Option<&HeldFiles>,
 ) -> Result<DbInfo, String> {
     let flags = if writable {
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -331,7 +368,7 @@ fn backup(
         f.read_exact_at(&mut own, 0)
             .and_then(|_| fix(&src_header))
             .and_then(|_| {
-                if writable && !same_bytes(image, source)? {
+                if writable && !same_bytes(image, original, held)? {
                     fix(&own)?;
                 }
                 Ok(())
@@ -344,28 +381,30 @@ fn backup(
     })
 }
 
-/// Whether two files hold the same bytes.
-fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
-    use std::io::Read;
-    let (fa, fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
-    if fa.metadata()?.len() != fb.metadata()?.len() {
+/// Whether the file `a` holds the same bytes as the source file `b`
+/// (opened through `held` when given).
+fn same_bytes(a: &Path, b: &Path, held: Option<&HeldFiles>) -> std::io::Result<bool> {
+    let fa = std::fs::File::open(a)?;
+    let fb = match held {
+        Some(h) => h.open(b)?,
+        None => std::sync::Arc::new(std::fs::File::open(b)?),
+    };
+    let len = fa.metadata()?.len();
+    if len != fb.metadata()?.len() {
         return Ok(false);
     }
-    let (mut ra, mut rb) = (
-        std::io::BufReader::with_capacity(1 << 20, fa),
-        std::io::BufReader::with_capacity(1 << 20, fb),
-    );
-    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
-    loop {
-        let n = ra.read(&mut ba)?;
-        if n == 0 {
-            return Ok(true);
-        }
-        rb.read_exact(&mut bb[..n])?;
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut at = 0u64;
+    while at < len {
+        let n = ((len - at) as usize).min(ba.len());
+        fa.read_exact_at(&mut ba[..n], at)?;
+        fb.read_exact_at(&mut bb[..n], at)?;
         if ba[..n] != bb[..n] {
             return Ok(false);
         }
+        at += n as u64;
     }
+    Ok(true)
 }
 
 #[cfg(test)]

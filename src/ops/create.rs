@@ -27,6 +27,7 @@ use crate::chunker::{Chunker, ChunkerParams};
 use crate::compress::{Codec, Compressor};
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
+use crate::held::HeldFiles;
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::index::Index;
 use crate::pack::{FinishedPack, PackKind, Packer};
@@ -454,6 +455,7 @@ fn run(
                 chunk_tx: chunk_tx.clone(),
                 cancel: cancel.clone(),
                 progress,
+                held: repo.held_files().cloned(),
             };
             let job_rx = job_rx.clone();
             let res_tx = res_tx.clone();
@@ -618,7 +620,10 @@ impl Walk<'_> {
             .filter(|n| {
                 sqlite::sidecar_base(n).is_some_and(|base| {
                     names.binary_search_by(|x| x.as_slice().cmp(base)).is_ok()
-                        && sqlite::is_database_file(&abs.join(std::ffi::OsStr::from_bytes(base)))
+                        && sqlite::is_database_file(
+                            &abs.join(std::ffi::OsStr::from_bytes(base)),
+                            self.repo.held_files().map(|h| &**h),
+                        )
                 })
             })
             .cloned()
@@ -715,7 +720,8 @@ impl Walk<'_> {
                         if o.has_flag(flags::SQLITE_IMAGE) {
                             entry.flags |= flags::SQLITE_IMAGE;
                             if let Some(v) =
-                                sqlite::read_header(&path).and_then(|h| sqlite::user_version(&h))
+                                sqlite::read_header(&path, self.repo.held_files().map(|h| &**h))
+                                    .and_then(|h| sqlite::user_version(&h))
                             {
                                 self.dbs.push((
                                     child_rel.to_string_lossy().into_owned(),
@@ -992,6 +998,8 @@ struct WorkerCtx<'a> {
     chunk_tx: Sender<Vec<NewChunk>>,
     cancel: Arc<AtomicBool>,
     progress: &'a dyn Progress,
+    /// In-process mode (see crate::held).
+    held: Option<Arc<HeldFiles>>,
 }
 
 thread_local! {
@@ -1035,15 +1043,26 @@ fn read_file(ctx: &WorkerCtx, job: &FileJob) -> FileOutcome {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return FileOutcome::Vanished,
         Err(e) => return FileOutcome::Unreadable(e.to_string()),
     };
+    let mut header = [0u8; 100];
+    let is_db = file.read_exact_at(&mut header, 0).is_ok() && sqlite::is_database_header(&header);
+    // In-process, a descriptor of what may be the app's database stays open.
+    let file: Arc<File> = match &ctx.held {
+        Some(h)
+            if crate::held::may_be_sqlite(
+                &job.path,
+                file.metadata().map_or(0, |m| m.len()),
+                is_db,
+            ) =>
+        {
+            h.keep(file)
+        }
+        _ => Arc::new(file),
+    };
     let xattrs = {
         use std::os::fd::AsFd;
         crate::xattr::read(crate::xattr::At::Fd(file.as_fd())).unwrap_or_default()
     };
-    let mut header = [0u8; 100];
-    let mut outcome = if file.read_exact_at(&mut header, 0).is_ok()
-        && sqlite::is_database_header(&header)
-        && let Some(outcome) = capture_db(ctx, job, &file, &header)
-    {
+    let mut outcome = if is_db && let Some(outcome) = capture_db(ctx, job, &file, &header) {
         outcome
     } else {
         read_file_plain(ctx, job, &file)
@@ -1105,9 +1124,6 @@ fn read_file_plain(ctx: &WorkerCtx, job: &FileJob, file: &File) -> FileOutcome {
                 db: None,
             };
         }
-        if let Err(e) = file.seek_start() {
-            return FileOutcome::Unreadable(e.to_string());
-        }
     }
     unreachable!("the last attempt always returns (changed = {changed})")
 }
@@ -1147,7 +1163,8 @@ fn capture_db(
         Ok(m) => m,
         Err(e) => return Some(FileOutcome::Unreadable(e.to_string())),
     };
-    if let Some(size) = sqlite::chunk_size(header) {
+    // In-process, snap's SQLite must not touch the app's database.
+    if let Some(size) = sqlite::chunk_size(header).filter(|_| ctx.held.is_none()) {
         let read = sqlite::read_in_place(&job.path, ctx.sqlite_check, || {
             chunk_file(ctx, file, before.len(), Some(size))
         });
@@ -1161,9 +1178,6 @@ fn capture_db(
                         && a.mtime() == before.mtime()
                 }) {
                     return Some(stored_db(&before, chunks, read_bytes, info));
-                }
-                if let Err(e) = file.seek_start() {
-                    return Some(FileOutcome::Unreadable(e.to_string()));
                 }
             }
             Ok(Some((Err(ReadError::Io(e)), _))) => {
@@ -1182,7 +1196,7 @@ fn capture_db(
         Ok(f) => f.into_temp_path(),
         Err(e) => return Some(FileOutcome::Fatal(Error::io(&ctx.tmp_dir, e))),
     };
-    let info = match sqlite::capture(&job.path, &image, ctx.sqlite_check) {
+    let info = match sqlite::capture(&job.path, &image, ctx.sqlite_check, ctx.held.as_deref()) {
         Ok(info) => info,
         Err(why) => {
             ctx.progress.warn(&Warning::new(
@@ -1240,17 +1254,6 @@ fn capture_db(
     Some(stored_db(&before, chunks, read_bytes, info))
 }
 
-trait SeekStart {
-    fn seek_start(self) -> io::Result<()>;
-}
-impl SeekStart for &File {
-    fn seek_start(self) -> io::Result<()> {
-        use std::io::Seek;
-        let mut f = self;
-        f.seek(io::SeekFrom::Start(0)).map(|_| ())
-    }
-}
-
 enum ReadError {
     Io(io::Error),
     Fatal(Error),
@@ -1265,8 +1268,8 @@ fn chunk_file(
     fixed: Option<usize>,
 ) -> std::result::Result<(Vec<ChunkId>, u64), ReadError> {
     let mut chunker = match fixed {
-        Some(size) => Chunker::fixed(ReadAdapter(file), size, BATCH_BYTES, size_hint),
-        None => Chunker::with_size_hint(ReadAdapter(file), ctx.params, BATCH_BYTES, size_hint),
+        Some(size) => Chunker::fixed(ReadAdapter(file, 0), size, BATCH_BYTES, size_hint),
+        None => Chunker::with_size_hint(ReadAdapter(file, 0), ctx.params, BATCH_BYTES, size_hint),
     };
     let mut ids_all = Vec::new();
     let mut total = 0u64;
@@ -1334,11 +1337,15 @@ fn chunk_file(
     Ok((ids_all, total))
 }
 
-struct ReadAdapter<'a>(&'a File);
+/// Reads a file from its start at explicit offsets: a descriptor shared
+/// with another reader (a held one, see crate::held) has no position to
+/// fight over.
+struct ReadAdapter<'a>(&'a File, u64);
 impl Read for ReadAdapter<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut f = self.0;
-        f.read(buf)
+        let n = self.0.read_at(buf, self.1)?;
+        self.1 += n as u64;
+        Ok(n)
     }
 }
 
