@@ -14,6 +14,7 @@ mod frozen;
 mod gc;
 mod guard;
 mod hostile;
+mod library;
 mod model;
 mod readme;
 mod repair;
