@@ -1,48 +1,96 @@
 //! snap: content-addressed incremental snapshots of application data
 //! directories, with exact, undoable rollback.
 //!
-//! Modules, from the bottom up:
-//! - [`id`], [`error`], [`config`], [`progress`]: ids, the error type, format parameters, reporting.
-//! - [`chunker`], [`compress`]: FastCDC chunking and per-chunk zstd.
-//! - [`pack`]: the pack file format, writer and reader.
-//! - [`tree`]: the canonical directory encoding.
-//! - [`index`]: the SQLite index (the only module that sees rusqlite).
-//! - [`lock`], [`repo`]: the repository on disk and its lock.
-//! - [`source`]: reading metadata of the directory being snapshotted.
-//! - [`retention`]: which snapshots a gc keeps.
-//! - [`ops`]: create, restore, ls, gc, check: options in, statistics out.
+//! # The API
+//!
+//! Everything an app needs is at the crate root: open a [`Repository`],
+//! then call an operation with its options and a [`progress::Progress`]
+//! (or [`NoProgress`]); each returns its statistics or an [`Error`].
+//!
+//! - [`create`] ([`CreateOptions`]) takes a [`Snapshot`];
+//! - [`plan_restore`] then [`execute_restore`] of that same [`Plan`]
+//!   ([`RestoreOptions`], [`RestoreStats`]), or [`restore`] for both;
+//! - [`begin_migration`] / [`finish_migration`] around an app's own
+//!   migration ([`MigrationEnd`]);
+//! - [`gc`] ([`GcOptions`], [`Policy`], [`GcStats`]), [`forget`],
+//!   [`set_pinned`], [`check`] ([`CheckOptions`], [`CheckReport`]),
+//!   [`repair_index`] ([`RepairStats`]).
+//!
+//! Long operations poll [`progress::Progress::cancelled`] at safe points.
+//! Inside the process that owns the databases being snapshotted, open the
+//! repository [`with_held_files`](Repository::with_held_files) (see
+//! [`HeldFiles`]). The library reads no environment variable and prints
+//! nothing. Exit codes for a CLI or a C ABI are in [`exit`].
+//!
+//! The other modules are snap's internals (the binary, the benchmarks and
+//! the white-box tests use them, through the default feature `internals`);
+//! embedders build without default features and see only this API.
 
-pub mod chunker;
-pub mod compress;
-pub mod config;
-pub mod confined;
-pub mod error;
-pub mod exclude;
+#![cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
+
+/// A module that is public only with the `internals` feature.
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "internals")]
+            #[doc(hidden)]
+            pub mod $name;
+            #[cfg(not(feature = "internals"))]
+            mod $name;
+        )*
+    };
+}
+
+internal!(
+    chunker,
+    compress,
+    config,
+    confined,
+    error,
+    exclude,
+    fault,
+    held,
+    id,
+    index,
+    lock,
+    objects,
+    ops,
+    pack,
+    repo,
+    retention,
+    snapshot,
+    source,
+    spec,
+    sqlite,
+    storage,
+    tree,
+    user_config,
+    xattr,
+);
+
 pub mod exit;
-pub mod fault;
-pub mod held;
-pub mod id;
-pub mod index;
-pub mod lock;
-pub mod objects;
-pub mod ops;
-pub mod pack;
 pub mod progress;
-pub mod repo;
-pub mod retention;
-pub mod snapshot;
-pub mod source;
-pub mod spec;
-pub mod sqlite;
-pub mod storage;
-pub mod tree;
-pub mod user_config;
-pub mod xattr;
 
+pub use config::RepoConfig;
 pub use error::{Error, Result};
+pub use held::HeldFiles;
 pub use id::{ChunkId, PackId, SnapshotId, TreeId};
-pub use repo::Repository;
-pub use snapshot::Snapshot;
+pub use lock::{LockMode, set_default_wait as set_lock_wait};
+pub use ops::check::{CheckOptions, CheckReport, check};
+pub use ops::create::{CreateOptions, SourceSpec, create};
+pub use ops::gc::{GcOptions, GcStats, forget, gc, set_pinned};
+pub use ops::migration::{
+    MigrationEnd, Outcome, TAG_MIGRATED, TAG_PRE, TAG_ROLLED_BACK, begin_migration,
+    finish_migration, is_unfinished,
+};
+pub use ops::repair::{RepairStats, repair_index};
+pub use ops::restore::{
+    Plan, PlanSummary, RestoreOptions, RestoreStats, Step, execute_restore, plan_restore, restore,
+};
+pub use progress::{NoProgress, Progress, Warning, WarningKind};
+pub use repo::{Repository, is_repository};
+pub use retention::{Policy, parse_duration};
+pub use snapshot::{Snapshot, SnapshotStats, SourceRoot};
 
 /// This machine's host name, recorded in snapshots.
 pub fn hostname() -> String {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use snap::progress::{Progress, Warning};
+use snap::{Progress, Warning};
 
 use crate::SnapEventFn;
 

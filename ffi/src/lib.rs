@@ -18,12 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
-use snap::held::HeldFiles;
-use snap::lock::LockMode;
-use snap::ops::gc::{GcOptions, gc};
-use snap::ops::migration::{Outcome, begin_migration, finish_migration};
-use snap::ops::restore::{RestoreOptions, restore};
-use snap::{Error, Repository, exit};
+use snap::{
+    Error, GcOptions, HeldFiles, LockMode, Outcome, Repository, RestoreOptions, begin_migration,
+    exit, finish_migration, gc, restore,
+};
 
 use events::EventSink;
 use request::{CreateRequest, GcRequest, OpenOptions, RestoreRequest};
@@ -202,7 +200,7 @@ pub unsafe extern "C" fn snap_open(
                 "this build of snap has no encrypted repositories yet; open it without a password",
             ));
         }
-        if opts.create && !snap::repo::is_repository(&path) {
+        if opts.create && !snap::is_repository(&path) {
             Repository::init(&path, &Default::default())?;
         }
         // Fails now, with its reason, rather than at the first call.
@@ -273,7 +271,7 @@ pub unsafe extern "C" fn snap_create(
         let opts = req.to_options()?;
         let sink = EventSink::new(on_event, user_data, &r.cancel);
         let repo = r.open(LockMode::Exclusive)?;
-        let snap = snap::ops::create::create(&repo, &opts, &sink);
+        let snap = snap::create(&repo, &opts, &sink);
         sink.finish();
         let snap = snap?;
         Ok(Done {

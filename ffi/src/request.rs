@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use snap::ops::create::{CreateOptions, SourceSpec};
-use snap::retention::{Policy, parse_duration};
+use snap::{CreateOptions, Policy, SourceSpec, parse_duration};
 
 use crate::{Failure, invalid};
 

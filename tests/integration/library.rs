@@ -6,14 +6,12 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use snap::lock::LockMode;
-use snap::ops::check::{CheckOptions, check};
-use snap::ops::create::{CreateOptions, create};
-use snap::ops::gc::forget;
-use snap::ops::migration::{Outcome, begin_migration, finish_migration};
-use snap::ops::restore::{RestoreOptions, execute_restore, plan_restore};
-use snap::progress::{NoProgress, Progress};
-use snap::{Error, Repository};
+// Only the crate root: what an embedder sees.
+use snap::{
+    CheckOptions, CreateOptions, Error, HeldFiles, LockMode, NoProgress, Outcome, Progress,
+    Repository, RestoreOptions, begin_migration, check, create, execute_restore, finish_migration,
+    forget, plan_restore,
+};
 
 use crate::common::{listing, make_rich_tree, sqlite_db, write};
 
@@ -161,7 +159,7 @@ fn in_process_mode_holds_the_database_descriptors_and_still_captures_it() {
     )
     .unwrap();
     write(&src.join("plain.txt"), "not held");
-    let held = std::sync::Arc::new(snap::held::HeldFiles::default());
+    let held = std::sync::Arc::new(HeldFiles::default());
     let repo = repo_in(tmp.path()).with_held_files(held.clone());
     let snap = create(&repo, &options(&src), &NoProgress).unwrap();
     // The database and its -wal are held; the plain file is not, nor -shm.
