@@ -15,7 +15,8 @@
  * - The event callback may be NULL. It may be called from any of snap's
  *   threads, while the call that was given it runs (never after it
  *   returns): with dart:ffi use NativeCallable.listener. The event string
- *   is valid only during the callback.
+ *   belongs to the callback, which frees it with snap_free() when done
+ *   (after returning, if it likes).
  * - No panic crosses this boundary; NULL or non-UTF-8 arguments are errors.
  *
  * Inside the app's own process (read this before snap_migration_begin)
@@ -46,7 +47,9 @@ typedef struct SnapRepo SnapRepo;
 // Receives progress and warnings as JSON objects, for example
 // `{"event":"progress","phase":"create","entries":120,"bytes":1048576,"total_bytes":null}`
 // or `{"event":"warning","kind":"unreadable","path":"cache/x","message":"..."}`.
-typedef void (*SnapEventFn)(const char *event_json, void *user_data);
+// The string belongs to the callee, which frees it with snap_free (so it
+// may read it after returning, as NativeCallable.listener does).
+typedef void (*SnapEventFn)(char *event_json, void *user_data);
 
 #ifdef __cplusplus
 extern "C" {

@@ -52,9 +52,11 @@ impl<'a> EventSink<'a> {
         let Ok(text) = CString::new(event.to_string()) else {
             return;
         };
-        // SAFETY: the app gave this callback for this call; the string
-        // lives until it returns, as the header says.
-        unsafe { cb(text.as_ptr(), self.user_data.0) };
+        // SAFETY: the app gave this callback for this call. The string
+        // becomes the app's (it frees it with snap_free), so a callback
+        // that reads it later, on another thread (Dart's
+        // NativeCallable.listener), reads valid memory.
+        unsafe { cb(text.into_raw(), self.user_data.0) };
     }
 
     fn progress_event(&self) -> Value {

@@ -39,8 +39,10 @@ pub struct SnapRepo {
 /// Receives progress and warnings as JSON objects, for example
 /// `{"event":"progress","phase":"create","entries":120,"bytes":1048576,"total_bytes":null}`
 /// or `{"event":"warning","kind":"unreadable","path":"cache/x","message":"..."}`.
+/// The string belongs to the callee, which frees it with snap_free (so it
+/// may read it after returning, as NativeCallable.listener does).
 pub type SnapEventFn =
-    Option<unsafe extern "C" fn(event_json: *const c_char, user_data: *mut c_void)>;
+    Option<unsafe extern "C" fn(event_json: *mut c_char, user_data: *mut c_void)>;
 
 /// Why a call failed: the exit code it returns and the message
 /// snap_last_error gives.

@@ -33,7 +33,10 @@ fn the_upgrade_scenario_runs_from_c() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // cargo puts target/<profile> on LD_LIBRARY_PATH, where an older
+    // libsnap_ffi.so from `cargo build` may be; the rpath names this one.
     let run = Command::new(&exe)
+        .env_remove("LD_LIBRARY_PATH")
         .arg(tmp.path().join("repo"))
         .arg(&data)
         .output()

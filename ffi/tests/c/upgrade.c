@@ -51,12 +51,13 @@ struct events {
     SnapRepo *cancel_repo; /* cancel on the first event when set */
 };
 
-static void on_event(const char *json, void *user_data) {
+static void on_event(char *json, void *user_data) {
     struct events *ev = user_data;
     if (strstr(json, "\"event\":\"phase\"")) ev->phases++;
     else if (strstr(json, "\"event\":\"progress\"")) ev->progress++;
     else ev->other++;
     if (ev->cancel_repo) snap_cancel(ev->cancel_repo);
+    snap_free(json); /* events belong to the callback */
 }
 
 static char *read_file(const char *path, size_t *len) {

@@ -3,7 +3,8 @@
 import ctypes
 import json
 
-EVENT = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_void_p)
+# The event string is the callee's to free: c_void_p, not c_char_p.
+EVENT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 
 
 class SnapError(Exception):
@@ -37,6 +38,17 @@ class Snap:
             f = getattr(lib, name)
             f.restype, f.argtypes = res, args
         self.lib = lib
+
+    def on_event(self, handle):
+        """A callback for handle(event as a dict); frees each event."""
+
+        def cb(ptr, _user_data):
+            try:
+                handle(json.loads(ctypes.string_at(ptr).decode()))
+            finally:
+                self.lib.snap_free(ptr)
+
+        return EVENT(cb)
 
     def last_error(self):
         e = self.lib.snap_last_error()

@@ -111,7 +111,7 @@ notes.execute("SELECT count(*) FROM notes").fetchone()
 
 # A snapshot with events.
 events = []
-on_event = EVENT(lambda text, _ud: events.append(json.loads(text.decode())))
+on_event = snap.on_event(events.append)
 code, snapshot = snap.call(snap.lib.snap_create, repo, req({"sources": data, "tags": ["launch"]}), on_event, None)
 check(snapshot["complete"] and snapshot["tags"] == ["launch"], f"create result {snapshot}")
 kinds = {e["event"] for e in events}
@@ -135,13 +135,13 @@ except SnapError as e:
 started, release = threading.Event(), threading.Event()
 
 
-def blocking(text, _ud):
+def blocking(_event):
     if not started.is_set():
         started.set()
         release.wait(30)
 
 
-blocking_cb = EVENT(blocking)
+blocking_cb = snap.on_event(blocking)
 result = {}
 t = threading.Thread(
     target=lambda: result.update(code=snap.lib.snap_create(repo, req({"sources": data}), blocking_cb, None, None))
