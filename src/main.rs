@@ -14,13 +14,11 @@ use serde_json::json;
 
 use cli::{Cli, Command, TermProgress, count, human_bytes};
 use snap::lock::LockMode;
-use snap::ops::check::{CheckOptions, check};
 use snap::ops::create::{CreateOptions, create};
-use snap::ops::gc::{GcOptions, forget, gc, set_pinned};
+use snap::ops::gc::{forget, set_pinned};
 use snap::ops::ls::{lookup, mode_string, walk};
 use snap::ops::restore::{RestoreOptions, Step, restore};
 use snap::progress::Progress;
-use snap::retention::{Policy, parse_duration};
 use snap::snapshot::{Snapshot, format_time_local};
 use snap::tree::{Kind, Payload};
 use snap::user_config::{self, UserConfig};
@@ -226,10 +224,20 @@ fn failed_checks(snap: &Snapshot) -> Vec<(&str, &str)> {
         .collect()
 }
 
-fn run(mut cli: Cli) -> anyhow::Result<u8> {
+/// What every command gets: the repository (from --repo, SNAP_REPO or the
+/// config), the config, the progress display and stdout.
+struct Ctx<'a> {
+    repo: Option<PathBuf>,
+    cfg: Option<UserConfig>,
+    progress: TermProgress,
+    quiet: bool,
+    out: std::io::StdoutLock<'a>,
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
     let progress = TermProgress::new(cli.quiet);
     snap::lock::set_wait_notice(|m| eprintln!("snap: {m}"));
-    let mut out = std::io::stdout().lock();
+    let out = std::io::stdout().lock();
     let (repo_path, cfg) = resolve_config(&cli)?;
     // A repository snap.toml names is created on first use, like the default.
     if cli.repo.is_none()
@@ -241,540 +249,64 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Repository::init(p, &Default::default())?;
         eprintln!("created repository {}", p.display());
     }
-    cli.repo = repo_path;
+    let mut ctx = Ctx {
+        repo: repo_path,
+        cfg,
+        progress,
+        quiet: cli.quiet,
+        out,
+    };
     match cli.command {
-        Command::Diff(args) => cmd::diff::run(&cli.repo, args, &mut out),
-        Command::Find(args) => cmd::find::run(&cli.repo, args, &mut out),
-        Command::Stats { id, json } => cmd::stats::run(&cli.repo, id, json, &mut out),
-        Command::Dump { id, path } => cmd::dump::run(&cli.repo, &id, &path, &mut out),
-        Command::Tag(args) => cmd::tag::run(&cli.repo, args, &mut out),
-        Command::Completions { shell } => cmd::docs::completions(shell, &mut out),
-        Command::Man { command } => cmd::docs::man(command.as_deref(), &mut out),
+        Command::Diff(args) => cmd::diff::run(&ctx.repo, args, &mut ctx.out),
+        Command::Find(args) => cmd::find::run(&ctx.repo, args, &mut ctx.out),
+        Command::Stats { id, json } => cmd::stats::run(&ctx.repo, id, json, &mut ctx.out),
+        Command::Dump { id, path } => cmd::dump::run(&ctx.repo, &id, &path, &mut ctx.out),
+        Command::Tag(args) => cmd::tag::run(&ctx.repo, args, &mut ctx.out),
+        Command::Completions { shell } => cmd::docs::completions(shell, &mut ctx.out),
+        Command::Man { command } => cmd::docs::man(command.as_deref(), &mut ctx.out),
         Command::Init {
             path,
             pack_size,
             zstd_level,
-        } => {
-            let path = match path.or(cli.repo) {
-                Some(p) => p,
-                None => default_repo()?,
-            };
-            let config = snap::config::RepoConfig {
-                pack_target_bytes: pack_size.saturating_mul(1024 * 1024),
-                zstd_level,
-                ..Default::default()
-            };
-            Repository::init(&path, &config)?;
-            writeln!(out, "created repository {}", path.display())?;
-            Ok(0)
-        }
-        Command::Create(args) => {
-            let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
-            let parent = match &args.parent {
-                Some(p) => Some(repo.find_snapshot(p)?.id),
-                None => None,
-            };
-            let picks: Vec<PathBuf> = args.path.iter().cloned().collect();
-            let opts = CreateOptions {
-                tags: args.tags.clone(),
-                parent,
-                force: args.force,
-                ..snapshot_options(cfg.as_ref(), &picks, &args.what)?
-            };
-            let cancel = interrupt_flag()?;
-            let opts = CreateOptions {
-                cancel: Some(cancel),
-                ..opts
-            };
-            let snap = match create(&repo, &opts, &progress) {
-                Err(Error::Interrupted) => {
-                    progress.finish();
-                    eprintln!(
-                        "snap: interrupted; no snapshot was committed. The packs written so far are not referenced: `snap gc` removes them."
-                    );
-                    return Ok(exit::INTERRUPTED);
-                }
-                r => r?,
-            };
-            if args.json {
-                serde_json::to_writer(&mut out, &snapshot_json(&snap))?;
-                writeln!(out)?;
-            } else {
-                let s = &snap.stats;
-                writeln!(out, "snapshot {}", snap.id)?;
-                writeln!(
-                    out,
-                    "  {}, {}, {}, {}, {} in total; read {}, stored {} new ({}, {}) in {:.2} s",
-                    count(s.files, "file"),
-                    count(s.dirs, "dir"),
-                    count(s.symlinks, "symlink"),
-                    count(s.others, "special file"),
-                    human_bytes(s.total_bytes),
-                    human_bytes(s.read_bytes),
-                    human_bytes(s.new_stored_bytes),
-                    count(s.new_chunks, "chunk"),
-                    count(s.new_packs, "pack"),
-                    s.duration_ms as f64 / 1000.0
-                )?;
-            }
-            if !snap.complete {
-                eprintln!(
-                    "snap: {} path(s) could not be read; the snapshot is marked incomplete:",
-                    snap.unreadable.len()
-                );
-                for (p, why) in &snap.unreadable {
-                    eprintln!("  {p}: {why}");
-                }
-                return Ok(exit::PARTIAL);
-            }
-            let bad = failed_checks(&snap);
-            for (p, why) in &bad {
-                eprintln!("snap: {p}: PRAGMA quick_check failed: {why}");
-            }
-            Ok(if bad.is_empty() { 0 } else { exit::PARTIAL })
-        }
+        } => cmd::init::run(&mut ctx, path, pack_size, zstd_level),
+        Command::Create(args) => cmd::create::run(&mut ctx, args),
         Command::Guard(args) => {
-            let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
+            let repo = open_repo(&ctx.repo, Some(LockMode::Exclusive))?;
             let picks: Vec<PathBuf> = args.sources.iter().map(PathBuf::from).collect();
-            let what = snapshot_options(cfg.as_ref(), &picks, &args.what)?;
-            cmd::guard::run(&repo, what, &args, &progress, &mut out)
+            let what = snapshot_options(ctx.cfg.as_ref(), &picks, &args.what)?;
+            cmd::guard::run(&repo, what, &args, &ctx.progress, &mut ctx.out)
         }
-        Command::Forget { ids } => {
-            let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
-            let mut resolved = Vec::new();
-            for id in &ids {
-                resolved.push(repo.find_snapshot(id)?.id);
-            }
-            forget(&repo, &resolved)?;
-            for id in &resolved {
-                writeln!(out, "forgot snapshot {id}")?;
-            }
-            Ok(0)
-        }
-        Command::Pin { id } => {
-            let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
-            let s = repo.find_snapshot(&id)?;
-            set_pinned(&repo, &s.id, true)?;
-            writeln!(out, "pinned snapshot {}", s.id)?;
-            Ok(0)
-        }
-        Command::Unpin { id } => {
-            let repo = open_repo(&cli.repo, Some(LockMode::Exclusive))?;
-            let s = repo.find_snapshot(&id)?;
-            set_pinned(&repo, &s.id, false)?;
-            writeln!(out, "unpinned snapshot {}", s.id)?;
-            Ok(0)
-        }
-        Command::Gc(args) => gc_command(&cli.repo, cfg.as_ref(), args, &progress, &mut out),
+        Command::Forget { ids } => cmd::pin::forget_command(&mut ctx, ids),
+        Command::Pin { id } => cmd::pin::pin_command(&mut ctx, id),
+        Command::Unpin { id } => cmd::pin::unpin_command(&mut ctx, id),
+        Command::Gc(args) => cmd::gc::gc_command(
+            &ctx.repo,
+            ctx.cfg.as_ref(),
+            args,
+            &ctx.progress,
+            &mut ctx.out,
+        ),
         Command::Check { read_data, json } => {
-            check_command(&cli.repo, read_data, json, &progress, &mut out)
+            cmd::check::check_command(&ctx.repo, read_data, json, &ctx.progress, &mut ctx.out)
         }
         Command::Repair(cli::RepairWhat::Index { json }) => {
-            let path = match &cli.repo {
+            let path = match &ctx.repo {
                 Some(p) => p.clone(),
                 None => default_repo()?,
             };
-            let st = snap::ops::repair::repair_index(&path, &progress)?;
-            progress.finish();
-            repair_report(&st, json, &mut out)
+            let st = snap::ops::repair::repair_index(&path, &ctx.progress)?;
+            ctx.progress.finish();
+            cmd::repair::repair_report(&st, json, &mut ctx.out)
         }
-        Command::List { json } => {
-            let repo = open_repo_read_only(&cli.repo, None)?;
-            let snaps = repo.snapshots()?;
-            if json {
-                let v: Vec<_> = snaps.iter().map(snapshot_json).collect();
-                serde_json::to_writer_pretty(&mut out, &v)?;
-                writeln!(out)?;
-            } else {
-                let tags_of = |s: &Snapshot| {
-                    let mut t = s.tags.clone();
-                    if s.pinned {
-                        t.push("pinned".into());
-                    }
-                    if !s.complete {
-                        t.push("incomplete".into());
-                    }
-                    t.join(",")
-                };
-                let width = snaps
-                    .iter()
-                    .map(|s| tags_of(s).len())
-                    .max()
-                    .unwrap_or(0)
-                    .max(4);
-                writeln!(
-                    out,
-                    "{:<10} {:<19} {:>8} {:>10}  {:<width$}  SOURCE",
-                    "ID", "TIME", "FILES", "SIZE", "TAGS"
-                )?;
-                for s in &snaps {
-                    writeln!(
-                        out,
-                        "{:<10} {:<19} {:>8} {:>10}  {:<width$}  {}",
-                        s.id.short(),
-                        format_time_local(s.time_ns),
-                        s.stats.files,
-                        human_bytes(s.stats.total_bytes),
-                        tags_of(s),
-                        source_text(s)
-                    )?;
-                    if !s.labels.is_empty() {
-                        writeln!(out, "{:<10} labels: {}", "", labels_line(s))?;
-                    }
-                }
-            }
-            Ok(0)
-        }
+        Command::List { json } => cmd::list::run(&mut ctx, json),
         Command::Ls {
             id,
             path,
             recursive,
             json,
-        } => {
-            let repo = open_repo(&cli.repo, None)?;
-            let snap = repo.find_snapshot(&id)?;
-            let rel = path.unwrap_or_default();
-            let rel = rel.strip_prefix("/").unwrap_or(&rel).to_path_buf();
-            let mut entries: Vec<(PathBuf, snap::tree::Entry)> = Vec::new();
-            match lookup(&repo, &snap, &rel)? {
-                Some((e, p)) if e.kind != Kind::Dir => entries.push((p, e)),
-                found => {
-                    let tree = match found {
-                        None => snap.root,
-                        Some((e, _)) => e.subtree().expect("dir has a tree"),
-                    };
-                    if recursive {
-                        walk(&repo, &tree, &rel, &mut |p, e| {
-                            entries.push((p.to_path_buf(), e.clone()));
-                            Ok(())
-                        })?;
-                    } else {
-                        for e in repo.load_tree(&tree)?.entries {
-                            entries.push((PathBuf::from(e.name_os()), e));
-                        }
-                    }
-                }
-            }
-            if json {
-                let list: Vec<_> = entries.iter().map(|(p, e)| entry_json(p, e)).collect();
-                let v = json!({ "snapshot": snapshot_json(&snap), "entries": list });
-                serde_json::to_writer_pretty(&mut out, &v)?;
-                writeln!(out)?;
-            } else {
-                // The snapshot's labels head a listing of its root, on
-                // stderr: stdout holds one line per entry, for scripts.
-                if rel.as_os_str().is_empty() && !snap.labels.is_empty() && !cli.quiet {
-                    eprintln!("labels: {}", labels_line(&snap));
-                }
-                for (p, e) in &entries {
-                    print_entry(&mut out, p, e)?;
-                }
-            }
-            Ok(0)
-        }
-        Command::Restore(args) => {
-            let mode = if args.dry_run {
-                LockMode::Shared
-            } else {
-                LockMode::Exclusive
-            };
-            let repo = open_repo(&cli.repo, Some(mode))?;
-            let snap = repo.find_snapshot(&args.id)?;
-            let opts = RestoreOptions {
-                target: args.target.clone(),
-                subpath: args.path.clone(),
-                dry_run: args.dry_run,
-                verify: args.verify,
-                safety_snapshot: !args.no_safety_snapshot,
-                force: args.force,
-            };
-            let (plan, stats) = restore(&repo, &snap, &opts, &progress)?;
-            progress.finish();
-            match stats {
-                None => {
-                    if args.json {
-                        serde_json::to_writer_pretty(&mut out, &plan)?;
-                        writeln!(out)?;
-                    } else {
-                        for step in &plan.steps {
-                            let Some(verb) = step.verb() else { continue };
-                            let detail = match step {
-                                Step::Delete { dir: true, .. } => "/".to_string(),
-                                Step::Write { bytes, .. } => format!(" ({})", human_bytes(*bytes)),
-                                Step::Link { to, .. } => format!(" -> {}", to.display()),
-                                _ => String::new(),
-                            };
-                            let line = format!("{verb:<8} {}{detail}", step.path().display());
-                            writeln!(out, "{line}")?;
-                        }
-                        let s = &plan.summary;
-                        writeln!(
-                            out,
-                            "plan for {}: write {} ({}), delete {}, create {}, {}, {}, {}, fix metadata of {}, leave {} ({}) alone",
-                            targets_text(&plan.targets),
-                            count(s.write_files, "file"),
-                            human_bytes(s.write_bytes),
-                            count(s.delete_entries, "entry"),
-                            count(s.create_dirs, "dir"),
-                            count(s.links, "link"),
-                            count(s.symlinks, "symlink"),
-                            count(s.specials, "special file"),
-                            count(s.fix_metadata, "entry"),
-                            count(s.unchanged_files, "file"),
-                            human_bytes(s.unchanged_bytes)
-                        )?;
-                    }
-                    for (p, why) in &plan.damaged {
-                        eprintln!("snap: {}: cannot be restored: {why}", p.display());
-                    }
-                    Ok(if !plan.damaged.is_empty() {
-                        exit::DAMAGED
-                    } else if plan.changes_anything() {
-                        0
-                    } else {
-                        exit::NOTHING_TO_DO
-                    })
-                }
-                Some(st) => {
-                    if args.json {
-                        let mut v = serde_json::to_value(&st)?;
-                        v["snapshot"] = json!(snap.id.to_hex());
-                        v["target"] = json!(plan.target.to_string_lossy());
-                        serde_json::to_writer_pretty(&mut out, &v)?;
-                        writeln!(out)?;
-                    } else {
-                        if let Some(id) = &st.safety_snapshot {
-                            writeln!(
-                                out,
-                                "safety snapshot {id} (undo this restore with `snap restore {}`)",
-                                &id[..8]
-                            )?;
-                        }
-                        writeln!(
-                            out,
-                            "restored {} to {}: wrote {} ({}), deleted {}, created {}, {}, {}, {}, fixed metadata of {}, left {} alone, in {:.2} s",
-                            snap.id.short(),
-                            targets_text(&plan.targets),
-                            count(st.written_files, "file"),
-                            human_bytes(st.written_bytes),
-                            count(st.deleted_entries, "entry"),
-                            count(st.created_dirs, "dir"),
-                            count(st.links, "link"),
-                            count(st.symlinks, "symlink"),
-                            count(st.specials, "special file"),
-                            count(st.fixed_metadata, "entry"),
-                            count(st.unchanged_files, "file"),
-                            st.duration_ms as f64 / 1000.0
-                        )?;
-                    }
-                    for p in &plan.not_in_snapshot {
-                        eprintln!(
-                            "snap: {}: was unreadable when the snapshot was taken; left as it is",
-                            p.display()
-                        );
-                    }
-                    if !st.failed.is_empty() {
-                        eprintln!("snap: {} entries could not be restored:", st.failed.len());
-                        for (p, why) in &st.failed {
-                            eprintln!("  {p}: {why}");
-                        }
-                        return Ok(if st.damaged {
-                            exit::DAMAGED
-                        } else {
-                            exit::PARTIAL
-                        });
-                    }
-                    Ok(if plan.changes_anything() {
-                        0
-                    } else {
-                        exit::NOTHING_TO_DO
-                    })
-                }
-            }
-        }
+        } => cmd::ls::run(&mut ctx, id, path, recursive, json),
+        Command::Restore(args) => cmd::restore::run(&mut ctx, args),
     }
-}
-
-fn repair_report(
-    st: &snap::ops::repair::RepairStats,
-    json: bool,
-    out: &mut impl Write,
-) -> anyhow::Result<u8> {
-    if json {
-        serde_json::to_writer_pretty(&mut *out, st)?;
-        writeln!(out)?;
-    } else {
-        writeln!(
-            out,
-            "rebuilt index.db: {}, {}, {} in {} ({} left out) in {:.2} s",
-            count(st.snapshots, "snapshot"),
-            count(st.trees, "tree"),
-            count(st.chunks, "blob"),
-            count(st.packs, "pack"),
-            count(st.forgotten_snapshots, "forgotten snapshot"),
-            st.duration_ms as f64 / 1000.0
-        )?;
-    }
-    for (f, why) in &st.unusable_files {
-        eprintln!("snap: {f}: not used: {why}");
-    }
-    for (id, why) in &st.damaged_snapshots {
-        eprintln!("snap: snapshot {}: kept, but damaged: {why}", &id[..8]);
-    }
-    Ok(if st.is_clean() { 0 } else { exit::DAMAGED })
-}
-
-fn gc_command(
-    cli_repo: &Option<PathBuf>,
-    cfg: Option<&UserConfig>,
-    args: cli::GcArgs,
-    progress: &TermProgress,
-    out: &mut impl Write,
-) -> anyhow::Result<u8> {
-    let policy = Policy {
-        keep_last: args.keep_last,
-        keep_hourly: args.keep_hourly,
-        keep_daily: args.keep_daily,
-        keep_weekly: args.keep_weekly,
-        keep_monthly: args.keep_monthly,
-        keep_yearly: args.keep_yearly,
-        keep_within: args
-            .keep_within
-            .as_deref()
-            .map(parse_duration)
-            .transpose()?,
-        keep_tags: args.keep_tags,
-    };
-    // No --keep-* option: the config's default policy, if it has one.
-    let policy = match cfg.and_then(|c| c.retention.clone()) {
-        Some(default) if policy.is_empty() => default,
-        _ => policy,
-    };
-    let repo = if args.dry_run {
-        open_repo_read_only(cli_repo, Some(LockMode::Shared))?
-    } else {
-        open_repo(cli_repo, Some(LockMode::Exclusive))?
-    };
-    let stats = gc(
-        &repo,
-        &GcOptions {
-            policy,
-            dry_run: args.dry_run,
-            repack_dead_share: (args.repack_threshold / 100.0).clamp(0.0, 1.0),
-            ..GcOptions::default()
-        },
-        progress,
-    )?;
-    progress.finish();
-    if args.json {
-        serde_json::to_writer_pretty(&mut *out, &stats)?;
-        writeln!(out)?;
-    } else {
-        let verb = if stats.dry_run {
-            "would remove"
-        } else {
-            "removed"
-        };
-        for id in &stats.snapshots_removed {
-            writeln!(out, "{verb} snapshot {id}")?;
-        }
-        writeln!(
-            out,
-            "{}{} {} (kept {}), {} {}, {} {}, {} {}; {} {}",
-            if stats.dry_run { "dry run: " } else { "" },
-            verb,
-            count(stats.snapshots_removed.len() as u64, "snapshot"),
-            stats.snapshots_kept,
-            if stats.dry_run {
-                "would delete"
-            } else {
-                "deleted"
-            },
-            count(stats.packs_deleted, "pack"),
-            if stats.dry_run {
-                "would repack"
-            } else {
-                "repacked"
-            },
-            stats.packs_repacked,
-            if stats.dry_run {
-                "would remove"
-            } else {
-                "removed"
-            },
-            count(stats.orphan_packs_deleted, "orphaned pack"),
-            human_bytes(stats.reclaimed_bytes),
-            if stats.dry_run {
-                "would be reclaimed"
-            } else {
-                "reclaimed"
-            }
-        )?;
-    }
-    Ok(if stats.did_nothing() {
-        exit::NOTHING_TO_DO
-    } else {
-        0
-    })
-}
-
-fn check_command(
-    cli_repo: &Option<PathBuf>,
-    read_data: bool,
-    json: bool,
-    progress: &TermProgress,
-    out: &mut impl Write,
-) -> anyhow::Result<u8> {
-    let repo = open_repo_read_only(cli_repo, Some(LockMode::Shared))?;
-    let report = check(&repo, &CheckOptions { read_data }, progress)?;
-    progress.finish();
-    if json {
-        serde_json::to_writer_pretty(&mut *out, &report)?;
-        writeln!(out)?;
-    } else {
-        for p in &report.problems {
-            match &p.pack {
-                Some(pack) => writeln!(out, "damaged: pack {pack}: {}", p.what)?,
-                None => writeln!(out, "damaged: {}", p.what)?,
-            }
-            for s in &p.snapshots {
-                writeln!(out, "  affects snapshot {s}")?;
-            }
-            for path in &p.paths {
-                writeln!(out, "  affects {path}")?;
-            }
-            if p.more_paths > 0 {
-                writeln!(out, "  ... and {} more paths", p.more_paths)?;
-            }
-        }
-        writeln!(
-            out,
-            "{}: {}, {}, {} referenced, {}{}{}",
-            if report.is_sound() { "ok" } else { "DAMAGED" },
-            count(report.snapshots, "snapshot"),
-            count(report.trees, "tree"),
-            count(report.chunks_referenced, "chunk"),
-            count(report.packs, "pack"),
-            if read_data {
-                format!(
-                    ", read {} ({})",
-                    count(report.chunks_read, "chunk"),
-                    human_bytes(report.read_bytes)
-                )
-            } else {
-                String::new()
-            },
-            if report.unreferenced_packs > 0 {
-                format!(
-                    "; {} unreferenced pack files (snap gc removes them)",
-                    report.unreferenced_packs
-                )
-            } else {
-                String::new()
-            }
-        )?;
-    }
-    Ok(if report.is_sound() { 0 } else { exit::DAMAGED })
 }
 
 fn snapshot_json(s: &Snapshot) -> serde_json::Value {

@@ -1,13 +1,20 @@
-//! One module per command added since the first release: each turns its
-//! arguments into library options, calls the library, and renders the
-//! result (text or `--json`) on stdout. (The older commands still live in
-//! main.rs.)
+//! One module per command: each turns its arguments into library options,
+//! calls the library, and renders the result (text or `--json`) on stdout.
 
+pub mod check;
+pub mod create;
 pub mod diff;
 pub mod docs;
 pub mod dump;
 pub mod find;
+pub mod gc;
 pub mod guard;
+pub mod init;
+pub mod list;
+pub mod ls;
+pub mod pin;
+pub mod repair;
+pub mod restore;
 pub mod stats;
 pub mod tag;
 

@@ -1,0 +1,99 @@
+//! `snap gc`: the retention policy from the options or the config, then gc.
+
+use crate::*;
+use snap::ops::gc::{GcOptions, gc};
+use snap::retention::{Policy, parse_duration};
+
+pub fn gc_command(
+    cli_repo: &Option<PathBuf>,
+    cfg: Option<&UserConfig>,
+    args: cli::GcArgs,
+    progress: &TermProgress,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    let policy = Policy {
+        keep_last: args.keep_last,
+        keep_hourly: args.keep_hourly,
+        keep_daily: args.keep_daily,
+        keep_weekly: args.keep_weekly,
+        keep_monthly: args.keep_monthly,
+        keep_yearly: args.keep_yearly,
+        keep_within: args
+            .keep_within
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?,
+        keep_tags: args.keep_tags,
+    };
+    // No --keep-* option: the config's default policy, if it has one.
+    let policy = match cfg.and_then(|c| c.retention.clone()) {
+        Some(default) if policy.is_empty() => default,
+        _ => policy,
+    };
+    let repo = if args.dry_run {
+        open_repo_read_only(cli_repo, Some(LockMode::Shared))?
+    } else {
+        open_repo(cli_repo, Some(LockMode::Exclusive))?
+    };
+    let stats = gc(
+        &repo,
+        &GcOptions {
+            policy,
+            dry_run: args.dry_run,
+            repack_dead_share: (args.repack_threshold / 100.0).clamp(0.0, 1.0),
+            ..GcOptions::default()
+        },
+        progress,
+    )?;
+    progress.finish();
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &stats)?;
+        writeln!(out)?;
+    } else {
+        let verb = if stats.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for id in &stats.snapshots_removed {
+            writeln!(out, "{verb} snapshot {id}")?;
+        }
+        writeln!(
+            out,
+            "{}{} {} (kept {}), {} {}, {} {}, {} {}; {} {}",
+            if stats.dry_run { "dry run: " } else { "" },
+            verb,
+            count(stats.snapshots_removed.len() as u64, "snapshot"),
+            stats.snapshots_kept,
+            if stats.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            },
+            count(stats.packs_deleted, "pack"),
+            if stats.dry_run {
+                "would repack"
+            } else {
+                "repacked"
+            },
+            stats.packs_repacked,
+            if stats.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            },
+            count(stats.orphan_packs_deleted, "orphaned pack"),
+            human_bytes(stats.reclaimed_bytes),
+            if stats.dry_run {
+                "would be reclaimed"
+            } else {
+                "reclaimed"
+            }
+        )?;
+    }
+    Ok(if stats.did_nothing() {
+        exit::NOTHING_TO_DO
+    } else {
+        0
+    })
+}

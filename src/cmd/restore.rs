@@ -1,0 +1,138 @@
+//! `snap restore`: plan, or plan and execute, and report.
+
+use crate::*;
+use snap::ops::restore::{Plan, RestoreStats};
+
+pub fn run(ctx: &mut Ctx, args: cli::RestoreArgs) -> anyhow::Result<u8> {
+    let mode = if args.dry_run {
+        LockMode::Shared
+    } else {
+        LockMode::Exclusive
+    };
+    let repo = open_repo(&ctx.repo, Some(mode))?;
+    let snap = repo.find_snapshot(&args.id)?;
+    let opts = RestoreOptions {
+        target: args.target.clone(),
+        subpath: args.path.clone(),
+        dry_run: args.dry_run,
+        verify: args.verify,
+        safety_snapshot: !args.no_safety_snapshot,
+        force: args.force,
+    };
+    let (plan, stats) = restore(&repo, &snap, &opts, &ctx.progress)?;
+    ctx.progress.finish();
+    match stats {
+        None => report_plan(ctx, &plan, args.json),
+        Some(st) => report_restore(ctx, &snap, &plan, &st, args.json),
+    }
+}
+
+/// A dry run: the plan, as steps or as JSON; the exit code says whether it
+/// changes anything.
+fn report_plan(ctx: &mut Ctx, plan: &Plan, json: bool) -> anyhow::Result<u8> {
+    if json {
+        serde_json::to_writer_pretty(&mut ctx.out, plan)?;
+        writeln!(ctx.out)?;
+    } else {
+        for step in &plan.steps {
+            let Some(verb) = step.verb() else { continue };
+            let detail = match step {
+                Step::Delete { dir: true, .. } => "/".to_string(),
+                Step::Write { bytes, .. } => format!(" ({})", human_bytes(*bytes)),
+                Step::Link { to, .. } => format!(" -> {}", to.display()),
+                _ => String::new(),
+            };
+            let line = format!("{verb:<8} {}{detail}", step.path().display());
+            writeln!(ctx.out, "{line}")?;
+        }
+        let s = &plan.summary;
+        writeln!(
+            ctx.out,
+            "plan for {}: write {} ({}), delete {}, create {}, {}, {}, {}, fix metadata of {}, leave {} ({}) alone",
+            targets_text(&plan.targets),
+            count(s.write_files, "file"),
+            human_bytes(s.write_bytes),
+            count(s.delete_entries, "entry"),
+            count(s.create_dirs, "dir"),
+            count(s.links, "link"),
+            count(s.symlinks, "symlink"),
+            count(s.specials, "special file"),
+            count(s.fix_metadata, "entry"),
+            count(s.unchanged_files, "file"),
+            human_bytes(s.unchanged_bytes)
+        )?;
+    }
+    for (p, why) in &plan.damaged {
+        eprintln!("snap: {}: cannot be restored: {why}", p.display());
+    }
+    Ok(if !plan.damaged.is_empty() {
+        exit::DAMAGED
+    } else if plan.changes_anything() {
+        0
+    } else {
+        exit::NOTHING_TO_DO
+    })
+}
+
+/// What a restore did, as text or JSON, then what it could not do.
+fn report_restore(
+    ctx: &mut Ctx,
+    snap: &Snapshot,
+    plan: &Plan,
+    st: &RestoreStats,
+    json: bool,
+) -> anyhow::Result<u8> {
+    if json {
+        let mut v = serde_json::to_value(st)?;
+        v["snapshot"] = json!(snap.id.to_hex());
+        v["target"] = json!(plan.target.to_string_lossy());
+        serde_json::to_writer_pretty(&mut ctx.out, &v)?;
+        writeln!(ctx.out)?;
+    } else {
+        if let Some(id) = &st.safety_snapshot {
+            writeln!(
+                ctx.out,
+                "safety snapshot {id} (undo this restore with `snap restore {}`)",
+                &id[..8]
+            )?;
+        }
+        writeln!(
+            ctx.out,
+            "restored {} to {}: wrote {} ({}), deleted {}, created {}, {}, {}, {}, fixed metadata of {}, left {} alone, in {:.2} s",
+            snap.id.short(),
+            targets_text(&plan.targets),
+            count(st.written_files, "file"),
+            human_bytes(st.written_bytes),
+            count(st.deleted_entries, "entry"),
+            count(st.created_dirs, "dir"),
+            count(st.links, "link"),
+            count(st.symlinks, "symlink"),
+            count(st.specials, "special file"),
+            count(st.fixed_metadata, "entry"),
+            count(st.unchanged_files, "file"),
+            st.duration_ms as f64 / 1000.0
+        )?;
+    }
+    for p in &plan.not_in_snapshot {
+        eprintln!(
+            "snap: {}: was unreadable when the snapshot was taken; left as it is",
+            p.display()
+        );
+    }
+    if !st.failed.is_empty() {
+        eprintln!("snap: {} entries could not be restored:", st.failed.len());
+        for (p, why) in &st.failed {
+            eprintln!("  {p}: {why}");
+        }
+        return Ok(if st.damaged {
+            exit::DAMAGED
+        } else {
+            exit::PARTIAL
+        });
+    }
+    Ok(if plan.changes_anything() {
+        0
+    } else {
+        exit::NOTHING_TO_DO
+    })
+}
