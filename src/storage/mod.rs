@@ -41,10 +41,14 @@
 mod faulty;
 pub mod local;
 mod memory;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use faulty::{Fault, FaultyStorage};
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
+#[cfg(feature = "s3")]
+pub use s3::{S3Options, S3Storage, S3Url};
 
 use crate::error::{Error, Result};
 use crate::id::PackId;
@@ -95,11 +99,36 @@ pub trait Storage: Send + Sync {
         w.commit(key)
     }
 
+    /// Requests sent so far, for a storage that counts them (a remote one).
+    fn request_counts(&self) -> Option<RequestCounts> {
+        None
+    }
+
     /// Read a whole object.
     fn read(&self, key: &str) -> Result<Vec<u8>> {
         let r = self.open(key)?;
         let size = r.size();
         r.read_at(0, size)
+    }
+}
+
+/// Requests sent, by kind, since the storage was opened (retries not counted:
+/// the client retries below the storage).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCounts {
+    pub put: u64,
+    pub get: u64,
+    pub head: u64,
+    pub list: u64,
+    pub delete: u64,
+    /// Bytes sent in PUT bodies and received in GET bodies.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+impl RequestCounts {
+    pub fn total(&self) -> u64 {
+        self.put + self.get + self.head + self.list + self.delete
     }
 }
 

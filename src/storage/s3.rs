@@ -1,0 +1,481 @@
+//! Objects in an S3-compatible bucket: `s3://BUCKET/PREFIX/<key>`.
+//!
+//! Through object_store (its `aws` client), on a small tokio runtime owned
+//! by the storage; the synchronous trait blocks on it at the boundary, so
+//! callers must not already be inside a tokio runtime (snap never is).
+//!
+//! How the contract maps onto S3: a PUT is atomic (an object is absent or
+//! whole), so a streamed object is buffered and sent by `commit` in one PUT
+//! (packs are at most the repository's pack size, which bounds memory by
+//! the number of packs in flight); deletes are durable when they return, so
+//! `flush` has nothing to do; there are no temporaries to remove. Requests
+//! that fail with a 5xx, a throttle or a dropped connection are retried
+//! with exponential backoff, up to [`S3Options::max_retries`] times within
+//! [`S3Options::retry_timeout`]; after that the call fails and the command
+//! with it, before its commit.
+//!
+//! Reads are range GETs, coalesced: a reader fetches a window of at least
+//! [`READ_WINDOW`] bytes and answers the next reads inside it from memory,
+//! so a restore that walks a pack's chunks in order costs one GET per
+//! window, not one per chunk.
+
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
+
+use super::{RequestCounts, ObjectInfo, ObjectReader, ObjectWriter, Storage, check_key, short_object, split_key};
+use crate::error::{Error, Result};
+
+/// Bytes fetched by one range GET at least (when the object has them).
+pub const READ_WINDOW: u64 = 4 << 20;
+/// Windows a reader keeps; several threads read one pack at a time.
+const WINDOWS_KEPT: usize = 4;
+
+/// Where a bucket is and how to sign requests to it. The library reads
+/// no environment variable: the binary fills this from the AWS_* ones
+/// every S3 tool reads ([`S3Options::from_env`]).
+#[derive(Clone, Default)]
+pub struct S3Options {
+    /// `http://127.0.0.1:9000`; None for AWS itself. An endpoint means
+    /// path-style addressing (`endpoint/bucket/key`).
+    pub endpoint: Option<String>,
+    /// Default `us-east-1`.
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// Retries of one request after its first failure (default 8).
+    pub max_retries: Option<usize>,
+    /// Give up retrying a request this long after it was first sent
+    /// (default 60 s).
+    pub retry_timeout: Option<Duration>,
+    /// Time allowed for one request (default 60 s).
+    pub request_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Options {
+    /// From `AWS_ENDPOINT_URL`, `AWS_REGION` (or `AWS_DEFAULT_REGION`),
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    pub fn from_env() -> S3Options {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        S3Options {
+            endpoint: var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT_URL_S3")),
+            region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+            access_key_id: var("AWS_ACCESS_KEY_ID"),
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
+            session_token: var("AWS_SESSION_TOKEN"),
+            ..Default::default()
+        }
+    }
+}
+
+/// `s3://BUCKET/PREFIX` taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Url {
+    pub bucket: String,
+    /// Without leading or trailing `/`; may be empty.
+    pub prefix: String,
+}
+
+impl S3Url {
+    /// `Some` for a string that starts with `s3://`; an error when the
+    /// rest is not a bucket name and a clean prefix.
+    pub fn parse(s: &str) -> Option<Result<S3Url>> {
+        let rest = s.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.trim_end_matches('/');
+        let bad = |why: &str| Some(Err(Error::Invalid(format!("{s}: {why}"))));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !bucket_ok {
+            return bad(
+                "not a bucket name (3 to 63 lowercase letters, digits, '-' and '.'); write s3://BUCKET/PREFIX",
+            );
+        }
+        if !prefix.is_empty() && check_key(prefix).is_err() {
+            return bad("the prefix has an empty, '.'-led or NUL component");
+        }
+        Some(Ok(S3Url {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        }))
+    }
+}
+
+impl std::fmt::Display for S3Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    put: AtomicU64,
+    get: AtomicU64,
+    head: AtomicU64,
+    list: AtomicU64,
+    delete: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+}
+
+struct Inner {
+    store: AmazonS3,
+    runtime: tokio::runtime::Runtime,
+    url: S3Url,
+    counters: Counters,
+}
+
+pub struct S3Storage {
+    inner: Arc<Inner>,
+}
+
+impl S3Storage {
+    /// A client for the bucket; sends nothing yet.
+    pub fn new(url: &S3Url, opts: &S3Options) -> Result<S3Storage> {
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&url.bucket)
+            .with_region(opts.region.as_deref().unwrap_or("us-east-1"));
+        if let Some(e) = &opts.endpoint {
+            b = b
+                .with_endpoint(e)
+                .with_allow_http(e.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        if let Some(k) = &opts.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(k) = &opts.secret_access_key {
+            b = b.with_secret_access_key(k);
+        }
+        if let Some(t) = &opts.session_token {
+            b = b.with_token(t);
+        }
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: opts.max_retries.unwrap_or(8),
+            retry_timeout: opts.retry_timeout.unwrap_or(Duration::from_secs(60)),
+        };
+        let client = ClientOptions::new()
+            .with_timeout(opts.request_timeout.unwrap_or(Duration::from_secs(60)))
+            .with_connect_timeout(Duration::from_secs(10));
+        let store = b
+            .with_retry(retry)
+            .with_client_options(client)
+            .build()
+            .map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("snap-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io(url.to_string(), e))?;
+        Ok(S3Storage {
+            inner: Arc::new(Inner {
+                store,
+                runtime,
+                url: url.clone(),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    pub fn url(&self) -> &S3Url {
+        &self.inner.url
+    }
+
+    pub fn request_counts(&self) -> RequestCounts {
+        let c = &self.inner.counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RequestCounts {
+            put: n(&c.put),
+            get: n(&c.get),
+            head: n(&c.head),
+            list: n(&c.list),
+            delete: n(&c.delete),
+            bytes_up: n(&c.bytes_up),
+            bytes_down: n(&c.bytes_down),
+        }
+    }
+}
+
+impl Inner {
+    fn path(&self, key: &str) -> Result<ObjectPath> {
+        check_key(key)?;
+        Ok(self.raw_path(key))
+    }
+
+    fn raw_path(&self, key: &str) -> ObjectPath {
+        let full = if self.url.prefix.is_empty() {
+            key.to_string()
+        } else if key.is_empty() {
+            self.url.prefix.clone()
+        } else {
+            format!("{}/{key}", self.url.prefix)
+        };
+        ObjectPath::from(full.as_str())
+    }
+
+    fn describe(&self, key: &str) -> String {
+        format!("{}/{key}", self.url)
+    }
+
+    /// An object_store error as ours, naming the object.
+    fn error(&self, key: &str, e: object_store::Error) -> Error {
+        let kind = match e {
+            object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
+            _ => io::ErrorKind::Other,
+        };
+        Error::io(self.describe(key), io::Error::new(kind, e.to_string()))
+    }
+
+    fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        let path = self.path(key)?;
+        let len = bytes.len() as u64;
+        self.counters.put.fetch_add(1, Ordering::Relaxed);
+        self.runtime
+            .block_on(self.store.put(&path, PutPayload::from_bytes(bytes)))
+            .map_err(|e| self.error(key, e))?;
+        self.counters.bytes_up.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn get_range(&self, key: &str, path: &ObjectPath, range: Range<u64>) -> Result<Bytes> {
+        self.counters.get.fetch_add(1, Ordering::Relaxed);
+        let want = range.end - range.start;
+        let b = self
+            .runtime
+            .block_on(self.store.get_range(path, range))
+            .map_err(|e| self.error(key, e))?;
+        self.counters
+            .bytes_down
+            .fetch_add(b.len() as u64, Ordering::Relaxed);
+        if b.len() as u64 != want {
+            return Err(Error::Damaged {
+                path: self.describe(key).into(),
+                reason: format!("asked for {want} bytes, the server sent {}", b.len()),
+            });
+        }
+        Ok(b)
+    }
+}
+
+impl Storage for S3Storage {
+    fn describe(&self, key: &str) -> String {
+        self.inner.describe(key)
+    }
+
+    fn create(&self, dir: &str) -> Result<Box<dyn ObjectWriter>> {
+        if !dir.is_empty() {
+            check_key(dir)?;
+        }
+        Ok(Box::new(S3Writer {
+            inner: self.inner.clone(),
+            dir: dir.to_string(),
+            buf: Vec::new(),
+        }))
+    }
+
+    fn open(&self, key: &str) -> Result<Box<dyn ObjectReader>> {
+        let path = self.inner.path(key)?;
+        self.inner.counters.head.fetch_add(1, Ordering::Relaxed);
+        let meta = self
+            .inner
+            .runtime
+            .block_on(self.inner.store.head(&path))
+            .map_err(|e| self.inner.error(key, e))?;
+        Ok(Box::new(S3Reader {
+            inner: self.inner.clone(),
+            key: key.to_string(),
+            path,
+            size: meta.size,
+            windows: Mutex::new(Vec::new()),
+        }))
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>> {
+        let path = self.inner.path(key)?;
+        self.inner.counters.head.fetch_add(1, Ordering::Relaxed);
+        match self.inner.runtime.block_on(self.inner.store.head(&path)) {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.inner.error(key, e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        // object_store lists by path segments: list the directory the
+        // prefix lies in, then keep the keys that start with it.
+        let (dir, _) = split_key(prefix);
+        let base = self.inner.raw_path(dir);
+        let strip = if self.inner.url.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.inner.url.prefix)
+        };
+        let inner = &self.inner;
+        let listing = inner.runtime.block_on(async {
+            let root = base.as_ref().is_empty();
+            let stream = inner.store.list(if root { None } else { Some(&base) });
+            stream.try_collect::<Vec<_>>().await
+        });
+        let metas = listing.map_err(|e| self.inner.error(prefix, e))?;
+        // One request per page of (at most) 1000 keys.
+        let pages = (metas.len() as u64).max(1).div_ceil(1000);
+        inner.counters.list.fetch_add(pages, Ordering::Relaxed);
+        let mut out: Vec<ObjectInfo> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let key = m.location.as_ref().strip_prefix(&strip)?.to_string();
+                let name = split_key(&key).1;
+                (key.starts_with(prefix) && !name.starts_with('.')).then_some(ObjectInfo {
+                    key,
+                    size: m.size,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.inner.path(key)?;
+        self.inner.counters.delete.fetch_add(1, Ordering::Relaxed);
+        match self
+            .inner
+            .runtime
+            .block_on(self.inner.store.delete(&path))
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.inner.error(key, e)),
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn remove_partial(&self) -> Result<u64> {
+        Ok(0)
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        self.inner.put(key, Bytes::copy_from_slice(bytes))
+    }
+
+    fn request_counts(&self) -> Option<RequestCounts> {
+        Some(S3Storage::request_counts(self))
+    }
+}
+
+struct S3Writer {
+    inner: Arc<Inner>,
+    dir: String,
+    buf: Vec<u8>,
+}
+
+impl ObjectWriter for S3Writer {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
+    fn commit(self: Box<Self>, key: &str) -> Result<()> {
+        if !super::local::lies_under(key, &self.dir) {
+            return Err(Error::Invalid(format!(
+                "object key {key:?} is not under {:?}",
+                self.dir
+            )));
+        }
+        self.inner.put(key, Bytes::from(self.buf))
+    }
+}
+
+struct S3Reader {
+    inner: Arc<Inner>,
+    key: String,
+    path: ObjectPath,
+    size: u64,
+    /// Recently fetched ranges: (start, bytes), newest last.
+    windows: Mutex<Vec<(u64, Bytes)>>,
+}
+
+impl ObjectReader for S3Reader {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let end = match offset.checked_add(len) {
+            Some(end) if end <= self.size => end,
+            _ => {
+                return Err(short_object(
+                    self.inner.describe(&self.key),
+                    offset,
+                    len,
+                    self.size,
+                ));
+            }
+        };
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        {
+            let w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+            for (start, b) in w.iter().rev() {
+                if offset >= *start && end <= start + b.len() as u64 {
+                    let at = (offset - start) as usize;
+                    return Ok(b[at..at + len as usize].to_vec());
+                }
+            }
+        }
+        let fetch_end = end.max(offset.saturating_add(READ_WINDOW)).min(self.size);
+        let b = self
+            .inner
+            .get_range(&self.key, &self.path, offset..fetch_end)?;
+        let out = b[..len as usize].to_vec();
+        if fetch_end > end {
+            let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+            if w.len() == WINDOWS_KEPT {
+                w.remove(0);
+            }
+            w.push((offset, b));
+        }
+        Ok(out)
+    }
+}
