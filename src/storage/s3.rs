@@ -166,7 +166,6 @@ impl S3Storage {
         if let Some(e) = &opts.endpoint {
             b = b
                 .with_endpoint(e)
-                .with_allow_http(e.starts_with("http://"))
                 .with_virtual_hosted_style_request(false);
         }
         if let Some(k) = &opts.access_key_id {
@@ -187,7 +186,11 @@ impl S3Storage {
             max_retries: opts.max_retries.unwrap_or(8),
             retry_timeout: opts.retry_timeout.unwrap_or(Duration::from_secs(60)),
         };
+        // The client options replace the builder's, so allow_http is set
+        // here (an http:// endpoint is a server on this host or network).
+        let http = opts.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
         let client = ClientOptions::new()
+            .with_allow_http(http)
             .with_timeout(opts.request_timeout.unwrap_or(Duration::from_secs(60)))
             .with_connect_timeout(Duration::from_secs(10));
         let store = b

@@ -1,7 +1,7 @@
 //! The storage conformance suite: every implementation of `Storage` keeps
 //! the contract written on the trait (src/storage/mod.rs). Each check runs
-//! against the local directory, memory, and the fault-injecting wrapper
-//! with no fault; the crash checks run the wrapper at every call.
+//! against the local directory, memory, the fault-injecting wrapper
+//! with no fault, and S3 (a real s3s-fs server, see s3server.rs); the crash checks run the wrapper at every call.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,7 +20,7 @@ fn each_storage(dir: &Path) -> Vec<(&'static str, Arc<dyn Storage>)> {
     std::fs::create_dir_all(&local).unwrap();
     let wrapped = dir.join("wrapped");
     std::fs::create_dir_all(&wrapped).unwrap();
-    vec![
+    let mut v: Vec<(&'static str, Arc<dyn Storage>)> = vec![
         ("local", Arc::new(LocalStorage::new(&local))),
         ("memory", Arc::new(MemoryStorage::new())),
         (
@@ -30,7 +30,12 @@ fn each_storage(dir: &Path) -> Vec<(&'static str, Arc<dyn Storage>)> {
                 Fault::None,
             )),
         ),
-    ]
+    ];
+    match crate::s3server::server("storage conformance") {
+        Some(srv) => v.push(("s3 (s3s-fs)", Arc::new(srv.fresh_storage()))),
+        None => eprintln!("the S3 storage is skipped in this check"),
+    }
+    v
 }
 
 fn keys(list: Vec<ObjectInfo>) -> Vec<String> {

@@ -1,0 +1,151 @@
+//! A real S3 server for the tests: s3s-fs (an S3 API over a directory),
+//! started once per test process on 127.0.0.1 and killed with it.
+//!
+//! The binary is found as `$SNAP_S3S_FS`, else `s3s-fs` on PATH, else in
+//! the tools folder `.ci/run` installs it into
+//! (`${XDG_CACHE_HOME:-$HOME/.cache}/snap-tools/bin`). When it is missing
+//! the S3 tests say they were skipped and why, unless `SNAP_REQUIRE_S3` is
+//! set (CI sets it), in which case they fail.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use snap::storage::{S3Options, S3Storage, S3Url};
+
+pub const BUCKET: &str = "snap-test";
+const ACCESS_KEY: &str = "snap-test-access";
+const SECRET_KEY: &str = "snap-test-secret-key";
+
+pub struct S3Server {
+    pub endpoint: String,
+    /// The directory s3s-fs serves: `<root>/<bucket>/<key>`.
+    pub root: PathBuf,
+}
+
+fn find_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SNAP_S3S_FS") {
+        return Some(PathBuf::from(p));
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("s3s-fs"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        let p = cache.join("snap-tools/bin/s3s-fs");
+        p.is_file().then_some(p)
+    })
+}
+
+fn start() -> Result<S3Server, String> {
+    let bin =
+        find_binary().ok_or("s3s-fs not found (install it with .ci/run, or set SNAP_S3S_FS)")?;
+    let root = tempfile::Builder::new()
+        .prefix("snap-s3-")
+        .tempdir()
+        .map_err(|e| e.to_string())?
+        .keep();
+    std::fs::create_dir_all(root.join(BUCKET)).map_err(|e| e.to_string())?;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    // The child must die with this process, not with the test thread that
+    // happened to start it: spawn it from a thread that never ends.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root2 = root.clone();
+    std::thread::spawn(move || {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(&root2)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let r = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()));
+        let ok = r.is_ok();
+        let _ = tx.send(r.map(|_| ()));
+        while ok {
+            std::thread::park();
+        }
+    });
+    rx.recv().map_err(|e| e.to_string())??;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("s3s-fs did not listen on port {port}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(S3Server {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        root,
+    })
+}
+
+/// The process's server, or None (with the reason printed) when the tests
+/// that need it are to be skipped.
+pub fn server(test: &str) -> Option<&'static S3Server> {
+    static SERVER: OnceLock<Result<S3Server, String>> = OnceLock::new();
+    match SERVER.get_or_init(start) {
+        Ok(s) => Some(s),
+        Err(why) if std::env::var_os("SNAP_REQUIRE_S3").is_some() => {
+            panic!("{test}: SNAP_REQUIRE_S3 is set but the S3 server is unavailable: {why}")
+        }
+        Err(why) => {
+            eprintln!("{test}: skipped, no S3 server: {why}");
+            None
+        }
+    }
+}
+
+impl S3Server {
+    pub fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: Some(self.endpoint.clone()),
+            access_key_id: Some(ACCESS_KEY.into()),
+            secret_access_key: Some(SECRET_KEY.into()),
+            max_retries: Some(2),
+            retry_timeout: Some(Duration::from_secs(10)),
+            ..Default::default()
+        }
+    }
+
+    /// A repository URL no other test in this process uses.
+    pub fn fresh_url(&self) -> String {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        format!("s3://{BUCKET}/t{}-{n}", std::process::id())
+    }
+
+    /// A storage on a fresh prefix.
+    pub fn fresh_storage(&self) -> S3Storage {
+        let url = S3Url::parse(&self.fresh_url()).unwrap().unwrap();
+        S3Storage::new(&url, &self.options()).unwrap()
+    }
+
+    /// The variables the snap binary reads to reach this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
