@@ -17,6 +17,10 @@ pub struct RepoConfig {
     pub chunk_max_bytes: u32,
     pub zstd_level: i32,
     pub pack_target_bytes: u64,
+    /// A random name for this repository, fixed at init (hex; empty in
+    /// repositories made before it existed). Clients of a remote
+    /// repository keep their cache under it.
+    pub id: String,
 }
 
 impl Default for RepoConfig {
@@ -32,6 +36,7 @@ impl Default for RepoConfig {
             chunk_max_bytes: 64 * 1024,
             zstd_level: 3,
             pack_target_bytes: 16 * 1024 * 1024,
+            id: String::new(),
         }
     }
 }
@@ -40,6 +45,12 @@ impl Default for RepoConfig {
 pub const CHUNK_MAX_LIMIT: u32 = 16 * 1024 * 1024;
 
 impl RepoConfig {
+    /// A fresh repository id: 16 random bytes in hex.
+    pub fn new_id() -> String {
+        let bytes: [u8; 16] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// fastcdc only debug-asserts its bounds: check them here.
     pub fn validate(&self) -> Result<()> {
         let (min, avg, max) = (
@@ -48,6 +59,10 @@ impl RepoConfig {
             self.chunk_max_bytes,
         );
         let bad = |why: &str| Err(Error::BadConfig(why.to_string()));
+        // The id names a cache directory: hex only, never a path.
+        if self.id.len() > 64 || !self.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return bad("the repository id must be at most 64 hex digits");
+        }
         if !(64..=1_048_576).contains(&min) {
             return bad("chunk_min_bytes must be in 64..=1 MiB");
         }

@@ -124,10 +124,63 @@ fn default_repo() -> anyhow::Result<PathBuf> {
     Ok(dirs.data_dir().join("repo"))
 }
 
+/// A repository named `s3://BUCKET/PREFIX`: its storage (endpoint and
+/// credentials from the AWS_* variables) and where this machine keeps its
+/// caches of remote repositories (`$XDG_CACHE_HOME/snap`).
+pub(crate) struct Remote {
+    pub storage: std::sync::Arc<dyn snap::storage::Storage>,
+    pub cache_base: PathBuf,
+}
+
+/// `Some` when `path` names a remote repository.
+pub(crate) fn remote_of(path: &Path) -> anyhow::Result<Option<Remote>> {
+    let Some(parsed) = path.to_str().and_then(snap::storage::S3Url::parse) else {
+        return Ok(None);
+    };
+    #[cfg(feature = "s3")]
+    {
+        let url = parsed?;
+        let opts = snap::storage::S3Options::from_env();
+        let storage = std::sync::Arc::new(snap::storage::S3Storage::new(&url, &opts)?);
+        let dirs = directories::ProjectDirs::from("", "", "snap")
+            .context("cannot find a home directory for the cache of a remote repository")?;
+        Ok(Some(Remote {
+            storage,
+            cache_base: dirs.cache_dir().to_path_buf(),
+        }))
+    }
+    #[cfg(not(feature = "s3"))]
+    {
+        let _ = parsed;
+        anyhow::bail!("{}: this snap was built without S3 support", path.display())
+    }
+}
+
+/// Open a remote repository, its cache brought up to date first.
+fn open_remote(r: Remote, mode: Option<LockMode>, read_only: bool) -> anyhow::Result<Repository> {
+    let (repo, st) =
+        Repository::open_remote(r.storage, &r.cache_base, mode, read_only, &snap::NoProgress)?;
+    if let Some(rebuilt) = &st.rebuilt {
+        eprintln!(
+            "snap: built this machine's index of the repository: {} snapshots, {} packs",
+            rebuilt.snapshots, rebuilt.packs
+        );
+    }
+    for (what, why) in &st.skipped {
+        eprintln!("snap: warning: {what}: not used yet: {why}");
+    }
+    Ok(repo)
+}
+
 fn open_repo_read_only(
     cli_repo: &Option<PathBuf>,
     mode: Option<LockMode>,
 ) -> anyhow::Result<Repository> {
+    if let Some(p) = cli_repo
+        && let Some(r) = remote_of(p)?
+    {
+        return open_remote(r, mode, true);
+    }
     let path = match cli_repo {
         Some(p) => p.clone(),
         None => {
@@ -141,6 +194,11 @@ fn open_repo_read_only(
 
 /// Open the repository, creating the default one on first use.
 fn open_repo(cli_repo: &Option<PathBuf>, mode: Option<LockMode>) -> anyhow::Result<Repository> {
+    if let Some(p) = cli_repo
+        && let Some(r) = remote_of(p)?
+    {
+        return open_remote(r, mode, false);
+    }
     let path = match cli_repo {
         Some(p) => p.clone(),
         None => {
@@ -243,6 +301,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     if cli.repo.is_none()
         && let Some(p) = &repo_path
         && !matches!(cli.command, Command::Init { .. })
+        && remote_of(p)?.is_none()
         && !snap::repo::is_repository(p)
         && std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())
     {
@@ -294,7 +353,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Some(p) => p.clone(),
                 None => default_repo()?,
             };
-            let st = snap::ops::repair::repair_index(&path, &ctx.progress)?;
+            let st = match remote_of(&path)? {
+                Some(r) => {
+                    // This machine's index of it is rebuilt in its cache.
+                    let cache = Repository::cache_dir(&*r.storage, &r.cache_base)?;
+                    snap::repo::create_private_dir(&cache)?;
+                    snap::ops::repair::repair_index_on(r.storage, &cache, &ctx.progress)?
+                }
+                None => snap::ops::repair::repair_index(&path, &ctx.progress)?,
+            };
             ctx.progress.finish();
             cmd::repair::repair_report(&st, json, &mut ctx.out)
         }
@@ -307,6 +374,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         } => cmd::ls::run(&mut ctx, id, path, recursive, json),
         Command::Restore(args) => cmd::restore::run(&mut ctx, args),
     }
+}
+
+/// `--json` statistics of a command on a remote repository carry the
+/// requests it sent (by kind) and the bytes moved.
+fn with_requests(repo: &Repository, mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(c) = repo.storage().request_counts()
+        && let Some(obj) = v.as_object_mut()
+    {
+        obj.insert("requests".into(), json!(c));
+    }
+    v
 }
 
 fn snapshot_json(s: &Snapshot) -> serde_json::Value {

@@ -36,6 +36,8 @@ struct ConfigFile {
     chunk_max_bytes: u32,
     zstd_level: i32,
     pack_target_bytes: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    id: String,
 }
 
 pub fn write_config(storage: &dyn Storage, c: &RepoConfig) -> Result<()> {
@@ -46,6 +48,7 @@ pub fn write_config(storage: &dyn Storage, c: &RepoConfig) -> Result<()> {
         chunk_max_bytes: c.chunk_max_bytes,
         zstd_level: c.zstd_level,
         pack_target_bytes: c.pack_target_bytes,
+        id: c.id.clone(),
     };
     let json = serde_json::to_vec_pretty(&f).expect("plain data serializes");
     storage.put(CONFIG_FILE, &json)
@@ -64,6 +67,7 @@ pub fn read_config(storage: &dyn Storage) -> Result<RepoConfig> {
         chunk_max_bytes: f.chunk_max_bytes,
         zstd_level: f.zstd_level,
         pack_target_bytes: f.pack_target_bytes,
+        id: f.id,
     };
     c.validate()?;
     Ok(c)

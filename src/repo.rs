@@ -43,6 +43,9 @@ pub struct Repository {
     tree_packer: Mutex<Option<(Packer, Receiver<Result<FinishedPack>>)>>,
     /// Set when snap runs inside the process whose databases it snapshots.
     held: Option<Arc<HeldFiles>>,
+    /// Other clients may write to the storage too (opened by
+    /// `open_remote`): gc deletes in two phases.
+    remote: bool,
 }
 
 /// Create a repository directory (and missing parents) readable by its
@@ -92,6 +95,11 @@ impl Repository {
     /// in the local directory `local`.
     pub fn init_on(storage: Arc<dyn Storage>, path: &Path, config: &RepoConfig) -> Result<()> {
         config.validate()?;
+        let mut config = config.clone();
+        if config.id.is_empty() {
+            config.id = RepoConfig::new_id();
+        }
+        let config = &config;
         create_private_dir(path)?;
         let lock = RepoLock::acquire(path, LockMode::Exclusive, default_wait())?;
         if is_repository(path) || storage.size(crate::objects::CONFIG_FILE)?.is_some() {
@@ -173,11 +181,78 @@ impl Repository {
             _lock: lock,
             tree_packer: Mutex::new(None),
             held: None,
+            remote: false,
         };
         if mode == Some(LockMode::Exclusive) && !read_only {
             repo.apply_pending_changes()?;
         }
         Ok(repo)
+    }
+
+    /// Create a repository in `storage` (an empty bucket prefix) that
+    /// several clients may share; this client's index goes in its cache
+    /// directory under `cache_base`, which is returned.
+    pub fn init_remote(
+        storage: Arc<dyn Storage>,
+        cache_base: &Path,
+        config: &RepoConfig,
+    ) -> Result<PathBuf> {
+        let mut config = config.clone();
+        if config.id.is_empty() {
+            config.id = RepoConfig::new_id();
+        }
+        let cache = cache_base.join(&config.id);
+        create_private_dir(cache_base)?;
+        if cache.join(INDEX_FILE).exists() {
+            // A cache left by a repository of the same id: not this one.
+            fs::remove_file(cache.join(INDEX_FILE)).at(&cache)?;
+        }
+        Self::init_on(storage, &cache, &config)?;
+        Ok(cache)
+    }
+
+    /// Open a repository that other clients may write to (a bucket): its
+    /// objects are the truth, and this client's index, in its cache
+    /// directory under `cache_base`, is brought up to date with them
+    /// first (built from them when missing, as `repair index` does).
+    pub fn open_remote(
+        storage: Arc<dyn Storage>,
+        cache_base: &Path,
+        mode: Option<LockMode>,
+        read_only: bool,
+        progress: &dyn crate::progress::Progress,
+    ) -> Result<(Repository, crate::ops::sync::SyncStats)> {
+        let cache = Self::cache_dir(&*storage, cache_base)?;
+        create_private_dir(&cache)?;
+        let stats = crate::ops::sync::sync_index(&storage, &cache, progress)?;
+        let mut repo = Self::open_on(storage, &cache, mode, read_only)?;
+        repo.remote = true;
+        Ok((repo, stats))
+    }
+
+    /// Where a client keeps its index of the repository in `storage`:
+    /// `cache_base/<repository id>` (from the config object).
+    pub fn cache_dir(storage: &dyn Storage, cache_base: &Path) -> Result<PathBuf> {
+        let config = match storage.size(crate::objects::CONFIG_FILE)? {
+            Some(_) => crate::objects::read_config(storage)?,
+            None => {
+                return Err(Error::NotARepository {
+                    path: storage.describe("").into(),
+                });
+            }
+        };
+        let id = if config.id.is_empty() {
+            // Made before repositories had ids: named by where it is.
+            blake3::hash(storage.describe("").as_bytes()).to_hex()[..32].to_string()
+        } else {
+            config.id
+        };
+        Ok(cache_base.join(id))
+    }
+
+    /// Opened by `open_remote`: other clients may write to the storage.
+    pub fn is_remote(&self) -> bool {
+        self.remote
     }
 
     /// Run as a library inside the process that owns the databases being
@@ -436,7 +511,7 @@ pub fn list_packs(storage: &dyn Storage) -> Result<Vec<(PackId, u64)>> {
         .collect())
 }
 
-fn apply_to_index(index: &Index, id: &SnapshotId, c: &crate::objects::Change) -> Result<()> {
+pub(crate) fn apply_to_index(index: &Index, id: &SnapshotId, c: &crate::objects::Change) -> Result<()> {
     if c.forgotten {
         index.delete_snapshot(id)?;
         return Ok(());
@@ -494,29 +569,36 @@ pub fn load_tree_from(index: &Index, index_path: &Path, id: &TreeId) -> Result<T
     Tree::decode(&enc).map_err(|e| damaged(format!("tree {}: {e}", id.short())))
 }
 
-/// Reads chunks from packs, keeping recently used packs open.
+/// Reads chunks from packs, keeping recently used packs open. Clones
+/// share the open packs (and, on object storage, the windows each pack
+/// reader has fetched), so parallel workers cloned from one reader open
+/// and fetch each pack once.
+#[derive(Clone)]
 pub struct ChunkReader {
     storage: Arc<dyn Storage>,
-    open: HashMap<PackId, Arc<PackReader>>,
+    open: Arc<Mutex<HashMap<PackId, Arc<PackReader>>>>,
 }
 
 impl ChunkReader {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
         ChunkReader {
             storage,
-            open: HashMap::new(),
+            open: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     pub fn pack(&mut self, id: &PackId) -> Result<Arc<PackReader>> {
-        if let Some(r) = self.open.get(id) {
+        if let Some(r) = self.open.lock().expect("pack cache").get(id) {
             return Ok(r.clone());
         }
-        if self.open.len() >= 64 {
-            self.open.clear();
-        }
+        // Opened outside the lock (on object storage it is a request); two
+        // workers opening one pack at once keep the later reader.
         let r = Arc::new(PackReader::open(&*self.storage, id)?);
-        self.open.insert(*id, r.clone());
+        let mut open = self.open.lock().expect("pack cache");
+        if open.len() >= 64 {
+            open.clear();
+        }
+        open.insert(*id, r.clone());
         Ok(r)
     }
 

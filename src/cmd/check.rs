@@ -14,7 +14,7 @@ pub fn check_command(
     let report = check(&repo, &CheckOptions { read_data }, progress)?;
     progress.finish();
     if json {
-        serde_json::to_writer_pretty(&mut *out, &report)?;
+        serde_json::to_writer_pretty(&mut *out, &with_requests(&repo, json!(report)))?;
         writeln!(out)?;
     } else {
         for p in &report.problems {

@@ -31,7 +31,7 @@ pub fn run(ctx: &mut Ctx, args: cli::CreateArgs) -> anyhow::Result<u8> {
         r => r?,
     };
     if args.json {
-        serde_json::to_writer(&mut ctx.out, &snapshot_json(&snap))?;
+        serde_json::to_writer(&mut ctx.out, &with_requests(&repo, snapshot_json(&snap)))?;
         writeln!(ctx.out)?;
     } else {
         let s = &snap.stats;

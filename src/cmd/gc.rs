@@ -47,7 +47,7 @@ pub fn gc_command(
     )?;
     progress.finish();
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &stats)?;
+        serde_json::to_writer_pretty(&mut *out, &with_requests(&repo, json!(stats)))?;
         writeln!(out)?;
     } else {
         let verb = if stats.dry_run {

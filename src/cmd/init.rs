@@ -17,7 +17,12 @@ pub fn run(
         zstd_level,
         ..Default::default()
     };
-    Repository::init(&path, &config)?;
+    match remote_of(&path)? {
+        Some(r) => {
+            Repository::init_remote(r.storage, &r.cache_base, &config)?;
+        }
+        None => Repository::init(&path, &config)?,
+    }
     writeln!(ctx.out, "created repository {}", path.display())?;
     Ok(0)
 }

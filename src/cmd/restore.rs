@@ -23,7 +23,7 @@ pub fn run(ctx: &mut Ctx, args: cli::RestoreArgs) -> anyhow::Result<u8> {
     ctx.progress.finish();
     match stats {
         None => report_plan(ctx, &plan, args.json),
-        Some(st) => report_restore(ctx, &snap, &plan, &st, args.json),
+        Some(st) => report_restore(ctx, &repo, &snap, &plan, &st, args.json),
     }
 }
 
@@ -77,6 +77,7 @@ fn report_plan(ctx: &mut Ctx, plan: &Plan, json: bool) -> anyhow::Result<u8> {
 /// What a restore did, as text or JSON, then what it could not do.
 fn report_restore(
     ctx: &mut Ctx,
+    repo: &Repository,
     snap: &Snapshot,
     plan: &Plan,
     st: &RestoreStats,
@@ -86,6 +87,7 @@ fn report_restore(
         let mut v = serde_json::to_value(st)?;
         v["snapshot"] = json!(snap.id.to_hex());
         v["target"] = json!(plan.target.to_string_lossy());
+        let v = with_requests(repo, v);
         serde_json::to_writer_pretty(&mut ctx.out, &v)?;
         writeln!(ctx.out)?;
     } else {

@@ -118,13 +118,14 @@ impl Index {
         let tx = || -> rusqlite::Result<()> {
             idx.conn.execute_batch("BEGIN IMMEDIATE")?;
             idx.conn.execute_batch(schema::CREATE)?;
-            let rows: [(&str, String); 6] = [
+            let rows: [(&str, String); 7] = [
                 ("format_version", config.format_version.to_string()),
                 ("chunk_min_bytes", config.chunk_min_bytes.to_string()),
                 ("chunk_avg_bytes", config.chunk_avg_bytes.to_string()),
                 ("chunk_max_bytes", config.chunk_max_bytes.to_string()),
                 ("zstd_level", config.zstd_level.to_string()),
                 ("pack_target_bytes", config.pack_target_bytes.to_string()),
+                ("repository_id", config.id.clone()),
             ];
             for (k, v) in rows {
                 idx.conn.execute(
@@ -242,6 +243,7 @@ impl Index {
             chunk_max_bytes: num("chunk_max_bytes")? as u32,
             zstd_level: num("zstd_level")? as i32,
             pack_target_bytes: num("pack_target_bytes")? as u64,
+            id: get("repository_id").map(str::to_string).unwrap_or_default(),
         };
         config.validate()?;
         Ok((idx, config))

@@ -11,3 +11,4 @@ pub mod migration;
 pub mod repair;
 pub mod restore;
 pub mod stats;
+pub mod sync;

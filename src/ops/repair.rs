@@ -154,11 +154,7 @@ fn add_snapshots(
 ) -> Result<()> {
     let records = crate::objects::read_records(&**storage)?;
     stats.unusable_files.extend(records.bad.iter().cloned());
-    let mut loader = TreeLoader {
-        index,
-        packs: ChunkReader::new(storage.clone()),
-        done: HashSet::new(),
-    };
+    let mut loader = TreeLoader::new(index, storage.clone());
     for s in records.snapshots {
         let changes = records.changes.get(&s.id).map_or(&[][..], |c| c.as_slice());
         for c in changes {
@@ -182,22 +178,48 @@ fn add_snapshots(
     Ok(())
 }
 
-struct TreeLoader<'a> {
+/// Loads trees from their blobs in tree packs into the index.
+pub(crate) struct TreeLoader<'a> {
     index: &'a Index,
     packs: ChunkReader,
     done: HashSet<TreeId>,
+    /// Trees the last `load_all` inserted.
+    loaded: Vec<TreeId>,
 }
 
-impl TreeLoader<'_> {
+impl<'a> TreeLoader<'a> {
+    pub(crate) fn new(index: &'a Index, storage: Arc<dyn Storage>) -> Self {
+        TreeLoader {
+            index,
+            packs: ChunkReader::new(storage),
+            done: HashSet::new(),
+            loaded: Vec::new(),
+        }
+    }
+
+    /// Take back the rows the last `load_all` inserted (a sync that leaves
+    /// a snapshot with missing trees for later must not keep its upper
+    /// trees, which would say that everything under them is there).
+    pub(crate) fn unload_last(&mut self) -> Result<()> {
+        for t in self.loaded.drain(..) {
+            self.index.delete_tree(&t)?;
+            self.done.remove(&t);
+        }
+        Ok(())
+    }
+
     /// Load the trees under `root` into the index; what is missing, as
     /// messages (at most a few). Visits each tree once, and at most
     /// `budget` of them for this snapshot (a crafted graph cannot loop).
-    fn load_all(&mut self, root: TreeId, budget: u64) -> Result<Vec<String>> {
+    pub(crate) fn load_all(&mut self, root: TreeId, budget: u64) -> Result<Vec<String>> {
         let mut missing = Vec::new();
+        self.loaded.clear();
         let mut stack = vec![root];
         let mut visited = 0u64;
         while let Some(t) = stack.pop() {
-            if self.done.contains(&t) {
+            // A tree the index holds came with all the trees under it (they
+            // are inserted in one transaction): a sync stops there.
+            if self.done.contains(&t) || self.index.has_tree(&t)? {
                 continue;
             }
             visited += 1;
@@ -206,7 +228,10 @@ impl TreeLoader<'_> {
                 break;
             }
             let tree = match self.load(&t) {
-                Ok(tree) => tree,
+                Ok(tree) => {
+                    self.loaded.push(t);
+                    tree
+                }
                 Err(why) => {
                     if missing.len() < 5 {
                         missing.push(format!("tree {}: {why}", t.short()));

@@ -282,7 +282,7 @@ impl Exec<'_> {
     ///    barriers): locate chunks, write temporaries in parallel, one
     ///    barrier for the batch, then rename each over its real name.
     fn contents(&mut self, repo: &Repository, plan: &Plan) -> Result<()> {
-        let storage = repo.storage().clone();
+        let reader = ChunkReader::new(repo.storage().clone());
         let writes: Vec<(&PathBuf, &Meta)> = plan
             .steps
             .iter()
@@ -320,7 +320,7 @@ impl Exec<'_> {
             let written: Vec<(&WriteJob, Result<Written>)> = jobs
                 .par_iter()
                 .map_init(
-                    || ChunkReader::new(storage.clone()),
+                    || reader.clone(),
                     |reader, job| {
                         let r = write_temp(reader, job, is_root, progress, filesystems);
                         crate::fault::point("restore wrote a temporary file");
