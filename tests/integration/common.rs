@@ -18,7 +18,10 @@ pub const DONE_OR_NOTHING_TO_DO: &[i32] = &[0, 6];
 
 pub struct Env {
     pub dir: TempDir,
+    /// A directory, or `s3://BUCKET/PREFIX` (see [`Env::on_s3`]).
     pub repo: PathBuf,
+    /// Variables every command gets (the S3 server's endpoint and keys).
+    pub vars: Vec<(&'static str, String)>,
 }
 
 impl Env {
@@ -29,9 +32,35 @@ impl Env {
             .tempdir()
             .unwrap();
         let repo = dir.path().join("repo");
-        let env = Env { dir, repo };
+        let env = Env {
+            dir,
+            repo,
+            vars: Vec::new(),
+        };
         env.snap().arg("init").assert().success();
         env
+    }
+
+    /// A fresh repository in the test S3 server's bucket, or None (with
+    /// the reason printed) when there is no server.
+    pub fn on_s3(test: &str) -> Option<Env> {
+        let srv = crate::s3server::server(test)?;
+        let dir = tempfile::Builder::new()
+            .prefix("snap-it-")
+            .tempdir()
+            .unwrap();
+        let env = Env {
+            dir,
+            repo: PathBuf::from(srv.fresh_url()),
+            vars: srv.env(),
+        };
+        env.snap().arg("init").assert().success();
+        Some(env)
+    }
+
+    /// This client's cache of remote repositories.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.path("cache")
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -44,7 +73,11 @@ impl Env {
         c.env("SNAP_REPO", &self.repo)
             .env("SNAP_LOCK_WAIT", "10")
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("XDG_CACHE_HOME", self.cache_dir())
             .env_remove("XDG_DATA_HOME");
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
         c
     }
 

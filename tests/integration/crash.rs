@@ -40,6 +40,7 @@ fn fault_points_on_a_copy(env: &Env, args: &[&str]) -> u64 {
     let probe = Env {
         repo: dir.path().join("repo"),
         dir,
+        vars: Vec::new(),
     };
     cp_a(&env.repo, &probe.repo);
     fault_points(&probe, args)

@@ -84,7 +84,11 @@ fn frozen_copy() -> Env {
         .unwrap();
     let repo = dir.path().join("repo");
     cp_a(&frozen_root(), &repo);
-    Env { dir, repo }
+    Env {
+        dir,
+        repo,
+        vars: Vec::new(),
+    }
 }
 
 fn assert_lists_and_restores(env: &Env, expected: &BTreeMap<String, (String, Vec<String>)>) {
@@ -137,6 +141,7 @@ fn write_the_frozen_format_2_repository() {
     let env = Env {
         repo: out.join("format-2"),
         dir: scratch,
+        vars: Vec::new(),
     };
     env.snap().arg("init").assert().success();
     let src = env.path("app");

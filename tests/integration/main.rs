@@ -21,6 +21,7 @@ mod repair;
 mod restore_in_place;
 mod restore_safety;
 mod roundtrip;
+mod s3;
 mod s3server;
 mod sqlite;
 mod storage;
