@@ -214,6 +214,10 @@ pub struct GcArgs {
     /// Repack a pack when more than PERCENT of its bytes are unused
     #[arg(long, value_name = "PERCENT", default_value_t = 30.0)]
     pub repack_threshold: f64,
+    /// Repository in a bucket: delete condemned packs this long after a gc
+    /// condemned them (longer than any create on another client runs)
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub grace: String,
     /// Report what would be removed; change nothing
     #[arg(long)]
     pub dry_run: bool,

@@ -4,6 +4,7 @@
 //! <repo>/config                       the repository config (JSON), written by init
 //! <repo>/snapshots/<id>               one immutable object per snapshot: its whole record (JSON)
 //! <repo>/changes/<id>-<time>-<rand>   one immutable record per later change: tags, pin, forget
+//! <repo>/condemned/<time>-<rand>      packs a gc on shared storage will delete after a grace period
 //! ```
 //!
 //! Every object is written once, atomically and durably (the storage
@@ -27,6 +28,7 @@ use crate::storage::Storage;
 pub const CONFIG_FILE: &str = "config";
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 pub const CHANGES_DIR: &str = "changes";
+pub const CONDEMNED_DIR: &str = "condemned";
 
 #[derive(Serialize, Deserialize)]
 struct ConfigFile {
@@ -209,6 +211,62 @@ pub fn record_change(storage: &dyn Storage, id: &SnapshotId, mut change: Change)
     storage.put(&format!("{CHANGES_DIR}/{name}"), &json)?;
     crate::fault::point("change recorded");
     Ok(name)
+}
+
+/// The packs a gc on shared storage condemned, and when.
+#[derive(Serialize, Deserialize)]
+struct CondemnedRecord {
+    time_ns: i64,
+    packs: Vec<String>,
+}
+
+/// Record packs as condemned; returns the record's name (`condemned/NAME`).
+pub fn write_condemned(storage: &dyn Storage, packs: &[crate::id::PackId]) -> Result<String> {
+    let time_ns = now_ns();
+    let name = format!("{time_ns:020}-{:016x}", rand::random::<u64>());
+    let rec = CondemnedRecord {
+        time_ns,
+        packs: packs.iter().map(|p| p.to_hex()).collect(),
+    };
+    let json = serde_json::to_vec(&rec).expect("plain data serializes");
+    storage.put(&format!("{CONDEMNED_DIR}/{name}"), &json)?;
+    crate::fault::point("packs condemned");
+    Ok(name)
+}
+
+/// The names of the condemned records, oldest first, with the time in
+/// each name (the condemning client's clock).
+pub fn condemned_records(storage: &dyn Storage) -> Result<Vec<(String, i64)>> {
+    Ok(names_in(storage, CONDEMNED_DIR)?
+        .into_iter()
+        .filter_map(|n| {
+            let t = n.get(..20)?.parse().ok()?;
+            Some((n, t))
+        })
+        .collect())
+}
+
+/// The packs of one record; None when it is gone (a gc finished it).
+pub fn read_condemned(storage: &dyn Storage, name: &str) -> Result<Option<Vec<crate::id::PackId>>> {
+    let key = format!("{CONDEMNED_DIR}/{name}");
+    let bytes = match storage.read(&key) {
+        Err(e) if e.is_not_found() => return Ok(None),
+        r => r?,
+    };
+    let rec: CondemnedRecord = serde_json::from_slice(&bytes).map_err(|e| Error::Damaged {
+        path: storage.describe(&key).into(),
+        reason: format!("not a condemned-packs record: {e}"),
+    })?;
+    rec.packs
+        .iter()
+        .map(|h| {
+            crate::id::PackId::from_hex(h).ok_or_else(|| Error::Damaged {
+                path: storage.describe(&key).into(),
+                reason: format!("{h:?} is not a pack id"),
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// Apply changes in time order to a snapshot; `None` if it was forgotten.

@@ -41,6 +41,7 @@ pub fn gc_command(
             policy,
             dry_run: args.dry_run,
             repack_dead_share: (args.repack_threshold / 100.0).clamp(0.0, 1.0),
+            grace: grace(&args.grace)?,
             ..GcOptions::default()
         },
         progress,
@@ -91,9 +92,25 @@ pub fn gc_command(
             }
         )?;
     }
+    if stats.packs_condemned + stats.packs_rescued > 0 && !args.json {
+        writeln!(
+            out,
+            "condemned {} (deleted by a gc after the grace period, {}), kept {} a newer snapshot uses",
+            count(stats.packs_condemned, "pack"),
+            args.grace,
+            count(stats.packs_rescued, "condemned pack"),
+        )?;
+    }
     Ok(if stats.did_nothing() {
         exit::NOTHING_TO_DO
     } else {
         0
     })
+}
+
+/// `--grace`: a duration of at least zero.
+fn grace(s: &str) -> anyhow::Result<std::time::Duration> {
+    let d = parse_duration(s)?;
+    std::time::Duration::try_from(d)
+        .map_err(|_| anyhow::anyhow!("--grace {s}: must not be negative"))
 }

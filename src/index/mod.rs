@@ -1,6 +1,7 @@
 //! The SQLite index: config, packs, chunk locations, trees and snapshots.
 //! The only module that sees rusqlite; its types never leave it.
 
+mod condemned;
 mod schema;
 
 use std::collections::{BTreeMap, HashMap};
@@ -118,6 +119,7 @@ impl Index {
         let tx = || -> rusqlite::Result<()> {
             idx.conn.execute_batch("BEGIN IMMEDIATE")?;
             idx.conn.execute_batch(schema::CREATE)?;
+            idx.conn.execute_batch(schema::CONDEMNED)?;
             let rows: [(&str, String); 7] = [
                 ("format_version", config.format_version.to_string()),
                 ("chunk_min_bytes", config.chunk_min_bytes.to_string()),
@@ -246,6 +248,11 @@ impl Index {
             id: get("repository_id").map(str::to_string).unwrap_or_default(),
         };
         config.validate()?;
+        if access == Access::ReadWrite {
+            idx.conn
+                .execute_batch(schema::CONDEMNED)
+                .map_err(|e| idx.err(e))?;
+        }
         Ok((idx, config))
     }
 
@@ -430,12 +437,27 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// Where a chunk is: its row, else (on shared storage) its row in a
+    /// condemned pack, still readable until a gc deletes the pack.
     pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
-        self.conn
-            .prepare_cached(
+        match self.located(
+            "SELECT p.hash, c.offset, c.stored_len, c.raw_len, c.codec
+             FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.hash = ?1",
+            id,
+        )? {
+            Some(l) => Ok(Some(l)),
+            None if self.has_condemned_tables().map_err(|e| self.err(e))? => self.located(
                 "SELECT p.hash, c.offset, c.stored_len, c.raw_len, c.codec
-                 FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.hash = ?1",
-            )
+                 FROM condemned_chunks c JOIN packs p ON p.id = c.pack WHERE c.hash = ?1 LIMIT 1",
+                id,
+            ),
+            None => Ok(None),
+        }
+    }
+
+    fn located(&self, sql: &str, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        self.conn
+            .prepare_cached(sql)
             .and_then(|mut st| {
                 st.query_row([id.as_bytes()], |r| {
                     Ok(ChunkLocation {
@@ -507,6 +529,14 @@ impl Index {
             self.conn
                 .prepare_cached("DELETE FROM chunks WHERE pack = ?1")?
                 .execute([pack_rowid])?;
+            if self.has_condemned_tables()? {
+                self.conn
+                    .prepare_cached("DELETE FROM condemned_chunks WHERE pack = ?1")?
+                    .execute([pack_rowid])?;
+                self.conn
+                    .prepare_cached("DELETE FROM condemned WHERE pack = ?1")?
+                    .execute([pack_rowid])?;
+            }
             self.conn
                 .prepare_cached("DELETE FROM packs WHERE id = ?1")?
                 .execute([pack_rowid])?;

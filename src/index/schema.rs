@@ -51,3 +51,25 @@ CREATE TABLE applied_changes (
 ) WITHOUT ROWID;
 CREATE INDEX snapshots_by_source ON snapshots(source, time_ns);
 "#;
+
+/// Packs a gc on shared storage condemned (docs/design.md, "Several
+/// clients on one bucket"), and the chunk rows they had: out of `chunks`,
+/// so that no create dedups against them, still readable for a restore
+/// until the pack is deleted or rescued. Created on every read-write open
+/// (indexes made before it existed gain it).
+pub const CONDEMNED: &str = r#"
+CREATE TABLE IF NOT EXISTS condemned (
+    pack   INTEGER PRIMARY KEY REFERENCES packs(id),
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS condemned_chunks (
+    pack       INTEGER NOT NULL,
+    hash       BLOB NOT NULL,
+    offset     INTEGER NOT NULL,
+    stored_len INTEGER NOT NULL,
+    raw_len    INTEGER NOT NULL,
+    codec      INTEGER NOT NULL,
+    PRIMARY KEY (pack, hash)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS condemned_chunks_by_hash ON condemned_chunks(hash);
+"#;

@@ -35,6 +35,10 @@ pub struct GcOptions {
     /// Repack a pack when more than this share of its bytes is dead.
     pub repack_dead_share: f64,
     pub time_zone: jiff::tz::TimeZone,
+    /// On shared storage, packs are deleted this long after a gc condemned
+    /// them, if no snapshot written meanwhile uses them (the bound on how
+    /// long a create on another client may run).
+    pub grace: std::time::Duration,
 }
 
 impl Default for GcOptions {
@@ -44,6 +48,7 @@ impl Default for GcOptions {
             dry_run: false,
             repack_dead_share: 0.3,
             time_zone: jiff::tz::TimeZone::system(),
+            grace: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -59,6 +64,11 @@ pub struct GcStats {
     pub packs_written: u64,
     /// Pack files on disk that no index row referenced (crash leftovers).
     pub orphan_packs_deleted: u64,
+    /// Shared storage: packs this gc condemned (deleted by a gc after the
+    /// grace period), and condemned packs it kept because a snapshot
+    /// written meanwhile uses them.
+    pub packs_condemned: u64,
+    pub packs_rescued: u64,
     pub chunks_removed: u64,
     pub trees_removed: u64,
     /// Bytes of pack files removed minus bytes of new packs written.
@@ -73,6 +83,7 @@ impl GcStats {
             && self.packs_deleted == 0
             && self.packs_repacked == 0
             && self.orphan_packs_deleted == 0
+            && self.packs_condemned == 0
             && self.chunks_removed == 0
             && self.trees_removed == 0
     }
@@ -96,36 +107,21 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     stats.snapshots_kept = live_snaps.len() as u64;
     stats.snapshots_removed = dead_snaps.iter().map(|s| s.id.to_hex()).collect();
 
-    // 1. Mark.
-    index.live_reset()?;
-    let mut live_trees: HashSet<TreeId> = HashSet::new();
-    let mut stack: Vec<TreeId> = live_snaps.iter().map(|s| s.root).collect();
-    while let Some(t) = stack.pop() {
-        if !live_trees.insert(t) {
-            continue;
-        }
-        let tree = repo.load_tree(&t)?;
-        for e in &tree.entries {
-            match e.kind {
-                Kind::Dir => stack.extend(e.subtree()),
-                Kind::File => index.live_add(e.chunks())?,
-                _ => {}
-            }
-        }
-        // The tree's own blob in a tree pack.
-        index.live_add(&[ChunkId(t.0)])?;
-        progress.entries(1);
-        if progress.cancelled() {
-            return Err(Error::Interrupted);
-        }
+    if repo.is_remote() && !opts.dry_run {
+        return crate::ops::gc_shared::gc_shared(repo, opts, &live_snaps, &dead_snaps, stats, progress);
     }
+
+    // 1. Mark.
+    let live_trees = mark(repo, &live_snaps, progress)?;
 
     // 2. Decide per pack.
     let liveness = index.pack_liveness()?;
     let packs = index.packs()?;
     let mut delete = Vec::new();
     let mut repack = Vec::new();
-    for p in &packs {
+    // A dry run on shared storage: condemned packs are not this run's.
+    let condemned: HashSet<i64> = index.condemned_packs()?.iter().map(|c| c.rowid).collect();
+    for p in packs.iter().filter(|p| !condemned.contains(&p.rowid)) {
         let (live_n, live_bytes) = liveness.get(&p.rowid).copied().unwrap_or((0, 0));
         if live_n == 0 {
             delete.push(p.clone());
@@ -254,11 +250,44 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     Ok(stats)
 }
 
+/// Fill the index's live set with every chunk and tree blob `snaps`
+/// reach; returns the live trees.
+pub(crate) fn mark(
+    repo: &Repository,
+    snaps: &[&crate::snapshot::Snapshot],
+    progress: &dyn Progress,
+) -> Result<HashSet<TreeId>> {
+    let index = repo.index();
+    index.live_reset()?;
+    let mut live_trees: HashSet<TreeId> = HashSet::new();
+    let mut stack: Vec<TreeId> = snaps.iter().map(|s| s.root).collect();
+    while let Some(t) = stack.pop() {
+        if !live_trees.insert(t) {
+            continue;
+        }
+        let tree = repo.load_tree(&t)?;
+        for e in &tree.entries {
+            match e.kind {
+                Kind::Dir => stack.extend(e.subtree()),
+                Kind::File => index.live_add(e.chunks())?,
+                _ => {}
+            }
+        }
+        // The tree's own blob in a tree pack.
+        index.live_add(&[ChunkId(t.0)])?;
+        progress.entries(1);
+        if progress.cancelled() {
+            return Err(Error::Interrupted);
+        }
+    }
+    Ok(live_trees)
+}
+
 /// Copy the live blobs of `repack` into new packs (one packer per kind:
 /// trees stay in tree packs), verifying each before it is copied so a
 /// damaged chunk is never spread. Returns the packs, durable, not yet
 /// referenced.
-fn repack_live(
+pub(crate) fn repack_live(
     repo: &Repository,
     repack: &[crate::index::PackRow],
     progress: &dyn Progress,

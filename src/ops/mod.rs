@@ -6,6 +6,7 @@ pub mod diff;
 pub mod dump;
 pub mod find;
 pub mod gc;
+pub mod gc_shared;
 pub mod ls;
 pub mod migration;
 pub mod repair;

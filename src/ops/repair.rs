@@ -81,6 +81,7 @@ pub fn repair_index_on(
         index.begin()?;
         progress.phase("repair: packs", None);
         add_packs(&index, &*storage, &mut stats, progress)?;
+        condemn_recorded(&index, &*storage)?;
         progress.phase("repair: snapshots", None);
         add_snapshots(&index, &storage, &mut stats, progress)?;
         index.commit()?;
@@ -103,6 +104,23 @@ pub fn repair_index_on(
     crate::fault::point("repaired index in place");
     stats.duration_ms = started.elapsed().as_millis() as u64;
     Ok(stats)
+}
+
+/// Packs that condemned records name lose their chunk rows to the
+/// condemned tables (see crate::index::condemned), as on every client.
+fn condemn_recorded(index: &Index, storage: &dyn Storage) -> Result<()> {
+    for (name, _) in crate::objects::condemned_records(storage)? {
+        let Some(packs) = crate::objects::read_condemned(storage, &name)? else {
+            continue;
+        };
+        for p in packs {
+            if let Some(rowid) = index.pack_rowid(&p)? {
+                index.condemn_pack(rowid, &name)?;
+            }
+        }
+        index.mark_applied(&crate::ops::sync::record_mark(&name))?;
+    }
+    Ok(())
 }
 
 /// Every pack whose footer is sound: a pack row and its blobs' rows.
@@ -244,7 +262,7 @@ impl<'a> TreeLoader<'a> {
                     Kind::Dir => stack.extend(e.subtree()),
                     Kind::File => {
                         for c in e.chunks() {
-                            if !self.index.has_chunk(c)? && missing.len() < 5 {
+                            if !self.index.chunk_known(c)? && missing.len() < 5 {
                                 missing.push(format!(
                                     "chunk {} of {} is in no pack",
                                     c.short(),

@@ -32,7 +32,7 @@ use crate::error::Result;
 use crate::id::{PackId, SnapshotId};
 use crate::index::Index;
 use crate::lock::{LockMode, RepoLock, default_wait};
-use crate::objects::{self, CHANGES_DIR};
+use crate::objects::{self, CHANGES_DIR, CONDEMNED_DIR};
 use crate::ops::repair::{RepairStats, TreeLoader, repair_index_on};
 use crate::pack::{FinishedPack, PackReader};
 use crate::progress::Progress;
@@ -70,6 +70,14 @@ struct Diff {
     /// Row ids of indexed packs that are gone, and whether any chunk row
     /// points into them.
     gone_packs: Vec<(i64, bool)>,
+    /// Condemned records not applied yet, and applied ones now gone.
+    new_records: Vec<String>,
+    gone_records: Vec<String>,
+}
+
+/// How an applied condemned record is named among the applied changes.
+pub(crate) fn record_mark(name: &str) -> String {
+    format!("{CONDEMNED_DIR}/{name}")
 }
 
 impl Diff {
@@ -79,6 +87,8 @@ impl Diff {
             && self.new_changes == 0
             && self.new_packs.is_empty()
             && self.gone_packs.is_empty()
+            && self.new_records.is_empty()
+            && self.gone_records.is_empty()
     }
 }
 
@@ -93,6 +103,10 @@ fn diff(index: &Index, storage: &dyn Storage) -> Result<Diff> {
             !applied.contains(name)
         })
         .count() as u64;
+    let records: HashSet<String> = objects::condemned_records(storage)?
+        .into_iter()
+        .map(|(n, _)| record_mark(&n))
+        .collect();
     let remote_packs: HashMap<PackId, u64> = list_packs(storage)?.into_iter().collect();
     let local_snaps: HashSet<SnapshotId> = index.snapshots()?.iter().map(|s| s.id).collect();
     let applied_ids: HashSet<SnapshotId> = applied
@@ -117,7 +131,18 @@ fn diff(index: &Index, storage: &dyn Storage) -> Result<Diff> {
         new_changes,
         new_packs: Vec::new(),
         gone_packs: Vec::new(),
+        new_records: records
+            .iter()
+            .filter(|m| !applied.contains(*m))
+            .cloned()
+            .collect(),
+        gone_records: applied
+            .iter()
+            .filter(|m| m.starts_with(CONDEMNED_DIR) && !records.contains(*m))
+            .cloned()
+            .collect(),
     };
+    d.new_records.sort();
     let mut local_packs = HashSet::new();
     for p in index.packs()? {
         local_packs.insert(p.id);
@@ -208,6 +233,7 @@ fn apply(
                 .push((storage.describe(&pack_key(id)), e.to_string())),
         }
     }
+    apply_records(index, &**storage, d)?;
     for id in &d.gone_snaps {
         index.delete_snapshot(id)?;
         stats.gone_snapshots += 1;
@@ -226,6 +252,40 @@ fn apply(
         crate::repo::apply_to_index(index, &id, &c)?;
         index.mark_applied(&c.name)?;
         stats.new_changes += 1;
+    }
+    Ok(())
+}
+
+/// Condemn the indexed packs of new records; a record that is gone was
+/// finished by a gc, which deleted its packs (their rows went with the
+/// gone packs) or rescued them (they get their rows back).
+fn apply_records(index: &Index, storage: &dyn Storage, d: &Diff) -> Result<()> {
+    for mark in &d.new_records {
+        let name = &mark[CONDEMNED_DIR.len() + 1..];
+        let Some(packs) = objects::read_condemned(storage, name)? else {
+            continue;
+        };
+        for p in packs {
+            if let Some(rowid) = index.pack_rowid(&p)? {
+                index.condemn_pack(rowid, name)?;
+            }
+        }
+        index.mark_applied(mark)?;
+    }
+    if !d.gone_records.is_empty() {
+        let gone: HashSet<&str> = d
+            .gone_records
+            .iter()
+            .map(|m| &m[CONDEMNED_DIR.len() + 1..])
+            .collect();
+        for c in index.condemned_packs()? {
+            if gone.contains(c.record.as_str()) {
+                index.rescue_pack(c.rowid)?;
+            }
+        }
+        for mark in &d.gone_records {
+            index.unmark_applied(mark)?;
+        }
     }
     Ok(())
 }

@@ -81,6 +81,21 @@ impl Env {
         c
     }
 
+    /// The snap binary as a std Command (to spawn it), with the same
+    /// environment as [`Env::snap`].
+    pub fn snap_process(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("snap"));
+        c.env("SNAP_REPO", &self.repo)
+            .env("SNAP_LOCK_WAIT", "10")
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("XDG_CACHE_HOME", self.cache_dir())
+            .env_remove("XDG_DATA_HOME");
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c
+    }
+
     /// `snap create DIR --json`, returning the parsed JSON (asserts exit 0).
     pub fn create(&self, dir: &Path) -> serde_json::Value {
         let out = self

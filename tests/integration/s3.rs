@@ -178,3 +178,138 @@ fn two_clients_share_a_bucket_and_see_each_others_snapshots() {
     b.restore_to(&ida, &out);
     assert_same_tree(&src_a, &out);
 }
+
+/// `gc --json` with these arguments, parsed.
+fn gc_json(env: &Env, args: &[&str]) -> serde_json::Value {
+    let out = env
+        .snap()
+        .args(["gc", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(6)),
+        "gc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn gc_on_a_bucket_deletes_only_after_the_grace_period() {
+    let Some(env) = Env::on_s3("gc_on_a_bucket_deletes_only_after_the_grace_period") else {
+        return;
+    };
+    let src = env.path("app");
+    write(&src.join("big.bin"), noise(1, 3_000_000));
+    let old = env.create_id(&src);
+    write(&src.join("big.bin"), noise(2, 2_000_000));
+    let new = env.create_id(&src);
+    let srv = crate::s3server::server("gc").unwrap();
+    let url = env.repo.to_str().unwrap();
+    let packs = || {
+        srv.object_keys(url)
+            .into_iter()
+            .filter(|k| k.starts_with("packs/"))
+            .count() as u64
+    };
+    let before = packs();
+    let first = gc_json(&env, &["--keep-last", "1"]);
+    assert_eq!(first["snapshots_removed"], serde_json::json!([old]));
+    assert!(first["packs_condemned"].as_u64().unwrap() >= 1);
+    assert_eq!(first["packs_deleted"], 0, "nothing is deleted at once");
+    assert_eq!(packs(), before, "every pack object is still in the bucket");
+    let keys = srv.object_keys(url);
+    assert!(keys.iter().any(|k| k.starts_with("condemned/")));
+    assert!(
+        !keys.iter().any(|k| k.contains(&old)),
+        "the forgotten snapshot's object is gone"
+    );
+    // Within the grace period (the default, 24 h) nothing is deleted either.
+    let again = gc_json(&env, &[]);
+    assert_eq!(again["packs_deleted"], 0);
+    // After it, the condemned packs go, and what stays restores exactly.
+    let last = gc_json(&env, &["--grace", "0s"]);
+    assert_eq!(last["packs_deleted"], first["packs_condemned"]);
+    assert_eq!(packs(), before - last["packs_deleted"].as_u64().unwrap());
+    assert!(
+        !srv.object_keys(url)
+            .iter()
+            .any(|k| k.starts_with("condemned/")),
+        "a finished record is deleted"
+    );
+    assert!(last["reclaimed_bytes"].as_u64().unwrap() > 2_000_000);
+    env.snap().args(["check", "--read-data"]).assert().success();
+    let out = env.path("out");
+    env.restore_to(&new, &out);
+    assert_same_tree(&src, &out);
+    // A client whose cache is new agrees.
+    fs::remove_dir_all(env.cache_dir()).unwrap();
+    env.snap().args(["check", "--read-data"]).assert().success();
+    assert_eq!(env.list().len(), 1);
+}
+
+/// A create on client b that started (and synced) before client a's gc
+/// condemned the packs it dedups against: the next gc after the grace
+/// period finds b's snapshot using them and keeps them.
+#[test]
+fn a_pack_condemned_while_another_client_uses_it_is_rescued() {
+    let Some(a) = Env::on_s3("a_pack_condemned_while_another_client_uses_it_is_rescued") else {
+        return;
+    };
+    let b = Env {
+        dir: tempfile::tempdir().unwrap(),
+        repo: a.repo.clone(),
+        vars: a.vars.clone(),
+    };
+    let src = a.path("shared");
+    write(&src.join("data.bin"), noise(3, 1_500_000));
+    write(&src.join("notes.txt"), "the same files on both clients");
+    let s1 = a.create_id(&src);
+    // b starts a create of the same files and stops right after its sync.
+    let flag = b.path("paused");
+    let child = b
+        .snap_process()
+        .args(["create", "--json"])
+        .arg(&src)
+        .env("SNAP_PAUSE_AT", "create started")
+        .env("SNAP_PAUSE_FILE", &flag)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !flag.exists() {
+        assert!(start.elapsed().as_secs() < 60, "create never paused");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Meanwhile a forgets its snapshot and condemns its packs.
+    a.snap().args(["forget", &s1]).assert().success();
+    let gc1 = gc_json(&a, &["--grace", "0s"]);
+    assert!(gc1["packs_condemned"].as_u64().unwrap() >= 1);
+    fs::remove_file(&flag).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s2: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        s2["stats"]["new_chunks"], 0,
+        "b deduplicated against the packs it knew"
+    );
+    let s2 = s2["id"].as_str().unwrap().to_string();
+    // The grace period is over: a's next gc sees b's snapshot and rescues.
+    let gc2 = gc_json(&a, &["--grace", "0s"]);
+    assert!(gc2["packs_rescued"].as_u64().unwrap() >= 1, "{gc2}");
+    for env in [&a, &b] {
+        env.snap().args(["check", "--read-data"]).assert().success();
+        let to = env.path("restored");
+        env.restore_to(&s2, &to);
+        assert_same_tree(&src, &to);
+    }
+    // A create that starts after the condemnation does not lean on it.
+    let gc3 = gc_json(&a, &["--grace", "0s"]);
+    assert_eq!(gc3["packs_deleted"], 0, "rescued packs stay: {gc3}");
+}

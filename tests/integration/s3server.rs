@@ -80,8 +80,10 @@ fn start() -> Result<S3Server, String> {
         let r = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()));
         let ok = r.is_ok();
         let _ = tx.send(r.map(|_| ()));
-        while ok {
-            std::thread::park();
+        if ok {
+            loop {
+                std::thread::park();
+            }
         }
     });
     rx.recv().map_err(|e| e.to_string())??;
@@ -137,6 +139,24 @@ impl S3Server {
     pub fn fresh_storage(&self) -> S3Storage {
         let url = S3Url::parse(&self.fresh_url()).unwrap().unwrap();
         S3Storage::new(&url, &self.options()).unwrap()
+    }
+
+    /// The keys of the objects under a repository URL, as the server
+    /// stores them (files under its directory), sorted.
+    pub fn object_keys(&self, url: &str) -> Vec<String> {
+        let rest = url.strip_prefix("s3://").unwrap();
+        let dir = self.root.join(rest);
+        let mut keys: Vec<String> = walkdir::WalkDir::new(&dir)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                let rel = e.path().strip_prefix(&dir).unwrap();
+                rel.to_string_lossy().into_owned()
+            })
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// The variables the snap binary reads to reach this server.

@@ -1,0 +1,236 @@
+//! gc on storage that other clients write to (a bucket): nothing another
+//! client may still need is deleted at once (docs/design.md, "Several
+//! clients on one bucket").
+//!
+//! 1. Finish old condemnations: for each record older than the grace
+//!    period, mark every snapshot the synced index knows (before this
+//!    run's retention), then delete each of its packs that holds no live
+//!    chunk, and rescue the others (a snapshot written meanwhile uses
+//!    them); then delete the record.
+//! 2. Condemn: mark the snapshots that stay, repack mostly-dead packs, and
+//!    record the dead, repacked and orphan packs as condemned (an object,
+//!    before the index commit). Their chunk rows leave the index's chunk
+//!    table, so no create on any client that has seen the record dedups
+//!    against them.
+//! 3. Remove the snapshot objects this run forgot, and those forgotten
+//!    earlier; never an object the index does not know (it may be a
+//!    snapshot committed since the sync).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::id::{PackId, SnapshotId};
+use crate::objects;
+use crate::ops::gc::{GcOptions, GcStats, mark, repack_live};
+use crate::ops::sync::record_mark;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::snapshot::Snapshot;
+use crate::storage::pack_key;
+
+pub(crate) fn gc_shared(
+    repo: &Repository,
+    opts: &GcOptions,
+    live_snaps: &[&Snapshot],
+    dead_snaps: &[&Snapshot],
+    mut stats: GcStats,
+    progress: &dyn Progress,
+) -> Result<GcStats> {
+    let started = std::time::Instant::now();
+    progress.phase("gc: finish condemned packs", None);
+    let all: Vec<&Snapshot> = live_snaps.iter().chain(dead_snaps).copied().collect();
+    stats.reclaimed_bytes = finish_condemned(repo, &all, opts.grace, &mut stats, progress)?;
+
+    progress.phase("gc: mark", None);
+    let live_trees = mark(repo, live_snaps, progress)?;
+    let index = repo.index();
+    let condemned: HashSet<i64> = index.condemned_packs()?.iter().map(|c| c.rowid).collect();
+    let liveness = index.pack_liveness()?;
+    let packs = index.packs()?;
+    let (mut delete, mut repack) = (Vec::new(), Vec::new());
+    for p in packs.iter().filter(|p| !condemned.contains(&p.rowid)) {
+        let (live_n, live_bytes) = liveness.get(&p.rowid).copied().unwrap_or((0, 0));
+        let payload = p.size.saturating_sub(16 + 48 + 48 * p.chunk_count);
+        let dead_bytes = payload.saturating_sub(live_bytes);
+        if live_n == 0 {
+            delete.push(p.clone());
+        } else if payload > 0 && dead_bytes as f64 / payload as f64 > opts.repack_dead_share {
+            repack.push(p.clone());
+        }
+    }
+    let orphans = unrecorded_orphans(repo, &packs)?;
+    progress.phase("gc: repack", None);
+    let moved = repack_live(repo, &repack, progress)?;
+    if progress.cancelled() {
+        return Err(Error::Interrupted);
+    }
+    stats.packs_repacked = repack.len() as u64;
+    stats.packs_written = moved.len() as u64;
+    let doomed: Vec<PackId> = delete
+        .iter()
+        .chain(&repack)
+        .map(|p| p.id)
+        .chain(orphans.iter().copied())
+        .collect();
+    stats.packs_condemned = doomed.len() as u64;
+    let record = match doomed.is_empty() {
+        true => None,
+        false => Some(objects::write_condemned(&**repo.storage(), &doomed)?),
+    };
+    let dead_ids: Vec<SnapshotId> = dead_snaps.iter().map(|s| s.id).collect();
+    let forgets = repo.record_forgotten(&dead_ids)?;
+    index.begin()?;
+    let tx = (|| -> Result<()> {
+        for name in &forgets {
+            index.mark_applied(name)?;
+        }
+        for id in &dead_ids {
+            index.delete_snapshot(id)?;
+        }
+        for f in &moved {
+            let rowid = index.insert_pack_row(f)?;
+            for e in &f.entries {
+                index.move_chunk(&e.id, rowid, e)?;
+            }
+        }
+        if let Some(name) = &record {
+            for p in delete.iter().chain(&repack) {
+                index.condemn_pack(p.rowid, name)?;
+            }
+            index.mark_applied(&record_mark(name))?;
+        }
+        // Dead chunk rows of packs that stay are kept: a create on another
+        // client may have used them since this client's sync.
+        for t in index.tree_ids()? {
+            if !live_trees.contains(&t) {
+                index.delete_tree(&t)?;
+            }
+        }
+        Ok(())
+    })();
+    match tx {
+        Ok(()) => index.commit()?,
+        Err(e) => {
+            let _ = index.rollback();
+            return Err(e);
+        }
+    }
+    remove_forgotten_objects(repo, &dead_ids)?;
+    stats.reclaimed_bytes = stats
+        .reclaimed_bytes
+        .saturating_sub(moved.iter().map(|f| f.size).sum());
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(stats)
+}
+
+/// Step 1; returns the bytes of the packs deleted.
+fn finish_condemned(
+    repo: &Repository,
+    all: &[&Snapshot],
+    grace: Duration,
+    stats: &mut GcStats,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let storage = repo.storage();
+    let now = jiff::Timestamp::now().as_nanosecond() as i64;
+    let ripe: Vec<String> = objects::condemned_records(&**storage)?
+        .into_iter()
+        .filter(|(_, t)| now.saturating_sub(*t) >= grace.as_nanos() as i64)
+        .map(|(n, _)| n)
+        .collect();
+    if ripe.is_empty() {
+        return Ok(0);
+    }
+    // Live: every snapshot this client knows, including the ones this run
+    // is about to forget (a create running now may have started from one).
+    mark(repo, all, progress)?;
+    let index = repo.index();
+    let sizes: std::collections::HashMap<i64, u64> =
+        index.packs()?.iter().map(|p| (p.rowid, p.size)).collect();
+    let mut freed = 0;
+    for name in ripe {
+        let Some(packs) = objects::read_condemned(&**storage, &name)? else {
+            continue;
+        };
+        let (mut gone, mut rescued) = (Vec::new(), Vec::new());
+        for p in &packs {
+            match index.pack_rowid(p)? {
+                Some(r) if index.pack_has_live(r)? => rescued.push(r),
+                Some(r) => {
+                    storage.delete(&pack_key(p))?;
+                    freed += sizes.get(&r).copied().unwrap_or(0);
+                    gone.push(r);
+                }
+                // Never indexed, by any snapshot since: a create's leftover.
+                None => {
+                    storage.delete(&pack_key(p))?;
+                    stats.orphan_packs_deleted += 1;
+                }
+            }
+            crate::fault::point("gc deleted a condemned pack");
+        }
+        index.begin()?;
+        let tx = (|| -> Result<()> {
+            for &r in &rescued {
+                index.rescue_pack(r)?;
+            }
+            for &r in &gone {
+                index.delete_pack(r)?;
+            }
+            index.unmark_applied(&record_mark(&name))
+        })();
+        match tx {
+            Ok(()) => index.commit()?,
+            Err(e) => {
+                let _ = index.rollback();
+                return Err(e);
+            }
+        }
+        storage.delete(&format!("{}/{name}", objects::CONDEMNED_DIR))?;
+        stats.packs_deleted += gone.len() as u64;
+        stats.packs_rescued += rescued.len() as u64;
+    }
+    storage.flush()?;
+    Ok(freed)
+}
+
+/// Pack objects no index row names and no condemned record lists yet:
+/// uploads of a create that has not committed (or never will).
+fn unrecorded_orphans(repo: &Repository, packs: &[crate::index::PackRow]) -> Result<Vec<PackId>> {
+    let storage = repo.storage();
+    let mut known: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
+    for (name, _) in objects::condemned_records(&**storage)? {
+        known.extend(objects::read_condemned(&**storage, &name)?.unwrap_or_default());
+    }
+    Ok(repo
+        .pack_objects()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| !known.contains(id))
+        .collect())
+}
+
+/// The objects of snapshots this run forgot, and of snapshots forgotten
+/// before (an applied forget, no row); never those of unknown snapshots.
+fn remove_forgotten_objects(repo: &Repository, dead: &[SnapshotId]) -> Result<()> {
+    let storage = repo.storage();
+    let listed: HashSet<SnapshotId> = repo.snapshots()?.iter().map(|s| s.id).collect();
+    let applied: HashSet<SnapshotId> = repo
+        .index()
+        .applied_changes()?
+        .iter()
+        .filter_map(|n| n.get(..64).and_then(SnapshotId::from_hex))
+        .collect();
+    let mut gone: Vec<SnapshotId> = dead.to_vec();
+    for id in objects::object_ids(&**storage)? {
+        if !listed.contains(&id) && applied.contains(&id) && !gone.contains(&id) {
+            gone.push(id);
+        }
+    }
+    for id in &gone {
+        objects::delete_snapshot_files(&**storage, id)?;
+        crate::fault::point("gc removed a snapshot object");
+    }
+    storage.flush()
+}
