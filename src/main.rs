@@ -90,7 +90,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("snap: error: {err:#}");
+            eprintln!("snap: error: {}", error_text(&err));
             if err
                 .downcast_ref::<Error>()
                 .is_some_and(|e| e.is_index_damage())
@@ -106,6 +106,20 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes, each once: a cause whose text the message
+/// already holds (an io error inside `path: cause`) is not repeated.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut out = err.to_string();
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

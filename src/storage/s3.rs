@@ -38,8 +38,9 @@ use crate::error::{Error, Result};
 
 /// Bytes fetched by one range GET at least (when the object has them).
 pub const READ_WINDOW: u64 = 4 << 20;
-/// Windows a reader keeps; several threads read one pack at a time.
-const WINDOWS_KEPT: usize = 4;
+/// Windows a reader keeps: a whole pack of the default size (16 MiB and
+/// its footer), which several workers read in no particular order.
+const WINDOWS_KEPT: usize = 5;
 
 /// Where a bucket is and how to sign requests to it. The library reads
 /// no environment variable: the binary fills this from the AWS_* ones
@@ -459,25 +460,35 @@ impl ObjectReader for S3Reader {
             return Ok(Vec::new());
         }
         {
-            let w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-            for (start, b) in w.iter().rev() {
-                if offset >= *start && end <= start + b.len() as u64 {
-                    let at = (offset - start) as usize;
-                    return Ok(b[at..at + len as usize].to_vec());
-                }
+            let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = w
+                .iter()
+                .rposition(|(start, b)| offset >= *start && end <= start + b.len() as u64)
+            {
+                // Most recently used last.
+                let hit = w.remove(i);
+                let at = (offset - hit.0) as usize;
+                let out = hit.1[at..at + len as usize].to_vec();
+                w.push(hit);
+                return Ok(out);
             }
         }
-        let fetch_end = end.max(offset.saturating_add(READ_WINDOW)).min(self.size);
+        // Windows are aligned, so workers reading one pack in any order
+        // fetch each part of it once (a read across a boundary fetches a
+        // longer window).
+        let start = offset - offset % READ_WINDOW;
+        let fetch_end = end.max(start.saturating_add(READ_WINDOW)).min(self.size);
         let b = self
             .inner
-            .get_range(&self.key, &self.path, offset..fetch_end)?;
-        let out = b[..len as usize].to_vec();
-        if fetch_end > end {
+            .get_range(&self.key, &self.path, start..fetch_end)?;
+        let at = (offset - start) as usize;
+        let out = b[at..at + len as usize].to_vec();
+        if fetch_end > end || start < offset {
             let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
             if w.len() == WINDOWS_KEPT {
                 w.remove(0);
             }
-            w.push((offset, b));
+            w.push((start, b));
         }
         Ok(out)
     }
