@@ -493,3 +493,21 @@ impl ObjectReader for S3Reader {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_urls_parse_into_bucket_and_prefix_and_bad_ones_are_refused() {
+        let u = |s: &str| S3Url::parse(s).unwrap().unwrap();
+        assert_eq!(u("s3://backups").prefix, "");
+        let p = u("s3://my.bucket-1/laptop/app/");
+        assert_eq!((p.bucket.as_str(), p.prefix.as_str()), ("my.bucket-1", "laptop/app"));
+        assert_eq!(p.to_string(), "s3://my.bucket-1/laptop/app");
+        assert!(S3Url::parse("/var/backups").is_none(), "a path is not a URL");
+        for bad in ["s3://", "s3://ab", "s3://Upper", "s3://b_x/p", "s3://bucket/a//b", "s3://bucket/../x"] {
+            assert!(S3Url::parse(bad).unwrap().is_err(), "{bad} accepted");
+        }
+    }
+}
