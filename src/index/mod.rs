@@ -279,6 +279,22 @@ impl Index {
         Ok(())
     }
 
+    /// Run `f` in one transaction: committed if it succeeds, rolled back
+    /// (and its error returned) if not.
+    pub fn in_transaction<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.begin()?;
+        match f() {
+            Ok(v) => {
+                self.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.rollback();
+                Err(e)
+            }
+        }
+    }
+
     pub fn rollback(&self) -> Result<()> {
         if self.conn.is_autocommit() {
             return Ok(());

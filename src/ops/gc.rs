@@ -177,38 +177,14 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
 
     // 4. One transaction, after the repository's files record the forgets.
     let records = repo.record_forgotten(&dead_snaps.iter().map(|s| s.id).collect::<Vec<_>>())?;
-    index.begin()?;
-    let tx = (|| -> Result<()> {
-        for name in &records {
-            index.mark_applied(name)?;
-        }
-        for s in &dead_snaps {
-            index.delete_snapshot(&s.id)?;
-        }
-        for f in &moved {
-            let rowid = index.insert_pack_row(f)?;
-            for e in &f.entries {
-                index.move_chunk(&e.id, rowid, e)?;
-            }
-        }
+    index.in_transaction(|| {
+        commit_forgets_and_moves(repo, &records, &dead_snaps, &moved)?;
         index.delete_dead_chunks()?;
         for p in delete.iter().chain(&repack) {
             index.delete_pack(p.rowid)?;
         }
-        for t in index.tree_ids()? {
-            if !live_trees.contains(&t) {
-                index.delete_tree(&t)?;
-            }
-        }
-        Ok(())
-    })();
-    match tx {
-        Ok(()) => index.commit()?,
-        Err(e) => {
-            let _ = index.rollback();
-            return Err(e);
-        }
-    }
+        delete_dead_trees(repo, &live_trees)
+    })?;
 
     // 5. Remove what no row references any more.
     progress.phase("gc: delete", None);
@@ -248,6 +224,41 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     stats.reclaimed_bytes = (old_bytes + orphan_bytes).saturating_sub(new_bytes);
     stats.duration_ms = started.elapsed().as_millis() as u64;
     Ok(stats)
+}
+
+/// In gc's transaction: the forget records applied, the forgotten
+/// snapshots' rows dropped, the repacked chunks pointed at their new packs.
+pub(crate) fn commit_forgets_and_moves(
+    repo: &Repository,
+    records: &[String],
+    dead_snaps: &[&crate::snapshot::Snapshot],
+    moved: &[FinishedPack],
+) -> Result<()> {
+    let index = repo.index();
+    for name in records {
+        index.mark_applied(name)?;
+    }
+    for s in dead_snaps {
+        index.delete_snapshot(&s.id)?;
+    }
+    for f in moved {
+        let rowid = index.insert_pack_row(f)?;
+        for e in &f.entries {
+            index.move_chunk(&e.id, rowid, e)?;
+        }
+    }
+    Ok(())
+}
+
+/// In gc's transaction: the rows of trees no kept snapshot reaches.
+pub(crate) fn delete_dead_trees(repo: &Repository, live_trees: &HashSet<TreeId>) -> Result<()> {
+    let index = repo.index();
+    for t in index.tree_ids()? {
+        if !live_trees.contains(&t) {
+            index.delete_tree(&t)?;
+        }
+    }
+    Ok(())
 }
 
 /// Fill the index's live set with every chunk and tree blob `snaps`

@@ -22,7 +22,9 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::id::{PackId, SnapshotId};
 use crate::objects;
-use crate::ops::gc::{GcOptions, GcStats, mark, repack_live};
+use crate::ops::gc::{
+    GcOptions, GcStats, commit_forgets_and_moves, delete_dead_trees, mark, repack_live,
+};
 use crate::ops::sync::record_mark;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -80,20 +82,8 @@ pub(crate) fn gc_shared(
     };
     let dead_ids: Vec<SnapshotId> = dead_snaps.iter().map(|s| s.id).collect();
     let forgets = repo.record_forgotten(&dead_ids)?;
-    index.begin()?;
-    let tx = (|| -> Result<()> {
-        for name in &forgets {
-            index.mark_applied(name)?;
-        }
-        for id in &dead_ids {
-            index.delete_snapshot(id)?;
-        }
-        for f in &moved {
-            let rowid = index.insert_pack_row(f)?;
-            for e in &f.entries {
-                index.move_chunk(&e.id, rowid, e)?;
-            }
-        }
+    index.in_transaction(|| {
+        commit_forgets_and_moves(repo, &forgets, dead_snaps, &moved)?;
         if let Some(name) = &record {
             for p in delete.iter().chain(&repack) {
                 index.condemn_pack(p.rowid, name)?;
@@ -102,20 +92,8 @@ pub(crate) fn gc_shared(
         }
         // Dead chunk rows of packs that stay are kept: a create on another
         // client may have used them since this client's sync.
-        for t in index.tree_ids()? {
-            if !live_trees.contains(&t) {
-                index.delete_tree(&t)?;
-            }
-        }
-        Ok(())
-    })();
-    match tx {
-        Ok(()) => index.commit()?,
-        Err(e) => {
-            let _ = index.rollback();
-            return Err(e);
-        }
-    }
+        delete_dead_trees(repo, &live_trees)
+    })?;
     remove_forgotten_objects(repo, &dead_ids)?;
     stats.reclaimed_bytes = stats
         .reclaimed_bytes
@@ -170,8 +148,7 @@ fn finish_condemned(
             }
             crate::fault::point("gc deleted a condemned pack");
         }
-        index.begin()?;
-        let tx = (|| -> Result<()> {
+        index.in_transaction(|| {
             for &r in &rescued {
                 index.rescue_pack(r)?;
             }
@@ -179,14 +156,7 @@ fn finish_condemned(
                 index.delete_pack(r)?;
             }
             index.unmark_applied(&record_mark(&name))
-        })();
-        match tx {
-            Ok(()) => index.commit()?,
-            Err(e) => {
-                let _ = index.rollback();
-                return Err(e);
-            }
-        }
+        })?;
         storage.delete(&format!("{}/{name}", objects::CONDEMNED_DIR))?;
         stats.packs_deleted += gone.len() as u64;
         stats.packs_rescued += rescued.len() as u64;

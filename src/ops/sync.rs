@@ -189,14 +189,7 @@ pub fn sync_index(
         stats.rebuilt = Some(repair_index_on(storage.clone(), root, progress)?);
         return Ok(stats);
     }
-    index.begin()?;
-    match apply(&index, storage, &d, &mut stats) {
-        Ok(()) => index.commit()?,
-        Err(e) => {
-            let _ = index.rollback();
-            return Err(e);
-        }
-    }
+    index.in_transaction(|| apply(&index, storage, &d, &mut stats))?;
     Ok(stats)
 }
 

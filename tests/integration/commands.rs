@@ -502,11 +502,7 @@ fn ctrl_c_during_create_commits_nothing_and_says_so() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while !flag.exists() {
-        assert!(start.elapsed().as_secs() < 60, "create never paused");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_pause(&flag, "create");
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     std::thread::sleep(std::time::Duration::from_millis(100));
     fs::remove_file(&flag).unwrap();

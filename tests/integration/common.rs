@@ -69,16 +69,17 @@ impl Env {
 
     /// The snap binary, pointed at this repository.
     pub fn snap(&self) -> Command {
-        let mut c = Command::cargo_bin("snap").unwrap();
-        c.env("SNAP_REPO", &self.repo)
-            .env("SNAP_LOCK_WAIT", "10")
-            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
-            .env("XDG_CACHE_HOME", self.cache_dir())
-            .env_remove("XDG_DATA_HOME");
-        for (k, v) in &self.vars {
-            c.env(k, v);
+        Command::from_std(self.snap_process())
+    }
+
+    /// Another client of the same repository: its own directory, config
+    /// and cache.
+    pub fn another_client(&self) -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            repo: self.repo.clone(),
+            vars: self.vars.clone(),
         }
-        c
     }
 
     /// The snap binary as a std Command (to spawn it), with the same
@@ -128,6 +129,16 @@ impl Env {
     /// Total bytes of all files in the repository.
     pub fn repo_bytes(&self) -> u64 {
         dir_bytes(&self.repo)
+    }
+}
+
+/// Wait for a snap process armed with `SNAP_PAUSE_FILE=flag` to pause
+/// (it writes the flag; removing the flag lets it go on).
+pub fn wait_for_pause(flag: &Path, what: &str) {
+    let start = std::time::Instant::now();
+    while !flag.exists() {
+        assert!(start.elapsed().as_secs() < 60, "{what} never paused");
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

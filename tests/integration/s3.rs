@@ -138,11 +138,7 @@ fn two_clients_share_a_bucket_and_see_each_others_snapshots() {
         return;
     };
     // Client b: the same bucket, its own cache and its own data.
-    let b = Env {
-        dir: tempfile::tempdir().unwrap(),
-        repo: a.repo.clone(),
-        vars: a.vars.clone(),
-    };
+    let b = a.another_client();
     let (src_a, src_b) = (a.path("app"), b.path("app"));
     app_dir(&src_a);
     make_rich_tree(&src_b);
@@ -257,11 +253,7 @@ fn a_pack_condemned_while_another_client_uses_it_is_rescued() {
     let Some(a) = Env::on_s3("a_pack_condemned_while_another_client_uses_it_is_rescued") else {
         return;
     };
-    let b = Env {
-        dir: tempfile::tempdir().unwrap(),
-        repo: a.repo.clone(),
-        vars: a.vars.clone(),
-    };
+    let b = a.another_client();
     let src = a.path("shared");
     write(&src.join("data.bin"), noise(3, 1_500_000));
     write(&src.join("notes.txt"), "the same files on both clients");
@@ -278,11 +270,7 @@ fn a_pack_condemned_while_another_client_uses_it_is_rescued() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while !flag.exists() {
-        assert!(start.elapsed().as_secs() < 60, "create never paused");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_pause(&flag, "create");
     // Meanwhile a forgets its snapshot and condemns its packs.
     a.snap().args(["forget", &s1]).assert().success();
     let gc1 = gc_json(&a, &["--grace", "0s"]);
