@@ -36,6 +36,17 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
+    /// Read an encrypted repository's password from FILE (its first line) [default: SNAP_PASSWORD, else a prompt on a terminal]
+    #[arg(
+        long,
+        global = true,
+        env = "SNAP_PASSWORD_FILE",
+        hide_env_values = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
+    pub password_file: Option<PathBuf>,
+
     /// No progress display
     #[arg(long, short, global = true, help_heading = "Global options")]
     pub quiet: bool,
@@ -56,6 +67,12 @@ pub enum Command {
         /// zstd level for chunks (1 to 19)
         #[arg(long, value_name = "LEVEL", default_value_t = 3)]
         zstd_level: i32,
+        /// Encrypt every object with a key that a password opens (the default for s3:// repositories)
+        #[arg(long, conflicts_with = "no_encrypt")]
+        encrypt: bool,
+        /// Do not encrypt (say so explicitly for an s3:// repository)
+        #[arg(long)]
+        no_encrypt: bool,
     },
     /// Snapshot a directory, or every source of snap.toml into one snapshot
     Create(CreateArgs),
@@ -97,6 +114,9 @@ pub enum Command {
     /// Rebuild what can be rebuilt from the repository's own files
     #[command(subcommand)]
     Repair(RepairWhat),
+    /// Manage the password of an encrypted repository
+    #[command(subcommand)]
+    Key(KeyWhat),
     /// What changed between two snapshots, or from a snapshot to its source now
     Diff(DiffArgs),
     /// Paths matching glob patterns, in every snapshot or those given
@@ -176,6 +196,16 @@ pub struct TagArgs {
 }
 
 #[derive(clap::Subcommand)]
+pub enum KeyWhat {
+    /// Change the password: the new one opens the repository, the old one no longer does (no data is rewritten)
+    Passwd {
+        /// Read the new password from FILE [default: SNAP_NEW_PASSWORD, else a prompt]
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum RepairWhat {
     /// Rebuild index.db from the packs and snapshot files (when it is lost or damaged)
     Index {

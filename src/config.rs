@@ -21,6 +21,9 @@ pub struct RepoConfig {
     /// repositories made before it existed). Clients of a remote
     /// repository keep their cache under it.
     pub id: String,
+    /// How objects are sealed: empty (not encrypted) or
+    /// [`crate::keys::SCHEME`].
+    pub encryption: String,
 }
 
 impl Default for RepoConfig {
@@ -37,6 +40,7 @@ impl Default for RepoConfig {
             zstd_level: 3,
             pack_target_bytes: 16 * 1024 * 1024,
             id: String::new(),
+            encryption: String::new(),
         }
     }
 }
@@ -62,6 +66,13 @@ impl RepoConfig {
         // The id names a cache directory: hex only, never a path.
         if self.id.len() > 64 || !self.id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return bad("the repository id must be at most 64 hex digits");
+        }
+        if !self.encryption.is_empty() && self.encryption != crate::keys::SCHEME {
+            return Err(Error::BadConfig(format!(
+                "unknown encryption {:?} (this snap knows {:?}); upgrade snap",
+                self.encryption,
+                crate::keys::SCHEME
+            )));
         }
         if !(64..=1_048_576).contains(&min) {
             return bad("chunk_min_bytes must be in 64..=1 MiB");

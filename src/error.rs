@@ -94,6 +94,12 @@ pub enum Error {
         paths: Vec<String>,
     },
 
+    #[error("{repo}: wrong password: no key of the repository opens with it")]
+    WrongPassword { repo: String },
+
+    #[error("{repo}: the repository is encrypted and no password was given ({why})")]
+    NoPassword { repo: String, why: String },
+
     #[error("interrupted")]
     Interrupted,
 }

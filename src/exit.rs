@@ -15,6 +15,8 @@ pub const ROLLED_BACK: u8 = 7;
 /// A migration failed and some entries could not be rolled back.
 pub const ROLLBACK_INCOMPLETE: u8 = 8;
 pub const SAFETY_INCOMPLETE: u8 = 9;
+/// An encrypted repository stayed locked: a wrong password, or none given.
+pub const WRONG_PASSWORD: u8 = 10;
 /// 128 + SIGINT, as a shell reports a command killed by Ctrl-C; also a
 /// cancelled library call.
 pub const INTERRUPTED: u8 = 130;
@@ -25,6 +27,7 @@ pub fn of(e: &Error) -> u8 {
         Error::Locked { .. } => LOCKED,
         Error::SafetySnapshotIncomplete { .. } => SAFETY_INCOMPLETE,
         Error::Interrupted => INTERRUPTED,
+        Error::WrongPassword { .. } | Error::NoPassword { .. } => WRONG_PASSWORD,
         e if e.is_damage() => DAMAGED,
         _ => FAILURE,
     }

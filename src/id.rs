@@ -74,6 +74,48 @@ define_id!(
     SnapshotId
 );
 
+/// How a repository names content: plain BLAKE3, or BLAKE3 keyed with a
+/// secret of an encrypted repository, so that an id reveals nothing about
+/// the content to someone without the key (they cannot confirm a guess).
+/// Chunk and tree ids use the same function: a tree's blob is a chunk.
+#[derive(Clone, Copy, Default)]
+pub struct Ids(Option<[u8; 32]>);
+
+impl Ids {
+    pub const PLAIN: Ids = Ids(None);
+
+    /// The ids of the repository in `storage`.
+    pub fn of_storage(storage: &dyn crate::storage::Storage) -> Ids {
+        Ids(storage.id_key())
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn hash(&self, data: &[u8]) -> [u8; 32] {
+        match &self.0 {
+            None => *blake3::hash(data).as_bytes(),
+            Some(k) => *blake3::keyed_hash(k, data).as_bytes(),
+        }
+    }
+
+    pub fn chunk(&self, data: &[u8]) -> ChunkId {
+        ChunkId(self.hash(data))
+    }
+
+    pub fn tree(&self, encoding: &[u8]) -> TreeId {
+        TreeId(self.hash(encoding))
+    }
+}
+
+impl fmt::Debug for Ids {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_keyed() { "Ids(keyed)" } else { "Ids(plain)" })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,7 @@ internal!(
     held,
     id,
     index,
+    keys,
     lock,
     objects,
     ops,

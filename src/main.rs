@@ -138,16 +138,38 @@ fn default_repo() -> anyhow::Result<PathBuf> {
     Ok(dirs.data_dir().join("repo"))
 }
 
-/// A repository named `s3://BUCKET/PREFIX`: its storage (endpoint and
-/// credentials from the AWS_* variables) and where this machine keeps its
-/// caches of remote repositories (`$XDG_CACHE_HOME/snap`).
+/// A repository whose index is a per-machine cache: one in a bucket
+/// (`s3://BUCKET/PREFIX`, endpoint and credentials from the AWS_*
+/// variables), or an encrypted one in a local directory (a plain index
+/// beside its objects would hold every file name). `storage` is still
+/// locked; `unlocked` asks for the password when it is encrypted.
 pub(crate) struct Remote {
     pub storage: std::sync::Arc<dyn snap::storage::Storage>,
+    /// Where this machine keeps its caches (`$XDG_CACHE_HOME/snap`).
     pub cache_base: PathBuf,
 }
 
-/// `Some` when `path` names a remote repository.
-pub(crate) fn remote_of(path: &Path) -> anyhow::Result<Option<Remote>> {
+impl Remote {
+    /// The same, opened with the repository's key when it is encrypted.
+    pub fn unlocked(self) -> snap::Result<Remote> {
+        let repo = self.storage.describe("").trim_end_matches('/').to_string();
+        Ok(Remote {
+            storage: snap::keys::unlocked(self.storage, || cmd::password::current(&repo))?,
+            cache_base: self.cache_base,
+        })
+    }
+}
+
+pub(crate) fn cache_base() -> anyhow::Result<PathBuf> {
+    let dirs = directories::ProjectDirs::from("", "", "snap")
+        .context("cannot find a home directory for the cache of a remote repository")?;
+    Ok(dirs.cache_dir().to_path_buf())
+}
+
+/// The storage of an `s3://` path; `None` for another path.
+pub(crate) fn s3_storage(
+    path: &Path,
+) -> anyhow::Result<Option<std::sync::Arc<dyn snap::storage::Storage>>> {
     let Some(parsed) = path.to_str().and_then(snap::storage::S3Url::parse) else {
         return Ok(None);
     };
@@ -155,13 +177,9 @@ pub(crate) fn remote_of(path: &Path) -> anyhow::Result<Option<Remote>> {
     {
         let url = parsed?;
         let opts = snap::storage::S3Options::from_env();
-        let storage = std::sync::Arc::new(snap::storage::S3Storage::new(&url, &opts)?);
-        let dirs = directories::ProjectDirs::from("", "", "snap")
-            .context("cannot find a home directory for the cache of a remote repository")?;
-        Ok(Some(Remote {
-            storage,
-            cache_base: dirs.cache_dir().to_path_buf(),
-        }))
+        Ok(Some(std::sync::Arc::new(snap::storage::S3Storage::new(
+            &url, &opts,
+        )?)))
     }
     #[cfg(not(feature = "s3"))]
     {
@@ -170,8 +188,31 @@ pub(crate) fn remote_of(path: &Path) -> anyhow::Result<Option<Remote>> {
     }
 }
 
+/// `Some` when `path` names a repository whose index is a cache.
+pub(crate) fn remote_of(path: &Path) -> anyhow::Result<Option<Remote>> {
+    if let Some(storage) = s3_storage(path)? {
+        return Ok(Some(Remote {
+            storage,
+            cache_base: cache_base()?,
+        }));
+    }
+    if path.join(snap::objects::CONFIG_FILE).is_file()
+        && !path.join(snap::repo::INDEX_FILE).exists()
+    {
+        let local = std::sync::Arc::new(snap::storage::LocalStorage::new(path));
+        if snap::keys::is_encrypted(&*local)? {
+            return Ok(Some(Remote {
+                storage: local,
+                cache_base: cache_base()?,
+            }));
+        }
+    }
+    Ok(None)
+}
+
 /// Open a remote repository, its cache brought up to date first.
 fn open_remote(r: Remote, mode: Option<LockMode>, read_only: bool) -> anyhow::Result<Repository> {
+    let r = r.unlocked()?;
     let (repo, st) =
         Repository::open_remote(r.storage, &r.cache_base, mode, read_only, &snap::NoProgress)?;
     if let Some(rebuilt) = &st.rebuilt {
@@ -307,6 +348,7 @@ struct Ctx<'a> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    cmd::password::set_file(cli.password_file.clone());
     let progress = TermProgress::new(cli.quiet);
     snap::lock::set_wait_notice(|m| eprintln!("snap: {m}"));
     let out = std::io::stdout().lock();
@@ -341,7 +383,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             path,
             pack_size,
             zstd_level,
-        } => cmd::init::run(&mut ctx, path, pack_size, zstd_level),
+            encrypt,
+            no_encrypt,
+        } => {
+            let encrypt = match (encrypt, no_encrypt) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            cmd::init::run(&mut ctx, path, pack_size, zstd_level, encrypt)
+        }
+        Command::Key(cli::KeyWhat::Passwd { new_password_file }) => {
+            cmd::key::passwd(&ctx.repo, new_password_file.as_deref(), &mut ctx.out)
+        }
         Command::Create(args) => cmd::create::run(&mut ctx, args),
         Command::Guard(args) => {
             let repo = open_repo(&ctx.repo, Some(LockMode::Exclusive))?;
@@ -369,6 +423,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             let st = match remote_of(&path)? {
                 Some(r) => {
+                    let r = r.unlocked()?;
                     // This machine's index of it is rebuilt in its cache.
                     let cache = Repository::cache_dir(&*r.storage, &r.cache_base)?;
                     snap::repo::create_private_dir(&cache)?;

@@ -40,6 +40,8 @@ struct ConfigFile {
     pack_target_bytes: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    encryption: String,
 }
 
 pub fn write_config(storage: &dyn Storage, c: &RepoConfig) -> Result<()> {
@@ -51,6 +53,7 @@ pub fn write_config(storage: &dyn Storage, c: &RepoConfig) -> Result<()> {
         zstd_level: c.zstd_level,
         pack_target_bytes: c.pack_target_bytes,
         id: c.id.clone(),
+        encryption: c.encryption.clone(),
     };
     let json = serde_json::to_vec_pretty(&f).expect("plain data serializes");
     storage.put(CONFIG_FILE, &json)
@@ -70,6 +73,7 @@ pub fn read_config(storage: &dyn Storage) -> Result<RepoConfig> {
         zstd_level: f.zstd_level,
         pack_target_bytes: f.pack_target_bytes,
         id: f.id,
+        encryption: f.encryption,
     };
     c.validate()?;
     Ok(c)
@@ -326,6 +330,10 @@ pub fn read_changes(
         let bytes = match storage.read(&key) {
             // Removed by a gc since the listing: nothing to apply.
             Err(e) if e.is_not_found() => continue,
+            Err(e) if e.is_damage() => {
+                bad.push((storage.describe(&key), damage_reason(e)));
+                continue;
+            }
             r => r?,
         };
         let parsed: std::result::Result<Change, _> = serde_json::from_slice(&bytes);
@@ -343,6 +351,14 @@ pub fn read_changes(
     Ok((changes, bad))
 }
 
+/// What is wrong with a damaged object, without its name again.
+fn damage_reason(e: Error) -> String {
+    match e {
+        Error::Damaged { reason, .. } => reason,
+        e => e.to_string(),
+    }
+}
+
 pub fn read_records(storage: &dyn Storage) -> Result<Records> {
     let mut r = Records {
         snapshots: Vec::new(),
@@ -351,7 +367,14 @@ pub fn read_records(storage: &dyn Storage) -> Result<Records> {
     };
     for name in names_in(storage, SNAPSHOTS_DIR)? {
         let key = format!("{SNAPSHOTS_DIR}/{name}");
-        let bytes = storage.read(&key)?;
+        let bytes = match storage.read(&key) {
+            // Sealed and altered: damage to name, not a reason to stop.
+            Err(e) if e.is_damage() => {
+                r.bad.push((storage.describe(&key), damage_reason(e)));
+                continue;
+            }
+            r => r?,
+        };
         match decode_snapshot(&bytes) {
             Ok(s) if s.id.to_hex() == name => r.snapshots.push(s),
             Ok(_) => r

@@ -20,7 +20,7 @@ use crate::compress::{Codec, decompress};
 use crate::config::RepoConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::held::HeldFiles;
-use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
+use crate::id::{ChunkId, Ids, PackId, SnapshotId, TreeId};
 use crate::index::{ChunkLocation, Index};
 use crate::lock::{LockMode, RepoLock, default_wait};
 use crate::pack::{FinishedPack, PackKind, PackReader, Packer};
@@ -46,6 +46,8 @@ pub struct Repository {
     /// Other clients may write to the storage too (opened by
     /// `open_remote`): gc deletes in two phases.
     remote: bool,
+    /// How chunk and tree ids are computed (keyed when encrypted).
+    ids: Ids,
 }
 
 /// Create a repository directory (and missing parents) readable by its
@@ -173,8 +175,13 @@ impl Repository {
             (true, Some(_)) => crate::index::Access::Untouched,
         };
         let (index, config) = Index::open_as(&path.join(INDEX_FILE), path, access)?;
+        // The index remembers that the repository is encrypted: a config
+        // object altered to say otherwise does not make this client write
+        // plain objects.
+        check_sealing(&config, &*storage)?;
         let repo = Repository {
             root: path.to_path_buf(),
+            ids: Ids::of_storage(&*storage),
             storage,
             index,
             config,
@@ -241,6 +248,7 @@ impl Repository {
                 });
             }
         };
+        check_sealing(&config, storage)?;
         let id = if config.id.is_empty() {
             // Made before repositories had ids: named by where it is.
             blake3::hash(storage.describe("").as_bytes()).to_hex()[..32].to_string()
@@ -272,6 +280,11 @@ impl Repository {
     /// The local directory: index, lock, scratch space.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// How this repository computes chunk and tree ids.
+    pub fn ids(&self) -> Ids {
+        self.ids
     }
 
     /// Where the repository's objects are.
@@ -316,7 +329,7 @@ impl Repository {
     /// that commits the snapshot, and `flush_trees` before the commit.
     pub fn store_tree(&self, tree: &Tree) -> Result<TreeId> {
         let enc = tree.encode();
-        let id = Tree::id_of_encoding(&enc);
+        let id = self.ids.tree(&enc);
         if !self.index.has_tree(&id)? {
             let (codec, data) = compress_tree(&enc);
             self.index.insert_tree(&id, codec, &data)?;
@@ -361,7 +374,7 @@ impl Repository {
 
     /// Load and verify a tree.
     pub fn load_tree(&self, id: &TreeId) -> Result<Tree> {
-        load_tree_from(&self.index, &self.index_path(), id)
+        load_tree_from(&self.index, &self.index_path(), self.ids, id)
     }
 
     // ---- snapshots ----
@@ -502,6 +515,22 @@ impl Repository {
     }
 }
 
+/// An encrypted repository is opened only through its key (a
+/// [`crate::storage::SealedStorage`]), a plain one only without.
+fn check_sealing(config: &RepoConfig, storage: &dyn Storage) -> Result<()> {
+    match (config.encryption.is_empty(), storage.id_key().is_some()) {
+        (false, false) => Err(Error::NoPassword {
+            repo: storage.describe("").trim_end_matches('/').to_string(),
+            why: "it must be opened with its key".into(),
+        }),
+        (true, true) => Err(Error::Invalid(format!(
+            "{}: the repository is not encrypted, but a key was given",
+            storage.describe("").trim_end_matches('/')
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Every pack object in `storage` by id, with its size.
 pub fn list_packs(storage: &dyn Storage) -> Result<Vec<(PackId, u64)>> {
     Ok(storage
@@ -540,7 +569,7 @@ pub fn compress_tree(enc: &[u8]) -> (Codec, Vec<u8>) {
 /// Largest encoded tree accepted: bounds decompression of a damaged row.
 const TREE_MAX_BYTES: usize = 1 << 30;
 
-pub fn load_tree_from(index: &Index, index_path: &Path, id: &TreeId) -> Result<Tree> {
+pub fn load_tree_from(index: &Index, index_path: &Path, ids: Ids, id: &TreeId) -> Result<Tree> {
     let (codec, data) = index
         .tree_data(id)?
         .ok_or_else(|| Error::MissingTree { id: id.to_hex() })?;
@@ -560,7 +589,7 @@ pub fn load_tree_from(index: &Index, index_path: &Path, id: &TreeId) -> Result<T
                 .map_err(|e| damaged(format!("tree {} does not decompress: {e}", id.short())))?
         }
     };
-    if Tree::id_of_encoding(&enc) != *id {
+    if ids.tree(&enc) != *id {
         return Err(damaged(format!(
             "tree {} fails its BLAKE3 check",
             id.short()

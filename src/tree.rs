@@ -240,6 +240,8 @@ impl Tree {
         out
     }
 
+    /// The id of an encoding in a repository with plain ids (tests and
+    /// the format's golden files); a repository's own is `Ids::tree`.
     pub fn id_of_encoding(encoded: &[u8]) -> TreeId {
         TreeId::of(encoded)
     }

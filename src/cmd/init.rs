@@ -1,4 +1,9 @@
-//! `snap init`: a new repository with the given format parameters.
+//! `snap init`: a new repository with the given format parameters,
+//! encrypted when asked (the default for a bucket).
+
+use std::sync::Arc;
+
+use snap::storage::{LocalStorage, Storage};
 
 use crate::*;
 
@@ -7,6 +12,7 @@ pub fn run(
     path: Option<PathBuf>,
     pack_size: u64,
     zstd_level: i32,
+    encrypt: Option<bool>,
 ) -> anyhow::Result<u8> {
     let path = match path.or(ctx.repo.clone()) {
         Some(p) => p,
@@ -17,12 +23,41 @@ pub fn run(
         zstd_level,
         ..Default::default()
     };
-    match remote_of(&path)? {
-        Some(r) => {
-            Repository::init_remote(r.storage, &r.cache_base, &config)?;
+    let s3 = s3_storage(&path)?;
+    // A bucket is someone else's disk: encrypted unless --no-encrypt.
+    let encrypt = encrypt.unwrap_or(s3.is_some());
+    match (s3, encrypt) {
+        (Some(storage), false) => {
+            Repository::init_remote(storage, &cache_base()?, &config)?;
         }
-        None => Repository::init(&path, &config)?,
+        (None, false) => Repository::init(&path, &config)?,
+        (s3, true) => {
+            let base: Arc<dyn Storage> = match s3 {
+                Some(storage) => storage,
+                None => {
+                    refuse_non_empty(&path)?;
+                    snap::repo::create_private_dir(&path)?;
+                    Arc::new(LocalStorage::new(&path))
+                }
+            };
+            let pw = cmd::password::for_new_repository(&path.display().to_string())?;
+            let (config, sealed) = snap::keys::prepare_encrypted(base, &config, pw.as_bytes())?;
+            Repository::init_remote(sealed, &cache_base()?, &config)?;
+        }
     }
-    writeln!(ctx.out, "created repository {}", path.display())?;
+    let how = if encrypt { "encrypted " } else { "" };
+    writeln!(ctx.out, "created {how}repository {}", path.display())?;
     Ok(0)
+}
+
+/// An encrypted repository goes into a new or empty directory only.
+fn refuse_non_empty(path: &Path) -> anyhow::Result<()> {
+    let non_empty = std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some());
+    if non_empty {
+        return Err(Error::InitNonEmpty {
+            path: path.to_path_buf(),
+        }
+        .into());
+    }
+    Ok(())
 }

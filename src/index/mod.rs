@@ -120,7 +120,7 @@ impl Index {
             idx.conn.execute_batch("BEGIN IMMEDIATE")?;
             idx.conn.execute_batch(schema::CREATE)?;
             idx.conn.execute_batch(schema::CONDEMNED)?;
-            let rows: [(&str, String); 7] = [
+            let rows: [(&str, String); 8] = [
                 ("format_version", config.format_version.to_string()),
                 ("chunk_min_bytes", config.chunk_min_bytes.to_string()),
                 ("chunk_avg_bytes", config.chunk_avg_bytes.to_string()),
@@ -128,6 +128,7 @@ impl Index {
                 ("zstd_level", config.zstd_level.to_string()),
                 ("pack_target_bytes", config.pack_target_bytes.to_string()),
                 ("repository_id", config.id.clone()),
+                ("encryption", config.encryption.clone()),
             ];
             for (k, v) in rows {
                 idx.conn.execute(
@@ -246,6 +247,7 @@ impl Index {
             zstd_level: num("zstd_level")? as i32,
             pack_target_bytes: num("pack_target_bytes")? as u64,
             id: get("repository_id").map(str::to_string).unwrap_or_default(),
+            encryption: get("encryption").map(str::to_string).unwrap_or_default(),
         };
         config.validate()?;
         if access == Access::ReadWrite {

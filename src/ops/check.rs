@@ -382,7 +382,7 @@ fn check_pack_data(
     for r in rows {
         let (start, end) = (r.offset as usize, r.offset as usize + r.stored_len as usize);
         let res = match body.get(start..end) {
-            Some(stored) => decode_chunk(id, &r.id, r.codec, stored, r.raw_len),
+            Some(stored) => decode_chunk(repo.ids(), id, &r.id, r.codec, stored, r.raw_len),
             None => Err(crate::pack::damaged(id, "pack too short for the chunk")),
         };
         report.chunks_read += 1;

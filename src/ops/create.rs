@@ -451,6 +451,7 @@ fn run(
                 sqlite_check: opts.sqlite_check,
                 claimed: claimed.clone(),
                 params,
+                ids: repo.ids(),
                 level,
                 chunk_tx: chunk_tx.clone(),
                 cancel: cancel.clone(),
@@ -994,6 +995,7 @@ struct WorkerCtx<'a> {
     sqlite_check: bool,
     claimed: Arc<Mutex<HashSet<ChunkId>>>,
     params: ChunkerParams,
+    ids: crate::id::Ids,
     level: i32,
     chunk_tx: Sender<Vec<NewChunk>>,
     cancel: Arc<AtomicBool>,
@@ -1279,13 +1281,14 @@ fn chunk_file(
             Ok(None) => break,
             Err(e) => return Err(ReadError::Io(e)),
         };
+        let hasher = ctx.ids;
         let ids: Vec<ChunkId> = if cuts.len() > 1 {
             cuts.par_iter()
-                .map(|&(o, l)| ChunkId::of(&buf[o..o + l]))
+                .map(|&(o, l)| hasher.chunk(&buf[o..o + l]))
                 .collect()
         } else {
             cuts.iter()
-                .map(|&(o, l)| ChunkId::of(&buf[o..o + l]))
+                .map(|&(o, l)| hasher.chunk(&buf[o..o + l]))
                 .collect()
         };
         // Claim the chunks nobody has stored: once in this run (the set) or

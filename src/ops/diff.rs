@@ -202,6 +202,7 @@ pub fn diff_source(repo: &Repository, s: &Snapshot, verify: bool) -> Result<Vec<
     let ctx = SourceDiff {
         repo,
         params: ChunkerParams::from(repo.config()),
+        ids: repo.ids(),
         verify,
         repo_root: fs::canonicalize(repo.root()).ok(),
     };
@@ -251,6 +252,7 @@ type OnDisk = (Entry, PathBuf);
 struct SourceDiff<'a> {
     repo: &'a Repository,
     params: ChunkerParams,
+    ids: crate::id::Ids,
     verify: bool,
     /// Never reported: create leaves the repository out of a source.
     repo_root: Option<PathBuf>,
@@ -339,7 +341,7 @@ impl SourceDiff<'_> {
                 if old.size != new.size {
                     false
                 } else if old.mtime_ns != new.mtime_ns || self.verify || suspect {
-                    crate::ops::restore::file_matches(path, old, self.params)
+                    crate::ops::restore::file_matches(path, old, self.params, self.ids)
                 } else {
                     true
                 }

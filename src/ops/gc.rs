@@ -318,7 +318,7 @@ pub(crate) fn repack_live(
         let packer = &mut packers[p.kind as usize];
         for e in index.live_chunks_in_pack(p.rowid)? {
             let stored = pack.read_stored_max(e.offset as u64, e.stored_len, max)?;
-            crate::pack::decode_blob(&p.id, &e.id, e.codec, &stored, e.raw_len, max)?;
+            crate::pack::decode_blob(pack.ids(), &p.id, &e.id, e.codec, &stored, e.raw_len, max)?;
             packer.add(e.id, e.codec, e.raw_len, &stored)?;
             progress.bytes(stored.len() as u64);
         }

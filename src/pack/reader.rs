@@ -8,7 +8,7 @@ use super::{
 use crate::compress::{Codec, decompress};
 use crate::config::CHUNK_MAX_LIMIT;
 use crate::error::{Error, Result};
-use crate::id::{ChunkId, PackId};
+use crate::id::{ChunkId, Ids, PackId};
 use crate::storage::{ObjectReader, Storage, pack_key};
 
 pub fn damaged(pack: &PackId, reason: impl Into<String>) -> Error {
@@ -33,6 +33,7 @@ pub struct Footer {
 pub struct PackReader {
     id: PackId,
     obj: Box<dyn ObjectReader>,
+    ids: Ids,
 }
 
 impl PackReader {
@@ -45,11 +46,20 @@ impl PackReader {
                 e
             }
         })?;
-        Ok(PackReader { id: *id, obj })
+        Ok(PackReader {
+            id: *id,
+            obj,
+            ids: Ids::of_storage(storage),
+        })
     }
 
     pub fn id(&self) -> &PackId {
         &self.id
+    }
+
+    /// How the repository it belongs to names content.
+    pub fn ids(&self) -> Ids {
+        self.ids
     }
 
     pub fn size(&self) -> u64 {
@@ -160,23 +170,25 @@ impl PackReader {
         codec: Codec,
     ) -> Result<Vec<u8>> {
         let stored = self.read_stored(offset, stored_len)?;
-        decode_chunk(&self.id, id, codec, &stored, raw_len)
+        decode_chunk(self.ids, &self.id, id, codec, &stored, raw_len)
     }
 }
 
 /// Decompress stored bytes and check them against the chunk id.
 pub fn decode_chunk(
+    ids: Ids,
     pack: &PackId,
     id: &ChunkId,
     codec: Codec,
     stored: &[u8],
     raw_len: u32,
 ) -> Result<Vec<u8>> {
-    decode_blob(pack, id, codec, stored, raw_len, CHUNK_MAX_LIMIT)
+    decode_blob(ids, pack, id, codec, stored, raw_len, CHUNK_MAX_LIMIT)
 }
 
 /// Like `decode_chunk`, for a blob of a pack kind with its own bound.
 pub fn decode_blob(
+    ids: Ids,
     pack: &PackId,
     id: &ChunkId,
     codec: Codec,
@@ -196,7 +208,7 @@ pub fn decode_blob(
             format!("chunk {} does not decompress: {e}", id.short()),
         )
     })?;
-    if ChunkId::of(&data) != *id {
+    if ids.chunk(&data) != *id {
         return Err(damaged(
             pack,
             format!("chunk {} fails its BLAKE3 check", id.short()),

@@ -41,12 +41,14 @@
 mod faulty;
 pub mod local;
 mod memory;
+pub mod sealed;
 #[cfg(feature = "s3")]
 pub mod s3;
 
 pub use faulty::{Fault, FaultyStorage};
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
+pub use sealed::SealedStorage;
 #[cfg(feature = "s3")]
 pub use s3::{S3Options, S3Storage, S3Url};
 
@@ -101,6 +103,12 @@ pub trait Storage: Send + Sync {
 
     /// Requests sent so far, for a storage that counts them (a remote one).
     fn request_counts(&self) -> Option<RequestCounts> {
+        None
+    }
+
+    /// The key of chunk and tree ids in an encrypted repository (see
+    /// [`crate::id::Ids`]); `None`: ids are plain BLAKE3.
+    fn id_key(&self) -> Option<[u8; 32]> {
         None
     }
 

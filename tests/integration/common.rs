@@ -16,6 +16,9 @@ use tempfile::TempDir;
 /// to do (6), for reruns whose outcome depends on where a crash landed.
 pub const DONE_OR_NOTHING_TO_DO: &[i32] = &[0, 6];
 
+/// The password of the tests' encrypted repositories.
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
+
 pub struct Env {
     pub dir: TempDir,
     /// A directory, or `s3://BUCKET/PREFIX` (see [`Env::on_s3`]).
@@ -41,21 +44,52 @@ impl Env {
         env
     }
 
-    /// A fresh repository in the test S3 server's bucket, or None (with
-    /// the reason printed) when there is no server.
+    /// A fresh repository in the test S3 server's bucket, encrypted (the
+    /// default there; the password in `SNAP_PASSWORD`), or None (with the
+    /// reason printed) when there is no server.
     pub fn on_s3(test: &str) -> Option<Env> {
+        Env::on_s3_with(test, true)
+    }
+
+    /// The same, encrypted or not (`--no-encrypt`).
+    pub fn on_s3_with(test: &str, encrypted: bool) -> Option<Env> {
         let srv = crate::s3server::server(test)?;
         let dir = tempfile::Builder::new()
             .prefix("snap-it-")
             .tempdir()
             .unwrap();
+        let mut vars = srv.env();
+        if encrypted {
+            vars.push(("SNAP_PASSWORD", TEST_PASSWORD.to_string()));
+        }
         let env = Env {
             dir,
             repo: PathBuf::from(srv.fresh_url()),
-            vars: srv.env(),
+            vars,
         };
-        env.snap().arg("init").assert().success();
+        let mut init = env.snap();
+        init.arg("init");
+        if !encrypted {
+            init.arg("--no-encrypt");
+        }
+        init.assert().success();
         Some(env)
+    }
+
+    /// A fresh encrypted repository in `<dir>/repo`; the password in
+    /// `SNAP_PASSWORD`.
+    pub fn encrypted() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("snap-it-")
+            .tempdir()
+            .unwrap();
+        let env = Env {
+            repo: dir.path().join("repo"),
+            dir,
+            vars: vec![("SNAP_PASSWORD", TEST_PASSWORD.to_string())],
+        };
+        env.snap().args(["init", "--encrypt"]).assert().success();
+        env
     }
 
     /// This client's cache of remote repositories.

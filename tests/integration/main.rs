@@ -9,6 +9,7 @@ mod config;
 mod crash;
 mod damage;
 mod dedup;
+mod encryption;
 mod format;
 mod frozen;
 mod gc;

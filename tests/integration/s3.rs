@@ -33,10 +33,20 @@ fn requests(v: &serde_json::Value) -> &serde_json::Value {
 }
 
 #[test]
-fn a_bucket_repository_round_trips_and_losing_the_cache_loses_nothing() {
-    let Some(env) = Env::on_s3("a_bucket_repository_round_trips") else {
-        return;
-    };
+fn an_encrypted_bucket_repository_round_trips_and_losing_the_cache_loses_nothing() {
+    if let Some(env) = Env::on_s3("an_encrypted_bucket_repository_round_trips") {
+        round_trip_and_cache_loss(env);
+    }
+}
+
+#[test]
+fn a_plain_bucket_repository_round_trips_and_losing_the_cache_loses_nothing() {
+    if let Some(env) = Env::on_s3_with("a_plain_bucket_repository_round_trips", false) {
+        round_trip_and_cache_loss(env);
+    }
+}
+
+fn round_trip_and_cache_loss(env: Env) {
     let src = env.path("app");
     app_dir(&src);
     let first = env.create(&src);

@@ -143,6 +143,11 @@ impl S3Server {
 
     /// The keys of the objects under a repository URL, as the server
     /// stores them (files under its directory), sorted.
+    /// The directory that holds the objects of the repository at `url`.
+    pub fn object_dir(&self, url: &str) -> PathBuf {
+        self.root.join(url.strip_prefix("s3://").unwrap())
+    }
+
     pub fn object_keys(&self, url: &str) -> Vec<String> {
         let rest = url.strip_prefix("s3://").unwrap();
         let dir = self.root.join(rest);

@@ -1,15 +1,18 @@
 //! The storage conformance suite: every implementation of `Storage` keeps
 //! the contract written on the trait (src/storage/mod.rs). Each check runs
 //! against the local directory, memory, the fault-injecting wrapper
-//! with no fault, and S3 (a real s3s-fs server, see s3server.rs); the crash checks run the wrapper at every call.
+//! with no fault, the encrypting wrapper over local and over S3, and S3 (a
+//! real s3s-fs server, see s3server.rs); the crash checks run the
+//! fault-injecting wrapper at every call.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use snap::keys::MasterKey;
 use snap::pack::PackReader;
 use snap::storage::{
-    Fault, FaultyStorage, LocalStorage, MemoryStorage, ObjectInfo, Storage, pack_key,
+    Fault, FaultyStorage, LocalStorage, MemoryStorage, ObjectInfo, SealedStorage, Storage, pack_key,
 };
 
 use crate::common::*;
@@ -31,8 +34,21 @@ fn each_storage(dir: &Path) -> Vec<(&'static str, Arc<dyn Storage>)> {
             )),
         ),
     ];
+    let sealed_local = dir.join("sealed");
+    std::fs::create_dir_all(&sealed_local).unwrap();
+    v.push((
+        "sealed(local)",
+        Arc::new(SealedStorage::new(
+            Arc::new(LocalStorage::new(&sealed_local)),
+            &MasterKey::random(),
+        )),
+    ));
     match crate::s3server::server("storage conformance") {
-        Some(srv) => v.push(("s3 (s3s-fs)", Arc::new(srv.fresh_storage()))),
+        Some(srv) => {
+            v.push(("s3 (s3s-fs)", Arc::new(srv.fresh_storage())));
+            let sealed = SealedStorage::new(Arc::new(srv.fresh_storage()), &MasterKey::random());
+            v.push(("sealed(s3)", Arc::new(sealed)));
+        }
         None => eprintln!("the S3 storage is skipped in this check"),
     }
     v

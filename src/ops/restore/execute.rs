@@ -589,7 +589,7 @@ fn write_temp(
                     format!("chunk {} lies outside what was read", id.short()),
                 )
             })?;
-            let data = decode_chunk(pack.id(), id, loc.codec, stored, loc.raw_len)?;
+            let data = decode_chunk(pack.ids(), pack.id(), id, loc.codec, stored, loc.raw_len)?;
             if data.len() >= 4096 && data.iter().all(|&b| b == 0) {
                 // Leave a hole: sparse files stay sparse.
                 file.seek(SeekFrom::Current(data.len() as i64))

@@ -18,7 +18,6 @@ use super::{Meta, Plan, PlanSummary, RestoreOptions, Step, normalize_subpath, so
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
-use crate::id::ChunkId;
 use crate::ops::ls::lookup;
 use crate::repo::Repository;
 use crate::snapshot::{RootMeta, Snapshot, SourceRoot};
@@ -124,6 +123,7 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
         repo,
         verify: opts.verify,
         params: ChunkerParams::from(repo.config()),
+        ids: repo.ids(),
         is_root: rustix::process::geteuid().is_root(),
         steps: Vec::new(),
         summary: PlanSummary::default(),
@@ -377,6 +377,7 @@ struct Planner<'a> {
     repo: &'a Repository,
     verify: bool,
     params: ChunkerParams,
+    ids: crate::id::Ids,
     is_root: bool,
     steps: Vec<Step>,
     summary: PlanSummary,
@@ -862,12 +863,12 @@ impl Planner<'_> {
     }
 
     fn content_equal(&self, path: &Path, e: &Entry) -> bool {
-        file_matches(path, e, self.params)
+        file_matches(path, e, self.params, self.ids)
     }
 }
 
 /// Does the file at `path` hold exactly the chunks of `e`?
-pub fn file_matches(path: &Path, e: &Entry, params: ChunkerParams) -> bool {
+pub fn file_matches(path: &Path, e: &Entry, params: ChunkerParams, ids: crate::id::Ids) -> bool {
     let Ok(file) = File::open(path) else {
         return false;
     };
@@ -891,7 +892,7 @@ pub fn file_matches(path: &Path, e: &Entry, params: ChunkerParams) -> bool {
         match chunker.next_batch() {
             Ok(Some((buf, cuts))) => {
                 for (o, l) in cuts {
-                    if want.get(i) != Some(&ChunkId::of(&buf[o..o + l])) {
+                    if want.get(i) != Some(&ids.chunk(&buf[o..o + l])) {
                         return false;
                     }
                     i += 1;
