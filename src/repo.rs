@@ -178,7 +178,12 @@ impl Repository {
         // The index remembers that the repository is encrypted: a config
         // object altered to say otherwise does not make this client write
         // plain objects.
-        check_sealing(&config, &*storage)?;
+        if !config.encryption.is_empty() && storage.id_key().is_none() {
+            return Err(Error::Damaged {
+                path: storage.describe(crate::objects::CONFIG_FILE).into(),
+                reason: "this machine's index of the repository says it is encrypted, but it is opened without its key: was the config altered to say otherwise?".into(),
+            });
+        }
         let repo = Repository {
             root: path.to_path_buf(),
             ids: Ids::of_storage(&*storage),

@@ -279,3 +279,30 @@ fn init_refuses_an_empty_password_and_a_bucket_is_encrypted_by_default() {
     assert!(config.contains("\"encryption\""), "{config}");
     assert_eq!(fs::read_dir(objects.join("keys")).unwrap().count(), 1);
 }
+
+#[test]
+fn a_bucket_config_altered_to_say_plain_makes_no_client_write_plain_objects() {
+    let Some(env) = Env::on_s3("a_bucket_config_altered_to_say_plain") else {
+        return;
+    };
+    let srv = crate::s3server::server("a_bucket_config_altered_to_say_plain").unwrap();
+    let objects = srv.object_dir(env.repo.to_str().unwrap());
+    let src = env.path("app");
+    app_with_marker(&src);
+    env.create_id(&src);
+    let config = fs::read_to_string(objects.join("config")).unwrap();
+    let plain: serde_json::Value = {
+        let mut v: serde_json::Value = serde_json::from_str(&config).unwrap();
+        v.as_object_mut().unwrap().remove("encryption");
+        v
+    };
+    fs::write(objects.join("config"), plain.to_string()).unwrap();
+    write(&src.join("new.txt"), [MARKER, b" in a new file"].concat());
+    let before = srv.object_keys(env.repo.to_str().unwrap());
+    // This client's cache remembers that the repository is encrypted.
+    let out = env.snap().arg("create").arg(&src).assert().code(5);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("says it is encrypted"), "{err}");
+    assert_eq!(srv.object_keys(env.repo.to_str().unwrap()), before);
+    assert!(files_containing(&objects, MARKER).is_empty());
+}
