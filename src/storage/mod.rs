@@ -41,6 +41,8 @@
 mod faulty;
 pub mod local;
 mod memory;
+#[cfg(feature = "s3")]
+mod read_windows;
 pub mod sealed;
 #[cfg(feature = "s3")]
 pub mod s3;

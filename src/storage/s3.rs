@@ -14,15 +14,17 @@
 //! [`S3Options::retry_timeout`]; after that the call fails and the command
 //! with it, before its commit.
 //!
-//! Reads are range GETs, coalesced: a reader fetches a window of at least
-//! [`READ_WINDOW`] bytes and answers the next reads inside it from memory,
-//! so a restore that walks a pack's chunks in order costs one GET per
-//! window, not one per chunk.
+//! Reads are range GETs of aligned windows of [`READ_WINDOW`] bytes,
+//! shared by every reader of the storage ([`super::read_windows`]): a
+//! restore that walks a pack's chunks costs one GET per window, not one
+//! per chunk, each window is fetched once however many workers want it,
+//! the next one is fetched ahead, and at most [`WINDOW_BUDGET`] windows
+//! are held.
 
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,14 +35,17 @@ use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
+use super::read_windows::{ReadWindows, Window};
 use super::{RequestCounts, ObjectInfo, ObjectReader, ObjectWriter, Storage, check_key, short_object, split_key};
 use crate::error::{Error, Result};
 
 /// Bytes fetched by one range GET at least (when the object has them).
 pub const READ_WINDOW: u64 = 4 << 20;
-/// Windows a reader keeps: a whole pack of the default size (16 MiB and
-/// its footer), which several workers read in no particular order.
-const WINDOWS_KEPT: usize = 5;
+/// Windows held for all readers together (64 MiB): a few packs of the
+/// default size, which several workers read in no particular order.
+pub const WINDOW_BUDGET: usize = 16;
+/// Windows fetched ahead of a read, while it is used.
+const READ_AHEAD: u64 = 1;
 
 /// Where a bucket is and how to sign requests to it. The library reads
 /// no environment variable: the binary fills this from the AWS_* ones
@@ -152,6 +157,7 @@ struct Inner {
     runtime: tokio::runtime::Runtime,
     url: S3Url,
     counters: Counters,
+    windows: ReadWindows,
 }
 
 pub struct S3Storage {
@@ -211,6 +217,7 @@ impl S3Storage {
                 runtime,
                 url: url.clone(),
                 counters: Counters::default(),
+                windows: ReadWindows::new(WINDOW_BUDGET),
             }),
         })
     }
@@ -276,11 +283,16 @@ impl Inner {
     }
 
     fn get_range(&self, key: &str, path: &ObjectPath, range: Range<u64>) -> Result<Bytes> {
+        self.runtime.block_on(self.fetch(key, path, range))
+    }
+
+    async fn fetch(&self, key: &str, path: &ObjectPath, range: Range<u64>) -> Result<Bytes> {
         self.counters.get.fetch_add(1, Ordering::Relaxed);
         let want = range.end - range.start;
         let b = self
-            .runtime
-            .block_on(self.store.get_range(path, range))
+            .store
+            .get_range(path, range)
+            .await
             .map_err(|e| self.error(key, e))?;
         self.counters
             .bytes_down
@@ -324,7 +336,7 @@ impl Storage for S3Storage {
             key: key.to_string(),
             path,
             size: meta.size,
-            windows: Mutex::new(Vec::new()),
+            last_window: AtomicU64::new(u64::MAX),
         }))
     }
 
@@ -435,8 +447,30 @@ struct S3Reader {
     key: String,
     path: ObjectPath,
     size: u64,
-    /// Recently fetched ranges: (start, bytes), newest last.
-    windows: Mutex<Vec<(u64, Bytes)>>,
+    /// The window of the last read (u64::MAX: none yet).
+    last_window: AtomicU64,
+}
+
+impl S3Reader {
+    /// Window `k` of this object, its fetch started when nobody had.
+    fn window(&self, k: u64) -> Arc<Window> {
+        let start = k * READ_WINDOW;
+        let (w, fetch) = self.inner.windows.get(&self.key, start);
+        if fetch {
+            let end = (start + READ_WINDOW).min(self.size);
+            let (inner, key, path, slot) = (
+                self.inner.clone(),
+                self.key.clone(),
+                self.path.clone(),
+                w.clone(),
+            );
+            self.inner.runtime.spawn(async move {
+                let r = inner.fetch(&key, &path, start..end).await;
+                slot.fill(r.map_err(|e| e.to_string()));
+            });
+        }
+        w
+    }
 }
 
 impl ObjectReader for S3Reader {
@@ -459,36 +493,38 @@ impl ObjectReader for S3Reader {
         if len == 0 {
             return Ok(Vec::new());
         }
-        {
-            let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = w
-                .iter()
-                .rposition(|(start, b)| offset >= *start && end <= start + b.len() as u64)
-            {
-                // Most recently used last.
-                let hit = w.remove(i);
-                let at = (offset - hit.0) as usize;
-                let out = hit.1[at..at + len as usize].to_vec();
-                w.push(hit);
-                return Ok(out);
+        let (first, last) = (offset / READ_WINDOW, (end - 1) / READ_WINDOW);
+        if (last - first + 1) as usize > self.inner.windows.budget() / 2 {
+            // A read larger than half the budget: one GET, not kept.
+            return Ok(self.inner.get_range(&self.key, &self.path, offset..end)?.to_vec());
+        }
+        // A small read far from this object's last one (a chunk that
+        // dedups against old data) fetches just its bytes; a second read
+        // near it fetches the window.
+        let near = self.last_window.swap(first, Ordering::Relaxed);
+        let far = near == u64::MAX || first > near + 1 || first + 1 < near;
+        let held = (first..=last).any(|k| self.inner.windows.holds(&self.key, k * READ_WINDOW));
+        if far && !held && len < READ_WINDOW / 8 {
+            return Ok(self.inner.get_range(&self.key, &self.path, offset..end)?.to_vec());
+        }
+        let parts: Vec<_> = (first..=last).map(|k| self.window(k)).collect();
+        // Read ahead: the next window arrives while this one is used.
+        for ahead in last + 1..=last + READ_AHEAD {
+            if ahead * READ_WINDOW < self.size {
+                self.window(ahead);
             }
         }
-        // Windows are aligned, so workers reading one pack in any order
-        // fetch each part of it once (a read across a boundary fetches a
-        // longer window).
-        let start = offset - offset % READ_WINDOW;
-        let fetch_end = end.max(start.saturating_add(READ_WINDOW)).min(self.size);
-        let b = self
-            .inner
-            .get_range(&self.key, &self.path, start..fetch_end)?;
-        let at = (offset - start) as usize;
-        let out = b[at..at + len as usize].to_vec();
-        if fetch_end > end || start < offset {
-            let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-            if w.len() == WINDOWS_KEPT {
-                w.remove(0);
-            }
-            w.push((start, b));
+        let mut out = Vec::with_capacity(len as usize);
+        for (k, w) in (first..=last).zip(parts) {
+            let bytes = w.wait().map_err(|e| {
+                Error::io(self.inner.describe(&self.key), io::Error::other(e))
+            })?;
+            let start = k * READ_WINDOW;
+            let (from, to) = (offset.max(start) - start, end.min(start + READ_WINDOW) - start);
+            let piece = bytes.get(from as usize..to as usize).ok_or_else(|| {
+                short_object(self.inner.describe(&self.key), offset, len, self.size)
+            })?;
+            out.extend_from_slice(piece);
         }
         Ok(out)
     }

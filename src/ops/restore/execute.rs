@@ -283,7 +283,7 @@ impl Exec<'_> {
     ///    barrier for the batch, then rename each over its real name.
     fn contents(&mut self, repo: &Repository, plan: &Plan) -> Result<()> {
         let reader = ChunkReader::new(repo.storage().clone());
-        let writes: Vec<(&PathBuf, &Meta)> = plan
+        let mut writes: Vec<(&PathBuf, &Meta)> = plan
             .steps
             .iter()
             .filter_map(|s| match s {
@@ -291,6 +291,20 @@ impl Exec<'_> {
                 _ => None,
             })
             .collect();
+        // In the order the packs hold the files' first chunks: reads then
+        // sweep each pack once (create wrote files in another order than
+        // the plan's path order). Directories already exist, and each
+        // batch's renames follow its barrier, so any order is safe.
+        let mut firsts = HashMap::new();
+        for (path, meta) in &writes {
+            if let Some(first) = meta.chunks().first()
+                && let Ok(Some(loc)) = repo.chunk_location(first)
+            {
+                firsts.insert(*path, (loc.pack, loc.offset));
+            }
+        }
+        writes.sort_by_key(|(path, _)| firsts.get(path).copied());
+        drop(firsts);
         for batch in writes.chunks(WRITE_BATCH_FILES) {
             if self.progress.cancelled() {
                 return Err(Error::Interrupted);
@@ -317,19 +331,26 @@ impl Exec<'_> {
                 }
             }
             let (is_root, progress, filesystems) = (self.is_root, self.progress, &self.filesystems);
-            let written: Vec<(&WriteJob, Result<Written>)> = jobs
-                .par_iter()
+            // Workers take the files in order (not rayon's halves of the
+            // batch), so together they read the packs near where create
+            // wrote them: on object storage the read windows they share
+            // stay few and each is fetched once.
+            let mut written: Vec<(usize, &WriteJob, Result<Written>)> = jobs
+                .iter()
+                .enumerate()
+                .par_bridge()
                 .map_init(
                     || reader.clone(),
-                    |reader, job| {
+                    |reader, (i, job)| {
                         let r = write_temp(reader, job, is_root, progress, filesystems);
                         crate::fault::point("restore wrote a temporary file");
-                        (job, r)
+                        (i, job, r)
                     },
                 )
                 .collect();
+            written.sort_by_key(|w| w.0);
             let mut renames = Vec::new();
-            for (job, r) in written {
+            for (_, job, r) in written {
                 match r {
                     Ok((tmp, note)) => {
                         if let Some(why) = note {
