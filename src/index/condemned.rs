@@ -90,6 +90,18 @@ impl Index {
     }
 
     /// Is the chunk in some indexed pack, condemned or not?
+    /// The chunk rows of a condemned pack, set apart from the dedup table
+    /// (still where those chunks are, until a gc deletes or rescues it).
+    pub fn condemned_chunks_in_pack(&self, pack_rowid: i64) -> Result<Vec<crate::pack::PackEntry>> {
+        if !self.has_condemned_tables().map_err(|e| self.err(e))? {
+            return Ok(Vec::new());
+        }
+        self.pack_entries(
+            "SELECT hash, offset, stored_len, raw_len, codec FROM condemned_chunks WHERE pack = ?1 ORDER BY offset",
+            pack_rowid,
+        )
+    }
+
     pub fn chunk_known(&self, id: &crate::id::ChunkId) -> Result<bool> {
         if self.has_chunk(id)? {
             return Ok(true);

@@ -158,6 +158,12 @@ pub fn check(
         for r in &rows {
             pack_of_chunk.insert(r.id, p.id);
         }
+        // A condemned pack still holds its chunks; one a kept snapshot uses
+        // (a gc stopped between condemning and repacking) is rescued by
+        // the next gc, so it is a location, not damage.
+        for r in index.condemned_chunks_in_pack(p.rowid)? {
+            pack_of_chunk.entry(r.id).or_insert(p.id);
+        }
         let key = crate::storage::pack_key(&p.id);
         let size = match repo.storage().size(&key) {
             Ok(Some(n)) => n,

@@ -82,16 +82,27 @@ impl std::fmt::Debug for S3Options {
 
 impl S3Options {
     /// From `AWS_ENDPOINT_URL`, `AWS_REGION` (or `AWS_DEFAULT_REGION`),
-    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+    /// and snap's own `SNAP_S3_RETRIES`, `SNAP_S3_RETRY_TIMEOUT` and
+    /// `SNAP_S3_TIMEOUT` (seconds) for a link slower or flakier than the
+    /// defaults assume.
     pub fn from_env() -> S3Options {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let secs = |k: &str| {
+            var(k)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+        };
         S3Options {
+            max_retries: var("SNAP_S3_RETRIES").and_then(|v| v.parse().ok()),
+            retry_timeout: secs("SNAP_S3_RETRY_TIMEOUT"),
+            request_timeout: secs("SNAP_S3_TIMEOUT"),
             endpoint: var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT_URL_S3")),
             region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
             access_key_id: var("AWS_ACCESS_KEY_ID"),
             secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
             session_token: var("AWS_SESSION_TOKEN"),
-            ..Default::default()
         }
     }
 }
