@@ -79,11 +79,17 @@ pub fn repair_index_on(
         let index = Index::create(&tmp, &config)?;
         index.tune_for_create()?;
         index.begin()?;
+        // The snapshot objects first, the packs after: a writer makes its
+        // packs durable before its snapshot object, so every snapshot read
+        // here has its packs in the listing that follows, even while other
+        // clients write (read the other way round, a snapshot committed in
+        // between would come without its trees).
+        let records = crate::objects::read_records(&*storage)?;
         progress.phase("repair: packs", None);
         add_packs(&index, &*storage, &mut stats, progress)?;
         condemn_recorded(&index, &*storage)?;
         progress.phase("repair: snapshots", None);
-        add_snapshots(&index, &storage, &mut stats, progress)?;
+        add_snapshots(&index, &storage, records, &mut stats, progress)?;
         index.commit()?;
     }
     crate::fault::point("repaired index written");
@@ -167,10 +173,10 @@ fn add_packs(
 fn add_snapshots(
     index: &Index,
     storage: &Arc<dyn Storage>,
+    records: crate::objects::Records,
     stats: &mut RepairStats,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let records = crate::objects::read_records(&**storage)?;
     stats.unusable_files.extend(records.bad.iter().cloned());
     let mut loader = TreeLoader::new(index, storage.clone());
     for s in records.snapshots {

@@ -311,3 +311,92 @@ fn a_pack_condemned_while_another_client_uses_it_is_rescued() {
     let gc3 = gc_json(&a, &["--grace", "0s"]);
     assert_eq!(gc3["packs_deleted"], 0, "rescued packs stay: {gc3}");
 }
+
+/// Two clients create snapshots in a loop while a third runs gc in a
+/// loop (forgetting all but the newest of each source, deleting what its
+/// earlier runs condemned once the grace period is over); afterwards every
+/// snapshot still listed restores exactly, and the newest of each client
+/// is there.
+#[test]
+fn creates_from_two_clients_while_a_gc_runs_all_restore_exactly() {
+    let Some(a) = Env::on_s3_with("creates_from_two_clients_while_a_gc_runs", false) else {
+        return;
+    };
+    let (b, c) = (a.another_client(), a.another_client());
+    let copies = a.path("copies");
+    let rounds = 6;
+    let run_client = |env: &Env, name: &str| {
+        let src = env.path(name);
+        let mut made = Vec::new();
+        for round in 0..rounds {
+            // Shared media (dedup across clients, so a gc's condemned
+            // packs can be what the other client's create leans on),
+            // plus changes of each client's own.
+            write(&src.join("media/shared.bin"), noise(round / 2, 300_000));
+            write(
+                &src.join("own.txt"),
+                format!("{name} round {round}\n").repeat(200),
+            );
+            write(
+                &src.join(format!("log/{round}.txt")),
+                noise(100 + round, 20_000),
+            );
+            let id = env.create_id(&src);
+            let copy = copies.join(&id);
+            fs::create_dir_all(&copies).unwrap();
+            cp_a(&src, &copy);
+            made.push(id);
+        }
+        made
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (made_a, made_b, gcs) = std::thread::scope(|t| {
+        let ha = t.spawn(|| run_client(&a, "app-a"));
+        let hb = t.spawn(|| run_client(&b, "app-b"));
+        let hc = t.spawn(|| {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                // A grace period longer than any create here.
+                let out = c
+                    .snap()
+                    .args(["gc", "--keep-last", "1", "--grace", "8s"])
+                    .output()
+                    .unwrap();
+                assert!(
+                    matches!(out.status.code(), Some(0 | 6)),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                n += 1;
+            }
+            n
+        });
+        let (ma, mb) = (ha.join().unwrap(), hb.join().unwrap());
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (ma, mb, hc.join().unwrap())
+    });
+    assert!(gcs >= 2, "only {gcs} gc runs overlapped the creates");
+    // After the grace period, gc deletes what it condemned and rescues
+    // what was used meanwhile.
+    std::thread::sleep(std::time::Duration::from_secs(9));
+    let last = c
+        .snap()
+        .args(["gc", "--keep-last", "1", "--grace", "8s"])
+        .output()
+        .unwrap();
+    assert!(matches!(last.status.code(), Some(0 | 6)), "the last gc");
+    let listed: Vec<String> = a
+        .list()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(listed.contains(made_a.last().unwrap()) && listed.contains(made_b.last().unwrap()));
+    for (i, id) in listed.iter().enumerate() {
+        let out = a.path(&format!("out-{i}"));
+        a.restore_to(id, &out);
+        assert_same_tree(&copies.join(id), &out);
+    }
+    for env in [&a, &b, &c] {
+        env.snap().args(["check", "--read-data"]).assert().success();
+    }
+}
