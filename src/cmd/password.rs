@@ -86,7 +86,15 @@ pub fn current(repo: &str) -> snap::Result<Zeroizing<String>> {
 /// The password of a new repository (`snap init`).
 pub fn for_new_repository(repo: &str) -> snap::Result<Zeroizing<String>> {
     let file = FILE.get().cloned().flatten();
-    from_sources(repo, "SNAP_PASSWORD", file.as_deref(), "new password", true)
+    from_sources(repo, "SNAP_PASSWORD", file.as_deref(), "new password", true).map_err(
+        |e| match e {
+            Error::NoPassword { repo, why } => Error::NoPassword {
+                repo,
+                why: format!("{why}; or init it with --no-encrypt"),
+            },
+            e => e,
+        },
+    )
 }
 
 /// The new password of `snap key passwd`.

@@ -134,21 +134,13 @@ impl Packer {
         target: u64,
         done: Sender<Result<FinishedPack>>,
     ) -> Packer {
-        // At most two sealed packs wait: memory stays bounded on S3, and
-        // the writer runs ahead of the disk by one pack.
+        // At most two sealed packs wait and PUBLISHING ones are committed
+        // at once (an upload to object storage is mostly waiting): memory
+        // stays bounded by the packs in flight.
         let (tx, rx) = bounded::<SealedPack>(2);
         let finisher = std::thread::Builder::new()
             .name("snap-pack-finisher".into())
-            .spawn(move || {
-                for sealed in rx {
-                    let r = sealed.publish();
-                    let failed = r.is_err();
-                    let _ = done.send(r);
-                    if failed {
-                        break;
-                    }
-                }
-            })
+            .spawn(move || finish_in_order(rx, done))
             .expect("spawn the pack finisher");
         Packer {
             storage,
@@ -199,6 +191,46 @@ impl Packer {
         if let Some(f) = self.finisher.take() {
             let _ = f.join();
         }
+    }
+}
+
+/// Packs committed at once by the finisher.
+const PUBLISHING: usize = 3;
+
+/// Commit sealed packs, up to PUBLISHING at a time, and report each (or
+/// the first error) on `done` in the order they were sealed. After an
+/// error no new commit starts; the ones under way finish (a committed
+/// pack nothing refers to is an orphan gc removes).
+fn finish_in_order(rx: crossbeam_channel::Receiver<SealedPack>, done: Sender<Result<FinishedPack>>) {
+    let mut under_way = std::collections::VecDeque::new();
+    let mut failed = false;
+    let report = |h: JoinHandle<Result<FinishedPack>>, failed: &mut bool| {
+        let r = h
+            .join()
+            .unwrap_or_else(|_| Err(Error::Invalid("a pack commit panicked".into())));
+        if !*failed {
+            *failed = r.is_err();
+            let _ = done.send(r);
+        }
+    };
+    for sealed in rx {
+        if failed {
+            break;
+        }
+        if under_way.len() == PUBLISHING {
+            report(under_way.pop_front().expect("full"), &mut failed);
+            if failed {
+                break;
+            }
+        }
+        let h = std::thread::Builder::new()
+            .name("snap-pack-commit".into())
+            .spawn(move || sealed.publish())
+            .expect("spawn a pack commit");
+        under_way.push_back(h);
+    }
+    while let Some(h) = under_way.pop_front() {
+        report(h, &mut failed);
     }
 }
 
