@@ -7,6 +7,8 @@
 //! then call an operation with its options and a [`progress::Progress`]
 //! (or [`NoProgress`]); each returns its statistics or an [`Error`].
 //!
+//! - an encrypted repository is opened through [`UnlockedRepository`]
+//!   (its password once, then [`UnlockedRepository::open`] per operation);
 //! - [`create`] ([`CreateOptions`]) takes a [`Snapshot`];
 //! - [`plan_restore`] then [`execute_restore`] of that same [`Plan`]
 //!   ([`RestoreOptions`], [`RestoreStats`]), or [`restore`] for both;
@@ -76,6 +78,7 @@ pub use config::RepoConfig;
 pub use error::{Error, Result};
 pub use held::HeldFiles;
 pub use id::{ChunkId, PackId, SnapshotId, TreeId};
+pub use keys::UnlockedRepository;
 pub use lock::{LockMode, set_default_wait as set_lock_wait};
 pub use ops::check::{CheckOptions, CheckReport, check};
 pub use ops::create::{CreateOptions, SourceSpec, create};

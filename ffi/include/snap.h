@@ -57,8 +57,11 @@ extern "C" {
 
 // Open the repository at `repo` (a directory). `options_json` may be
 // NULL; `{"create": true}` creates the repository when it does not exist.
-// `password` is refused: this build has no encrypted repositories yet.
-// Returns NULL on failure (snap_last_error says why).
+// `{"password": "...", "cache_dir": "/app/cache/snap"}` opens (or with
+// `create`, creates) an encrypted repository: every object sealed, its
+// index kept in `cache_dir` (the app's cache directory; losing it costs
+// one rebuild). With a wrong password it returns NULL and
+// snap_last_error says "wrong password". Returns NULL on failure (snap_last_error says why).
 //
 // # Safety
 // `repo` and `options_json` are NULL or NUL-terminated strings.

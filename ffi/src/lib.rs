@@ -29,6 +29,8 @@ use request::{CreateRequest, GcRequest, OpenOptions, RestoreRequest};
 /// An open repository. Opaque to C; made by snap_open, freed by snap_close.
 pub struct SnapRepo {
     path: PathBuf,
+    /// An encrypted repository, unlocked once at snap_open.
+    unlocked: Option<snap::UnlockedRepository>,
     /// Descriptors of the app's SQLite files, never closed before
     /// snap_close (see snap::held).
     held: Arc<HeldFiles>,
@@ -171,7 +173,19 @@ unsafe fn repo_arg<'a>(repo: *const SnapRepo) -> Result<&'a SnapRepo, Failure> {
 impl SnapRepo {
     /// Open the repository for one call, with the lock that call needs.
     fn open(&self, mode: LockMode) -> Result<Repository, Failure> {
-        Ok(Repository::open(&self.path, Some(mode))?.with_held_files(self.held.clone()))
+        let repo = match &self.unlocked {
+            Some(u) => u.open(Some(mode), false)?,
+            None => Repository::open(&self.path, Some(mode))?,
+        };
+        Ok(repo.with_held_files(self.held.clone()))
+    }
+
+    /// Open it read-only (list, a dry-run gc).
+    fn open_read_only(&self, mode: Option<LockMode>) -> Result<Repository, Failure> {
+        Ok(match &self.unlocked {
+            Some(u) => u.open(mode, true)?,
+            None => Repository::open_read_only(&self.path, mode)?,
+        })
     }
 
     fn start(&self) {
@@ -181,8 +195,11 @@ impl SnapRepo {
 
 /// Open the repository at `repo` (a directory). `options_json` may be
 /// NULL; `{"create": true}` creates the repository when it does not exist.
-/// `password` is refused: this build has no encrypted repositories yet.
-/// Returns NULL on failure (snap_last_error says why).
+/// `{"password": "...", "cache_dir": "/app/cache/snap"}` opens (or with
+/// `create`, creates) an encrypted repository: every object sealed, its
+/// index kept in `cache_dir` (the app's cache directory; losing it costs
+/// one rebuild). With a wrong password it returns NULL and
+/// snap_last_error says "wrong password". Returns NULL on failure (snap_last_error says why).
 ///
 /// # Safety
 /// `repo` and `options_json` are NULL or NUL-terminated strings.
@@ -197,18 +214,25 @@ pub unsafe extern "C" fn snap_open(
         let path = PathBuf::from(unsafe { arg(repo, "repo")? });
         // SAFETY: forwarded from the caller.
         let opts: OpenOptions = unsafe { json_arg(options_json, "options_json")? };
-        if opts.password.is_some() {
-            return Err(invalid(
-                "this build of snap has no encrypted repositories yet; open it without a password",
-            ));
-        }
-        if opts.create && !snap::is_repository(&path) {
-            Repository::init(&path, &Default::default())?;
-        }
-        // Fails now, with its reason, rather than at the first call.
-        drop(Repository::open(&path, None)?);
+        let unlocked = match (&opts.password, &opts.cache_dir) {
+            (Some(pw), Some(cache)) => Some(open_encrypted(&path, pw, cache, opts.create)?),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "an encrypted repository needs cache_dir for its index",
+                ));
+            }
+            (None, _) => {
+                if opts.create && !snap::is_repository(&path) {
+                    Repository::init(&path, &Default::default())?;
+                }
+                // Fails now, with its reason, rather than at the first call.
+                drop(Repository::open(&path, None)?);
+                None
+            }
+        };
         let r = Box::new(SnapRepo {
             path,
+            unlocked,
             held: Arc::default(),
             cancel: AtomicBool::new(false),
         });
@@ -216,6 +240,24 @@ pub unsafe extern "C" fn snap_open(
         Ok(done(Value::Null))
     });
     opened
+}
+
+/// Unlock (or create, when asked and there is none) an encrypted
+/// repository; checks that it opens now rather than at the first call.
+fn open_encrypted(
+    path: &std::path::Path,
+    password: &str,
+    cache: &std::path::Path,
+    create: bool,
+) -> Result<snap::UnlockedRepository, Failure> {
+    let exists = path.join("config").exists();
+    let u = if create && !exists {
+        snap::UnlockedRepository::create(path, password, cache, &Default::default())?
+    } else {
+        snap::UnlockedRepository::unlock(path, password, cache)?
+    };
+    drop(u.open(None, true)?);
+    Ok(u)
 }
 
 /// Close `repo` and release everything it holds, including the
@@ -364,7 +406,7 @@ pub unsafe extern "C" fn snap_list(repo: *mut SnapRepo, result_json: *mut *mut c
         // SAFETY: forwarded from the caller.
         let r = unsafe { repo_arg(repo)? };
         r.start();
-        let repo = Repository::open_read_only(&r.path, None)?;
+        let repo = r.open_read_only(None)?;
         let list: Vec<Value> = repo.snapshots()?.iter().map(|s| s.to_json()).collect();
         Ok(done(Value::Array(list)))
     })
@@ -391,7 +433,7 @@ pub unsafe extern "C" fn snap_gc(
             unsafe { (repo_arg(repo)?, json_arg(request_json, "request_json")?) };
         r.start();
         let repo = if req.dry_run {
-            Repository::open_read_only(&r.path, Some(LockMode::Shared))?
+            r.open_read_only(Some(LockMode::Shared))?
         } else {
             r.open(LockMode::Exclusive)?
         };

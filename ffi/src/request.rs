@@ -15,6 +15,7 @@ pub struct OpenOptions {
     #[serde(default)]
     pub create: bool,
     pub password: Option<String>,
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

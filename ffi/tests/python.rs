@@ -38,3 +38,8 @@ fn the_upgrade_scenario_runs_from_python_with_the_databases_open() {
 fn snap_create_in_the_apps_process_keeps_the_apps_sqlite_locks() {
     run_script("lock_hazard.py");
 }
+
+#[test]
+fn an_encrypted_repository_works_through_the_c_abi() {
+    run_script("encrypted.py");
+}
