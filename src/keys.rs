@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::config::RepoConfig;
 use crate::error::{Error, Result};
-use crate::objects::CONFIG_FILE;
+use crate::objects::{CONFIG_FILE, hex, unhex};
 use crate::storage::{SealedStorage, Storage};
 
 pub const KEYS_DIR: &str = "keys";
@@ -358,20 +358,6 @@ impl UnlockedRepository {
         )?;
         Ok(repo)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
