@@ -58,15 +58,21 @@ impl Index {
                      SELECT hash, pack, offset, stored_len, raw_len, codec FROM condemned_chunks WHERE pack = ?1",
                 )?
                 .execute([pack_rowid])?;
-            self.conn
-                .prepare_cached("DELETE FROM condemned_chunks WHERE pack = ?1")?
-                .execute([pack_rowid])?;
-            self.conn
-                .prepare_cached("DELETE FROM condemned WHERE pack = ?1")?
-                .execute([pack_rowid])?;
-            Ok(())
+            self.drop_condemned_rows(pack_rowid)
         };
         f().map_err(|e| self.err(e))
+    }
+
+    /// Remove a pack's condemned chunk rows and its condemned mark (a
+    /// rescue put the rows back, or the pack is deleted).
+    pub(super) fn drop_condemned_rows(&self, pack_rowid: i64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM condemned_chunks WHERE pack = ?1")?
+            .execute([pack_rowid])?;
+        self.conn
+            .prepare_cached("DELETE FROM condemned WHERE pack = ?1")?
+            .execute([pack_rowid])?;
+        Ok(())
     }
 
     pub fn condemned_packs(&self) -> Result<Vec<CondemnedPack>> {
@@ -89,7 +95,6 @@ impl Index {
         f().map_err(|e| self.err(e))
     }
 
-    /// Is the chunk in some indexed pack, condemned or not?
     /// The chunk rows of a condemned pack, set apart from the dedup table
     /// (still where those chunks are, until a gc deletes or rescues it).
     pub fn condemned_chunks_in_pack(&self, pack_rowid: i64) -> Result<Vec<crate::pack::PackEntry>> {
@@ -102,6 +107,7 @@ impl Index {
         )
     }
 
+    /// Is the chunk in some indexed pack, condemned or not?
     pub fn chunk_known(&self, id: &crate::id::ChunkId) -> Result<bool> {
         if self.has_chunk(id)? {
             return Ok(true);

@@ -548,12 +548,7 @@ impl Index {
                 .prepare_cached("DELETE FROM chunks WHERE pack = ?1")?
                 .execute([pack_rowid])?;
             if self.has_condemned_tables()? {
-                self.conn
-                    .prepare_cached("DELETE FROM condemned_chunks WHERE pack = ?1")?
-                    .execute([pack_rowid])?;
-                self.conn
-                    .prepare_cached("DELETE FROM condemned WHERE pack = ?1")?
-                    .execute([pack_rowid])?;
+                self.drop_condemned_rows(pack_rowid)?;
             }
             self.conn
                 .prepare_cached("DELETE FROM packs WHERE id = ?1")?

@@ -262,8 +262,11 @@ fn key_passwd_then_the_new_password_opens_and_the_old_does_not() {
 #[test]
 fn init_refuses_an_empty_password_and_a_bucket_is_encrypted_by_default() {
     let dir = tempfile::tempdir().unwrap();
-    let mut env = Env::encrypted();
-    env.repo = dir.path().join("other");
+    let env = Env {
+        repo: dir.path().join("repo"),
+        dir,
+        vars: Vec::new(),
+    };
     env.snap()
         .env("SNAP_PASSWORD", "")
         .args(["init", "--encrypt"])
