@@ -69,6 +69,10 @@ impl PackReader {
     /// Exactly `len` bytes at `offset`; too few is damage, whatever the
     /// storage says.
     fn read_exact(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.read_exact_with(offset, len, false)
+    }
+
+    fn read_exact_with(&self, offset: u64, len: u64, planned: bool) -> Result<Vec<u8>> {
         let size = self.obj.size();
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(damaged(
@@ -76,7 +80,11 @@ impl PackReader {
                 format!("pack is {size} bytes, too short for {len} bytes at offset {offset}"),
             ));
         }
-        let bytes = self.obj.read_at(offset, len)?;
+        let bytes = if planned {
+            self.obj.read_planned(offset, len)?
+        } else {
+            self.obj.read_at(offset, len)?
+        };
         if bytes.len() as u64 != len {
             return Err(damaged(
                 &self.id,
@@ -158,6 +166,12 @@ impl PackReader {
             return Err(damaged(&self.id, "stored chunk length out of bounds"));
         }
         self.read_exact(offset, len as u64)
+    }
+
+    /// `len` stored bytes at `offset` that the caller reads once (a
+    /// restore's planned run of chunks): not kept by a remote storage.
+    pub fn read_run(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.read_exact_with(offset, len as u64, true)
     }
 
     /// Read, decompress and verify one chunk.

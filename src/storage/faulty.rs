@@ -206,4 +206,13 @@ impl ObjectReader for FaultyReader {
         }
         Ok(bytes)
     }
+
+    fn read_planned(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.state.call().map_err(|_| injected(&self.what))?;
+        let mut bytes = self.inner.read_planned(offset, len)?;
+        if self.state.fault == Fault::ShortReads {
+            bytes.pop();
+        }
+        Ok(bytes)
+    }
 }

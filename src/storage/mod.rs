@@ -108,6 +108,12 @@ pub trait Storage: Send + Sync {
         None
     }
 
+    /// Whether each read waits on a network: readers then keep several
+    /// reads in flight.
+    fn is_remote(&self) -> bool {
+        false
+    }
+
     /// The key of chunk and tree ids in an encrypted repository (see
     /// [`crate::id::Ids`]); `None`: ids are plain BLAKE3.
     fn id_key(&self) -> Option<[u8; 32]> {
@@ -166,6 +172,13 @@ pub trait ObjectReader: Send + Sync {
 
     /// Exactly `len` bytes at `offset`, or an error.
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>>;
+
+    /// Like `read_at`, for a read the caller planned (a restore reads
+    /// each range it needs once): a remote storage fetches exactly these
+    /// bytes and keeps none of them for later reads.
+    fn read_planned(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.read_at(offset, len)
+    }
 }
 
 /// `("packs/ab", "x.pack")` from `"packs/ab/x.pack"`; `("", "config")`.

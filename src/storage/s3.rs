@@ -424,6 +424,10 @@ impl Storage for S3Storage {
     fn request_counts(&self) -> Option<RequestCounts> {
         Some(S3Storage::request_counts(self))
     }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
 }
 
 struct S3Writer {
@@ -538,6 +542,23 @@ impl ObjectReader for S3Reader {
             out.extend_from_slice(piece);
         }
         Ok(out)
+    }
+
+    fn read_planned(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => {
+                if len == 0 {
+                    return Ok(Vec::new());
+                }
+                Ok(self.inner.get_range(&self.key, &self.path, offset..end)?.to_vec())
+            }
+            _ => Err(short_object(
+                self.inner.describe(&self.key),
+                offset,
+                len,
+                self.size,
+            )),
+        }
     }
 }
 

@@ -202,6 +202,10 @@ impl Storage for SealedStorage {
     fn id_key(&self) -> Option<[u8; 32]> {
         Some(self.id_key)
     }
+
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
 }
 
 fn damaged(storage: &dyn Storage, key: &str, what: &str) -> Error {
@@ -285,11 +289,15 @@ impl SealedReader {
     }
 
     /// Open segments `first..=last` from their stored bytes.
-    fn open_segments(&self, first: u64, last: u64) -> Result<Vec<u8>> {
+    fn open_segments(&self, first: u64, last: u64, planned: bool) -> Result<Vec<u8>> {
         let full = SEGMENT + OVERHEAD;
         let start = first * full;
         let end = ((last + 1) * full).min(self.stored);
-        let stored = self.inner.read_at(start, end - start)?;
+        let stored = if planned {
+            self.inner.read_planned(start, end - start)?
+        } else {
+            self.inner.read_at(start, end - start)?
+        };
         let mut plain = Vec::with_capacity(stored.len());
         for (i, seg) in stored.chunks(full as usize).enumerate() {
             let index = first + i as u64;
@@ -342,7 +350,7 @@ impl ObjectReader for SealedReader {
             let seg = match cached {
                 Some((i, seg)) if i == first => seg,
                 _ => {
-                    let seg = Arc::new(self.open_segments(first, first)?);
+                    let seg = Arc::new(self.open_segments(first, first, false)?);
                     *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some((first, seg.clone()));
                     seg
@@ -351,9 +359,25 @@ impl ObjectReader for SealedReader {
             let at = (offset - first * SEGMENT) as usize;
             return Ok(seg[at..at + len as usize].to_vec());
         }
-        let plain = self.open_segments(first, last)?;
+        let plain = self.open_segments(first, last, false)?;
         let at = (offset - first * SEGMENT) as usize;
         Ok(plain[at..at + len as usize].to_vec())
+    }
+
+    fn read_planned(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.size)
+            .ok_or_else(|| super::short_object(self.describe.clone(), offset, len, self.size))?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let first = offset / SEGMENT;
+        let mut plain = self.open_segments(first, (end - 1) / SEGMENT, true)?;
+        let at = (offset - first * SEGMENT) as usize;
+        plain.truncate(at + len as usize);
+        plain.drain(..at);
+        Ok(plain)
     }
 }
 

@@ -5,40 +5,27 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rayon::prelude::*;
 use rustix::fs::FileType;
 
+use super::fill::{self, WriteJob};
 use super::plan::effective_mode;
-use super::{Meta, Plan, RestoreStats, Step, TEMP_PREFIX};
-use crate::confined::{self, Confined, DirFd, RemoveError, TempFile};
+use super::{Meta, Plan, RestoreStats, Step};
+use crate::confined::{self, Confined, DirFd, RemoveError};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::ChunkLocation;
-use crate::pack::{HEADER_LEN, decode_chunk};
+use crate::pack::HEADER_LEN;
 use crate::progress::{Progress, Warning, WarningKind};
 use crate::repo::{ChunkReader, Repository};
 use crate::tree::{Kind, Payload};
 
 /// Files written between two durability barriers.
 const WRITE_BATCH_FILES: usize = 4096;
-
-/// Largest run of adjacent chunks read with one call.
-const READ_RUN_MAX: u64 = 8 << 20;
-
-/// A file to write: its path, its entry, the directory and name it goes
-/// to, where its chunks are.
-struct WriteJob<'a> {
-    path: &'a Path,
-    meta: &'a Meta,
-    dir: DirFd,
-    name: &'a OsStr,
-    locs: Vec<(ChunkId, ChunkLocation)>,
-}
 
 /// The state of one execution: the confined roots and what was done.
 struct Exec<'p> {
@@ -330,27 +317,16 @@ impl Exec<'_> {
                     Err(e) => self.fail(path, moved(&e)),
                 }
             }
-            let (is_root, progress, filesystems) = (self.is_root, self.progress, &self.filesystems);
-            // Workers take the files in order (not rayon's halves of the
-            // batch), so together they read the packs near where create
-            // wrote them: on object storage the read windows they share
-            // stay few and each is fetched once.
-            let mut written: Vec<(usize, &WriteJob, Result<Written>)> = jobs
-                .iter()
-                .enumerate()
-                .par_bridge()
-                .map_init(
-                    || reader.clone(),
-                    |reader, (i, job)| {
-                        let r = write_temp(reader, job, is_root, progress, filesystems);
-                        crate::fault::point("restore wrote a temporary file");
-                        (i, job, r)
-                    },
-                )
-                .collect();
-            written.sort_by_key(|w| w.0);
+            let cx = fill::Context {
+                reader: &reader,
+                remote: repo.storage().is_remote(),
+                is_root: self.is_root,
+                progress: self.progress,
+                filesystems: &self.filesystems,
+            };
+            let written = fill::fill(&cx, &jobs)?;
             let mut renames = Vec::new();
-            for (_, job, r) in written {
+            for (job, r) in jobs.iter().zip(written) {
                 match r {
                     Ok((tmp, note)) => {
                         if let Some(why) = note {
@@ -358,9 +334,9 @@ impl Exec<'_> {
                         }
                         renames.push((job, tmp))
                     }
-                    Err(err) => {
-                        self.stats.damaged |= err.is_damage();
-                        self.fail(job.path, err.to_string());
+                    Err(f) => {
+                        self.stats.damaged |= f.damage;
+                        self.fail(job.path, f.message);
                     }
                 }
             }
@@ -565,102 +541,6 @@ fn locate_chunks(repo: &Repository, meta: &Meta) -> Result<Vec<(ChunkId, ChunkLo
         });
     }
     Ok(locs)
-}
-
-/// A temporary file with the content, and what of its extended attributes
-/// could not be set.
-type Written = (TempFile, Option<String>);
-
-/// Write one file's content to a temporary file beside it, with the
-/// snapshot's metadata; returns the temporary to be renamed, and what of
-/// its extended attributes could not be set.
-fn write_temp(
-    reader: &mut ChunkReader,
-    job: &WriteJob,
-    is_root: bool,
-    progress: &dyn Progress,
-    filesystems: &Mutex<HashMap<u64, File>>,
-) -> Result<Written> {
-    let (tmp, mut file) = TempFile::create(&job.dir, TEMP_PREFIX).at(job.path)?;
-    let locs = &job.locs;
-    let mut pos: u64 = 0;
-    let mut i = 0;
-    // Adjacent chunks of one pack are read with one call.
-    while i < locs.len() {
-        let first = locs[i].1;
-        let start = first.offset as u64;
-        let mut end = start + first.stored_len as u64;
-        let mut j = i + 1;
-        while j < locs.len()
-            && locs[j].1.pack == first.pack
-            && locs[j].1.offset as u64 == end
-            && end - start + locs[j].1.stored_len as u64 <= READ_RUN_MAX
-        {
-            end += locs[j].1.stored_len as u64;
-            j += 1;
-        }
-        let pack = reader.pack(&first.pack)?;
-        // Bounded by READ_RUN_MAX or one chunk's checked length: fits a u32.
-        let run = pack.read_stored(start, (end - start) as u32)?;
-        for (id, loc) in &locs[i..j] {
-            let at = (loc.offset as u64 - start) as usize;
-            let stored = run.get(at..at + loc.stored_len as usize).ok_or_else(|| {
-                crate::pack::damaged(
-                    pack.id(),
-                    format!("chunk {} lies outside what was read", id.short()),
-                )
-            })?;
-            let data = decode_chunk(pack.ids(), pack.id(), id, loc.codec, stored, loc.raw_len)?;
-            if data.len() >= 4096 && data.iter().all(|&b| b == 0) {
-                // Leave a hole: sparse files stay sparse.
-                file.seek(SeekFrom::Current(data.len() as i64))
-                    .at(job.path)?;
-            } else {
-                file.write_all(&data).at(job.path)?;
-            }
-            pos += data.len() as u64;
-            progress.bytes(data.len() as u64);
-        }
-        i = j;
-    }
-    if pos != job.meta.size {
-        return Err(Error::Damaged {
-            path: job.path.to_path_buf(),
-            reason: format!(
-                "snapshot lists {} bytes but its chunks hold {pos}",
-                job.meta.size
-            ),
-        });
-    }
-    file.set_len(pos).at(job.path)?;
-    let e = job.meta;
-    let owner = is_root.then_some((e.uid, e.gid));
-    confined::set_meta_fd(
-        &file,
-        owner,
-        effective_mode(e.mode, e.uid, e.gid),
-        e.mtime_ns,
-    )
-    .at(job.path)?;
-    // Attributes go on the open temporary (a new file may have inherited
-    // a default ACL: `apply` removes what the snapshot lacks).
-    let note = {
-        use std::os::fd::AsFd;
-        match crate::xattr::apply(crate::xattr::At::Fd(file.as_fd()), &e.xattrs, is_root) {
-            Ok(refused) if refused.is_empty() => None,
-            Ok(refused) => Some(refused.join("; ")),
-            Err(err) => Some(err.to_string()),
-        }
-    };
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    file.sync_all().at(job.path)?;
-    // Remember one file per filesystem for the barriers.
-    let dev = std::os::unix::fs::MetadataExt::dev(&file.metadata().at(job.path)?);
-    let mut fss = filesystems.lock().unwrap_or_else(|e| e.into_inner());
-    if let std::collections::hash_map::Entry::Vacant(v) = fss.entry(dev) {
-        v.insert(file.try_clone().at(job.path)?);
-    }
-    Ok((tmp, note))
 }
 
 /// Create a symlink or special file `name` in `dir` with its metadata.

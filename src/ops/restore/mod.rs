@@ -17,6 +17,7 @@
 //! 5. directory metadata, children before parents.
 
 mod execute;
+mod fill;
 mod plan;
 
 use std::fs;
