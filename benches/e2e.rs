@@ -13,7 +13,12 @@
 //! - `SNAP_BENCH_SCALE` (default 1.0): data set size factor.
 //! - `SNAP_BENCH_RUNS` (default 3): runs per measurement (medians reported).
 //! - `SNAP_BENCH_DIR` (default `target/bench-e2e`): scratch space.
-//! - `SNAP_BENCH_SETS` (default `app,small`): which data sets.
+//! - `SNAP_BENCH_SETS` (default `app,small`): which data sets; `s3` runs
+//!   the app set against a bucket on s3s-fs on loopback (snap encrypted,
+//!   the default for a bucket, and `--no-encrypt`, beside restic's
+//!   `s3:` backend): first backup, unchanged rerun, restore, and snap's
+//!   request counts. s3s-fs is found on PATH or in the tools folder
+//!   `.ci/run` builds it into.
 //! - `SNAP_BENCH_TOOLS` (default all found): e.g. `snap,cp,tar,restic,borg`.
 //!
 //! Every restore and copy is followed by `sync` inside the timed region, so
@@ -27,6 +32,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod common;
+mod s3;
 use common::{Rng, WORDS, sqlite_db, text};
 
 const SNAP: &str = env!("CARGO_BIN_EXE_snap");
@@ -285,7 +291,7 @@ type Results = BTreeMap<String, BTreeMap<String, Vec<Sample>>>;
 
 fn record(res: &mut Results, set: &str, step: &str, tool: &str, s: Sample) {
     eprintln!(
-        "  {set:<5} {step:<28} {tool:<8} {:>8.2} s  {:>7} MB rss",
+        "  {set:<5} {step:<28} {tool:<10} {:>8.2} s  {:>7} MB rss",
         s.secs,
         s.max_rss_kb / 1024
     );
@@ -336,11 +342,12 @@ fn main() {
     );
 
     for set in sets.split(',') {
-        let pristine = base.join(format!("{set}-{scale}"));
+        let generated = if set == "s3" { "app" } else { set };
+        let pristine = base.join(format!("{generated}-{scale}"));
         if !pristine.join(".complete").exists() {
             eprintln!("generating {set} data set at {}", pristine.display());
             let _ = fs::remove_dir_all(&pristine);
-            match set {
+            match generated {
                 "app" => make_app_set(&pristine.join("data"), scale),
                 _ => make_small_set(&pristine.join("data"), scale),
             }
@@ -349,6 +356,17 @@ fn main() {
         let data_bytes = du(&pristine.join("data"));
         sizes.insert(format!("{set}/data_bytes"), data_bytes);
         eprintln!("{set}: {} MB", data_bytes / 1_000_000);
+        if set == "s3" {
+            s3::run_set(
+                &base,
+                &pristine.join("data"),
+                runs,
+                &tools,
+                &mut results,
+                &mut sizes,
+            );
+            continue;
+        }
 
         for round in 0..runs as u64 {
             let work = base.join("work");
@@ -545,15 +563,29 @@ fn main() {
         }
     }
 
-    // Report medians.
-    println!("\n| step | {} |", tools.join(" | "));
-    println!("|---|{}", "---|".repeat(tools.len()));
+    // Report medians: a column per tool, and per variant the s3 set adds.
+    // Only columns with a measurement.
+    let measured = |t: &str| results.values().any(|by_tool| by_tool.contains_key(t));
+    let mut columns: Vec<String> = tools
+        .iter()
+        .filter(|t| measured(t))
+        .map(|t| t.to_string())
+        .collect();
+    for by_tool in results.values() {
+        for t in by_tool.keys() {
+            if !columns.contains(t) {
+                columns.push(t.clone());
+            }
+        }
+    }
+    println!("\n| step | {} |", columns.join(" | "));
+    println!("|---|{}", "---|".repeat(columns.len()));
     let mut json_steps = serde_json::Map::new();
     for (step, by_tool) in &results {
         let mut row = format!("| {step} |");
         let mut jt = serde_json::Map::new();
-        for t in &tools {
-            match by_tool.get(*t) {
+        for t in &columns {
+            match by_tool.get(t) {
                 Some(samples) => {
                     let mut secs: Vec<f64> = samples.iter().map(|s| s.secs).collect();
                     let mut rss: Vec<f64> = samples.iter().map(|s| s.max_rss_kb as f64).collect();
@@ -570,7 +602,11 @@ fn main() {
     }
     println!();
     for (k, v) in &sizes {
-        println!("{k}: {:.1} MB", *v as f64 / 1e6);
+        if k.contains("requests") {
+            println!("{k}: {v}");
+        } else {
+            println!("{k}: {:.1} MB", *v as f64 / 1e6);
+        }
     }
     let out = serde_json::json!({
         "date": jiff::Timestamp::now().to_string(),

@@ -331,16 +331,24 @@ impl SealedReader {
     }
 }
 
+impl SealedReader {
+    /// The end of the plain range `offset..offset + len`, or the short
+    /// read error when it runs past the object.
+    fn end_of(&self, offset: u64, len: u64) -> Result<u64> {
+        offset
+            .checked_add(len)
+            .filter(|&e| e <= self.size)
+            .ok_or_else(|| super::short_object(self.describe.clone(), offset, len, self.size))
+    }
+}
+
 impl ObjectReader for SealedReader {
     fn size(&self) -> u64 {
         self.size
     }
 
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= self.size)
-            .ok_or_else(|| super::short_object(self.describe.clone(), offset, len, self.size))?;
+        let end = self.end_of(offset, len)?;
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -365,10 +373,7 @@ impl ObjectReader for SealedReader {
     }
 
     fn read_planned(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= self.size)
-            .ok_or_else(|| super::short_object(self.describe.clone(), offset, len, self.size))?;
+        let end = self.end_of(offset, len)?;
         if len == 0 {
             return Ok(Vec::new());
         }

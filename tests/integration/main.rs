@@ -25,6 +25,7 @@ mod restore_safety;
 mod roundtrip;
 mod s3;
 mod s3_faults;
+mod s3s_fs_binary;
 mod s3server;
 mod sqlite;
 mod storage;

@@ -26,27 +26,9 @@ pub struct S3Server {
     pub root: PathBuf,
 }
 
-fn find_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SNAP_S3S_FS") {
-        return Some(PathBuf::from(p));
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("s3s-fs"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        let p = cache.join("snap-tools/bin/s3s-fs");
-        p.is_file().then_some(p)
-    })
-}
-
 fn start() -> Result<S3Server, String> {
-    let bin =
-        find_binary().ok_or("s3s-fs not found (install it with .ci/run, or set SNAP_S3S_FS)")?;
+    let bin = crate::s3s_fs_binary::find_s3s_fs()
+        .ok_or("s3s-fs not found (install it with .ci/run, or set SNAP_S3S_FS)")?;
     let root = tempfile::Builder::new()
         .prefix("snap-s3-")
         .tempdir()
