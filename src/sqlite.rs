@@ -128,6 +128,29 @@ pub fn capture(
     quick_check: bool,
     held: Option<&HeldFiles>,
 ) -> Result<DbInfo, String> {
+    // An app that opens the database for each transaction and closes it
+    // after switches it between in use and at rest many times a second:
+    // each attempt takes the way the state it finds calls for, and a copy
+    // that a writer overlapped is retried for as long as a writer's lock
+    // would be waited for.
+    let deadline = Instant::now() + BUSY_WAIT;
+    loop {
+        match capture_once(source, image, quick_check, held)? {
+            Some(info) => return Ok(info),
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            None => return Err("the database kept changing while it was copied".into()),
+        }
+    }
+}
+
+/// One attempt of `capture`: `None` when the files changed while they
+/// were copied.
+fn capture_once(
+    source: &Path,
+    image: &Path,
+    quick_check: bool,
+    held: Option<&HeldFiles>,
+) -> Result<Option<DbInfo>, String> {
     let exists = |s: &str| std::fs::symlink_metadata(sidecar(source, s)).is_ok();
     let header = read_header(source, held).ok_or("cannot read the header")?;
     let wal_mode = header[18] == 2;
@@ -136,14 +159,17 @@ pub fn capture(
         // live read consistent. A hot journal (left by a crash) makes the
         // read-only open fail; then the files are copied and recovered.
         match backup(source, false, image, quick_check, source, None) {
-            Ok(info) => return Ok(info),
+            Ok(info) => return Ok(Some(info)),
             Err(e) if wal_mode || !exists("-journal") => return Err(e),
             Err(_) => {}
         }
     }
     let copy = sidecar(image, ".source");
-    let result = copy_quiet_database(source, &copy, held)
-        .and_then(|_| backup(&copy, true, image, quick_check, source, held));
+    let result = match copy_quiet_database(source, &copy, held) {
+        Ok(true) => backup(&copy, true, image, quick_check, source, held).map(Some),
+        Ok(false) => Ok(None),
+        Err(e) => Err(e),
+    };
     for s in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(sidecar(&copy, s));
     }
@@ -203,6 +229,54 @@ pub fn read_in_place<T>(
     )))
 }
 
+/// Size, mtime and ctime (ns) of a database's main file and of each
+/// sidecar (`None` where absent).
+type Stamp = Option<(u64, i64, i64, i64, i64)>;
+
+fn stamps(source: &Path) -> [Stamp; 4] {
+    use std::os::unix::fs::MetadataExt;
+    ["", "-wal", "-journal", "-shm"].map(|s| {
+        std::fs::symlink_metadata(sidecar(source, s))
+            .ok()
+            .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+    })
+}
+
+/// Read a WAL-mode database at rest in place, without SQLite and without
+/// an image. At rest means no `-wal`, `-shm` or `-journal`: the last
+/// connection closed cleanly, after checkpointing everything, so the main
+/// file is the whole committed database. SQLite cannot open it without
+/// creating a `-shm` next to it, so consistency comes from the stamps of
+/// the four files, the same test as the private copy's: a writer that
+/// opens the database during `read` creates sidecars, and one that also
+/// finished, checkpointed and closed changed the main file's mtime and
+/// ctime. `file` is the open main file (its header is read after the first
+/// stamps). `None` when the database is not at rest or something touched
+/// it meanwhile: the caller then makes an image with `capture`.
+pub fn read_at_rest<T>(
+    source: &Path,
+    file: &std::fs::File,
+    read: impl FnOnce() -> T,
+) -> Option<(T, DbInfo)> {
+    let before = stamps(source);
+    if before[0].is_none() || before[1..].iter().any(Option::is_some) {
+        return None;
+    }
+    let mut header = [0u8; 100];
+    file.read_exact_at(&mut header, 0).ok()?;
+    if !is_database_header(&header) || header[18] != 2 || header[19] != 2 {
+        return None;
+    }
+    let out = read();
+    (stamps(source) == before).then(|| {
+        let info = DbInfo {
+            user_version: user_version(&header).unwrap_or(0),
+            quick_check: None,
+        };
+        (out, info)
+    })
+}
+
 fn run_quick_check(c: &Connection) -> String {
     // A malformed file can make the check itself fail: that is its verdict.
     let rows = c.prepare("PRAGMA quick_check(20)").and_then(|mut st| {
@@ -215,47 +289,28 @@ fn run_quick_check(c: &Connection) -> String {
     }
 }
 
-/// Copy a database nobody has open in WAL mode, with its `-wal` and
-/// `-journal`, checking that nothing changed meanwhile (and retrying when
-/// something did). With `held`, through descriptors that stay open.
-fn copy_quiet_database(source: &Path, copy: &Path, held: Option<&HeldFiles>) -> Result<(), String> {
-    let stamp = |p: &Path| {
-        std::fs::symlink_metadata(p).ok().map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            (
-                m.len(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.ctime(),
-                m.ctime_nsec(),
-            )
-        })
-    };
-    for _ in 0..3 {
-        let before: Vec<_> = ["", "-wal", "-journal", "-shm"]
-            .iter()
-            .map(|s| stamp(&sidecar(source, s)))
-            .collect();
-        for s in ["", "-wal", "-journal"] {
-            let from = sidecar(source, s);
-            if std::fs::symlink_metadata(&from).is_ok() {
-                let to = sidecar(copy, s);
-                match held {
-                    Some(h) => h.open(&from).and_then(|f| copy_from(&f, &to)),
-                    None => std::fs::copy(&from, &to).map(|_| ()),
-                }
-                .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+/// Copy a database nobody has open, with its `-wal` and `-journal`, to
+/// `copy` (and sidecars named after it); with `held`, through descriptors
+/// that stay open. `Ok(false)` when any of the files changed meanwhile
+/// (their stamps differ): the copy may be torn.
+fn copy_quiet_database(
+    source: &Path,
+    copy: &Path,
+    held: Option<&HeldFiles>,
+) -> Result<bool, String> {
+    let before = stamps(source);
+    for s in ["", "-wal", "-journal"] {
+        let from = sidecar(source, s);
+        if std::fs::symlink_metadata(&from).is_ok() {
+            let to = sidecar(copy, s);
+            match held {
+                Some(h) => h.open(&from).and_then(|f| copy_from(&f, &to)),
+                None => std::fs::copy(&from, &to).map(|_| ()),
             }
-        }
-        let after: Vec<_> = ["", "-wal", "-journal", "-shm"]
-            .iter()
-            .map(|s| stamp(&sidecar(source, s)))
-            .collect();
-        if before == after {
-            return Ok(());
+            .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
         }
     }
-    Err("the database kept changing while it was copied".into())
+    Ok(stamps(source) == before)
 }
 
 /// Copy all of `from` (read at offsets, so a shared descriptor's position
@@ -433,5 +488,53 @@ mod tests {
         h[16..18].copy_from_slice(&1000u16.to_be_bytes());
         assert_eq!(page_size(&h), None);
         assert!(!is_database_header(&h[..50]));
+    }
+    /// A WAL-mode database closed cleanly, with `rows` rows.
+    fn wal_at_rest(dir: &Path, rows: u32) -> std::path::PathBuf {
+        let path = dir.join("app.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA user_version=3; CREATE TABLE t(x)")
+            .unwrap();
+        for i in 0..rows {
+            c.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        drop(c);
+        assert!(!sidecar(&path, "-wal").exists() && !sidecar(&path, "-shm").exists());
+        path
+    }
+
+    #[test]
+    fn a_wal_database_at_rest_is_read_in_place_and_a_writer_meanwhile_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal_at_rest(dir.path(), 50);
+        let file = std::fs::File::open(&path).unwrap();
+        let read = || std::fs::read(&path).unwrap();
+        let (bytes, info) = read_at_rest(&path, &file, read).expect("at rest");
+        assert_eq!(bytes, std::fs::read(&path).unwrap());
+        assert_eq!(info.user_version, 3);
+        let names = |d: &Path| std::fs::read_dir(d).unwrap().count();
+        assert_eq!(names(dir.path()), 1, "the read created files next to the database");
+
+        // A writer that opens, commits, checkpoints and closes during the
+        // read leaves no sidecar behind, but the main file's stamps moved.
+        let write = || {
+            std::thread::sleep(Duration::from_millis(20));
+            let c = Connection::open(&path).unwrap();
+            c.execute("INSERT INTO t VALUES (99)", []).unwrap();
+        };
+        assert!(read_at_rest(&path, &file, write).is_none());
+        assert_eq!(names(dir.path()), 1);
+
+        // Not at rest: a connection is open (its -wal and -shm exist).
+        let open = Connection::open(&path).unwrap();
+        open.execute("INSERT INTO t VALUES (100)", []).unwrap();
+        assert!(read_at_rest(&path, &file, || ()).is_none());
+        drop(open);
+        // Rollback-journal mode is read_in_place's case, not this one.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode=DELETE")
+            .unwrap();
+        assert!(read_at_rest(&path, &file, || ()).is_none());
     }
 }

@@ -1150,10 +1150,52 @@ fn stored_db(
     }
 }
 
+/// Store a database straight from its file when its state allows: in
+/// rollback-journal mode under SQLite's shared lock, or in WAL mode at rest
+/// (see `sqlite::read_at_rest`). `None` when neither applies, or when the
+/// file changed during the read: the caller then makes an image.
+fn read_db_in_place(
+    ctx: &WorkerCtx,
+    job: &FileJob,
+    file: &File,
+    header: &[u8; 100],
+    before: &std::fs::Metadata,
+) -> Option<FileOutcome> {
+    let size = sqlite::chunk_size(header)?;
+    let chunk = || chunk_file(ctx, file, before.len(), Some(size));
+    // In-process, snap's SQLite must not touch the app's database; a
+    // requested quick_check needs SQLite, so an image.
+    let read = if ctx.held.is_none() {
+        sqlite::read_in_place(&job.path, ctx.sqlite_check, chunk).ok()?
+    } else {
+        None
+    };
+    let read = match read {
+        Some(r) => Some(r),
+        None if !ctx.sqlite_check => sqlite::read_at_rest(&job.path, file, chunk),
+        None => None,
+    };
+    match read? {
+        (Ok((chunks, read_bytes)), info) => {
+            let after = file.metadata().ok();
+            // Nothing but SQLite should write it; if something did, make an image.
+            after
+                .is_some_and(|a| {
+                    a.len() == read_bytes
+                        && a.mtime_nsec() == before.mtime_nsec()
+                        && a.mtime() == before.mtime()
+                })
+                .then(|| stored_db(before, chunks, read_bytes, info))
+        }
+        (Err(ReadError::Io(e)), _) => Some(FileOutcome::Unreadable(e.to_string())),
+        (Err(ReadError::Fatal(e)), _) => Some(FileOutcome::Fatal(e)),
+    }
+}
+
 /// Store a SQLite database (`header`: its first 100 bytes) as one
-/// committed state, cut into whole pages: read in place under SQLite's lock
-/// when it is in rollback-journal mode, else through an image made by the
-/// backup API. `None` when SQLite cannot read it (not really a database,
+/// committed state, cut into whole pages: read in place when its state
+/// allows (`read_db_in_place`), else through an image made by the backup
+/// API. `None` when SQLite cannot read it (not really a database,
 /// encrypted, ...): the caller then stores the plain bytes.
 fn capture_db(
     ctx: &WorkerCtx,
@@ -1165,30 +1207,8 @@ fn capture_db(
         Ok(m) => m,
         Err(e) => return Some(FileOutcome::Unreadable(e.to_string())),
     };
-    // In-process, snap's SQLite must not touch the app's database.
-    if let Some(size) = sqlite::chunk_size(header).filter(|_| ctx.held.is_none()) {
-        let read = sqlite::read_in_place(&job.path, ctx.sqlite_check, || {
-            chunk_file(ctx, file, before.len(), Some(size))
-        });
-        match read {
-            Ok(Some((Ok((chunks, read_bytes)), info))) => {
-                let after = file.metadata().ok();
-                // Nothing but SQLite should write it; if something did, make an image.
-                if after.is_some_and(|a| {
-                    a.len() == read_bytes
-                        && a.mtime_nsec() == before.mtime_nsec()
-                        && a.mtime() == before.mtime()
-                }) {
-                    return Some(stored_db(&before, chunks, read_bytes, info));
-                }
-            }
-            Ok(Some((Err(ReadError::Io(e)), _))) => {
-                return Some(FileOutcome::Unreadable(e.to_string()));
-            }
-            Ok(Some((Err(ReadError::Fatal(e)), _))) => return Some(FileOutcome::Fatal(e)),
-            // Not in that state, or SQLite could not open it: make an image.
-            Ok(None) | Err(_) => {}
-        }
+    if let Some(stored) = read_db_in_place(ctx, job, file, header, &before) {
+        return Some(stored);
     }
     let image = match tempfile::Builder::new()
         .prefix(TMP_SQLITE_PREFIX)

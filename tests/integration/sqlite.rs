@@ -184,6 +184,116 @@ fn a_database_is_stored_without_sidecars_and_labelled_with_its_user_version() {
     assert_eq!((n, mode.as_str()), (200, "wal"));
 }
 
+/// A writer that opens the database for each transaction and closes it
+/// after: between transactions a WAL database is at rest (no `-wal`, no
+/// `-shm`), the state snap reads in place without SQLite, and each close
+/// checkpoints into the main file. Same invariant as WRITER.
+const REOPENING_WRITER: &str = r#"
+import os, sqlite3, sys, time
+db, stop = sys.argv[1], sys.argv[2]
+n = 0
+open(stop + ".started", "w").close()
+while not os.path.exists(stop):
+    c = sqlite3.connect(db, isolation_level=None, timeout=30)
+    c.execute("BEGIN IMMEDIATE")
+    body = ("row %d " % n) * 40
+    for _ in range(20):
+        c.execute("INSERT INTO a(body) VALUES (?)", (body,))
+        c.execute("INSERT INTO b(body) VALUES (?)", (body,))
+    c.execute("UPDATE a SET body = ? WHERE id = ?", (body, 1 + n * 37 % 8000))
+    c.execute("UPDATE b SET body = ? WHERE id = ?", (body, 1 + n * 37 % 8000))
+    c.execute("COMMIT")
+    c.close()
+    n += 1
+    time.sleep(0.002)
+print(n)
+"#;
+
+#[test]
+fn a_wal_database_at_rest_between_writers_is_stored_consistent() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let db = src.join("app.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE a(id INTEGER PRIMARY KEY, body TEXT);
+             CREATE TABLE b(id INTEGER PRIMARY KEY, body TEXT);",
+        )
+        .unwrap();
+        let body = "x".repeat(400);
+        for t in ["a", "b"] {
+            let sql = format!("INSERT INTO {t}(body) VALUES (?1)");
+            let tx = c.unchecked_transaction().unwrap();
+            for _ in 0..8000 {
+                tx.execute(&sql, [&body]).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+    }
+    assert!(!src.join("app.db-wal").exists() && !src.join("app.db-shm").exists());
+    // At rest and not written: stored byte for byte, nothing created beside it.
+    let before = listing(&src);
+    let id = env.create_id(&src);
+    assert_eq!(listing(&src), before, "the read created or changed files");
+    let out = env.path("out-rest");
+    env.restore_to(&id, &out);
+    assert_eq!(
+        fs::read(out.join("app.db")).unwrap(),
+        fs::read(&db).unwrap()
+    );
+
+    let stop = env.path("stop");
+    let script = env.path("writer.py");
+    fs::write(&script, REOPENING_WRITER).unwrap();
+    let writer = Command::new("python3")
+        .arg(&script)
+        .arg(&db)
+        .arg(&stop)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the writer");
+    while !env.path("stop.started").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let ids: Vec<String> = (0..10).map(|_| env.create_id(&src)).collect();
+    fs::write(&stop, b"").unwrap();
+    let written: u64 = String::from_utf8(writer.wait_with_output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(written > 20, "the writer wrote while snap read ({written})");
+    let mut distinct = std::collections::BTreeSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let out = env.path(&format!("out-{i}"));
+        env.restore_to(id, &out);
+        let c = rusqlite::Connection::open(out.join("app.db")).unwrap();
+        let check: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok", "snapshot {i}");
+        let count = |t: &str| -> i64 {
+            c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        let (a, b) = (count("a"), count("b"));
+        assert_eq!(a, b, "snapshot {i}: the invariant holds");
+        let same: i64 = c
+            .query_row(
+                "SELECT count(*) FROM a JOIN b USING (id) WHERE a.body = b.body",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(same, a, "snapshot {i}: every row of a matches b's");
+        distinct.insert(a);
+    }
+    assert!(distinct.len() > 1, "the captures saw different states");
+}
+
 #[test]
 fn a_wal_database_nobody_has_open_is_captured_without_creating_files() {
     let env = Env::new();
