@@ -33,7 +33,7 @@ use std::time::Instant;
 
 mod common;
 mod s3;
-use common::{Rng, WORDS, sqlite_db, text};
+use common::{Rng, WORDS, sqlite_db_in, text};
 
 const SNAP: &str = env!("CARGO_BIN_EXE_snap");
 
@@ -70,16 +70,34 @@ fn write(p: &Path, data: impl AsRef<[u8]>) {
 fn make_app_set(root: &Path, scale: f64) {
     let mut rng = Rng(0x5eed);
     let n = |x: f64| ((x * scale) as usize).max(1);
-    // SQLite databases: ~480 MB. The migration changes messages.db (~55 MB);
-    // the large media index is read-mostly.
-    sqlite_db(&root.join("databases/messages.db"), n(250_000.0), &mut rng);
-    sqlite_db(
+    // SQLite databases: ~480 MB, the app's own in WAL mode at rest (as most
+    // apps leave them), the cache in rollback-journal mode. The migration
+    // changes messages.db (~55 MB); the large media index is read-mostly.
+    let wal = true;
+    sqlite_db_in(
+        &root.join("databases/messages.db"),
+        n(250_000.0),
+        &mut rng,
+        wal,
+    );
+    sqlite_db_in(
         &root.join("databases/media_index.db"),
         n(1_000_000.0),
         &mut rng,
+        wal,
     );
-    sqlite_db(&root.join("databases/cache.db"), n(250_000.0), &mut rng);
-    sqlite_db(&root.join("databases/settings.db"), n(2_000.0), &mut rng);
+    sqlite_db_in(
+        &root.join("databases/cache.db"),
+        n(250_000.0),
+        &mut rng,
+        !wal,
+    );
+    sqlite_db_in(
+        &root.join("databases/settings.db"),
+        n(2_000.0),
+        &mut rng,
+        wal,
+    );
     // JSON documents: 12,000 of 1-20 KB (~120 MB).
     for i in 0..n(12_000.0) {
         let len = 1000 + rng.below(19_000) as usize;
@@ -343,7 +361,9 @@ fn main() {
 
     for set in sets.split(',') {
         let generated = if set == "s3" { "app" } else { set };
-        let pristine = base.join(format!("{generated}-{scale}"));
+        // The version names the data set's recipe, so a cached copy made by
+        // an older recipe is not reused (2: databases in WAL mode at rest).
+        let pristine = base.join(format!("{generated}-v2-{scale}"));
         if !pristine.join(".complete").exists() {
             eprintln!("generating {set} data set at {}", pristine.display());
             let _ = fs::remove_dir_all(&pristine);

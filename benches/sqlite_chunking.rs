@@ -15,7 +15,7 @@ use rusqlite::params;
 use snap::chunker::{ChunkerParams, chunk_lengths};
 
 mod common;
-use common::{Rng, sqlite_db};
+use common::{Rng, sqlite_db_in};
 
 /// The migrations compared.
 fn migrate(path: &Path, kind: &str, rows: usize) {
@@ -129,7 +129,7 @@ fn main() {
         .unwrap_or(250_000);
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.db");
-    sqlite_db(&base, rows, &mut Rng(0x5eed));
+    sqlite_db_in(&base, rows, &mut Rng(0x5eed), false);
     let original = fs::read(&base).unwrap();
     println!(
         "database: {} rows, {:.1} MB, page size 4096",

@@ -68,9 +68,11 @@ pub fn text(rng: &mut Rng, len: usize) -> String {
     s
 }
 
-/// A message database like an app's: `rows` messages with an index,
-/// built in WAL mode and left in rollback-journal mode, checkpointed.
-pub fn sqlite_db(path: &Path, rows: usize, rng: &mut Rng) {
+/// A message database like an app's: `rows` messages with an index, built
+/// in WAL mode and checkpointed, then left in WAL mode at rest when `wal`
+/// (closed cleanly: no `-wal` or `-shm` beside it, the state most apps'
+/// databases are in between runs), else in rollback-journal mode.
+pub fn sqlite_db_in(path: &Path, rows: usize, rng: &mut Rng, wal: bool) {
     let _ = fs::remove_file(path);
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     let conn = rusqlite::Connection::open(path).unwrap();
@@ -100,6 +102,9 @@ pub fn sqlite_db(path: &Path, rows: usize, rng: &mut Rng) {
         }
     }
     tx.commit().unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE;")
-        .unwrap();
+    let mode = if wal { "WAL" } else { "DELETE" };
+    conn.execute_batch(&format!(
+        "PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode={mode};"
+    ))
+    .unwrap();
 }
