@@ -445,3 +445,75 @@ fn kill_9_at_random_moments_during_create_restore_and_gc() {
     eprintln!("kill -9: {kills} of 18 commands killed mid-work");
     assert!(kills >= 5, "only {kills} kills landed mid-work");
 }
+
+/// A restore of more files than one write batch holds (4,096): one
+/// batch's barrier runs while the next batch is written, and its renames
+/// wait for it. Crashes spread over the whole restore, batch boundaries
+/// included, leave every file old or new, and a rerun finishes exactly.
+#[test]
+fn an_in_place_restore_of_several_batches_survives_crashes() {
+    let env = Env::new();
+    let src = env.path("src");
+    let files = 9_000;
+    let name = |i: usize| format!("d{:02}/f{i}.txt", i % 90);
+    for i in 0..files {
+        write(&src.join(name(i)), format!("original {i}\n"));
+    }
+    let id = env.create_id(&src);
+    let reference = env.path("reference");
+    cp_a(&src, &reference);
+    let old_files = contents(&reference);
+    for i in 0..files {
+        write(&src.join(name(i)), format!("migrated {i}\n"));
+    }
+    let migrated = env.path("migrated");
+    cp_a(&src, &migrated);
+    let new_files = contents(&migrated);
+
+    let args = ["restore", id.as_str(), "--no-safety-snapshot"];
+    let total = fault_points_on_a_copy(&env, &args);
+    fs::remove_dir_all(&src).unwrap();
+    cp_a(&migrated, &src);
+    assert!(
+        total > 2 * files as u64,
+        "every file passes a write and a rename point: {total}"
+    );
+    let mut crashes = 0;
+    // Through the first batch, near its end, in the next ones, near the end.
+    for percent in [25, 45, 50, 75, 95] {
+        let n = total * percent / 100;
+        if !crash_at(&env, &args, n) {
+            assert_same_tree(&reference, &src);
+        } else {
+            crashes += 1;
+            assert_sound(&env);
+            let (mut old, mut new) = (0, 0);
+            for (p, h) in contents(&src) {
+                if p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".snap-tmp-")
+                {
+                    continue;
+                }
+                if old_files.get(&p) == Some(&h) {
+                    old += 1;
+                } else if new_files.get(&p) == Some(&h) {
+                    new += 1;
+                } else {
+                    panic!(
+                        "{} is neither old nor new after a crash at point {n}",
+                        p.display()
+                    );
+                }
+            }
+            assert_eq!(old + new, files, "crash at point {n}: files missing");
+            env.snap().args(args).assert().success();
+            assert_same_tree(&reference, &src);
+            assert!(temp_files(&src).is_empty());
+        }
+        fs::remove_dir_all(&src).unwrap();
+        cp_a(&migrated, &src);
+    }
+    assert!(crashes >= 4, "only {crashes} of 5 crashes happened");
+}

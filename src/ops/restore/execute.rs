@@ -15,7 +15,7 @@ use rustix::fs::FileType;
 use super::fill::{self, WriteJob};
 use super::plan::effective_mode;
 use super::{Meta, Plan, RestoreStats, Step};
-use crate::confined::{self, Confined, DirFd, RemoveError};
+use crate::confined::{self, Confined, DirFd, RemoveError, TempFile};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::ChunkLocation;
@@ -292,72 +292,125 @@ impl Exec<'_> {
         }
         writes.sort_by_key(|(path, _)| firsts.get(path).copied());
         drop(firsts);
-        for batch in writes.chunks(WRITE_BATCH_FILES) {
+        // While one batch's barrier runs (it waits for the disk), the next
+        // batch is read and written; its renames wait for its own barrier.
+        std::thread::scope(|scope| -> Result<()> {
+            let mut pending: Option<Pending> = None;
+            for batch in writes.chunks(WRITE_BATCH_FILES) {
+                if self.progress.cancelled() {
+                    break;
+                }
+                let jobs = self.write_jobs(repo, batch);
+                let cx = fill::Context {
+                    reader: &reader,
+                    remote: repo.storage().is_remote(),
+                    is_root: self.is_root,
+                    progress: self.progress,
+                    filesystems: &self.filesystems,
+                };
+                let Ok(written) = fill::fill(&cx, &jobs) else {
+                    break; // cancelled
+                };
+                let mut renames = Vec::new();
+                for (job, r) in jobs.iter().zip(written) {
+                    match r {
+                        Ok((tmp, note)) => {
+                            if let Some(why) = note {
+                                self.partly(job.path, format!("extended attributes not set: {why}"));
+                            }
+                            renames.push(Some(tmp))
+                        }
+                        Err(f) => {
+                            self.stats.damaged |= f.damage;
+                            self.fail(job.path, f.message);
+                            renames.push(None);
+                        }
+                    }
+                }
+                if let Some(p) = pending.take() {
+                    self.rename_into_place(p)?;
+                }
+                if renames.iter().all(Option::is_none) {
+                    continue;
+                }
+                // One barrier for the batch instead of an fsync per file.
+                let files = self.filesystem_handles()?;
+                let barrier = scope.spawn(move || sync_filesystems(&files));
+                pending = Some(Pending {
+                    jobs,
+                    renames,
+                    barrier,
+                });
+            }
+            if let Some(p) = pending.take() {
+                self.rename_into_place(p)?;
+            }
             if self.progress.cancelled() {
                 return Err(Error::Interrupted);
             }
-            let mut jobs: Vec<WriteJob> = Vec::with_capacity(batch.len());
-            for &(path, meta) in batch {
-                let locs = match locate_chunks(repo, meta) {
-                    Ok(l) => l,
-                    Err(err) => {
-                        self.stats.damaged |= err.is_damage();
-                        self.fail(path, err.to_string());
-                        continue;
-                    }
-                };
-                match self.parent_of(path) {
-                    Ok((_, dir, name)) => jobs.push(WriteJob {
-                        path,
-                        meta,
-                        dir,
-                        name,
-                        locs,
-                    }),
-                    Err(e) => self.fail(path, moved(&e)),
+            Ok(())
+        })
+    }
+
+    /// The write jobs of a batch: each file's chunk locations (checked) and
+    /// its directory's handle; files for which either fails are reported.
+    fn write_jobs<'p>(&mut self, repo: &Repository, batch: &[(&'p PathBuf, &'p Meta)]) -> Vec<WriteJob<'p>> {
+        let mut jobs: Vec<WriteJob> = Vec::with_capacity(batch.len());
+        for &(path, meta) in batch {
+            let locs = match locate_chunks(repo, meta) {
+                Ok(l) => l,
+                Err(err) => {
+                    self.stats.damaged |= err.is_damage();
+                    self.fail(path, err.to_string());
+                    continue;
                 }
-            }
-            let cx = fill::Context {
-                reader: &reader,
-                remote: repo.storage().is_remote(),
-                is_root: self.is_root,
-                progress: self.progress,
-                filesystems: &self.filesystems,
             };
-            let written = fill::fill(&cx, &jobs)?;
-            let mut renames = Vec::new();
-            for (job, r) in jobs.iter().zip(written) {
-                match r {
-                    Ok((tmp, note)) => {
-                        if let Some(why) = note {
-                            self.partly(job.path, format!("extended attributes not set: {why}"));
-                        }
-                        renames.push((job, tmp))
-                    }
-                    Err(f) => {
-                        self.stats.damaged |= f.damage;
-                        self.fail(job.path, f.message);
-                    }
-                }
+            match self.parent_of(path) {
+                Ok((_, dir, name)) => jobs.push(WriteJob {
+                    path,
+                    meta,
+                    dir,
+                    name,
+                    locs,
+                }),
+                Err(e) => self.fail(path, moved(&e)),
             }
-            if renames.is_empty() {
-                continue;
-            }
-            // One barrier for the batch instead of an fsync per file.
-            self.barrier()?;
-            crate::fault::point("restore temporaries durable");
-            for (job, tmp) in renames {
-                match tmp.persist(job.name) {
-                    Ok(()) => {
-                        crate::fault::point("restore renamed a file into place");
-                        self.stats.written_files += 1;
-                        self.stats.written_bytes += job.meta.size;
-                    }
-                    Err(e) => self.fail(job.path, format!("cannot rename into place: {e}")),
+        }
+        jobs
+    }
+
+    /// Wait for a batch's barrier, then rename its temporaries over their
+    /// real names.
+    fn rename_into_place(&mut self, p: Pending) -> Result<()> {
+        p.barrier
+            .join()
+            .unwrap_or_else(|_| Err(Error::Invalid("sync panicked".into())))?;
+        crate::fault::point("restore temporaries durable");
+        for (job, tmp) in p.jobs.iter().zip(p.renames) {
+            let Some(tmp) = tmp else { continue };
+            match tmp.persist(job.name) {
+                Ok(()) => {
+                    crate::fault::point("restore renamed a file into place");
+                    self.stats.written_files += 1;
+                    self.stats.written_bytes += job.meta.size;
                 }
+                Err(e) => self.fail(job.path, format!("cannot rename into place: {e}")),
             }
         }
         Ok(())
+    }
+
+    /// A handle of each filesystem written to so far, for a barrier that
+    /// runs while the next batch fills (which adds to the set).
+    fn filesystem_handles(&self) -> Result<Vec<File>> {
+        let filesystems = self.filesystems.lock().unwrap_or_else(|e| e.into_inner());
+        filesystems
+            .values()
+            .map(|f| {
+                f.try_clone()
+                    .map_err(|e| Error::Invalid(format!("sync failed: {e}")))
+            })
+            .collect()
     }
 
     /// 4. Symlinks, special files, hard links, metadata.
@@ -488,13 +541,24 @@ impl Exec<'_> {
 
     /// Make everything written so far durable: one sync per filesystem.
     fn barrier(&self) -> Result<()> {
-        let filesystems = self.filesystems.lock().unwrap_or_else(|e| e.into_inner());
-        for f in filesystems.values() {
-            confined::sync_filesystem(f)
-                .map_err(|e| Error::Invalid(format!("sync failed: {e}")))?;
-        }
-        Ok(())
+        sync_filesystems(&self.filesystem_handles()?)
     }
+}
+
+/// A batch whose temporaries are filled, waiting for its barrier: each
+/// job's temporary (`None` where the file failed).
+struct Pending<'p, 's> {
+    jobs: Vec<WriteJob<'p>>,
+    renames: Vec<Option<TempFile>>,
+    barrier: std::thread::ScopedJoinHandle<'s, Result<()>>,
+}
+
+/// One sync per filesystem.
+fn sync_filesystems(files: &[File]) -> Result<()> {
+    for f in files {
+        confined::sync_filesystem(f).map_err(|e| Error::Invalid(format!("sync failed: {e}")))?;
+    }
+    Ok(())
 }
 
 fn rm_io(path: &Path) -> impl Fn(io::Error) -> RemoveError + '_ {

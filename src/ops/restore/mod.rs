@@ -12,7 +12,9 @@
 //! 3. write new file contents to temporary files in their final directory
 //!    (in parallel), make them durable with one `syncfs` per filesystem,
 //!    rename each over its real name, and sync again: a crash leaves every
-//!    file either old or new, never torn, and a rerun finishes the job;
+//!    file either old or new, never torn, and a rerun finishes the job
+//!    (in batches of 4,096 files; a batch's `syncfs` runs while the next
+//!    batch is written, and its renames wait for it);
 //! 4. symlinks, special files, hard links, metadata fixes;
 //! 5. directory metadata, children before parents.
 
