@@ -134,10 +134,14 @@ impl Packer {
         target: u64,
         done: Sender<Result<FinishedPack>>,
     ) -> Packer {
-        // At most two sealed packs wait and PUBLISHING ones are committed
-        // at once (an upload to object storage is mostly waiting): memory
-        // stays bounded by the packs in flight.
-        let (tx, rx) = bounded::<SealedPack>(2);
+        // PUBLISHING packs are committed at once (an upload to object
+        // storage is mostly waiting). On local storage a sealed pack is a
+        // file, and two more may wait; on remote storage it is the whole
+        // pack in memory until its PUT ends, so none waits in the channel:
+        // at most PUBLISHING + 2 packs (one being handed over, one being
+        // filled) are held.
+        let queue = if storage.is_remote() { 0 } else { 2 };
+        let (tx, rx) = bounded::<SealedPack>(queue);
         let finisher = std::thread::Builder::new()
             .name("snap-pack-finisher".into())
             .spawn(move || finish_in_order(rx, done))
@@ -213,16 +217,16 @@ fn finish_in_order(rx: crossbeam_channel::Receiver<SealedPack>, done: Sender<Res
             let _ = done.send(r);
         }
     };
-    for sealed in rx {
+    loop {
+        // Wait for a commit slot before taking the next pack, so that a
+        // pack is never held here while every slot is busy.
+        if under_way.len() == PUBLISHING {
+            report(under_way.pop_front().expect("full"), &mut failed);
+        }
         if failed {
             break;
         }
-        if under_way.len() == PUBLISHING {
-            report(under_way.pop_front().expect("full"), &mut failed);
-            if failed {
-                break;
-            }
-        }
+        let Ok(sealed) = rx.recv() else { break };
         let h = std::thread::Builder::new()
             .name("snap-pack-commit".into())
             .spawn(move || sealed.publish())
