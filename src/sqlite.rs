@@ -489,6 +489,7 @@ mod tests {
         assert_eq!(page_size(&h), None);
         assert!(!is_database_header(&h[..50]));
     }
+
     /// A WAL-mode database closed cleanly, with `rows` rows.
     fn wal_at_rest(dir: &Path, rows: u32) -> std::path::PathBuf {
         let path = dir.join("app.db");

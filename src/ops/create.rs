@@ -1165,16 +1165,15 @@ fn read_db_in_place(
     let chunk = || chunk_file(ctx, file, before.len(), Some(size));
     // In-process, snap's SQLite must not touch the app's database; a
     // requested quick_check needs SQLite, so an image.
-    let read = if ctx.held.is_none() {
-        sqlite::read_in_place(&job.path, ctx.sqlite_check, chunk).ok()?
-    } else {
-        None
+    let in_place = match ctx.held {
+        None => sqlite::read_in_place(&job.path, ctx.sqlite_check, chunk).ok()?,
+        Some(_) => None,
     };
-    let read = match read {
-        Some(r) => Some(r),
-        None if !ctx.sqlite_check => sqlite::read_at_rest(&job.path, file, chunk),
-        None => None,
-    };
+    let read = in_place.or_else(|| {
+        (!ctx.sqlite_check)
+            .then(|| sqlite::read_at_rest(&job.path, file, chunk))
+            .flatten()
+    });
     match read? {
         (Ok((chunks, read_bytes)), info) => {
             let after = file.metadata().ok();

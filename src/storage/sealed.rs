@@ -329,9 +329,7 @@ impl SealedReader {
         }
         Ok(plain)
     }
-}
 
-impl SealedReader {
     /// The end of the plain range `offset..offset + len`, or the short
     /// read error when it runs past the object.
     fn end_of(&self, offset: u64, len: u64) -> Result<u64> {

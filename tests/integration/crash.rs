@@ -67,6 +67,14 @@ fn crash_at(env: &Env, args: &[&str], n: u64) -> bool {
     true
 }
 
+/// A temporary an interrupted restore left (the next restore removes it).
+fn is_restore_temporary(p: &Path) -> bool {
+    p.file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with(".snap-tmp-")
+}
+
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
     walkdir::WalkDir::new(dir)
         .into_iter()
@@ -270,11 +278,7 @@ fn restore_crash_cycle(every: u64, safety: bool) -> u64 {
         assert_sound(&env);
         // Every file is either its old or its new version, never torn.
         for (p, h) in contents(&src) {
-            if p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".snap-tmp-")
-            {
+            if is_restore_temporary(&p) {
                 continue;
             }
             assert!(
@@ -489,11 +493,7 @@ fn an_in_place_restore_of_several_batches_survives_crashes() {
             assert_sound(&env);
             let (mut old, mut new) = (0, 0);
             for (p, h) in contents(&src) {
-                if p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(".snap-tmp-")
-                {
+                if is_restore_temporary(&p) {
                     continue;
                 }
                 if old_files.get(&p) == Some(&h) {

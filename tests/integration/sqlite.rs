@@ -34,6 +34,43 @@ while not os.path.exists(stop):
 print(n)
 "#;
 
+/// A Python writer running `script` on `db` (with `args`) until
+/// [`Writer::stop`]; started when it has signalled so.
+struct Writer {
+    child: std::process::Child,
+    stop: std::path::PathBuf,
+}
+
+impl Writer {
+    fn start(env: &Env, script: &str, db: &Path, args: &[&str]) -> Writer {
+        let stop = env.path("stop");
+        let path = env.path("writer.py");
+        fs::write(&path, script).unwrap();
+        let child = Command::new("python3")
+            .arg(&path)
+            .arg(db)
+            .arg(&stop)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the writer");
+        while !env.path("stop.started").exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Writer { child, stop }
+    }
+
+    /// Stop it; the number of transactions it committed.
+    fn stop(self) -> u64 {
+        fs::write(&self.stop, b"").unwrap();
+        String::from_utf8(self.child.wait_with_output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
 fn counts(db: &Path) -> (String, i64, i64, i64) {
     let c = rusqlite::Connection::open(db).unwrap();
     let check: String = c
@@ -68,21 +105,7 @@ fn constant_writes(mode: &str) {
     fs::create_dir_all(&src).unwrap();
     write(&src.join("prefs.json"), b"{}");
     let db = src.join("live.db");
-    let stop = env.path("stop");
-    let script = env.path("writer.py");
-    fs::write(&script, WRITER).unwrap();
-    let writer = Command::new("python3")
-        .arg(&script)
-        .arg(&db)
-        .arg(&stop)
-        .arg(mode)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the writer");
-    let started = env.path("stop.started");
-    while !started.exists() {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let writer = Writer::start(&env, WRITER, &db, &[mode]);
     let mut ids = Vec::new();
     for _ in 0..8 {
         let out = env
@@ -96,12 +119,7 @@ fn constant_writes(mode: &str) {
         ids.push(v["id"].as_str().unwrap().to_string());
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    fs::write(&stop, b"").unwrap();
-    let written: u64 = String::from_utf8(writer.wait_with_output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let written = writer.stop();
     assert!(written > 50, "the writer wrote while snap read ({written})");
     let mut last = 0;
     let mut distinct = std::collections::BTreeSet::new();
@@ -245,42 +263,18 @@ fn a_wal_database_at_rest_between_writers_is_stored_consistent() {
         fs::read(&db).unwrap()
     );
 
-    let stop = env.path("stop");
-    let script = env.path("writer.py");
-    fs::write(&script, REOPENING_WRITER).unwrap();
-    let writer = Command::new("python3")
-        .arg(&script)
-        .arg(&db)
-        .arg(&stop)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the writer");
-    while !env.path("stop.started").exists() {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let writer = Writer::start(&env, REOPENING_WRITER, &db, &[]);
     let ids: Vec<String> = (0..10).map(|_| env.create_id(&src)).collect();
-    fs::write(&stop, b"").unwrap();
-    let written: u64 = String::from_utf8(writer.wait_with_output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let written = writer.stop();
     assert!(written > 20, "the writer wrote while snap read ({written})");
     let mut distinct = std::collections::BTreeSet::new();
     for (i, id) in ids.iter().enumerate() {
         let out = env.path(&format!("out-{i}"));
         env.restore_to(id, &out);
-        let c = rusqlite::Connection::open(out.join("app.db")).unwrap();
-        let check: String = c
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
+        let (check, a, b, _) = counts(&out.join("app.db"));
         assert_eq!(check, "ok", "snapshot {i}");
-        let count = |t: &str| -> i64 {
-            c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
-                .unwrap()
-        };
-        let (a, b) = (count("a"), count("b"));
         assert_eq!(a, b, "snapshot {i}: the invariant holds");
+        let c = rusqlite::Connection::open(out.join("app.db")).unwrap();
         let same: i64 = c
             .query_row(
                 "SELECT count(*) FROM a JOIN b USING (id) WHERE a.body = b.body",
