@@ -117,8 +117,11 @@ fn pack(c: &mut Criterion) {
         b.iter(|| {
             let mut w = PackWriter::create(&storage, PackKind::Data).unwrap();
             for ch in &chunks {
-                w.add(ChunkId::of(ch), Codec::Raw, ch.len() as u32, ch)
-                    .unwrap();
+                w.add(
+                    snap::pack::Blob::whole(ChunkId::of(ch), Codec::Raw, ch.len() as u32),
+                    ch,
+                )
+                .unwrap();
             }
             let f = w.finish().unwrap();
             storage.delete(&pack_key(&f.id)).unwrap();
@@ -126,8 +129,11 @@ fn pack(c: &mut Criterion) {
     });
     let mut w = PackWriter::create(&storage, PackKind::Data).unwrap();
     for ch in &chunks {
-        w.add(ChunkId::of(ch), Codec::Raw, ch.len() as u32, ch)
-            .unwrap();
+        w.add(
+            snap::pack::Blob::whole(ChunkId::of(ch), Codec::Raw, ch.len() as u32),
+            ch,
+        )
+        .unwrap();
     }
     let f = w.finish().unwrap();
     g.bench_function("read-verify-all-chunks", |b| {
@@ -138,9 +144,16 @@ fn pack(c: &mut Criterion) {
                 .entries
                 .iter()
                 .map(|e| {
-                    r.read_chunk(&e.id, e.offset as u64, e.stored_len, e.raw_len, e.codec)
-                        .unwrap()
-                        .len()
+                    r.read_chunk(
+                        &e.id,
+                        e.offset as u64,
+                        e.stored_len,
+                        e.raw_len,
+                        e.codec,
+                        None,
+                    )
+                    .unwrap()
+                    .len()
                 })
                 .sum::<usize>()
         })
@@ -161,6 +174,7 @@ fn index(c: &mut Criterion) {
             stored_len: 1,
             raw_len: 1,
             codec: Codec::Raw,
+            base: None,
         })
         .collect();
     let mut g = c.benchmark_group("index");

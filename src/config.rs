@@ -7,7 +7,12 @@
 use crate::error::{Error, Result};
 
 /// The repository format this build writes and the newest it can read.
-pub const FORMAT_VERSION: u32 = 2;
+/// Format 3 adds delta chunks (a changed database page stored as its
+/// difference from the parent snapshot's page) in version 3 packs.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format this build reads and writes (as that format: a
+/// format-2 repository never gets a delta).
+pub const MIN_FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoConfig {
@@ -49,6 +54,20 @@ impl Default for RepoConfig {
 pub const CHUNK_MAX_LIMIT: u32 = 16 * 1024 * 1024;
 
 impl RepoConfig {
+    /// Whether changed database pages may be stored as deltas.
+    pub fn stores_deltas(&self) -> bool {
+        self.format_version >= 3
+    }
+
+    /// The version of the packs this repository's writers make.
+    pub fn pack_version(&self) -> u32 {
+        if self.stores_deltas() {
+            crate::pack::PACK_VERSION_DELTAS
+        } else {
+            crate::pack::PACK_VERSION
+        }
+    }
+
     /// A fresh repository id: 16 random bytes in hex.
     pub fn new_id() -> String {
         let bytes: [u8; 16] = rand::random();
@@ -63,6 +82,17 @@ impl RepoConfig {
             self.chunk_max_bytes,
         );
         let bad = |why: &str| Err(Error::BadConfig(why.to_string()));
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&self.format_version) {
+            return Err(Error::BadConfig(format!(
+                "format version {} (this snap reads {MIN_FORMAT_VERSION} to {FORMAT_VERSION}){}",
+                self.format_version,
+                if self.format_version > FORMAT_VERSION {
+                    "; upgrade snap"
+                } else {
+                    ""
+                }
+            )));
+        }
         // The id names a cache directory: hex only, never a path.
         if self.id.len() > 64 || !self.id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return bad("the repository id must be at most 64 hex digits");

@@ -48,6 +48,7 @@ internal!(
     compress,
     config,
     confined,
+    delta,
     error,
     exclude,
     fault,

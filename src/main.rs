@@ -402,6 +402,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             path,
             pack_size,
             zstd_level,
+            format,
             encrypt,
             no_encrypt,
         } => {
@@ -410,7 +411,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 (_, true) => Some(false),
                 _ => None,
             };
-            cmd::init::run(&mut ctx, path, pack_size, zstd_level, encrypt)
+            let config = snap::config::RepoConfig {
+                format_version: format,
+                pack_target_bytes: pack_size.saturating_mul(1024 * 1024),
+                zstd_level,
+                ..Default::default()
+            };
+            cmd::init::run(&mut ctx, path, config, encrypt)
         }
         Command::Key(cli::KeyWhat::Passwd { new_password_file }) => {
             cmd::key::passwd(&ctx.repo, new_password_file.as_deref(), &mut ctx.out)

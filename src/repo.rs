@@ -18,12 +18,13 @@ use crossbeam_channel::Receiver;
 
 use crate::compress::{Codec, decompress};
 use crate::config::RepoConfig;
+use crate::delta::Locate;
 use crate::error::{Error, IoContext, Result};
 use crate::held::HeldFiles;
 use crate::id::{ChunkId, Ids, PackId, SnapshotId, TreeId};
 use crate::index::{ChunkLocation, Index};
 use crate::lock::{LockMode, RepoLock, default_wait};
-use crate::pack::{FinishedPack, PackKind, PackReader, Packer};
+use crate::pack::{Blob, FinishedPack, PackKind, PackReader, Packer};
 use crate::snapshot::Snapshot;
 use crate::storage::{LocalStorage, Storage, local::sync_dir};
 use crate::tree::Tree;
@@ -344,10 +345,11 @@ impl Repository {
                 let (packer, _) = slot.get_or_insert_with(|| {
                     let (tx, rx) = crossbeam_channel::unbounded();
                     let target = self.config.pack_target_bytes;
-                    let p = Packer::new(self.storage.clone(), PackKind::Tree, target, tx);
+                    let p = Packer::new(self.storage.clone(), PackKind::Tree, target, tx)
+                        .with_version(self.config.pack_version());
                     (p, rx)
                 });
-                packer.add(blob, codec, enc.len() as u32, &data)?;
+                packer.add(Blob::whole(blob, codec, enc.len() as u32), &data)?;
             }
         }
         Ok(id)
@@ -583,6 +585,7 @@ pub fn load_tree_from(index: &Index, index_path: &Path, ids: Ids, id: &TreeId) -
         reason,
     };
     let enc = match codec {
+        Codec::Delta => return Err(damaged(format!("tree {} claims a delta", id.short()))),
         Codec::Raw => data,
         Codec::Zstd => {
             // The frame records its content size; refuse absurd ones.
@@ -606,18 +609,27 @@ pub fn load_tree_from(index: &Index, index_path: &Path, ids: Ids, id: &TreeId) -
 /// Reads chunks from packs, keeping recently used packs open. Clones
 /// share the open packs (and, on object storage, the windows each pack
 /// reader has fetched), so parallel workers cloned from one reader open
-/// and fetch each pack once.
+/// and fetch each pack once. A delta is read through its base (see
+/// `crate::delta`); recently read bases are kept, shared by the clones.
 #[derive(Clone)]
 pub struct ChunkReader {
     storage: Arc<dyn Storage>,
     open: Arc<Mutex<HashMap<PackId, Arc<PackReader>>>>,
+    bases: Arc<Mutex<HashMap<ChunkId, RawChunk>>>,
 }
+
+/// A chunk's raw bytes and its delta chain depth (0: not a delta).
+pub type RawChunk = (Arc<Vec<u8>>, u32);
+
+/// Bases kept by a reader (pages of 4 to 64 KiB: at most a few MiB).
+const BASES_KEPT: usize = 128;
 
 impl ChunkReader {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
         ChunkReader {
             storage,
             open: Arc::new(Mutex::new(HashMap::new())),
+            bases: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -636,8 +648,14 @@ impl ChunkReader {
         Ok(r)
     }
 
-    /// Read and verify one chunk.
-    pub fn read(&mut self, id: &ChunkId, loc: &ChunkLocation) -> Result<Vec<u8>> {
+    /// Read and verify one chunk; a delta's bases are found through `bases`.
+    pub fn read(
+        &mut self,
+        id: &ChunkId,
+        loc: &ChunkLocation,
+        bases: &dyn Locate,
+    ) -> Result<Vec<u8>> {
+        let base = self.base_of(id, loc, bases)?;
         let pack = self.pack(&loc.pack)?;
         pack.read_chunk(
             id,
@@ -645,6 +663,99 @@ impl ChunkReader {
             loc.stored_len,
             loc.raw_len,
             loc.codec,
+            base.as_ref().map(|(b, _)| b.as_slice()),
         )
+    }
+
+    /// A chunk's raw bytes and its chain depth (0: not a delta), kept
+    /// among the recent bases: what create stores a delta against.
+    pub fn read_with_depth(
+        &mut self,
+        id: &ChunkId,
+        loc: &ChunkLocation,
+        bases: &dyn Locate,
+    ) -> Result<RawChunk> {
+        self.raw_at(id, loc, id, bases, 0)
+    }
+
+    /// The raw bytes of the base of `id` (at `loc`) and the base's own
+    /// chain depth; `None` when it is not a delta.
+    pub fn base_of(
+        &mut self,
+        id: &ChunkId,
+        loc: &ChunkLocation,
+        bases: &dyn Locate,
+    ) -> Result<Option<RawChunk>> {
+        match loc.base {
+            None => Ok(None),
+            Some(base) => self.raw(&base, id, &loc.pack, bases, 1).map(Some),
+        }
+    }
+
+    /// A chunk's raw bytes and its depth, `hops` deltas away from the
+    /// chunk first asked for (`of`, in `pack`).
+    fn raw(
+        &mut self,
+        id: &ChunkId,
+        of: &ChunkId,
+        pack: &PackId,
+        bases: &dyn Locate,
+        hops: u32,
+    ) -> Result<RawChunk> {
+        if let Some(hit) = self.bases.lock().expect("base cache").get(id) {
+            return Ok(hit.clone());
+        }
+        let damaged = |why: String| crate::pack::damaged(pack, why);
+        if hops > crate::delta::MAX_DEPTH {
+            return Err(damaged(format!(
+                "chunk {} is a chain of more than {} deltas",
+                of.short(),
+                crate::delta::MAX_DEPTH
+            )));
+        }
+        let loc = bases.locate(id)?.ok_or_else(|| {
+            damaged(format!(
+                "delta chunk {}: its base {} is in no pack",
+                of.short(),
+                id.short()
+            ))
+        })?;
+        self.raw_at(id, &loc, of, bases, hops)
+    }
+
+    /// `raw` of a chunk already located.
+    fn raw_at(
+        &mut self,
+        id: &ChunkId,
+        loc: &ChunkLocation,
+        of: &ChunkId,
+        bases: &dyn Locate,
+        hops: u32,
+    ) -> Result<RawChunk> {
+        if let Some(hit) = self.bases.lock().expect("base cache").get(id) {
+            return Ok(hit.clone());
+        }
+        let (base, depth) = match loc.base {
+            Some(b) => {
+                let (bytes, d) = self.raw(&b, of, &loc.pack, bases, hops + 1)?;
+                (Some(bytes), d + 1)
+            }
+            None => (None, 0),
+        };
+        let data = self.pack(&loc.pack)?.read_chunk(
+            id,
+            loc.offset as u64,
+            loc.stored_len,
+            loc.raw_len,
+            loc.codec,
+            base.as_ref().map(|b| b.as_slice()),
+        )?;
+        let hit = (Arc::new(data), depth);
+        let mut cache = self.bases.lock().expect("base cache");
+        if cache.len() >= BASES_KEPT {
+            cache.clear();
+        }
+        cache.insert(*id, hit.clone());
+        Ok(hit)
     }
 }

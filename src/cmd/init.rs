@@ -10,18 +10,12 @@ use crate::*;
 pub fn run(
     ctx: &mut Ctx,
     path: Option<PathBuf>,
-    pack_size: u64,
-    zstd_level: i32,
+    config: snap::config::RepoConfig,
     encrypt: Option<bool>,
 ) -> anyhow::Result<u8> {
     let path = match path.or(ctx.repo.clone()) {
         Some(p) => p,
         None => default_repo()?,
-    };
-    let config = snap::config::RepoConfig {
-        pack_target_bytes: pack_size.saturating_mul(1024 * 1024),
-        zstd_level,
-        ..Default::default()
     };
     let s3 = s3_storage(&path)?;
     // A bucket is someone else's disk: encrypted unless --no-encrypt.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::compress::Codec;
-use crate::config::{FORMAT_VERSION, RepoConfig};
+use crate::config::{FORMAT_VERSION, MIN_FORMAT_VERSION, RepoConfig};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::pack::{FinishedPack, PackEntry, PackKind};
@@ -28,6 +28,22 @@ pub struct ChunkLocation {
     pub stored_len: u32,
     pub raw_len: u32,
     pub codec: Codec,
+    /// A delta's base chunk.
+    pub base: Option<ChunkId>,
+}
+
+impl ChunkLocation {
+    /// Where a footer entry of `pack` says its chunk is.
+    pub fn of(pack: PackId, e: &PackEntry) -> ChunkLocation {
+        ChunkLocation {
+            pack,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            codec: e.codec,
+            base: e.base,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -37,17 +53,51 @@ pub struct PackRow {
     pub size: u64,
     pub chunk_count: u64,
     pub kind: PackKind,
+    /// Delta base records in its footer.
+    pub bases: u64,
+}
+
+impl PackRow {
+    /// Bytes of its frames: what is not header, footer or trailer.
+    pub fn payload(&self) -> u64 {
+        let framing = crate::pack::HEADER_LEN
+            + crate::pack::ENTRY_LEN * self.chunk_count
+            + crate::pack::BASE_LEN * self.bases
+            + crate::pack::TRAILER_LEN;
+        self.size.saturating_sub(framing)
+    }
 }
 
 pub struct Index {
     conn: Connection,
     path: PathBuf,
+    /// What reads a chunk row's base: `base`, or `NULL` in a version 2
+    /// index opened read-only (which holds no deltas).
+    base_col: &'static str,
 }
 
 /// A codec stored as an integer column.
 fn codec_col(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Codec> {
     let c: u8 = r.get(i)?;
     Codec::from_u8(c).ok_or(rusqlite::Error::IntegralValueOutOfRange(i, c as i64))
+}
+
+/// A delta's base column: NULL, or a chunk id (a delta has one; nothing
+/// else has).
+fn base_col(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<ChunkId>> {
+    let base = r
+        .get::<_, Option<Vec<u8>>>(i)?
+        .map(|v| blob_id(v, ChunkId::from_slice))
+        .transpose()?;
+    let codec = codec_col(r, 4)?;
+    if (codec == Codec::Delta) != base.is_some() {
+        return Err(rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Blob,
+            "a delta without a base, or a base without a delta".into(),
+        ));
+    }
+    Ok(base)
 }
 
 fn blob_id<T>(v: Vec<u8>, f: fn(&[u8]) -> Option<T>) -> rusqlite::Result<T> {
@@ -112,6 +162,7 @@ impl Index {
         let idx = Index {
             conn,
             path: path.to_path_buf(),
+            base_col: "base",
         };
         idx.conn
             .pragma_update(None, "journal_mode", "WAL")
@@ -175,9 +226,10 @@ impl Index {
             }
             _ => Self::connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
         };
-        let idx = Index {
+        let mut idx = Index {
             conn,
             path: path.to_path_buf(),
+            base_col: "base",
         };
         let not_db = |e: rusqlite::Error| Error::Damaged {
             path: path.to_path_buf(),
@@ -226,7 +278,7 @@ impl Index {
                 .map_err(|_| Error::BadConfig(format!("{k} is not a number")))
         };
         let format_version = num("format_version")? as u32;
-        if format_version < FORMAT_VERSION {
+        if format_version < MIN_FORMAT_VERSION {
             return Err(Error::OldFormat {
                 path: repo.to_path_buf(),
                 found: format_version,
@@ -250,12 +302,49 @@ impl Index {
             encryption: get("encryption").map(str::to_string).unwrap_or_default(),
         };
         config.validate()?;
+        if version < schema::DELTA_BASES_SINCE {
+            match access {
+                Access::ReadWrite => idx.add_delta_bases().map_err(|e| idx.err(e))?,
+                _ => idx.base_col = "NULL",
+            }
+        }
         if access == Access::ReadWrite {
             idx.conn
                 .execute_batch(schema::CONDEMNED)
                 .map_err(|e| idx.err(e))?;
         }
         Ok((idx, config))
+    }
+
+    /// Schema 2 -> 3: the `base` columns. Checked again under the write
+    /// lock, so two processes opening one old index migrate it once.
+    fn add_delta_bases(&self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let r = (|| {
+            let v: u32 = self
+                .conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if v >= schema::DELTA_BASES_SINCE {
+                return Ok(());
+            }
+            self.conn.execute_batch(
+                "ALTER TABLE chunks ADD COLUMN base BLOB;
+                 ALTER TABLE packs ADD COLUMN bases INTEGER NOT NULL DEFAULT 0;",
+            )?;
+            if self.has_condemned_tables()? {
+                self.conn
+                    .execute_batch("ALTER TABLE condemned_chunks ADD COLUMN base BLOB")?;
+            }
+            self.conn
+                .pragma_update(None, "user_version", SCHEMA_VERSION)
+        })();
+        match r {
+            Ok(()) => self.conn.execute_batch("COMMIT"),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     /// For the one connection that walks and writes during create: a larger
@@ -312,18 +401,19 @@ impl Index {
         let f = || -> rusqlite::Result<i64> {
             self.conn
                 .prepare_cached(
-                    "INSERT INTO packs(hash, size, chunk_count, kind) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO packs(hash, size, chunk_count, kind, bases) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
                 .execute(params![
                     pack.id.as_bytes(),
                     pack.size as i64,
                     pack.entries.len() as i64,
-                    pack.kind as u8
+                    pack.kind as u8,
+                    pack.bases() as i64
                 ])?;
             let rowid = self.conn.last_insert_rowid();
             let mut st = self.conn.prepare_cached(
-                "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored_len, raw_len, codec)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored_len, raw_len, codec, base)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for e in &pack.entries {
                 st.execute(params![
@@ -332,7 +422,8 @@ impl Index {
                     e.offset,
                     e.stored_len,
                     e.raw_len,
-                    e.codec as u8
+                    e.codec as u8,
+                    e.base.as_ref().map(|b| b.as_bytes().as_slice())
                 ])?;
             }
             Ok(rowid)
@@ -340,22 +431,29 @@ impl Index {
         f().map_err(|e| self.err(e))
     }
 
-    /// A pack row without chunk rows (gc points moved chunks at it).
+    /// A pack row without chunk rows (gc points moved chunks at it). A
+    /// repack can write exactly the pack (and so the name) an earlier,
+    /// interrupted gc uploaded, which a sync may have indexed since: that
+    /// row is the same pack, and is reused.
     pub fn insert_pack_row(&self, pack: &FinishedPack) -> Result<i64> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO packs(hash, size, chunk_count, kind) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
+        let f = || -> rusqlite::Result<i64> {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO packs(hash, size, chunk_count, kind, bases) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(hash) DO NOTHING",
+                )?
+                .execute(params![
                     pack.id.as_bytes(),
                     pack.size as i64,
                     pack.entries.len() as i64,
-                    pack.kind as u8
-                ])
-            })
-            .map(|_| self.conn.last_insert_rowid())
-            .map_err(|e| self.err(e))
+                    pack.kind as u8,
+                    pack.bases() as i64
+                ])?;
+            self.conn
+                .prepare_cached("SELECT id FROM packs WHERE hash = ?1")?
+                .query_row([pack.id.as_bytes()], |r| r.get(0))
+        };
+        f().map_err(|e| self.err(e))
     }
 
     // ---- liveness (gc) ----
@@ -384,6 +482,39 @@ impl Index {
         f().map_err(|e| self.err(e))
     }
 
+    /// Add the base of every live delta to the live set, and their bases in
+    /// turn (a chain is at most `delta::MAX_DEPTH` long; a longer one, only
+    /// possible in a damaged index, stops growing there). Returns how many
+    /// bases were added.
+    pub fn live_add_bases(&self) -> Result<u64> {
+        if self.base_col != "base" {
+            return Ok(0);
+        }
+        let condemned = self.has_condemned_tables().map_err(|e| self.err(e))?;
+        let sql = if condemned {
+            "INSERT OR IGNORE INTO temp.live(hash)
+             SELECT c.base FROM chunks c JOIN temp.live l ON l.hash = c.hash WHERE c.base IS NOT NULL
+             UNION SELECT c.base FROM condemned_chunks c JOIN temp.live l ON l.hash = c.hash
+                   WHERE c.base IS NOT NULL"
+        } else {
+            "INSERT OR IGNORE INTO temp.live(hash)
+             SELECT c.base FROM chunks c JOIN temp.live l ON l.hash = c.hash WHERE c.base IS NOT NULL"
+        };
+        let mut added = 0;
+        for _ in 0..=crate::delta::MAX_DEPTH {
+            let n = self
+                .conn
+                .prepare_cached(sql)
+                .and_then(|mut st| st.execute([]))
+                .map_err(|e| self.err(e))?;
+            if n == 0 {
+                break;
+            }
+            added += n as u64;
+        }
+        Ok(added)
+    }
+
     /// Per pack: (rowid, live chunk count, live stored bytes).
     pub fn pack_liveness(&self) -> Result<HashMap<i64, (u64, u64)>> {
         let f = || -> rusqlite::Result<HashMap<i64, (u64, u64)>> {
@@ -405,8 +536,11 @@ impl Index {
     /// The live chunks of one pack, in pack order.
     pub fn live_chunks_in_pack(&self, pack_rowid: i64) -> Result<Vec<PackEntry>> {
         self.pack_entries(
-            "SELECT c.hash, c.offset, c.stored_len, c.raw_len, c.codec FROM chunks c
-             JOIN temp.live l ON l.hash = c.hash WHERE c.pack = ?1 ORDER BY c.offset",
+            &format!(
+                "SELECT c.hash, c.offset, c.stored_len, c.raw_len, c.codec, c.{} FROM chunks c
+                 JOIN temp.live l ON l.hash = c.hash WHERE c.pack = ?1 ORDER BY c.offset",
+                self.base_col
+            ),
             pack_rowid,
         )
     }
@@ -458,15 +592,20 @@ impl Index {
     /// Where a chunk is: its row, else (on shared storage) its row in a
     /// condemned pack, still readable until a gc deletes the pack.
     pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        let base = self.base_col;
         match self.located(
-            "SELECT p.hash, c.offset, c.stored_len, c.raw_len, c.codec
-             FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.hash = ?1",
+            &format!(
+                "SELECT p.hash, c.offset, c.stored_len, c.raw_len, c.codec, c.{base}
+                 FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.hash = ?1"
+            ),
             id,
         )? {
             Some(l) => Ok(Some(l)),
             None if self.has_condemned_tables().map_err(|e| self.err(e))? => self.located(
-                "SELECT p.hash, c.offset, c.stored_len, c.raw_len, c.codec
-                 FROM condemned_chunks c JOIN packs p ON p.id = c.pack WHERE c.hash = ?1 LIMIT 1",
+                &format!(
+                    "SELECT p.hash, c.offset, c.stored_len, c.raw_len, c.codec, c.{base}
+                     FROM condemned_chunks c JOIN packs p ON p.id = c.pack WHERE c.hash = ?1 LIMIT 1"
+                ),
                 id,
             ),
             None => Ok(None),
@@ -484,6 +623,7 @@ impl Index {
                         stored_len: r.get(2)?,
                         raw_len: r.get(3)?,
                         codec: codec_col(r, 4)?,
+                        base: base_col(r, 5)?,
                     })
                 })
                 .optional()
@@ -493,9 +633,10 @@ impl Index {
 
     pub fn packs(&self) -> Result<Vec<PackRow>> {
         let f = || -> rusqlite::Result<Vec<PackRow>> {
-            let mut st = self
-                .conn
-                .prepare("SELECT id, hash, size, chunk_count, kind FROM packs ORDER BY id")?;
+            let bases = if self.base_col == "base" { "bases" } else { "0" };
+            let mut st = self.conn.prepare(&format!(
+                "SELECT id, hash, size, chunk_count, kind, {bases} FROM packs ORDER BY id"
+            ))?;
             st.query_map([], |r| {
                 Ok(PackRow {
                     rowid: r.get(0)?,
@@ -509,6 +650,7 @@ impl Index {
                             "unknown pack kind".into(),
                         )
                     })?,
+                    bases: r.get::<_, i64>(5)? as u64,
                 })
             })?
             .collect()
@@ -519,12 +661,15 @@ impl Index {
     /// The chunk rows that point into one pack.
     pub fn chunks_in_pack(&self, pack_rowid: i64) -> Result<Vec<PackEntry>> {
         self.pack_entries(
-            "SELECT hash, offset, stored_len, raw_len, codec FROM chunks WHERE pack = ?1 ORDER BY offset",
+            &format!(
+                "SELECT hash, offset, stored_len, raw_len, codec, {} FROM chunks WHERE pack = ?1 ORDER BY offset",
+                self.base_col
+            ),
             pack_rowid,
         )
     }
 
-    /// Run a query whose rows are (hash, offset, stored_len, raw_len, codec).
+    /// Run a query whose rows are (hash, offset, stored_len, raw_len, codec, base).
     fn pack_entries(&self, sql: &str, pack_rowid: i64) -> Result<Vec<PackEntry>> {
         let f = || -> rusqlite::Result<Vec<PackEntry>> {
             let mut st = self.conn.prepare_cached(sql)?;
@@ -535,6 +680,7 @@ impl Index {
                     stored_len: r.get(2)?,
                     raw_len: r.get(3)?,
                     codec: codec_col(r, 4)?,
+                    base: base_col(r, 5)?,
                 })
             })?
             .collect()
@@ -570,8 +716,8 @@ impl Index {
     pub fn move_chunk(&self, id: &ChunkId, pack_rowid: i64, e: &PackEntry) -> Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO chunks(hash, pack, offset, stored_len, raw_len, codec)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO chunks(hash, pack, offset, stored_len, raw_len, codec, base)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -580,7 +726,8 @@ impl Index {
                     e.offset,
                     e.stored_len,
                     e.raw_len,
-                    e.codec as u8
+                    e.codec as u8,
+                    e.base.as_ref().map(|b| b.as_bytes().as_slice())
                 ])
             })
             .map(|_| ())

@@ -1,7 +1,13 @@
 //! The index schema. `PRAGMA user_version` holds the schema version; the
 //! repository format version is also kept in the `config` table.
 
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// Version 3 adds `base` to the chunk rows: the chunk a delta (codec 2) is
+/// a difference from; and `bases` to the pack rows: how many base records
+/// the pack's footer holds (its size, less header, footer and frames). Indexes of version 2 gain it on a read-write open;
+/// read-only opens of them read NULL (no deltas before version 3).
+pub const DELTA_BASES_SINCE: u32 = 3;
 
 pub const CREATE: &str = r#"
 CREATE TABLE config (
@@ -13,7 +19,8 @@ CREATE TABLE packs (
     hash        BLOB NOT NULL UNIQUE,
     size        INTEGER NOT NULL,
     chunk_count INTEGER NOT NULL,
-    kind        INTEGER NOT NULL DEFAULT 0
+    kind        INTEGER NOT NULL DEFAULT 0,
+    bases       INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE chunks (
     hash       BLOB PRIMARY KEY,
@@ -21,7 +28,8 @@ CREATE TABLE chunks (
     offset     INTEGER NOT NULL,
     stored_len INTEGER NOT NULL,
     raw_len    INTEGER NOT NULL,
-    codec      INTEGER NOT NULL
+    codec      INTEGER NOT NULL,
+    base       BLOB
 ) WITHOUT ROWID;
 CREATE INDEX chunks_by_pack ON chunks(pack);
 CREATE TABLE trees (
@@ -69,6 +77,7 @@ CREATE TABLE IF NOT EXISTS condemned_chunks (
     stored_len INTEGER NOT NULL,
     raw_len    INTEGER NOT NULL,
     codec      INTEGER NOT NULL,
+    base       BLOB,
     PRIMARY KEY (pack, hash)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS condemned_chunks_by_hash ON condemned_chunks(hash);

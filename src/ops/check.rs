@@ -11,7 +11,8 @@ use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::ops::restore::{MAX_DEPTH, entry_budget};
 use crate::pack::{HEADER_LEN, TRAILER_LEN, decode_chunk};
 use crate::progress::Progress;
-use crate::repo::Repository;
+use crate::index::ChunkLocation;
+use crate::repo::{ChunkReader, Repository};
 use crate::snapshot::Snapshot;
 use crate::tree::Kind;
 
@@ -150,6 +151,9 @@ pub fn check(
     // With --read-data: which pack footer lists each chunk, to name the pack
     // of a chunk whose index row is gone.
     let mut in_footer: HashMap<ChunkId, PackId> = HashMap::new();
+    // (pack, delta, base): every base must be located too.
+    let mut deltas: Vec<(PackId, ChunkId, ChunkId)> = Vec::new();
+    let mut reader = ChunkReader::new(repo.storage().clone());
     for p in &packs {
         if progress.cancelled() {
             return Err(Error::Interrupted);
@@ -157,6 +161,9 @@ pub fn check(
         let rows = index.chunks_in_pack(p.rowid)?;
         for r in &rows {
             pack_of_chunk.insert(r.id, p.id);
+            if let Some(base) = r.base {
+                deltas.push((p.id, r.id, base));
+            }
         }
         // A condemned pack still holds its chunks; one a kept snapshot uses
         // (a gc stopped between condemning and repacking) is rescued by
@@ -199,8 +206,23 @@ pub fn check(
             bad_packs.insert(p.id);
         }
         if opts.read_data && !bad_packs.contains(&p.id) {
-            let listed = check_pack_data(repo, &p.id, &rows, &mut report, &mut faults, progress);
+            let data = PackData {
+                repo,
+                id: &p.id,
+                rows: &rows,
+                reader: &mut reader,
+            };
+            let listed = check_pack_data(data, &mut report, &mut faults, progress);
             in_footer.extend(listed.into_iter().map(|c| (c, p.id)));
+        }
+    }
+    for (pack, delta, base) in deltas {
+        if !pack_of_chunk.contains_key(&base) {
+            faults.push(Fault::Chunk(
+                Some(pack),
+                delta,
+                format!("delta's base {} has no index row", base.short()),
+            ));
         }
     }
     let referenced: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
@@ -335,16 +357,29 @@ pub fn check(
     Ok(report)
 }
 
-/// Read one pack whole (one read, not one per chunk); returns the chunk
-/// ids its footer lists.
+/// One pack to read, with its index rows.
+struct PackData<'a> {
+    repo: &'a Repository,
+    id: &'a PackId,
+    rows: &'a [crate::pack::PackEntry],
+    /// Reads the bases of deltas.
+    reader: &'a mut ChunkReader,
+}
+
+/// Read one pack whole (one read, not one per chunk), each delta through
+/// its base; returns the chunk ids its footer lists.
 fn check_pack_data(
-    repo: &Repository,
-    id: &PackId,
-    rows: &[crate::pack::PackEntry],
+    data: PackData,
     report: &mut CheckReport,
     faults: &mut Vec<Fault>,
     progress: &dyn Progress,
 ) -> Vec<ChunkId> {
+    let PackData {
+        repo,
+        id,
+        rows,
+        reader,
+    } = data;
     report.packs_read += 1;
     let pack = match repo.open_pack(id) {
         Ok(p) => p,
@@ -388,7 +423,12 @@ fn check_pack_data(
     for r in rows {
         let (start, end) = (r.offset as usize, r.offset as usize + r.stored_len as usize);
         let res = match body.get(start..end) {
-            Some(stored) => decode_chunk(repo.ids(), id, &r.id, r.codec, stored, r.raw_len),
+            Some(stored) => reader
+                .base_of(&r.id, &ChunkLocation::of(*id, r), repo)
+                .and_then(|base| {
+                    let base = base.as_ref().map(|(b, _)| b.as_slice());
+                    decode_chunk(repo.ids(), id, &r.id, r.codec, stored, r.raw_len, base)
+                }),
             None => Err(crate::pack::damaged(id, "pack too short for the chunk")),
         };
         report.chunks_read += 1;

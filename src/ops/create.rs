@@ -30,9 +30,11 @@ use crate::exclude::Excludes;
 use crate::held::HeldFiles;
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::index::Index;
-use crate::pack::{FinishedPack, PackKind, Packer};
+use crate::config::CHUNK_MAX_LIMIT;
+use crate::delta::Stored;
+use crate::pack::{Blob, FinishedPack, PackKind, Packer};
 use crate::progress::{Progress, Warning, WarningKind};
-use crate::repo::Repository;
+use crate::repo::{ChunkReader, Repository};
 use crate::snapshot::{RootMeta, Snapshot, SnapshotStats, SourceRoot};
 use crate::source::{entry_from_metadata, entry_from_stat, lstat_at, unchanged};
 use crate::sqlite::{self, DbInfo};
@@ -95,6 +97,9 @@ struct FileJob {
     path: PathBuf,
     rel: PathBuf,
     ino: u64,
+    /// A database's pages in the parent snapshot (same path), the bases
+    /// its changed pages are stored as deltas of (`crate::delta`).
+    base_pages: Option<Vec<ChunkId>>,
 }
 
 enum FileOutcome {
@@ -123,6 +128,7 @@ struct NewChunk {
     codec: Codec,
     raw_len: u32,
     data: Vec<u8>,
+    base: Option<ChunkId>,
 }
 
 /// A directory whose tree is not yet complete.
@@ -436,11 +442,14 @@ fn run(
     let params = ChunkerParams::from(repo.config());
     let level = repo.config().zstd_level;
     let target = repo.config().pack_target_bytes;
+    let version = repo.config().pack_version();
+    // Reads the bases of deltas, shared by the workers.
+    let reader = ChunkReader::new(repo.storage().clone());
 
     std::thread::scope(|scope| {
         let writer = {
             let storage = repo.storage().clone();
-            scope.spawn(move || pack_writer(chunk_rx, pack_tx, storage, target))
+            scope.spawn(move || pack_writer(chunk_rx, pack_tx, storage, target, version))
         };
         let mut handles = Vec::new();
         for _ in 0..workers {
@@ -453,6 +462,7 @@ fn run(
                 params,
                 ids: repo.ids(),
                 level,
+                reader: repo.config().stores_deltas().then(|| reader.clone()),
                 chunk_tx: chunk_tx.clone(),
                 cancel: cancel.clone(),
                 progress,
@@ -746,6 +756,13 @@ impl Walk<'_> {
                             path,
                             rel: child_rel,
                             ino: st.ino,
+                            base_pages: old_entry
+                                .filter(|o| {
+                                    self.repo.config().stores_deltas()
+                                        && o.kind == Kind::File
+                                        && o.has_flag(flags::SQLITE_IMAGE)
+                                })
+                                .map(|o| o.chunks().to_vec()),
                         })?;
                         self.nodes.get_mut(&node_id).unwrap().pending += 1;
                     }
@@ -997,6 +1014,8 @@ struct WorkerCtx<'a> {
     params: ChunkerParams,
     ids: crate::id::Ids,
     level: i32,
+    /// Reads the bases of deltas; `None` in a repository without deltas.
+    reader: Option<ChunkReader>,
     chunk_tx: Sender<Vec<NewChunk>>,
     cancel: Arc<AtomicBool>,
     progress: &'a dyn Progress,
@@ -1098,7 +1117,7 @@ fn read_file_plain(ctx: &WorkerCtx, job: &FileJob, file: &File) -> FileOutcome {
                 ),
             ));
         }
-        let read = chunk_file(ctx, file, before.len(), None);
+        let read = chunk_file(ctx, file, before.len(), None, None);
         let (chunks, read_bytes) = match read {
             Ok(r) => r,
             Err(ReadError::Io(e)) => return FileOutcome::Unreadable(e.to_string()),
@@ -1162,7 +1181,8 @@ fn read_db_in_place(
     before: &std::fs::Metadata,
 ) -> Option<FileOutcome> {
     let size = sqlite::chunk_size(header)?;
-    let chunk = || chunk_file(ctx, file, before.len(), Some(size));
+    let bases = job.base_pages.as_deref();
+    let chunk = || chunk_file(ctx, file, before.len(), Some(size), bases);
     // In-process, snap's SQLite must not touch the app's database; a
     // requested quick_check needs SQLite, so an image.
     let in_place = match ctx.held {
@@ -1267,7 +1287,8 @@ fn capture_db(
         Err(e) => return Some(FileOutcome::Fatal(Error::io(&*image, e))),
     };
     let size = sqlite::chunk_size(&header);
-    let (chunks, read_bytes) = match chunk_file(ctx, &img, len, size) {
+    let bases = job.base_pages.as_deref();
+    let (chunks, read_bytes) = match chunk_file(ctx, &img, len, size, bases) {
         Ok(r) => r,
         Err(ReadError::Io(e)) => return Some(FileOutcome::Fatal(Error::io(&*image, e))),
         Err(ReadError::Fatal(e)) => return Some(FileOutcome::Fatal(e)),
@@ -1281,12 +1302,15 @@ enum ReadError {
 }
 
 /// Chunk a file, sending new chunks to the pack writer. Returns the chunk
-/// list and the number of bytes read.
+/// list and the number of bytes read. With `base_pages` (a database's
+/// pages in the parent snapshot), a new page may be stored as a delta of
+/// the page at the same place.
 fn chunk_file(
     ctx: &WorkerCtx,
     file: &File,
     size_hint: u64,
     fixed: Option<usize>,
+    base_pages: Option<&[ChunkId]>,
 ) -> std::result::Result<(Vec<ChunkId>, u64), ReadError> {
     let mut chunker = match fixed {
         Some(size) => Chunker::fixed(ReadAdapter(file, 0), size, BATCH_BYTES, size_hint),
@@ -1326,21 +1350,39 @@ fn chunk_file(
                 }
             }
         }
+        let bases = delta_bases(ctx, base_pages, ids_all.len(), &ids, &fresh)?;
         let level = ctx.level;
-        let compress = |&i: &usize| -> io::Result<NewChunk> {
+        let compress = |(&i, base): (&usize, &Option<Base>)| {
             let (o, l) = cuts[i];
-            let (codec, data) = compress_with(level, &buf[o..o + l])?;
-            Ok(NewChunk {
+            let page = &buf[o..o + l];
+            let (codec, data, base) = match base {
+                Some((base_id, base)) => {
+                    match crate::delta::encode(level, base, page, || compress_with(level, page))? {
+                        Stored::Delta(d) => (Codec::Delta, d, Some(*base_id)),
+                        Stored::Whole(c, d) => (c, d, None),
+                    }
+                }
+                None => {
+                    let (c, d) = compress_with(level, page)?;
+                    (c, d, None)
+                }
+            };
+            Ok::<_, io::Error>(NewChunk {
                 id: ids[i],
                 codec,
                 raw_len: l as u32,
                 data,
+                base,
             })
         };
         let new: Vec<NewChunk> = if fresh.len() > 1 {
-            fresh.par_iter().map(compress).collect::<io::Result<_>>()
+            fresh
+                .par_iter()
+                .zip(&bases)
+                .map(compress)
+                .collect::<io::Result<_>>()
         } else {
-            fresh.iter().map(compress).collect::<io::Result<_>>()
+            fresh.iter().zip(&bases).map(compress).collect::<io::Result<_>>()
         }
         .map_err(|e| ReadError::Fatal(Error::Invalid(format!("compression failed: {e}"))))?;
         if !new.is_empty() && ctx.chunk_tx.send(new).is_err() {
@@ -1357,6 +1399,47 @@ fn chunk_file(
         }
     }
     Ok((ids_all, total))
+}
+
+/// A delta's base: its id and raw bytes.
+type Base = (ChunkId, Arc<Vec<u8>>);
+
+/// For each fresh chunk (`fresh`, indexes into `ids`, the batch that
+/// starts at chunk `first` of the file), the base to store it as a delta
+/// of: the parent's page at the same place, when it is a chunk this
+/// repository dedups against (not one a gc condemned) and not already
+/// `delta::MAX_DEPTH` deltas deep. A base that cannot be read is no base:
+/// the page is stored whole, and `check` names the damage.
+fn delta_bases(
+    ctx: &WorkerCtx,
+    base_pages: Option<&[ChunkId]>,
+    first: usize,
+    ids: &[ChunkId],
+    fresh: &[usize],
+) -> std::result::Result<Vec<Option<Base>>, ReadError> {
+    let (Some(pages), Some(reader)) = (base_pages, &ctx.reader) else {
+        return Ok(vec![None; fresh.len()]);
+    };
+    let mut reader = reader.clone();
+    let mut out = Vec::with_capacity(fresh.len());
+    for &i in fresh {
+        let base = match pages.get(first + i) {
+            Some(b) if *b != ids[i] && ctx.index.has_chunk(b).map_err(ReadError::Fatal)? => *b,
+            _ => {
+                out.push(None);
+                continue;
+            }
+        };
+        let raw = match ctx.index.chunk_location(&base).map_err(ReadError::Fatal)? {
+            Some(loc) => reader.read_with_depth(&base, &loc, &ctx.index).ok(),
+            None => None,
+        };
+        out.push(raw.and_then(|(bytes, depth)| {
+            (depth < crate::delta::MAX_DEPTH && bytes.len() <= CHUNK_MAX_LIMIT as usize)
+                .then_some((base, bytes))
+        }));
+    }
+    Ok(out)
 }
 
 /// Reads a file from its start at explicit offsets: a descriptor shared
@@ -1380,14 +1463,24 @@ fn pack_writer(
     done: Sender<Result<FinishedPack>>,
     storage: Arc<dyn Storage>,
     target: u64,
+    version: u32,
 ) -> Result<()> {
-    let mut packer = Some(Packer::new(storage, PackKind::Data, target, done.clone()));
+    let mut packer =
+        Some(Packer::new(storage, PackKind::Data, target, done.clone()).with_version(version));
     let mut failed: Option<String> = None;
     for batch in rx {
         let Some(p) = packer.as_mut() else { continue };
         if let Err(e) = batch
             .into_iter()
-            .try_for_each(|c| p.add(c.id, c.codec, c.raw_len, &c.data))
+            .try_for_each(|c| {
+                let blob = Blob {
+                    id: c.id,
+                    codec: c.codec,
+                    raw_len: c.raw_len,
+                    base: c.base,
+                };
+                p.add(blob, &c.data)
+            })
         {
             failed = Some(e.to_string());
             packer = None;

@@ -153,7 +153,7 @@ impl<'a> FileReader<'a> {
                 id: id.short(),
                 context: "missing from the index".into(),
             })?;
-        self.buf = self.reader.read(&id, &loc)?;
+        self.buf = self.reader.read(&id, &loc, self.repo)?;
         self.at = 0;
         self.next += 1;
         Ok(())

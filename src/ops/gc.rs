@@ -21,7 +21,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
-use crate::pack::{FinishedPack, PackKind, Packer};
+use crate::index::ChunkLocation;
+use crate::pack::{Blob, FinishedPack, PackKind, Packer};
 use crate::progress::Progress;
 use crate::repo::{ChunkReader, Repository};
 use crate::retention::{Policy, kept};
@@ -126,7 +127,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
         if live_n == 0 {
             delete.push(p.clone());
         } else {
-            let payload = p.size.saturating_sub(16 + 48 + 48 * p.chunk_count);
+            let payload = p.payload();
             let dead_bytes = payload.saturating_sub(live_bytes);
             if payload > 0 && dead_bytes as f64 / payload as f64 > opts.repack_dead_share {
                 repack.push(p.clone());
@@ -291,6 +292,8 @@ pub(crate) fn mark(
             return Err(Error::Interrupted);
         }
     }
+    // A live delta needs its base (crate::delta).
+    index.live_add_bases()?;
     Ok(live_trees)
 }
 
@@ -306,7 +309,9 @@ pub(crate) fn repack_live(
     let index = repo.index();
     let (tx, rx) = crossbeam_channel::unbounded();
     let target = repo.config().pack_target_bytes;
-    let new_packer = |kind| Packer::new(repo.storage().clone(), kind, target, tx.clone());
+    let version = repo.config().pack_version();
+    let new_packer =
+        |kind| Packer::new(repo.storage().clone(), kind, target, tx.clone()).with_version(version);
     let mut packers = [new_packer(PackKind::Data), new_packer(PackKind::Tree)];
     let mut reader = ChunkReader::new(repo.storage().clone());
     for p in repack {
@@ -318,8 +323,28 @@ pub(crate) fn repack_live(
         let packer = &mut packers[p.kind as usize];
         for e in index.live_chunks_in_pack(p.rowid)? {
             let stored = pack.read_stored_max(e.offset as u64, e.stored_len, max)?;
-            crate::pack::decode_blob(pack.ids(), &p.id, &e.id, e.codec, &stored, e.raw_len, max)?;
-            packer.add(e.id, e.codec, e.raw_len, &stored)?;
+            // A delta is checked through its base and copied as it is.
+            match reader.base_of(&e.id, &ChunkLocation::of(p.id, &e), index)? {
+                Some((base, _)) => crate::pack::decode_chunk(
+                    pack.ids(),
+                    &p.id,
+                    &e.id,
+                    e.codec,
+                    &stored,
+                    e.raw_len,
+                    Some(&base),
+                )?,
+                None => crate::pack::decode_blob(
+                    pack.ids(),
+                    &p.id,
+                    &e.id,
+                    e.codec,
+                    &stored,
+                    e.raw_len,
+                    max,
+                )?,
+            };
+            packer.add(Blob::from(&e), &stored)?;
             progress.bytes(stored.len() as u64);
         }
     }

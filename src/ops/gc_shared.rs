@@ -53,7 +53,7 @@ pub(crate) fn gc_shared(
     let (mut delete, mut repack) = (Vec::new(), Vec::new());
     for p in packs.iter().filter(|p| !condemned.contains(&p.rowid)) {
         let (live_n, live_bytes) = liveness.get(&p.rowid).copied().unwrap_or((0, 0));
-        let payload = p.size.saturating_sub(16 + 48 + 48 * p.chunk_count);
+        let payload = p.payload();
         let dead_bytes = payload.saturating_sub(live_bytes);
         if live_n == 0 {
             delete.push(p.clone());
@@ -67,6 +67,15 @@ pub(crate) fn gc_shared(
     if progress.cancelled() {
         return Err(Error::Interrupted);
     }
+    // A repack may have written exactly the pack an interrupted gc left
+    // (indexed since by a sync, with no rows, or not): it holds the moved
+    // chunks now, and is neither deleted nor condemned.
+    let written: HashSet<PackId> = moved.iter().map(|f| f.id).collect();
+    delete.retain(|p| !written.contains(&p.id));
+    let orphans: Vec<PackId> = orphans
+        .into_iter()
+        .filter(|id| !written.contains(id))
+        .collect();
     stats.packs_repacked = repack.len() as u64;
     stats.packs_written = moved.len() as u64;
     let doomed: Vec<PackId> = delete

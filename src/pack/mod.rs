@@ -3,14 +3,16 @@
 //! Layout (all integers little-endian; docs/format.md is the reference):
 //!
 //! ```text
-//! header   16 bytes   "SNAPPACK" | version u32 (=2) | kind u32 (0 data, 1 trees)
+//! header   16 bytes   "SNAPPACK" | version u32 (2 or 3) | kind u32 (0 data, 1 trees)
 //! frames   ...        each chunk's stored bytes, back to back
 //! footer   48 * N     per chunk: id [32] | offset u32 | stored_len u32 | raw_len u32 | codec u8 | 0 0 0
-//! trailer  48 bytes   count u32 | reserved u32 (=0) | BLAKE3(footer) [32] | "SNAPEND1"
+//! bases    32 * D     version 3: the base id of each delta entry (codec 2), in entry order
+//! trailer  48 bytes   N u32 | D u32 (version 2: 0) | BLAKE3(footer and bases) [32] | "SNAPEND1"
 //! ```
 //!
-//! A pack's id is the BLAKE3 of its footer entries (the hash the trailer
-//! holds): the entries name every chunk by its BLAKE3, offset and lengths.
+//! A pack's id is the BLAKE3 of its footer entries and bases (the hash the
+//! trailer holds): the entries name every chunk by its BLAKE3, offset and
+//! lengths, and every delta by its base.
 //! The footer alone lists every chunk, so the index can be rebuilt from the
 //! packs, and a damaged footer is detected by its hash.
 
@@ -18,14 +20,19 @@ mod reader;
 mod writer;
 
 pub use reader::{Footer, PackReader, damaged, decode_blob, decode_chunk};
-pub use writer::{FinishedPack, PackWriter, Packer, SealedPack};
+pub use writer::{Blob, FinishedPack, PackWriter, Packer, SealedPack};
 
 use crate::compress::Codec;
 use crate::id::{ChunkId, PackId};
 
 pub const HEADER_MAGIC: &[u8; 8] = b"SNAPPACK";
 pub const TRAILER_MAGIC: &[u8; 8] = b"SNAPEND1";
+/// Packs of format-2 repositories: no deltas.
 pub const PACK_VERSION: u32 = 2;
+/// Packs of format-3 repositories: a table of delta bases after the entries.
+pub const PACK_VERSION_DELTAS: u32 = 3;
+/// Length of one base record in a version-3 footer.
+pub const BASE_LEN: u64 = 32;
 
 /// What a pack holds. Trees live in packs of their own, so that metadata is
 /// read without reading data (repair, check, a future remote cache).
@@ -67,6 +74,9 @@ pub struct PackEntry {
     pub stored_len: u32,
     pub raw_len: u32,
     pub codec: Codec,
+    /// The chunk a [`Codec::Delta`] entry is a difference from; `None`
+    /// for every other codec.
+    pub base: Option<ChunkId>,
 }
 
 impl PackEntry {
@@ -79,7 +89,8 @@ impl PackEntry {
         out.extend_from_slice(&[0, 0, 0]);
     }
 
-    /// Decode one 48-byte entry; `None` when a field is impossible.
+    /// Decode one 48-byte entry (a delta's base comes from the base table);
+    /// `None` when a field is impossible.
     pub fn decode(b: &[u8]) -> Option<PackEntry> {
         if b.len() != ENTRY_LEN as usize || b[45..48] != [0, 0, 0] {
             return None;
@@ -91,14 +102,15 @@ impl PackEntry {
             stored_len: u32_at(36),
             raw_len: u32_at(40),
             codec: Codec::from_u8(b[44])?,
+            base: None,
         })
     }
 }
 
-pub fn encode_header(kind: PackKind) -> [u8; HEADER_LEN as usize] {
+pub fn encode_header(kind: PackKind, version: u32) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(HEADER_MAGIC);
-    h[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[12..16].copy_from_slice(&(kind as u32).to_le_bytes());
     h
 }
@@ -109,15 +121,21 @@ pub fn footer_id(footer: &[u8]) -> PackId {
     PackId(*blake3::hash(entries).as_bytes())
 }
 
-/// Footer entries plus trailer, as written at the end of a pack.
+/// Footer entries, the base table and the trailer, as written at the end
+/// of a pack. A delta entry always has a base (the writer checks).
 pub fn encode_footer(entries: &[PackEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * ENTRY_LEN as usize + TRAILER_LEN as usize);
     for e in entries {
         e.encode(&mut out);
     }
+    let mut bases = 0u32;
+    for base in entries.iter().filter_map(|e| e.base.as_ref()) {
+        out.extend_from_slice(base.as_bytes());
+        bases += 1;
+    }
     let hash = blake3::hash(&out);
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&bases.to_le_bytes());
     out.extend_from_slice(hash.as_bytes());
     out.extend_from_slice(TRAILER_MAGIC);
     out

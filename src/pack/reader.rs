@@ -2,10 +2,10 @@
 //! every byte it hands out. Errors name the pack by id.
 
 use super::{
-    ENTRY_LEN, HEADER_LEN, HEADER_MAGIC, PACK_VERSION, PackEntry, PackKind, TRAILER_LEN,
-    TRAILER_MAGIC,
+    BASE_LEN, ENTRY_LEN, HEADER_LEN, HEADER_MAGIC, PACK_VERSION, PACK_VERSION_DELTAS, PackEntry,
+    PackKind, TRAILER_LEN, TRAILER_MAGIC,
 };
-use crate::compress::{Codec, decompress};
+use crate::compress::{Codec, decompress, delta_decompress};
 use crate::config::CHUNK_MAX_LIMIT;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, Ids, PackId};
@@ -114,7 +114,7 @@ impl PackReader {
             return Err(bad("bad pack header magic".into()));
         }
         let version = u32::from_le_bytes(header[8..12].try_into().unwrap());
-        if version != PACK_VERSION {
+        if version != PACK_VERSION && version != PACK_VERSION_DELTAS {
             return Err(bad(format!("unknown pack version {version}")));
         }
         let kind = PackKind::from_u32(u32::from_le_bytes(header[12..16].try_into().unwrap()))
@@ -124,7 +124,11 @@ impl PackReader {
             return Err(bad("bad pack trailer magic (truncated?)".into()));
         }
         let count = u32::from_le_bytes(trailer[..4].try_into().unwrap()) as u64;
-        let footer_len = count * ENTRY_LEN;
+        let bases = u32::from_le_bytes(trailer[4..8].try_into().unwrap()) as u64;
+        if version == PACK_VERSION && bases != 0 {
+            return Err(bad("a version 2 pack with delta bases".into()));
+        }
+        let footer_len = count * ENTRY_LEN + bases * BASE_LEN;
         if HEADER_LEN + footer_len + TRAILER_LEN > size {
             return Err(bad(format!("footer claims {count} chunks, more than fit")));
         }
@@ -134,9 +138,12 @@ impl PackReader {
         if hash.as_bytes() != &trailer[8..40] {
             return Err(bad("footer checksum mismatch".into()));
         }
+        let (entry_bytes, base_bytes) = footer.split_at((count * ENTRY_LEN) as usize);
+        let mut base_ids = base_bytes.chunks_exact(BASE_LEN as usize);
         let mut entries = Vec::with_capacity(count as usize);
-        for raw in footer.chunks_exact(ENTRY_LEN as usize) {
-            let e = PackEntry::decode(raw).ok_or_else(|| bad("malformed footer entry".into()))?;
+        for raw in entry_bytes.chunks_exact(ENTRY_LEN as usize) {
+            let mut e =
+                PackEntry::decode(raw).ok_or_else(|| bad("malformed footer entry".into()))?;
             let end = e.offset as u64 + e.stored_len as u64;
             if (e.offset as u64) < HEADER_LEN || end > footer_start || e.raw_len > kind.blob_max() {
                 return Err(bad(format!(
@@ -144,7 +151,20 @@ impl PackReader {
                     e.id.short()
                 )));
             }
+            if e.codec == Codec::Delta {
+                let base = base_ids
+                    .next()
+                    .and_then(ChunkId::from_slice)
+                    .ok_or_else(|| bad(format!("delta chunk {} has no base", e.id.short())))?;
+                if base == e.id || kind != PackKind::Data {
+                    return Err(bad(format!("delta chunk {} has a bad base", e.id.short())));
+                }
+                e.base = Some(base);
+            }
             entries.push(e);
+        }
+        if base_ids.next().is_some() {
+            return Err(bad("more delta bases than delta chunks".into()));
         }
         Ok(Footer {
             entries,
@@ -174,7 +194,8 @@ impl PackReader {
         self.read_exact_with(offset, len as u64, true)
     }
 
-    /// Read, decompress and verify one chunk.
+    /// Read, decompress and verify one chunk (a delta with its base's
+    /// raw bytes).
     pub fn read_chunk(
         &self,
         id: &ChunkId,
@@ -182,13 +203,15 @@ impl PackReader {
         stored_len: u32,
         raw_len: u32,
         codec: Codec,
+        base: Option<&[u8]>,
     ) -> Result<Vec<u8>> {
         let stored = self.read_stored(offset, stored_len)?;
-        decode_chunk(self.ids, &self.id, id, codec, &stored, raw_len)
+        decode_chunk(self.ids, &self.id, id, codec, &stored, raw_len, base)
     }
 }
 
-/// Decompress stored bytes and check them against the chunk id.
+/// Decompress stored bytes and check them against the chunk id. A delta
+/// needs its base's raw bytes (`base`); without them it is an error.
 pub fn decode_chunk(
     ids: Ids,
     pack: &PackId,
@@ -196,11 +219,29 @@ pub fn decode_chunk(
     codec: Codec,
     stored: &[u8],
     raw_len: u32,
+    base: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
-    decode_blob(ids, pack, id, codec, stored, raw_len, CHUNK_MAX_LIMIT)
+    if raw_len > CHUNK_MAX_LIMIT {
+        return Err(damaged(
+            pack,
+            format!("chunk {} claims {raw_len} bytes", id.short()),
+        ));
+    }
+    let data = match (codec, base) {
+        (Codec::Delta, Some(base)) => delta_decompress(stored, base, raw_len as usize),
+        _ => decompress(codec, stored, raw_len as usize),
+    }
+    .map_err(|e| {
+        damaged(
+            pack,
+            format!("chunk {} does not decompress: {e}", id.short()),
+        )
+    })?;
+    verify(ids, pack, id, data)
 }
 
-/// Like `decode_chunk`, for a blob of a pack kind with its own bound.
+/// Like `decode_chunk` without a base, for a blob of a pack kind with its
+/// own bound (trees are never deltas).
 pub fn decode_blob(
     ids: Ids,
     pack: &PackId,
@@ -222,6 +263,10 @@ pub fn decode_blob(
             format!("chunk {} does not decompress: {e}", id.short()),
         )
     })?;
+    verify(ids, pack, id, data)
+}
+
+fn verify(ids: Ids, pack: &PackId, id: &ChunkId, data: Vec<u8>) -> Result<Vec<u8>> {
     if ids.chunk(&data) != *id {
         return Err(damaged(
             pack,

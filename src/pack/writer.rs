@@ -8,7 +8,10 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, bounded};
 
-use super::{HEADER_LEN, PackEntry, PackKind, encode_footer, encode_header, footer_id};
+use super::{
+    HEADER_LEN, PACK_VERSION, PACK_VERSION_DELTAS, PackEntry, PackKind, encode_footer,
+    encode_header, footer_id,
+};
 use crate::compress::Codec;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
@@ -20,6 +23,39 @@ pub struct PackWriter {
     entries: Vec<PackEntry>,
     len: u64,
     kind: PackKind,
+    version: u32,
+}
+
+/// What a pack records of a blob besides its stored bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blob {
+    pub id: ChunkId,
+    pub codec: Codec,
+    pub raw_len: u32,
+    pub base: Option<ChunkId>,
+}
+
+impl Blob {
+    /// A blob that is not a delta.
+    pub fn whole(id: ChunkId, codec: Codec, raw_len: u32) -> Blob {
+        Blob {
+            id,
+            codec,
+            raw_len,
+            base: None,
+        }
+    }
+}
+
+impl From<&PackEntry> for Blob {
+    fn from(e: &PackEntry) -> Blob {
+        Blob {
+            id: e.id,
+            codec: e.codec,
+            raw_len: e.raw_len,
+            base: e.base,
+        }
+    }
 }
 
 /// A pack that is durable under its key.
@@ -32,14 +68,21 @@ pub struct FinishedPack {
 }
 
 impl PackWriter {
+    /// A version 2 pack (format-2 repositories: no deltas).
     pub fn create(storage: &dyn Storage, kind: PackKind) -> Result<Self> {
+        Self::create_version(storage, kind, PACK_VERSION)
+    }
+
+    /// A pack of `version` (2, or 3: deltas allowed).
+    pub fn create_version(storage: &dyn Storage, kind: PackKind, version: u32) -> Result<Self> {
         let mut w = PackWriter {
             out: storage.create("packs")?,
             entries: Vec::new(),
             len: 0,
             kind,
+            version,
         };
-        w.write(&encode_header(kind))?;
+        w.write(&encode_header(kind, version))?;
         debug_assert_eq!(w.len, HEADER_LEN);
         Ok(w)
     }
@@ -50,16 +93,28 @@ impl PackWriter {
         Ok(())
     }
 
-    pub fn add(&mut self, id: ChunkId, codec: Codec, raw_len: u32, stored: &[u8]) -> Result<()> {
+    /// Append one blob; a [`Codec::Delta`] one names its base, which only
+    /// a version 3 data pack can record.
+    pub fn add(&mut self, blob: Blob, stored: &[u8]) -> Result<()> {
+        let delta_ok = self.version >= PACK_VERSION_DELTAS && self.kind == PackKind::Data;
+        if (blob.codec == Codec::Delta) != blob.base.is_some()
+            || (blob.base.is_some() && (!delta_ok || blob.base == Some(blob.id)))
+        {
+            return Err(Error::Invalid(format!(
+                "chunk {}: a delta needs a base, and a pack of version 3 holding data",
+                blob.id.short()
+            )));
+        }
         let offset =
             u32::try_from(self.len).map_err(|_| Error::Invalid("pack larger than 4 GiB".into()))?;
         self.write(stored)?;
         self.entries.push(PackEntry {
-            id,
+            id: blob.id,
             offset,
             stored_len: stored.len() as u32,
-            raw_len,
-            codec,
+            raw_len: blob.raw_len,
+            codec: blob.codec,
+            base: blob.base,
         });
         Ok(())
     }
@@ -100,6 +155,13 @@ impl PackWriter {
     }
 }
 
+impl FinishedPack {
+    /// Delta base records in its footer.
+    pub fn bases(&self) -> usize {
+        self.entries.iter().filter(|e| e.base.is_some()).count()
+    }
+}
+
 /// A complete pack not yet committed.
 pub struct SealedPack {
     out: Box<dyn ObjectWriter>,
@@ -122,6 +184,7 @@ pub struct Packer {
     storage: Arc<dyn Storage>,
     kind: PackKind,
     target: u64,
+    version: u32,
     current: Option<PackWriter>,
     sealed: Option<Sender<SealedPack>>,
     finisher: Option<JoinHandle<()>>,
@@ -150,19 +213,30 @@ impl Packer {
             storage,
             kind,
             target,
+            version: PACK_VERSION,
             current: None,
             sealed: Some(tx),
             finisher: Some(finisher),
         }
     }
 
+    /// Write packs of `version` (3 in a repository that stores deltas).
+    pub fn with_version(mut self, version: u32) -> Packer {
+        self.version = version;
+        self
+    }
+
     /// Append one blob's stored bytes.
-    pub fn add(&mut self, id: ChunkId, codec: Codec, raw_len: u32, stored: &[u8]) -> Result<()> {
+    pub fn add(&mut self, blob: Blob, stored: &[u8]) -> Result<()> {
         if self.current.is_none() {
-            self.current = Some(PackWriter::create(&*self.storage, self.kind)?);
+            self.current = Some(PackWriter::create_version(
+                &*self.storage,
+                self.kind,
+                self.version,
+            )?);
         }
         let w = self.current.as_mut().expect("just created");
-        w.add(id, codec, raw_len, stored)?;
+        w.add(blob, stored)?;
         if w.len() >= self.target {
             let w = self.current.take().expect("present");
             self.send(w)?;

@@ -2,7 +2,7 @@
 
 use snap::compress::Codec;
 use snap::id::ChunkId;
-use snap::pack::{PackKind, PackReader, PackWriter};
+use snap::pack::{Blob, PackKind, PackReader, PackWriter};
 use snap::storage::{LocalStorage, pack_key};
 
 use crate::common::*;
@@ -20,7 +20,7 @@ fn pack_round_trip_and_the_footer_alone_lists_its_chunks() {
         } else {
             (Codec::Raw, c.clone())
         };
-        w.add(ChunkId::of(c), codec, c.len() as u32, &stored)
+        w.add(Blob::whole(ChunkId::of(c), codec, c.len() as u32), &stored)
             .unwrap();
     }
     let finished = w.finish().unwrap();
@@ -54,7 +54,14 @@ fn pack_round_trip_and_the_footer_alone_lists_its_chunks() {
     for (e, c) in footer.entries.iter().zip(&chunks) {
         assert_eq!(e.id, ChunkId::of(c));
         let got = reader
-            .read_chunk(&e.id, e.offset as u64, e.stored_len, e.raw_len, e.codec)
+            .read_chunk(
+                &e.id,
+                e.offset as u64,
+                e.stored_len,
+                e.raw_len,
+                e.codec,
+                None,
+            )
             .unwrap();
         assert_eq!(&got, c);
     }
@@ -66,7 +73,8 @@ fn damaged_packs_are_reported_not_trusted() {
     let storage = LocalStorage::new(dir.path());
     let data = noise(9, 5000);
     let mut w = PackWriter::create(&storage, PackKind::Data).unwrap();
-    w.add(ChunkId::of(&data), Codec::Raw, 5000, &data).unwrap();
+    w.add(Blob::whole(ChunkId::of(&data), Codec::Raw, 5000), &data)
+        .unwrap();
     let f = w.finish().unwrap();
     let path = dir.path().join(pack_key(&f.id));
     let good = std::fs::read(&path).unwrap();
@@ -79,7 +87,14 @@ fn damaged_packs_are_reported_not_trusted() {
     std::fs::write(&path, &bad).unwrap();
     let e = read_footer().unwrap()[0];
     let err = open()
-        .read_chunk(&e.id, e.offset as u64, e.stored_len, e.raw_len, e.codec)
+        .read_chunk(
+            &e.id,
+            e.offset as u64,
+            e.stored_len,
+            e.raw_len,
+            e.codec,
+            None,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("BLAKE3"), "{err}");
     // Errors name the pack by id, not by where it is stored.
@@ -136,7 +151,7 @@ fn format_2_golden_bytes() {
     use snap::snapshot::{RootMeta, Snapshot, SnapshotStats};
     // A tree pack's header names its kind.
     assert_eq!(
-        snap::pack::encode_header(PackKind::Tree),
+        snap::pack::encode_header(PackKind::Tree, 2),
         *b"SNAPPACK\x02\x00\x00\x00\x01\x00\x00\x00"
     );
     // How a snapshot id is computed, frozen.
@@ -183,4 +198,85 @@ fn format_2_golden_bytes() {
         String::from_utf8_lossy(&enc)
     );
     assert_eq!(snap::objects::decode_snapshot(&enc).unwrap().id, id);
+}
+
+/// Format 3: a version 3 pack holds a delta and names its base in the
+/// table after the entries; the pack id covers both.
+#[test]
+fn a_version_3_pack_names_each_delta_base_after_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::new(dir.path());
+    let base_page = noise(1, 4096);
+    let mut page = base_page.clone();
+    page[100..121].copy_from_slice(b"a changed row, twenty");
+    let delta = snap::compress::delta_compress(3, &base_page, &page)
+        .unwrap()
+        .expect("a small change makes a small delta");
+    assert!(delta.len() < 200, "{} bytes", delta.len());
+    let (base_id, page_id) = (ChunkId::of(&base_page), ChunkId::of(&page));
+
+    // A version 2 pack cannot hold a delta; a delta needs a base.
+    let mut v2 = PackWriter::create(&storage, PackKind::Data).unwrap();
+    let as_delta = Blob {
+        id: page_id,
+        codec: Codec::Delta,
+        raw_len: 4096,
+        base: Some(base_id),
+    };
+    assert!(v2.add(as_delta, &delta).is_err());
+    let mut w = PackWriter::create_version(&storage, PackKind::Data, 3).unwrap();
+    let no_base = Blob {
+        base: None,
+        ..as_delta
+    };
+    assert!(w.add(no_base, &delta).is_err());
+    w.add(Blob::whole(base_id, Codec::Raw, 4096), &base_page)
+        .unwrap();
+    w.add(as_delta, &delta).unwrap();
+    let f = w.finish().unwrap();
+
+    let bytes = std::fs::read(dir.path().join(pack_key(&f.id))).unwrap();
+    assert_eq!(&bytes[..16], b"SNAPPACK\x03\x00\x00\x00\x00\x00\x00\x00");
+    let n = bytes.len();
+    // Trailer: 2 entries, 1 base; the base table is the 32 bytes before it.
+    assert_eq!(&bytes[n - 48..n - 40], &[2, 0, 0, 0, 1, 0, 0, 0]);
+    assert_eq!(&bytes[n - 80..n - 48], base_id.as_bytes());
+    assert_eq!(
+        bytes[n - 80 - 48 + 44],
+        2,
+        "the second entry's codec is delta"
+    );
+    let covered = &bytes[n - 48 - 32 - 2 * 48..n - 48];
+    assert_eq!(blake3::hash(covered).as_bytes(), f.id.as_bytes());
+
+    let r = PackReader::open(&storage, &f.id).unwrap();
+    let footer = r.footer().unwrap();
+    assert_eq!(footer.entries, f.entries);
+    assert_eq!(footer.entries[1].base, Some(base_id));
+    let e = footer.entries[1];
+    let read = |base: Option<&[u8]>| {
+        r.read_chunk(
+            &e.id,
+            e.offset as u64,
+            e.stored_len,
+            e.raw_len,
+            e.codec,
+            base,
+        )
+    };
+    assert_eq!(read(Some(&base_page)).unwrap(), page);
+    // Without its base, or against another one, it is an error, never
+    // wrong bytes.
+    assert!(read(None).is_err());
+    assert!(read(Some(&noise(2, 4096))).is_err());
+
+    // The same footer under a version 2 header is refused.
+    let mut v2_header = bytes.clone();
+    v2_header[8] = 2;
+    std::fs::write(dir.path().join(pack_key(&f.id)), &v2_header).unwrap();
+    let err = PackReader::open(&storage, &f.id)
+        .unwrap()
+        .footer()
+        .unwrap_err();
+    assert!(err.to_string().contains("version 2"), "{err}");
 }

@@ -9,6 +9,7 @@ mod config;
 mod crash;
 mod damage;
 mod dedup;
+mod deltas;
 mod encryption;
 mod faultproxy;
 mod format;

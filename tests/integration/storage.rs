@@ -355,8 +355,11 @@ fn short_reads_are_damage_named_by_pack_never_wrong_bytes() {
     let data = noise(8, 20_000);
     let mut w = snap::pack::PackWriter::create(&*inner, snap::pack::PackKind::Data).unwrap();
     let id = snap::ChunkId::of(&data);
-    w.add(id, snap::compress::Codec::Raw, data.len() as u32, &data)
-        .unwrap();
+    w.add(
+        snap::pack::Blob::whole(id, snap::compress::Codec::Raw, data.len() as u32),
+        &data,
+    )
+    .unwrap();
     let f = w.finish().unwrap();
     assert!(inner.size(&pack_key(&f.id)).unwrap().is_some());
     let short = FaultyStorage::new(inner.clone(), Fault::ShortReads);
@@ -366,7 +369,14 @@ fn short_reads_are_damage_named_by_pack_never_wrong_bytes() {
     assert!(err.to_string().contains(&f.id.to_hex()), "{err}");
     let e = f.entries[0];
     let err = r
-        .read_chunk(&e.id, e.offset as u64, e.stored_len, e.raw_len, e.codec)
+        .read_chunk(
+            &e.id,
+            e.offset as u64,
+            e.stored_len,
+            e.raw_len,
+            e.codec,
+            None,
+        )
         .unwrap_err();
     assert!(err.is_damage(), "{err}");
     // The same pack read honestly is fine.

@@ -301,8 +301,13 @@ impl Exec<'_> {
                     break;
                 }
                 let jobs = self.write_jobs(repo, batch);
+                let bases = crate::delta::bases_of(
+                    repo,
+                    jobs.iter().flat_map(|j| j.locs.iter().map(|(_, l)| l)),
+                )?;
                 let cx = fill::Context {
                     reader: &reader,
+                    bases: &bases,
                     remote: repo.storage().is_remote(),
                     is_root: self.is_root,
                     progress: self.progress,

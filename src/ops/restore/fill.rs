@@ -23,6 +23,7 @@ use crate::confined::{self, DirFd, TempFile};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::ChunkLocation;
+use crate::delta::Locate;
 use crate::pack::decode_chunk;
 use crate::progress::Progress;
 use crate::repo::ChunkReader;
@@ -70,6 +71,8 @@ impl From<Error> for Failure {
 /// How the files are written.
 pub(super) struct Context<'a> {
     pub reader: &'a ChunkReader,
+    /// Where the bases of the batch's deltas are (`crate::delta`).
+    pub bases: &'a (dyn Locate + Sync),
     pub remote: bool,
     pub is_root: bool,
     pub progress: &'a dyn Progress,
@@ -258,7 +261,9 @@ fn read_run(
                     )
                 })
                 .and_then(|stored| {
-                    decode_chunk(pack.ids(), pack.id(), &id, loc.codec, stored, loc.raw_len)
+                    let base = reader.base_of(&id, &loc, cx.bases)?;
+                    let base = base.as_ref().map(|(b, _)| b.as_slice());
+                    decode_chunk(pack.ids(), pack.id(), &id, loc.codec, stored, loc.raw_len, base)
                 });
             match decoded {
                 Ok(data) => last = Some((id, loc, data)),
