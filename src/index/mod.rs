@@ -589,6 +589,19 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// Where a chunk is when a create may use it (dedup, or a delta's
+    /// base): its row in `chunks`, never one of a condemned pack.
+    pub fn dedup_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        self.located(
+            &format!(
+                "SELECT p.hash, c.offset, c.stored_len, c.raw_len, c.codec, c.{}
+                 FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.hash = ?1",
+                self.base_col
+            ),
+            id,
+        )
+    }
+
     /// Where a chunk is: its row, else (on shared storage) its row in a
     /// condemned pack, still readable until a gc deletes the pack.
     pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {

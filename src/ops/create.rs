@@ -29,7 +29,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
 use crate::held::HeldFiles;
 use crate::id::{ChunkId, SnapshotId, TreeId};
-use crate::index::Index;
+use crate::index::{ChunkLocation, Index};
 use crate::config::CHUNK_MAX_LIMIT;
 use crate::delta::Stored;
 use crate::pack::{Blob, FinishedPack, PackKind, Packer};
@@ -1351,14 +1351,17 @@ fn chunk_file(
             }
         }
         let bases = delta_bases(ctx, base_pages, ids_all.len(), &ids, &fresh)?;
-        let level = ctx.level;
-        let compress = |(&i, base): (&usize, &Option<Base>)| {
+        let (level, reader) = (ctx.level, &ctx.reader);
+        let compress = |(&i, base): (&usize, &Option<(ChunkId, ChunkLocation)>)| {
             let (o, l) = cuts[i];
             let page = &buf[o..o + l];
-            let (codec, data, base) = match base {
+            let raw = base
+                .as_ref()
+                .and_then(|b| Some((b.0, read_base(reader, b, &bases.chains)?)));
+            let (codec, data, base) = match raw {
                 Some((base_id, base)) => {
-                    match crate::delta::encode(level, base, page, || compress_with(level, page))? {
-                        Stored::Delta(d) => (Codec::Delta, d, Some(*base_id)),
+                    match crate::delta::encode(level, &base, page, || compress_with(level, page))? {
+                        Stored::Delta(d) => (Codec::Delta, d, Some(base_id)),
                         Stored::Whole(c, d) => (c, d, None),
                     }
                 }
@@ -1378,11 +1381,15 @@ fn chunk_file(
         let new: Vec<NewChunk> = if fresh.len() > 1 {
             fresh
                 .par_iter()
-                .zip(&bases)
+                .zip(&bases.each)
                 .map(compress)
                 .collect::<io::Result<_>>()
         } else {
-            fresh.iter().zip(&bases).map(compress).collect::<io::Result<_>>()
+            fresh
+                .iter()
+                .zip(&bases.each)
+                .map(compress)
+                .collect::<io::Result<_>>()
         }
         .map_err(|e| ReadError::Fatal(Error::Invalid(format!("compression failed: {e}"))))?;
         if !new.is_empty() && ctx.chunk_tx.send(new).is_err() {
@@ -1401,45 +1408,52 @@ fn chunk_file(
     Ok((ids_all, total))
 }
 
-/// A delta's base: its id and raw bytes.
-type Base = (ChunkId, Arc<Vec<u8>>);
+/// Where the bases of a batch's fresh chunks lie: one per fresh chunk
+/// (`None`: store it whole), and the locations of those bases' own bases.
+struct DeltaBases {
+    each: Vec<Option<(ChunkId, ChunkLocation)>>,
+    chains: HashMap<ChunkId, ChunkLocation>,
+}
 
 /// For each fresh chunk (`fresh`, indexes into `ids`, the batch that
 /// starts at chunk `first` of the file), the base to store it as a delta
 /// of: the parent's page at the same place, when it is a chunk this
-/// repository dedups against (not one a gc condemned) and not already
-/// `delta::MAX_DEPTH` deltas deep. A base that cannot be read is no base:
-/// the page is stored whole, and `check` names the damage.
+/// repository dedups against (not one a gc condemned). Only index lookups
+/// here (a connection is this thread's); the bases are read in parallel.
 fn delta_bases(
     ctx: &WorkerCtx,
     base_pages: Option<&[ChunkId]>,
     first: usize,
     ids: &[ChunkId],
     fresh: &[usize],
-) -> std::result::Result<Vec<Option<Base>>, ReadError> {
-    let (Some(pages), Some(reader)) = (base_pages, &ctx.reader) else {
-        return Ok(vec![None; fresh.len()]);
-    };
-    let mut reader = reader.clone();
-    let mut out = Vec::with_capacity(fresh.len());
+) -> std::result::Result<DeltaBases, ReadError> {
+    let mut each = Vec::with_capacity(fresh.len());
     for &i in fresh {
-        let base = match pages.get(first + i) {
-            Some(b) if *b != ids[i] && ctx.index.has_chunk(b).map_err(ReadError::Fatal)? => *b,
-            _ => {
-                out.push(None);
-                continue;
-            }
+        let base = match (base_pages.and_then(|p| p.get(first + i)), &ctx.reader) {
+            (Some(b), Some(_)) if *b != ids[i] => ctx
+                .index
+                .dedup_location(b)
+                .map_err(ReadError::Fatal)?
+                .map(|loc| (*b, loc)),
+            _ => None,
         };
-        let raw = match ctx.index.chunk_location(&base).map_err(ReadError::Fatal)? {
-            Some(loc) => reader.read_with_depth(&base, &loc, &ctx.index).ok(),
-            None => None,
-        };
-        out.push(raw.and_then(|(bytes, depth)| {
-            (depth < crate::delta::MAX_DEPTH && bytes.len() <= CHUNK_MAX_LIMIT as usize)
-                .then_some((base, bytes))
-        }));
+        each.push(base);
     }
-    Ok(out)
+    let locs = each.iter().flatten().map(|(_, l)| l);
+    let chains = crate::delta::bases_of(&ctx.index, locs).map_err(ReadError::Fatal)?;
+    Ok(DeltaBases { each, chains })
+}
+
+/// A base's raw bytes, when it can be read and is less than
+/// `delta::MAX_DEPTH` deltas deep. One that cannot be read is no base: the
+/// page is stored whole, and `check` names the damage.
+fn read_base(
+    reader: &Option<ChunkReader>,
+    (id, loc): &(ChunkId, ChunkLocation),
+    chains: &HashMap<ChunkId, ChunkLocation>,
+) -> Option<Arc<Vec<u8>>> {
+    let (bytes, depth) = reader.clone()?.read_with_depth(id, loc, chains).ok()?;
+    (depth < crate::delta::MAX_DEPTH && bytes.len() <= CHUNK_MAX_LIMIT as usize).then_some(bytes)
 }
 
 /// Reads a file from its start at explicit offsets: a descriptor shared

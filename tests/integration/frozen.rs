@@ -1,8 +1,8 @@
-//! A small format-2 repository frozen under tests/frozen/ (written once by
-//! `write_the_frozen_format_2_repository`, never again): every future snap
-//! must open it, check it, list it and restore it exactly, with and
-//! without its index. If this test fails, a change broke repositories
-//! that users already have.
+//! Small repositories of every format, frozen under tests/frozen/ (each
+//! written once by `write_a_frozen_repository`, never again): every future
+//! snap must open them, check them, list them and restore them exactly,
+//! with and without their index. If this test fails, a change broke
+//! repositories that users already have.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,11 +11,9 @@ use std::path::{Path, PathBuf};
 
 use crate::common::*;
 
-const FROZEN: &str = "tests/frozen/format-2";
-const MANIFEST: &str = "tests/frozen/format-2.manifest";
-
-fn frozen_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(FROZEN)
+/// `tests/frozen/format-N` and `format-N.manifest`.
+fn frozen_root(format: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/frozen/format-{format}"))
 }
 
 /// One line per entry, everything restore promises except owners (the
@@ -49,9 +47,10 @@ fn manifest_of(root: &Path) -> Vec<String> {
 }
 
 /// The manifest file: `snapshot <id> <tags,> <pinned>` then its entries.
-fn read_manifest() -> BTreeMap<String, (String, Vec<String>)> {
-    let text = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(MANIFEST))
-        .expect("the frozen manifest");
+fn read_manifest(format: u32) -> BTreeMap<String, (String, Vec<String>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/frozen/format-{format}.manifest"));
+    let text = fs::read_to_string(path).expect("the frozen manifest");
     let mut out: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     let mut current = None;
     for line in text.lines() {
@@ -76,14 +75,14 @@ fn meta_of(s: &serde_json::Value) -> String {
     format!("tags={} pinned={}", tags.join(","), s["pinned"])
 }
 
-/// An Env whose repository is a fresh copy of the frozen one.
-fn frozen_copy() -> Env {
+/// An Env whose repository is a fresh copy of a frozen one.
+fn frozen_copy(format: u32) -> Env {
     let dir = tempfile::Builder::new()
         .prefix("snap-frozen-")
         .tempdir()
         .unwrap();
     let repo = dir.path().join("repo");
-    cp_a(&frozen_root(), &repo);
+    cp_a(&frozen_root(format), &repo);
     Env {
         dir,
         repo,
@@ -116,9 +115,27 @@ fn assert_lists_and_restores(env: &Env, expected: &BTreeMap<String, (String, Vec
 
 #[test]
 fn the_frozen_format_2_repository_opens_checks_and_restores() {
-    let expected = read_manifest();
+    opens_checks_and_restores(2);
+}
+
+/// Format 3: its second snapshot stores the database's changed pages as
+/// deltas of the first's.
+#[test]
+fn the_frozen_format_3_repository_opens_checks_and_restores() {
+    let deltas: i64 = rusqlite::Connection::open(frozen_root(3).join("index.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM chunks WHERE codec = 2", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(deltas > 0, "the frozen format-3 repository holds deltas");
+    opens_checks_and_restores(3);
+}
+
+fn opens_checks_and_restores(format: u32) {
+    let expected = read_manifest(format);
     assert_eq!(expected.len(), 2, "the manifest names two snapshots");
-    let env = frozen_copy();
+    let env = frozen_copy(format);
     env.snap().args(["check", "--read-data"]).assert().success();
     assert_lists_and_restores(&env, &expected);
     // Without its index: rebuilt from the repository's own objects.
@@ -130,20 +147,25 @@ fn the_frozen_format_2_repository_opens_checks_and_restores() {
     assert_lists_and_restores(&env, &expected);
 }
 
-/// Not a test: `SNAP_FROZEN_OUT=DIR cargo test --test integration
-/// write_the_frozen -- --ignored` writes DIR/format-2 and its manifest,
-/// to be copied under tests/frozen/ once per format version.
+/// Not a test: `SNAP_FROZEN_OUT=DIR SNAP_FROZEN_FORMAT=N cargo test --test
+/// integration write_a_frozen -- --ignored` writes DIR/format-N and its
+/// manifest, to be copied under tests/frozen/ once per format version
+/// (format-2 was written before the database migration step existed).
 #[test]
 #[ignore]
-fn write_the_frozen_format_2_repository() {
+fn write_a_frozen_repository() {
     let out = PathBuf::from(std::env::var("SNAP_FROZEN_OUT").expect("set SNAP_FROZEN_OUT"));
+    let format = std::env::var("SNAP_FROZEN_FORMAT").unwrap_or_else(|_| "3".into());
     let scratch = tempfile::tempdir().unwrap();
     let env = Env {
-        repo: out.join("format-2"),
+        repo: out.join(format!("format-{format}")),
         dir: scratch,
         vars: Vec::new(),
     };
-    env.snap().arg("init").assert().success();
+    env.snap()
+        .args(["init", "--format", &format])
+        .assert()
+        .success();
     let src = env.path("app");
     write(&src.join("prefs.json"), br#"{"theme":"dark"}"#);
     write(&src.join("notes/readme.txt"), "small text\n".repeat(50));
@@ -156,7 +178,7 @@ fn write_the_frozen_format_2_repository() {
     fs::hard_link(src.join("hard/a"), src.join("notes/b")).unwrap();
     std::os::unix::fs::symlink("prefs.json", src.join("link")).unwrap();
     fs::create_dir_all(src.join("empty")).unwrap();
-    sqlite_db(&src.join("data/app.db"), 200);
+    sqlite_db(&src.join("data/app.db"), 2000);
     let fix_times = || {
         let all: Vec<PathBuf> = walkdir::WalkDir::new(&src)
             .contents_first(true)
@@ -196,6 +218,11 @@ fn write_the_frozen_format_2_repository() {
     write(&src.join("prefs.json"), br#"{"theme":"light"}"#);
     fs::remove_file(src.join("link")).unwrap();
     write(&src.join("media/new.bin"), noise(43, 10 * 1024));
+    // A migration of scattered rows: changed pages, stored as deltas.
+    rusqlite::Connection::open(src.join("data/app.db"))
+        .unwrap()
+        .execute_batch("UPDATE users SET score = score + 1 WHERE id % 7 = 0")
+        .unwrap();
     fix_times();
     let two = env.create_id(&src);
     add(&two, "tags= pinned=false");
@@ -203,6 +230,6 @@ fn write_the_frozen_format_2_repository() {
     write(&src.join("later.txt"), b"forgotten");
     let three = env.create_id(&src);
     env.snap().args(["forget", &three]).assert().success();
-    fs::write(out.join("format-2.manifest"), manifest).unwrap();
+    fs::write(out.join(format!("format-{format}.manifest")), manifest).unwrap();
     let _ = fs::remove_file(env.repo.join("lock"));
 }
