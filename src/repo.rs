@@ -667,6 +667,64 @@ impl ChunkReader {
         )
     }
 
+    /// The raw bytes of `chunks` that are not deltas, read by runs of
+    /// chunks close together in one pack (one read each: on a bucket, one
+    /// ranged GET, not a window per chunk). A chunk that cannot be read or
+    /// does not verify is left out.
+    pub fn read_by_runs(
+        &mut self,
+        chunks: &[(ChunkId, ChunkLocation)],
+    ) -> HashMap<ChunkId, Arc<Vec<u8>>> {
+        const GAP: u64 = 64 << 10;
+        const RUN_MAX: u64 = 8 << 20;
+        let mut sorted: Vec<&(ChunkId, ChunkLocation)> =
+            chunks.iter().filter(|(_, l)| l.base.is_none()).collect();
+        sorted.sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
+        sorted.dedup_by_key(|(id, _)| *id);
+        let mut out = HashMap::with_capacity(sorted.len());
+        let mut i = 0;
+        while i < sorted.len() {
+            let first = sorted[i].1;
+            let (start, mut end) = (first.offset as u64, first.offset as u64);
+            let mut j = i;
+            while let Some((_, l)) = sorted.get(j) {
+                let (s, e) = (l.offset as u64, l.offset as u64 + l.stored_len as u64);
+                if l.pack != first.pack || s > end + GAP || e.max(end) - start > RUN_MAX {
+                    break;
+                }
+                end = end.max(e);
+                j += 1;
+            }
+            let run = &sorted[i..j.max(i + 1)];
+            i = j.max(i + 1);
+            let Ok(pack) = self.pack(&first.pack) else {
+                continue;
+            };
+            let Ok(bytes) = pack.read_run(start, (end - start) as u32) else {
+                continue;
+            };
+            for (id, l) in run {
+                let at = (l.offset as u64 - start) as usize;
+                let Some(stored) = bytes.get(at..at + l.stored_len as usize) else {
+                    continue;
+                };
+                let decoded = crate::pack::decode_chunk(
+                    pack.ids(),
+                    pack.id(),
+                    id,
+                    l.codec,
+                    stored,
+                    l.raw_len,
+                    None,
+                );
+                if let Ok(data) = decoded {
+                    out.insert(*id, Arc::new(data));
+                }
+            }
+        }
+        out
+    }
+
     /// A chunk's raw bytes and its chain depth (0: not a delta), kept
     /// among the recent bases: what create stores a delta against.
     pub fn read_with_depth(

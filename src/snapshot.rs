@@ -99,7 +99,15 @@ pub struct SnapshotStats {
     /// Bytes those chunks take in packs (after dedup and compression).
     pub new_stored_bytes: u64,
     pub new_packs: u64,
+    /// New chunks stored as deltas of the parent's pages (format 3; absent
+    /// from snapshot objects when zero, so older ones keep their bytes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub new_delta_chunks: u64,
     pub duration_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SnapshotStats {
@@ -116,6 +124,7 @@ impl SnapshotStats {
         self.new_raw_bytes += o.new_raw_bytes;
         self.new_stored_bytes += o.new_stored_bytes;
         self.new_packs += o.new_packs;
+        self.new_delta_chunks += o.new_delta_chunks;
     }
 }
 

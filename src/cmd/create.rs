@@ -38,7 +38,7 @@ pub fn run(ctx: &mut Ctx, args: cli::CreateArgs) -> anyhow::Result<u8> {
         writeln!(ctx.out, "snapshot {}", snap.id)?;
         writeln!(
             ctx.out,
-            "  {}, {}, {}, {}, {} in total; read {}, stored {} new ({}, {}) in {:.2} s",
+            "  {}, {}, {}, {}, {} in total; read {}, stored {} new ({}{}, {}) in {:.2} s",
             count(s.files, "file"),
             count(s.dirs, "dir"),
             count(s.symlinks, "symlink"),
@@ -47,6 +47,10 @@ pub fn run(ctx: &mut Ctx, args: cli::CreateArgs) -> anyhow::Result<u8> {
             human_bytes(s.read_bytes),
             human_bytes(s.new_stored_bytes),
             count(s.new_chunks, "chunk"),
+            match s.new_delta_chunks {
+                0 => String::new(),
+                n => format!(", {n} as deltas"),
+            },
             count(s.new_packs, "pack"),
             s.duration_ms as f64 / 1000.0
         )?;

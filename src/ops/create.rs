@@ -894,6 +894,7 @@ impl Walk<'_> {
         for e in &pack.entries {
             self.stats.new_raw_bytes += e.raw_len as u64;
             self.stats.new_stored_bytes += e.stored_len as u64;
+            self.stats.new_delta_chunks += e.base.is_some() as u64;
         }
         Ok(())
     }
@@ -1357,7 +1358,7 @@ fn chunk_file(
             let page = &buf[o..o + l];
             let raw = base
                 .as_ref()
-                .and_then(|b| Some((b.0, read_base(reader, b, &bases.chains)?)));
+                .and_then(|b| Some((b.0, read_base(reader, b, &bases)?)));
             let (codec, data, base) = match raw {
                 Some((base_id, base)) => {
                     match crate::delta::encode(level, &base, page, || compress_with(level, page))? {
@@ -1413,6 +1414,8 @@ fn chunk_file(
 struct DeltaBases {
     each: Vec<Option<(ChunkId, ChunkLocation)>>,
     chains: HashMap<ChunkId, ChunkLocation>,
+    /// Bases that are not deltas, read ahead by runs.
+    whole: HashMap<ChunkId, Arc<Vec<u8>>>,
 }
 
 /// For each fresh chunk (`fresh`, indexes into `ids`, the batch that
@@ -1441,7 +1444,18 @@ fn delta_bases(
     }
     let locs = each.iter().flatten().map(|(_, l)| l);
     let chains = crate::delta::bases_of(&ctx.index, locs).map_err(ReadError::Fatal)?;
-    Ok(DeltaBases { each, chains })
+    // Pages of one database lie together in the packs of an earlier
+    // create: a few reads fetch a batch's bases (on a bucket, without
+    // pulling whole windows of the packs around them).
+    let whole = match &ctx.reader {
+        Some(r) => r.clone().read_by_runs(&each.iter().flatten().copied().collect::<Vec<_>>()),
+        None => HashMap::new(),
+    };
+    Ok(DeltaBases {
+        each,
+        chains,
+        whole,
+    })
 }
 
 /// A base's raw bytes, when it can be read and is less than
@@ -1450,9 +1464,15 @@ fn delta_bases(
 fn read_base(
     reader: &Option<ChunkReader>,
     (id, loc): &(ChunkId, ChunkLocation),
-    chains: &HashMap<ChunkId, ChunkLocation>,
+    bases: &DeltaBases,
 ) -> Option<Arc<Vec<u8>>> {
-    let (bytes, depth) = reader.clone()?.read_with_depth(id, loc, chains).ok()?;
+    if let Some(bytes) = bases.whole.get(id) {
+        return Some(bytes.clone());
+    }
+    let (bytes, depth) = reader
+        .clone()?
+        .read_with_depth(id, loc, &bases.chains)
+        .ok()?;
     (depth < crate::delta::MAX_DEPTH && bytes.len() <= CHUNK_MAX_LIMIT as usize).then_some(bytes)
 }
 

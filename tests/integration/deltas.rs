@@ -139,8 +139,12 @@ fn a_migrated_database_grows_the_repository_by_page_deltas_and_restores_exactly(
         let size = dir_bytes(&env.repo.join("packs"));
         migrate(&app.join("messages.db"), ROWS, 5, 1);
         migrate(&app.join("cache/cache.db"), ROWS / 4, 5, 2);
-        let after = env.create_id(&app);
+        let created = env.create(&app);
+        let after = created["id"].as_str().unwrap().to_string();
         let grown = dir_bytes(&env.repo.join("packs")) - size;
+        // --json reports the deltas (absent when there are none).
+        let reported = created["stats"]["new_delta_chunks"].as_u64().unwrap_or(0);
+        assert_eq!(reported as usize, delta_rows(&env.repo).0);
         // Both snapshots restore exactly, and the databases are sound.
         for (id, want) in [(&after, app.clone()), (&before, env.path("before"))] {
             let out = env.path(&format!("out-{id}"));
