@@ -357,6 +357,17 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// For a walk that asks about every chunk (check): page caches of 16
+    /// MiB for the index and for the temp store holding the set of chunks
+    /// seen, so that a million lookups stay in memory without the set
+    /// growing in RAM past that.
+    pub fn tune_for_walk(&self) -> Result<()> {
+        self.conn
+            .pragma_update(Some("main"), "cache_size", -16384)
+            .and_then(|_| self.conn.pragma_update(Some("temp"), "cache_size", -16384))
+            .map_err(|e| self.err(e))
+    }
+
     pub fn begin(&self) -> Result<()> {
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
@@ -384,6 +395,20 @@ impl Index {
                 Err(e)
             }
         }
+    }
+
+    /// Run `f` in one read transaction (writes go to the temp store only):
+    /// one consistent view of the index, and one commit of the temp store
+    /// instead of one per statement (each of which scans its page cache).
+    pub fn in_read_transaction<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.conn
+            .execute_batch("BEGIN DEFERRED")
+            .map_err(|e| self.err(e))?;
+        let r = f();
+        let end = self.conn.execute_batch("COMMIT");
+        let v = r?;
+        end.map_err(|e| self.err(e))?;
+        Ok(v)
     }
 
     pub fn rollback(&self) -> Result<()> {
@@ -513,6 +538,16 @@ impl Index {
             added += n as u64;
         }
         Ok(added)
+    }
+
+    /// Add one id to the live set; whether it was new there (check's set
+    /// of chunks seen: on disk, not in RAM, whatever their number).
+    pub fn live_insert(&self, id: &ChunkId) -> Result<bool> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO temp.live(hash) VALUES (?1)")
+            .and_then(|mut st| st.execute([id.as_bytes()]))
+            .map(|n| n == 1)
+            .map_err(|e| self.err(e))
     }
 
     /// Per pack: (rowid, live chunk count, live stored bytes).

@@ -147,29 +147,28 @@ pub fn check(
     progress.phase("check: packs", to_read);
     report.packs = packs.len() as u64;
     let mut bad_packs: HashSet<PackId> = HashSet::new();
-    let mut pack_of_chunk: HashMap<ChunkId, PackId> = HashMap::new();
-    // With --read-data: which pack footer lists each chunk, to name the pack
-    // of a chunk whose index row is gone.
+    // With --read-data: which pack footer lists a chunk that its pack's
+    // rows lack, to name the pack of a chunk whose index row is gone.
+    // Nothing here grows with the number of chunks: whether a chunk has a
+    // row is asked of the index.
     let mut in_footer: HashMap<ChunkId, PackId> = HashMap::new();
-    // (pack, delta, base): every base must be located too.
-    let mut deltas: Vec<(PackId, ChunkId, ChunkId)> = Vec::new();
     let mut reader = ChunkReader::new(repo.storage().clone());
     for p in &packs {
         if progress.cancelled() {
             return Err(Error::Interrupted);
         }
         let rows = index.chunks_in_pack(p.rowid)?;
+        // Every delta's base must be located too.
         for r in &rows {
-            pack_of_chunk.insert(r.id, p.id);
-            if let Some(base) = r.base {
-                deltas.push((p.id, r.id, base));
+            if let Some(base) = r.base
+                && !index.chunk_known(&base)?
+            {
+                faults.push(Fault::Chunk(
+                    Some(p.id),
+                    r.id,
+                    format!("delta's base {} has no index row", base.short()),
+                ));
             }
-        }
-        // A condemned pack still holds its chunks; one a kept snapshot uses
-        // (a gc stopped between condemning and repacking) is rescued by
-        // the next gc, so it is a location, not damage.
-        for r in index.condemned_chunks_in_pack(p.rowid)? {
-            pack_of_chunk.entry(r.id).or_insert(p.id);
         }
         let key = crate::storage::pack_key(&p.id);
         let size = match repo.storage().size(&key) {
@@ -212,17 +211,8 @@ pub fn check(
                 rows: &rows,
                 reader: &mut reader,
             };
-            let listed = check_pack_data(data, &mut report, &mut faults, progress);
-            in_footer.extend(listed.into_iter().map(|c| (c, p.id)));
-        }
-    }
-    for (pack, delta, base) in deltas {
-        if !pack_of_chunk.contains_key(&base) {
-            faults.push(Fault::Chunk(
-                Some(pack),
-                delta,
-                format!("delta's base {} has no index row", base.short()),
-            ));
+            let unrowed = check_pack_data(data, &mut report, &mut faults, progress);
+            in_footer.extend(unrowed.into_iter().map(|c| (c, p.id)));
         }
     }
     let referenced: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
@@ -236,54 +226,14 @@ pub fn check(
     progress.phase("check: snapshots", None);
     let snapshots = repo.snapshots()?;
     report.snapshots = snapshots.len() as u64;
-    let mut seen_trees: HashSet<TreeId> = HashSet::new();
-    let mut seen_chunks: HashSet<ChunkId> = HashSet::new();
-    // Each tree's entry count and subdirectories, to bound what a snapshot
-    // expands to without expanding it.
-    let mut shapes: HashMap<TreeId, TreeShape> = HashMap::new();
-    for s in &snapshots {
-        let mut stack = vec![s.root];
-        while let Some(t) = stack.pop() {
-            if !seen_trees.insert(t) {
-                continue;
-            }
-            let tree = match repo.load_tree(&t) {
-                Ok(tree) => tree,
-                Err(e) => {
-                    faults.push(Fault::Tree(t, e.to_string()));
-                    continue;
-                }
-            };
-            shapes.insert(
-                t,
-                TreeShape {
-                    entries: tree.entries.len() as u64,
-                    subdirs: tree.entries.iter().filter_map(|e| e.subtree()).collect(),
-                },
-            );
-            for e in &tree.entries {
-                match e.kind {
-                    Kind::Dir => stack.extend(e.subtree()),
-                    Kind::File => {
-                        for c in e.chunks() {
-                            if seen_chunks.insert(*c) && !pack_of_chunk.contains_key(c) {
-                                let pack = in_footer.get(c).copied();
-                                let what = match pack {
-                                    Some(_) => {
-                                        "chunk has no index row (its pack's footer lists it)"
-                                    }
-                                    None => "chunk has no index row",
-                                };
-                                faults.push(Fault::Chunk(pack, *c, what.into()));
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            progress.entries(1);
-        }
-    }
+    let walked = index.in_read_transaction(|| {
+        walk_snapshots(repo, &snapshots, &in_footer, &mut faults, progress)
+    })?;
+    let Walked {
+        seen_trees,
+        shapes,
+        chunks_seen,
+    } = walked;
     for s in &snapshots {
         let (entries, depth) = expansion(&shapes, s.root);
         let budget = entry_budget(s);
@@ -342,7 +292,7 @@ pub fn check(
         .filter(|s| !listed.contains(&s.id))
         .count() as u64;
     for t in &seen_trees {
-        if !pack_of_chunk.contains_key(&ChunkId(t.0)) {
+        if !index.chunk_known(&ChunkId(t.0))? {
             faults.push(Fault::Tree(
                 *t,
                 "has no blob in any tree pack (`snap repair index` could not rebuild it)".into(),
@@ -350,11 +300,95 @@ pub fn check(
         }
     }
     report.trees = seen_trees.len() as u64;
-    report.chunks_referenced = seen_chunks.len() as u64;
+    report.chunks_referenced = chunks_seen;
     if !faults.is_empty() {
-        report.problems = attribute(repo, &snapshots, faults, &pack_of_chunk)?;
+        report.problems = attribute(repo, &snapshots, faults)?;
     }
     Ok(report)
+}
+
+/// What the walk of every snapshot's trees found.
+struct Walked {
+    seen_trees: HashSet<TreeId>,
+    /// Each tree's entry count and subdirectories, to bound what a snapshot
+    /// expands to without expanding it.
+    shapes: HashMap<TreeId, TreeShape>,
+    chunks_seen: u64,
+}
+
+/// Walk every snapshot's trees once per distinct tree: every tree decodes
+/// and every chunk has an index row. Memory grows with the trees, not the
+/// chunks: the set of chunks seen is in SQLite's temp store.
+fn walk_snapshots(
+    repo: &Repository,
+    snapshots: &[Snapshot],
+    in_footer: &HashMap<ChunkId, PackId>,
+    faults: &mut Vec<Fault>,
+    progress: &dyn Progress,
+) -> Result<Walked> {
+    let index = repo.index();
+    let mut seen_trees: HashSet<TreeId> = HashSet::new();
+    // Chunks seen: SQLite's temp store (the set gc marks with), not RAM.
+    index.live_reset()?;
+    index.tune_for_walk()?;
+    let mut chunks_seen = 0u64;
+    let mut shapes: HashMap<TreeId, TreeShape> = HashMap::new();
+    for s in snapshots {
+        let mut stack = vec![s.root];
+        while let Some(t) = stack.pop() {
+            if !seen_trees.insert(t) {
+                continue;
+            }
+            let tree = match repo.load_tree(&t) {
+                Ok(tree) => tree,
+                Err(e) => {
+                    faults.push(Fault::Tree(t, e.to_string()));
+                    continue;
+                }
+            };
+            shapes.insert(
+                t,
+                TreeShape {
+                    entries: tree.entries.len() as u64,
+                    subdirs: tree.entries.iter().filter_map(|e| e.subtree()).collect(),
+                },
+            );
+            for e in &tree.entries {
+                match e.kind {
+                    Kind::Dir => stack.extend(e.subtree()),
+                    Kind::File => {
+                        for c in e.chunks() {
+                            if !index.live_insert(c)? {
+                                continue;
+                            }
+                            chunks_seen += 1;
+                            // A condemned pack still holds its chunks; one a
+                            // kept snapshot uses (a gc stopped between
+                            // condemning and repacking) is rescued by the
+                            // next gc, so it is a location, not damage.
+                            if !index.chunk_known(c)? {
+                                let pack = in_footer.get(c).copied();
+                                let what = match pack {
+                                    Some(_) => {
+                                        "chunk has no index row (its pack's footer lists it)"
+                                    }
+                                    None => "chunk has no index row",
+                                };
+                                faults.push(Fault::Chunk(pack, *c, what.into()));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            progress.entries(1);
+        }
+    }
+    Ok(Walked {
+        seen_trees,
+        shapes,
+        chunks_seen,
+    })
 }
 
 /// One pack to read, with its index rows.
@@ -367,7 +401,7 @@ struct PackData<'a> {
 }
 
 /// Read one pack whole (one read, not one per chunk), each delta through
-/// its base; returns the chunk ids its footer lists.
+/// its base; returns the chunk ids its footer lists that its rows lack.
 fn check_pack_data(
     data: PackData,
     report: &mut CheckReport,
@@ -397,7 +431,13 @@ fn check_pack_data(
                     "pack footer does not match the pack's id".into(),
                 ));
             }
-            listed = footer.entries.iter().map(|e| e.id).collect();
+            let rowed: HashSet<ChunkId> = rows.iter().map(|r| r.id).collect();
+            listed = footer
+                .entries
+                .iter()
+                .map(|e| e.id)
+                .filter(|id| !rowed.contains(id))
+                .collect();
             let by_id: HashMap<ChunkId, _> = footer.entries.iter().map(|e| (e.id, *e)).collect();
             for r in rows {
                 if by_id.get(&r.id) != Some(r) {
@@ -444,7 +484,6 @@ fn attribute(
     repo: &Repository,
     snapshots: &[Snapshot],
     faults: Vec<Fault>,
-    pack_of_chunk: &HashMap<ChunkId, PackId>,
 ) -> Result<Vec<Problem>> {
     const MAX_PATHS: usize = 20;
     let mut problems: Vec<Problem> = Vec::new();
@@ -520,10 +559,21 @@ fn attribute(
                     Kind::Dir => stack.extend(e.subtree().map(|sub| (sub, p.clone()))),
                     Kind::File => {
                         for c in e.chunks() {
-                            let i = by_chunk
-                                .get(c)
-                                .or_else(|| pack_of_chunk.get(c).and_then(|pk| by_pack.get(pk)));
-                            if let Some(&i) = i {
+                            // The chunk's pack, asked of the index only when
+                            // a pack is at fault.
+                            let in_bad_pack = || -> Result<Option<usize>> {
+                                if by_pack.is_empty() {
+                                    return Ok(None);
+                                }
+                                Ok(repo
+                                    .chunk_location(c)?
+                                    .and_then(|l| by_pack.get(&l.pack).copied()))
+                            };
+                            let i = match by_chunk.get(c) {
+                                Some(&i) => Some(i),
+                                None => in_bad_pack()?,
+                            };
+                            if let Some(i) = i {
                                 hit(i, &p, &mut snaps_of, &mut paths_of);
                             }
                         }
