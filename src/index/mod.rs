@@ -550,6 +550,28 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// Ids in the live set that no chunk row (condemned or not) has, found
+    /// in one pass in hash order: probes into `chunks` then follow its
+    /// key order instead of jumping around the file.
+    pub fn live_without_rows(&self) -> Result<Vec<ChunkId>> {
+        let condemned = self.has_condemned_tables().map_err(|e| self.err(e))?;
+        let sql = if condemned {
+            "SELECT l.hash FROM temp.live l
+             WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.hash = l.hash)
+               AND NOT EXISTS (SELECT 1 FROM condemned_chunks c WHERE c.hash = l.hash)
+             ORDER BY l.hash"
+        } else {
+            "SELECT l.hash FROM temp.live l
+             WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.hash = l.hash) ORDER BY l.hash"
+        };
+        let f = || -> rusqlite::Result<Vec<ChunkId>> {
+            let mut st = self.conn.prepare(sql)?;
+            st.query_map([], |r| blob_id(r.get(0)?, ChunkId::from_slice))?
+                .collect()
+        };
+        f().map_err(|e| self.err(e))
+    }
+
     /// Per pack: (rowid, live chunk count, live stored bytes).
     pub fn pack_liveness(&self) -> Result<HashMap<i64, (u64, u64)>> {
         let f = || -> rusqlite::Result<HashMap<i64, (u64, u64)>> {

@@ -332,6 +332,9 @@ fn walk_snapshots(
     index.live_reset()?;
     index.tune_for_walk()?;
     let mut chunks_seen = 0u64;
+    // Inserted sorted, in batches: fewer pages of the set touched per id.
+    const SEEN_BATCH: usize = 1 << 16;
+    let mut pending: Vec<ChunkId> = Vec::with_capacity(SEEN_BATCH);
     let mut shapes: HashMap<TreeId, TreeShape> = HashMap::new();
     for s in snapshots {
         let mut stack = vec![s.root];
@@ -357,25 +360,9 @@ fn walk_snapshots(
                 match e.kind {
                     Kind::Dir => stack.extend(e.subtree()),
                     Kind::File => {
-                        for c in e.chunks() {
-                            if !index.live_insert(c)? {
-                                continue;
-                            }
-                            chunks_seen += 1;
-                            // A condemned pack still holds its chunks; one a
-                            // kept snapshot uses (a gc stopped between
-                            // condemning and repacking) is rescued by the
-                            // next gc, so it is a location, not damage.
-                            if !index.chunk_known(c)? {
-                                let pack = in_footer.get(c).copied();
-                                let what = match pack {
-                                    Some(_) => {
-                                        "chunk has no index row (its pack's footer lists it)"
-                                    }
-                                    None => "chunk has no index row",
-                                };
-                                faults.push(Fault::Chunk(pack, *c, what.into()));
-                            }
+                        pending.extend_from_slice(e.chunks());
+                        if pending.len() >= SEEN_BATCH {
+                            chunks_seen += add_seen(index, &mut pending)?;
                         }
                     }
                     _ => {}
@@ -384,11 +371,34 @@ fn walk_snapshots(
             progress.entries(1);
         }
     }
+    chunks_seen += add_seen(index, &mut pending)?;
+    // A condemned pack still holds its chunks; one a kept snapshot uses (a
+    // gc stopped between condemning and repacking) is rescued by the next
+    // gc, so it is a location, not damage.
+    for c in index.live_without_rows()? {
+        let pack = in_footer.get(&c).copied();
+        let what = match pack {
+            Some(_) => "chunk has no index row (its pack's footer lists it)",
+            None => "chunk has no index row",
+        };
+        faults.push(Fault::Chunk(pack, c, what.into()));
+    }
     Ok(Walked {
         seen_trees,
         shapes,
         chunks_seen,
     })
+}
+
+/// Add a batch of chunk ids to the set seen; how many were new.
+fn add_seen(index: &crate::index::Index, batch: &mut Vec<ChunkId>) -> Result<u64> {
+    batch.sort_unstable();
+    batch.dedup();
+    let mut new = 0;
+    for c in batch.drain(..) {
+        new += index.live_insert(&c)? as u64;
+    }
+    Ok(new)
 }
 
 /// One pack to read, with its index rows.
@@ -431,23 +441,27 @@ fn check_pack_data(
                     "pack footer does not match the pack's id".into(),
                 ));
             }
-            let rowed: HashSet<ChunkId> = rows.iter().map(|r| r.id).collect();
-            listed = footer
-                .entries
-                .iter()
-                .map(|e| e.id)
-                .filter(|id| !rowed.contains(id))
-                .collect();
-            let by_id: HashMap<ChunkId, _> = footer.entries.iter().map(|e| (e.id, *e)).collect();
+            // Rows and entries matched by offset (no map of a pack's
+            // entries: a pack of tiny chunks holds a hundred thousand).
+            let mut entries = footer.entries;
+            entries.sort_unstable_by_key(|e| e.offset);
+            let mut matched = vec![false; entries.len()];
             for r in rows {
-                if by_id.get(&r.id) != Some(r) {
-                    faults.push(Fault::Chunk(
+                match entries.binary_search_by_key(&r.offset, |e| e.offset) {
+                    Ok(i) if entries[i] == *r => matched[i] = true,
+                    _ => faults.push(Fault::Chunk(
                         Some(*id),
                         r.id,
                         "index row does not match the pack footer".into(),
-                    ));
+                    )),
                 }
             }
+            listed = entries
+                .iter()
+                .zip(&matched)
+                .filter(|(_, m)| !**m)
+                .map(|(e, _)| e.id)
+                .collect();
         }
         Err(e) => faults.push(Fault::Pack(*id, e.to_string())),
     }
