@@ -141,6 +141,11 @@ pub fn delta_decompress(stored: &[u8], base: &[u8], raw_len: usize) -> io::Resul
         r.and(reset).map_err(zstd_error)?;
         Ok(out)
     })?;
+    of_len(out, raw_len)
+}
+
+/// `out` when it has the length the chunk claims.
+fn of_len(out: Vec<u8>, raw_len: usize) -> io::Result<Vec<u8>> {
     if out.len() != raw_len {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -181,13 +186,7 @@ pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize) -> io::Result<Vec
                 }
                 d.as_mut().expect("just made").decompress(stored, raw_len)
             })?;
-            if out.len() != raw_len {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "decompressed chunk length mismatch",
-                ));
-            }
-            Ok(out)
+            of_len(out, raw_len)
         }
     }
 }

@@ -324,26 +324,10 @@ pub(crate) fn repack_live(
         for e in index.live_chunks_in_pack(p.rowid)? {
             let stored = pack.read_stored_max(e.offset as u64, e.stored_len, max)?;
             // A delta is checked through its base and copied as it is.
-            match reader.base_of(&e.id, &ChunkLocation::of(p.id, &e), index)? {
-                Some((base, _)) => crate::pack::decode_chunk(
-                    pack.ids(),
-                    &p.id,
-                    &e.id,
-                    e.codec,
-                    &stored,
-                    e.raw_len,
-                    Some(&base),
-                )?,
-                None => crate::pack::decode_blob(
-                    pack.ids(),
-                    &p.id,
-                    &e.id,
-                    e.codec,
-                    &stored,
-                    e.raw_len,
-                    max,
-                )?,
-            };
+            let base = reader.base_of(&e.id, &ChunkLocation::of(p.id, &e), index)?;
+            let base = base.as_ref().map(|(b, _)| b.as_slice());
+            let (ids, codec, len) = (pack.ids(), e.codec, e.raw_len);
+            crate::pack::decode_blob(ids, &p.id, &e.id, codec, &stored, len, max, base)?;
             packer.add(Blob::from(&e), &stored)?;
             progress.bytes(stored.len() as u64);
         }

@@ -221,7 +221,23 @@ pub fn decode_chunk(
     raw_len: u32,
     base: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
-    if raw_len > CHUNK_MAX_LIMIT {
+    decode_blob(ids, pack, id, codec, stored, raw_len, CHUNK_MAX_LIMIT, base)
+}
+
+/// Like `decode_chunk`, for a blob of a pack kind with its own bound
+/// (trees are never deltas: their `base` is `None`).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_blob(
+    ids: Ids,
+    pack: &PackId,
+    id: &ChunkId,
+    codec: Codec,
+    stored: &[u8],
+    raw_len: u32,
+    max: u32,
+    base: Option<&[u8]>,
+) -> Result<Vec<u8>> {
+    if raw_len > max {
         return Err(damaged(
             pack,
             format!("chunk {} claims {raw_len} bytes", id.short()),
@@ -232,32 +248,6 @@ pub fn decode_chunk(
         _ => decompress(codec, stored, raw_len as usize),
     }
     .map_err(|e| {
-        damaged(
-            pack,
-            format!("chunk {} does not decompress: {e}", id.short()),
-        )
-    })?;
-    verify(ids, pack, id, data)
-}
-
-/// Like `decode_chunk` without a base, for a blob of a pack kind with its
-/// own bound (trees are never deltas).
-pub fn decode_blob(
-    ids: Ids,
-    pack: &PackId,
-    id: &ChunkId,
-    codec: Codec,
-    stored: &[u8],
-    raw_len: u32,
-    max: u32,
-) -> Result<Vec<u8>> {
-    if raw_len > max {
-        return Err(damaged(
-            pack,
-            format!("chunk {} claims {raw_len} bytes", id.short()),
-        ));
-    }
-    let data = decompress(codec, stored, raw_len as usize).map_err(|e| {
         damaged(
             pack,
             format!("chunk {} does not decompress: {e}", id.short()),
