@@ -733,6 +733,9 @@ impl ChunkReader {
         loc: &ChunkLocation,
         bases: &dyn Locate,
     ) -> Result<RawChunk> {
+        if let Some(hit) = self.bases.lock().expect("base cache").get(id) {
+            return Ok(hit.clone());
+        }
         self.raw_at(id, loc, id, bases, 0)
     }
 
@@ -781,7 +784,7 @@ impl ChunkReader {
         self.raw_at(id, &loc, of, bases, hops)
     }
 
-    /// `raw` of a chunk already located.
+    /// `raw` of a chunk already located and not among the kept bases.
     fn raw_at(
         &mut self,
         id: &ChunkId,
@@ -790,9 +793,6 @@ impl ChunkReader {
         bases: &dyn Locate,
         hops: u32,
     ) -> Result<RawChunk> {
-        if let Some(hit) = self.bases.lock().expect("base cache").get(id) {
-            return Ok(hit.clone());
-        }
         let (base, depth) = match loc.base {
             Some(b) => {
                 let (bytes, d) = self.raw(&b, of, &loc.pack, bases, hops + 1)?;
