@@ -45,6 +45,7 @@ macro_rules! internal {
 
 internal!(
     chunker,
+    claims,
     compress,
     config,
     confined,

@@ -17,13 +17,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Select, Sender, bounded, unbounded};
 use rayon::prelude::*;
 
 use crate::chunker::{Chunker, ChunkerParams};
+use crate::claims::Claims;
 use crate::compress::{Codec, Compressor};
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
@@ -437,7 +438,7 @@ fn run(
     let (res_tx, res_rx) = unbounded::<FileResult>();
     let (chunk_tx, chunk_rx) = bounded::<Vec<NewChunk>>(16);
     let (pack_tx, pack_rx) = unbounded::<Result<FinishedPack>>();
-    let claimed: Arc<Mutex<HashSet<ChunkId>>> = Arc::default();
+    let claimed = Arc::new(Claims::new(repo.tmp_dir(), TMP_SQLITE_PREFIX));
     let cancel = opts.cancel.clone().unwrap_or_default();
     let params = ChunkerParams::from(repo.config());
     let level = repo.config().zstd_level;
@@ -1011,7 +1012,7 @@ struct WorkerCtx<'a> {
     /// Where SQLite images are written before they are chunked.
     tmp_dir: PathBuf,
     sqlite_check: bool,
-    claimed: Arc<Mutex<HashSet<ChunkId>>>,
+    claimed: Arc<Claims>,
     params: ChunkerParams,
     ids: crate::id::Ids,
     level: i32,
@@ -1337,20 +1338,10 @@ fn chunk_file(
         };
         // Claim the chunks nobody has stored: once in this run (the set) or
         // before it (the index, as committed).
-        let mut fresh = Vec::new();
-        {
-            let mut claimed = ctx.claimed.lock().expect("claim set");
-            for (i, id) in ids.iter().enumerate() {
-                if claimed.contains(id) {
-                    continue;
-                }
-                let known = ctx.index.has_chunk(id).map_err(ReadError::Fatal)?;
-                if !known {
-                    claimed.insert(*id);
-                    fresh.push(i);
-                }
-            }
-        }
+        let fresh = ctx
+            .claimed
+            .claim(&ids, |id| ctx.index.has_chunk(id))
+            .map_err(ReadError::Fatal)?;
         let bases = delta_bases(ctx, base_pages, ids_all.len(), &ids, &fresh)?;
         let (level, reader) = (ctx.level, &ctx.reader);
         let compress = |(&i, base): (&usize, &Option<(ChunkId, ChunkLocation)>)| {
