@@ -621,6 +621,9 @@ pub struct ChunkReader {
     storage: Arc<dyn Storage>,
     open: Arc<Mutex<HashMap<PackId, Arc<PackReader>>>>,
     bases: Arc<Mutex<HashMap<ChunkId, RawChunk>>>,
+    /// Pack sizes known from the index: a pack among them opens without
+    /// asking the storage its size (on a bucket, a HEAD per pack).
+    sizes: Arc<HashMap<PackId, u64>>,
 }
 
 /// A chunk's raw bytes and its delta chain depth (0: not a delta).
@@ -635,7 +638,20 @@ impl ChunkReader {
             storage,
             open: Arc::new(Mutex::new(HashMap::new())),
             bases: Arc::new(Mutex::new(HashMap::new())),
+            sizes: Arc::default(),
         }
+    }
+
+    /// A reader of a repository on remote storage that takes the packs'
+    /// sizes from its index instead of asking for each (a HEAD per pack
+    /// on a bucket); a local one has no such cost and asks.
+    pub fn of_repository(repo: &Repository) -> Result<Self> {
+        let mut reader = ChunkReader::new(repo.storage().clone());
+        if repo.storage().is_remote() {
+            let sizes = repo.index.packs()?.into_iter().map(|p| (p.id, p.size));
+            reader.sizes = Arc::new(sizes.collect());
+        }
+        Ok(reader)
     }
 
     pub fn pack(&mut self, id: &PackId) -> Result<Arc<PackReader>> {
@@ -644,7 +660,10 @@ impl ChunkReader {
         }
         // Opened outside the lock (on object storage it is a request); two
         // workers opening one pack at once keep the later reader.
-        let r = Arc::new(PackReader::open(&*self.storage, id)?);
+        let r = Arc::new(match self.sizes.get(id) {
+            Some(&size) => PackReader::open_sized(&*self.storage, id, size)?,
+            None => PackReader::open(&*self.storage, id)?,
+        });
         let mut open = self.open.lock().expect("pack cache");
         if open.len() >= 64 {
             open.clear();

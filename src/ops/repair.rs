@@ -20,7 +20,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, TreeId};
 use crate::index::Index;
 use crate::lock::{LockMode, RepoLock, default_wait};
-use crate::pack::{FinishedPack, PackKind, PackReader, decode_blob};
+use crate::pack::{FinishedPack, PackKind, decode_blob, for_each_footer};
 use crate::progress::Progress;
 use crate::repo::{ChunkReader, INDEX_FILE, compress_tree, list_packs};
 use crate::storage::{LocalStorage, Storage, local::sync_dir, pack_key};
@@ -136,13 +136,13 @@ fn add_packs(
     stats: &mut RepairStats,
     progress: &dyn Progress,
 ) -> Result<()> {
-    for (id, _) in list_packs(storage)? {
+    for_each_footer(storage, &list_packs(storage)?, |&id, footer| {
         let at = || storage.describe(&pack_key(&id));
-        let footer = match PackReader::open(storage, &id).and_then(|p| p.footer()) {
+        let footer = match footer {
             Ok(f) => f,
             Err(e) => {
                 stats.unusable_files.push((at(), e.to_string()));
-                continue;
+                return Ok(());
             }
         };
         if footer.id != id {
@@ -153,7 +153,7 @@ fn add_packs(
                     footer.id.short()
                 ),
             ));
-            continue;
+            return Ok(());
         }
         stats.packs += 1;
         stats.chunks += footer.entries.len() as u64;
@@ -164,8 +164,8 @@ fn add_packs(
             entries: footer.entries,
         })?;
         progress.entries(1);
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Every snapshot object with its changes applied, and every tree it

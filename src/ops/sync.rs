@@ -34,7 +34,7 @@ use crate::index::Index;
 use crate::lock::{LockMode, RepoLock, default_wait};
 use crate::objects::{self, CHANGES_DIR, CONDEMNED_DIR};
 use crate::ops::repair::{RepairStats, TreeLoader, repair_index_on};
-use crate::pack::{FinishedPack, PackReader};
+use crate::pack::{FinishedPack, for_each_footer};
 use crate::progress::Progress;
 use crate::repo::{INDEX_FILE, list_packs};
 use crate::storage::{Storage, pack_key};
@@ -66,7 +66,8 @@ struct Diff {
     new_snaps: Vec<SnapshotId>,
     gone_snaps: Vec<SnapshotId>,
     new_changes: u64,
-    new_packs: Vec<PackId>,
+    /// With the sizes the listing gave.
+    new_packs: Vec<(PackId, u64)>,
     /// Row ids of indexed packs that are gone, and whether any chunk row
     /// points into them.
     gone_packs: Vec<(i64, bool)>,
@@ -152,9 +153,8 @@ fn diff(index: &Index, storage: &dyn Storage) -> Result<Diff> {
         }
     }
     d.new_packs = remote_packs
-        .keys()
-        .filter(|id| !local_packs.contains(id))
-        .copied()
+        .into_iter()
+        .filter(|(id, _)| !local_packs.contains(id))
         .collect();
     d.new_packs.sort();
     d.new_snaps.sort();
@@ -204,8 +204,8 @@ fn apply(
         index.delete_pack(rowid)?;
         stats.gone_packs += 1;
     }
-    for id in &d.new_packs {
-        match PackReader::open(&**storage, id).and_then(|p| p.footer()) {
+    for_each_footer(&**storage, &d.new_packs, |id, footer| {
+        match footer {
             Ok(f) if f.id == *id => {
                 index.insert_pack(&FinishedPack {
                     id: *id,
@@ -225,7 +225,8 @@ fn apply(
                 .skipped
                 .push((storage.describe(&pack_key(id)), e.to_string())),
         }
-    }
+        Ok(())
+    })?;
     apply_records(index, &**storage, d)?;
     for id in &d.gone_snaps {
         index.delete_snapshot(id)?;

@@ -18,6 +18,51 @@ pub fn damaged(pack: &PackId, reason: impl Into<String>) -> Error {
     }
 }
 
+/// Footers read at once from remote storage, where each read waits on
+/// the network; also how many a caller holds at a time.
+const FOOTERS_IN_FLIGHT: usize = 16;
+
+/// The footers of `packs` (ids with the sizes a listing gave), handed to
+/// `each` in order. On remote storage several are read at once (a new
+/// client rebuilding its index reads every pack's footer; one after
+/// another that was a few round trips per pack); at most
+/// [`FOOTERS_IN_FLIGHT`] footers are held.
+pub fn for_each_footer(
+    storage: &dyn Storage,
+    packs: &[(PackId, u64)],
+    mut each: impl FnMut(&PackId, Result<Footer>) -> Result<()>,
+) -> Result<()> {
+    let read = |&(id, size): &(PackId, u64)| {
+        // A listing reports a size no sealed object has as 0: opening it
+        // the usual way says why.
+        let pack = if size == 0 {
+            PackReader::open(storage, &id)
+        } else {
+            PackReader::open_sized(storage, &id, size)
+        };
+        pack.and_then(|p| p.footer())
+    };
+    if !storage.is_remote() {
+        for p in packs {
+            each(&p.0, read(p))?;
+        }
+        return Ok(());
+    }
+    for group in packs.chunks(FOOTERS_IN_FLIGHT) {
+        let footers: Vec<Result<Footer>> = std::thread::scope(|s| {
+            let handles: Vec<_> = group.iter().map(|p| s.spawn(move || read(p))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("footer reader panicked"))
+                .collect()
+        });
+        for (p, f) in group.iter().zip(footers) {
+            each(&p.0, f)?;
+        }
+    }
+    Ok(())
+}
+
 /// What a pack's header and footer say.
 #[derive(Debug, Clone)]
 pub struct Footer {
@@ -38,8 +83,22 @@ pub struct PackReader {
 
 impl PackReader {
     pub fn open(storage: &dyn Storage, id: &PackId) -> Result<Self> {
+        Self::open_with(storage, id, None)
+    }
+
+    /// Open a pack whose size a listing gave (on a bucket: no HEAD).
+    pub fn open_sized(storage: &dyn Storage, id: &PackId, size: u64) -> Result<Self> {
+        Self::open_with(storage, id, Some(size))
+    }
+
+    fn open_with(storage: &dyn Storage, id: &PackId, size: Option<u64>) -> Result<Self> {
+        let key = pack_key(id);
+        let obj = match size {
+            Some(size) => storage.open_sized(&key, size),
+            None => storage.open(&key),
+        };
         // A pack the index names but that is gone is damage, not a user error.
-        let obj = storage.open(&pack_key(id)).map_err(|e| {
+        let obj = obj.map_err(|e| {
             if e.is_not_found() {
                 damaged(id, "pack is missing")
             } else {

@@ -106,6 +106,15 @@ impl Storage for FaultyStorage {
         }))
     }
 
+    fn open_sized(&self, key: &str, size: u64) -> Result<Box<dyn ObjectReader>> {
+        self.check(key)?;
+        Ok(Box::new(FaultyReader {
+            inner: self.inner.open_sized(key, size)?,
+            state: self.state.clone(),
+            what: self.inner.describe(key),
+        }))
+    }
+
     fn size(&self, key: &str) -> Result<Option<u64>> {
         self.check(key)?;
         self.inner.size(key)

@@ -342,11 +342,15 @@ impl Storage for S3Storage {
             .runtime
             .block_on(self.inner.store.head(&path))
             .map_err(|e| self.inner.error(key, e))?;
+        self.open_sized(key, meta.size)
+    }
+
+    fn open_sized(&self, key: &str, size: u64) -> Result<Box<dyn ObjectReader>> {
         Ok(Box::new(S3Reader {
             inner: self.inner.clone(),
             key: key.to_string(),
-            path,
-            size: meta.size,
+            path: self.inner.path(key)?,
+            size,
             last_window: AtomicU64::new(u64::MAX),
         }))
     }

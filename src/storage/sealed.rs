@@ -52,11 +52,32 @@ impl SealedStorage {
             id_key: master.id_key(),
         }
     }
+
+    fn sealed_reader(&self, key: &str, inner: Box<dyn ObjectReader>) -> Result<Box<dyn ObjectReader>> {
+        let stored = inner.size();
+        let size = plain_size(stored).ok_or_else(|| damaged(&*self.inner, key, "its size"))?;
+        Ok(Box::new(SealedReader {
+            describe: self.inner.describe(key),
+            inner,
+            cipher: self.cipher.clone(),
+            stored,
+            size,
+            object_id: Mutex::new(None),
+            last: Mutex::new(None),
+        }))
+    }
 }
 
 /// Objects read before the key is known.
 fn is_plain(key: &str) -> bool {
     key == CONFIG_FILE || key.starts_with(KEYS_DIR) && key[KEYS_DIR.len()..].starts_with('/')
+}
+
+/// The stored size of a sealed object of `plain` bytes (the inverse of
+/// [`plain_size`]): every segment, the last one possibly short or empty,
+/// carries its overhead.
+pub fn stored_size(plain: u64) -> u64 {
+    plain + plain.div_ceil(SEGMENT).max(1) * OVERHEAD
 }
 
 /// The plain size of a sealed object of `stored` bytes, `None` when no
@@ -142,17 +163,17 @@ impl Storage for SealedStorage {
         if is_plain(key) {
             return Ok(inner);
         }
-        let stored = inner.size();
-        let size = plain_size(stored).ok_or_else(|| damaged(&*self.inner, key, "its size"))?;
-        Ok(Box::new(SealedReader {
-            describe: self.inner.describe(key),
-            inner,
-            cipher: self.cipher.clone(),
-            stored,
-            size,
-            object_id: Mutex::new(None),
-            last: Mutex::new(None),
-        }))
+        self.sealed_reader(key, inner)
+    }
+
+    /// `size` is the plain size (what `list` reports); the stored one
+    /// follows from it.
+    fn open_sized(&self, key: &str, size: u64) -> Result<Box<dyn ObjectReader>> {
+        if is_plain(key) {
+            return self.inner.open_sized(key, size);
+        }
+        let inner = self.inner.open_sized(key, stored_size(size))?;
+        self.sealed_reader(key, inner)
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>> {
@@ -404,6 +425,9 @@ mod tests {
             assert_eq!(plain_size(stored), Some(plain), "plain {plain}");
         }
         assert_eq!(plain_size(OVERHEAD - 1), None);
+        for plain in [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT, 5 * SEGMENT + 7] {
+            assert_eq!(plain_size(stored_size(plain)), Some(plain), "{plain}");
+        }
         assert_eq!(plain_size(0), None);
     }
 

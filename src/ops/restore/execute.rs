@@ -269,7 +269,7 @@ impl Exec<'_> {
     ///    barriers): locate chunks, write temporaries in parallel, one
     ///    barrier for the batch, then rename each over its real name.
     fn contents(&mut self, repo: &Repository, plan: &Plan) -> Result<()> {
-        let reader = ChunkReader::new(repo.storage().clone());
+        let reader = ChunkReader::of_repository(repo)?;
         let mut writes: Vec<(&PathBuf, &Meta)> = plan
             .steps
             .iter()
