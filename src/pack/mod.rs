@@ -62,6 +62,13 @@ impl PackKind {
         }
     }
 }
+/// Blobs a writer puts in one pack at most, whatever their size: a pack
+/// of tiny files' chunks would otherwise hold hundreds of thousands, and
+/// their entries are held in memory until it is sealed (a million files
+/// of a few bytes made one pack of 700,000 entries: 84 MB of entries and
+/// a 35 MB footer). At this bound a footer is at most 1.5 MiB.
+pub const MAX_PACK_BLOBS: usize = 32_768;
+
 pub const HEADER_LEN: u64 = 16;
 pub const ENTRY_LEN: u64 = 48;
 pub const TRAILER_LEN: u64 = 48;

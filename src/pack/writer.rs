@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Sender, bounded};
 
 use super::{
-    HEADER_LEN, PACK_VERSION, PACK_VERSION_DELTAS, PackEntry, PackKind, encode_footer,
+    HEADER_LEN, MAX_PACK_BLOBS, PACK_VERSION, PACK_VERSION_DELTAS, PackEntry, PackKind, encode_footer,
     encode_header, footer_id,
 };
 use crate::compress::Codec;
@@ -237,7 +237,7 @@ impl Packer {
         }
         let w = self.current.as_mut().expect("just created");
         w.add(blob, stored)?;
-        if w.len() >= self.target {
+        if w.len() >= self.target || w.entries.len() >= MAX_PACK_BLOBS {
             let w = self.current.take().expect("present");
             self.send(w)?;
         }
@@ -318,5 +318,35 @@ impl Drop for Packer {
     fn drop(&mut self) {
         self.current = None;
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::PackReader;
+    use crate::storage::MemoryStorage;
+
+    #[test]
+    fn a_pack_of_tiny_blobs_is_sealed_at_the_blob_bound() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        // A target no tiny blob reaches: only the count seals a pack.
+        let mut packer = Packer::new(storage.clone(), PackKind::Data, 1 << 30, tx);
+        let n = MAX_PACK_BLOBS + 10;
+        for i in 0..n as u32 {
+            let data = i.to_le_bytes();
+            let blob = Blob::whole(ChunkId::of(&data), Codec::Raw, 4);
+            packer.add(blob, &data).unwrap();
+        }
+        packer.finish().unwrap();
+        let packs: Vec<FinishedPack> = rx.iter().map(|r| r.unwrap()).collect();
+        let counts: Vec<usize> = packs.iter().map(|p| p.entries.len()).collect();
+        assert_eq!(counts, vec![MAX_PACK_BLOBS, 10]);
+        // Each reads back with every blob in its footer.
+        for p in &packs {
+            let footer = PackReader::open(&*storage, &p.id).unwrap().footer().unwrap();
+            assert_eq!(footer.entries, p.entries);
+        }
     }
 }
