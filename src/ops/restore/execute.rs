@@ -17,7 +17,7 @@ use super::plan::effective_mode;
 use super::{Meta, Plan, RestoreStats, Step};
 use crate::confined::{self, Confined, DirFd, RemoveError, TempFile};
 use crate::error::{Error, IoContext, Result};
-use crate::id::ChunkId;
+use crate::id::{ChunkId, PackId};
 use crate::index::ChunkLocation;
 use crate::pack::HEADER_LEN;
 use crate::progress::{Progress, Warning, WarningKind};
@@ -270,28 +270,33 @@ impl Exec<'_> {
     ///    barrier for the batch, then rename each over its real name.
     fn contents(&mut self, repo: &Repository, plan: &Plan) -> Result<()> {
         let reader = ChunkReader::of_repository(repo)?;
-        let mut writes: Vec<(&PathBuf, &Meta)> = plan
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Write { path, meta, .. } => Some((path, meta)),
-                _ => None,
-            })
-            .collect();
         // In the order the packs hold the files' first chunks: reads then
         // sweep each pack once (create wrote files in another order than
         // the plan's path order). Directories already exist, and each
-        // batch's renames follow its barrier, so any order is safe.
-        let mut firsts = HashMap::new();
-        for (path, meta) in &writes {
-            if let Some(first) = meta.chunks().first()
-                && let Ok(Some(loc)) = repo.chunk_location(first)
-            {
-                firsts.insert(*path, (loc.pack, loc.offset));
-            }
+        // batch's renames follow its barrier, so any order is safe. The
+        // key packs a pack's number (in the order first met) and the
+        // offset into 8 bytes: a map of each file's first location held
+        // 96 MB at a million files.
+        let mut packs: HashMap<PackId, u64> = HashMap::new();
+        let mut keyed: Vec<(u64, &PathBuf, &Meta)> = Vec::new();
+        for step in &plan.steps {
+            let Step::Write { path, meta, .. } = step else {
+                continue;
+            };
+            let loc = match meta.chunks().first() {
+                Some(first) => repo.chunk_location(first).ok().flatten(),
+                None => None,
+            };
+            let key = loc.map_or(u64::MAX, |l| {
+                let n = packs.len() as u64;
+                let n = *packs.entry(l.pack).or_insert(n);
+                (n << 32) | l.offset as u64
+            });
+            keyed.push((key, path, meta));
         }
-        writes.sort_by_key(|(path, _)| firsts.get(path).copied());
-        drop(firsts);
+        drop(packs);
+        keyed.sort_by_key(|&(key, ..)| key);
+        let writes: Vec<(&PathBuf, &Meta)> = keyed.into_iter().map(|(_, p, m)| (p, m)).collect();
         // While one batch's barrier runs (it waits for the disk), the next
         // batch is read and written; its renames wait for its own barrier.
         std::thread::scope(|scope| -> Result<()> {

@@ -272,6 +272,9 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
         });
         roots.push(base);
     }
+    // The steps grew by doubling: give the slack back before the restore
+    // (a step per file, up to half of it unused).
+    p.steps.shrink_to_fit();
     Ok(Plan {
         snapshot: snap.id.to_hex(),
         target: if multi {
