@@ -21,8 +21,9 @@
 //!   `.ci/run` builds it into.
 //! - `SNAP_BENCH_TOOLS` (default all found): e.g. `snap,cp,tar,restic,borg`.
 //!
-//! Every restore and copy is followed by `sync` inside the timed region, so
-//! that snap (which syncs) and `cp -a` make data durable the same way.
+//! Every restore, copy and archive is followed by `sync` inside the timed
+//! region, so that snap (which syncs) and `cp -a` and `tar | zstd` make data
+//! durable the same way.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -420,7 +421,12 @@ fn main() {
                         format!("{w}/borg-repo"),
                     ),
                     "tar" => (
-                        format!("tar -C {src_s} -cf - . | zstd -3 -T2 -q -o {w}/data.tar.zst"),
+                        // Synced like every other step: snap's create makes its
+                        // packs durable, and an archive still in the page cache
+                        // is not a backup yet.
+                        format!(
+                            "tar -C {src_s} -cf - . | zstd -3 -T2 -q -o {w}/data.tar.zst && sync"
+                        ),
                         String::new(),
                         format!("{w}/data.tar.zst"),
                     ),
