@@ -515,7 +515,7 @@ impl ObjectReader for S3Reader {
         let (first, last) = (offset / READ_WINDOW, (end - 1) / READ_WINDOW);
         if (last - first + 1) as usize > self.inner.windows.budget() / 2 {
             // A read larger than half the budget: one GET, not kept.
-            return Ok(self.inner.get_range(&self.key, &self.path, offset..end)?.to_vec());
+            return Ok(self.inner.get_range(&self.key, &self.path, offset..end)?.into());
         }
         // A small read far from this object's last one (a chunk that
         // dedups against old data) fetches just its bytes; a second read
@@ -524,7 +524,7 @@ impl ObjectReader for S3Reader {
         let far = near == u64::MAX || first > near + 1 || first + 1 < near;
         let held = (first..=last).any(|k| self.inner.windows.holds(&self.key, k * READ_WINDOW));
         if far && !held && len < READ_WINDOW / 8 {
-            return Ok(self.inner.get_range(&self.key, &self.path, offset..end)?.to_vec());
+            return Ok(self.inner.get_range(&self.key, &self.path, offset..end)?.into());
         }
         let parts: Vec<_> = (first..=last).map(|k| self.window(k)).collect();
         // Read ahead: the next window arrives while this one is used.
@@ -554,7 +554,7 @@ impl ObjectReader for S3Reader {
                 if len == 0 {
                     return Ok(Vec::new());
                 }
-                Ok(self.inner.get_range(&self.key, &self.path, offset..end)?.to_vec())
+                Ok(self.inner.get_range(&self.key, &self.path, offset..end)?.into())
             }
             _ => Err(short_object(
                 self.inner.describe(&self.key),

@@ -21,7 +21,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload, Tag};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use super::{ObjectInfo, ObjectReader, ObjectWriter, RequestCounts, Storage};
@@ -309,19 +309,27 @@ impl SealedReader {
         }
     }
 
-    /// Open segments `first..=last` from their stored bytes.
+    /// Open segments `first..=last` from their stored bytes, in place: each
+    /// segment is decrypted where it lies and its plaintext moved down to
+    /// follow the one before (one buffer for a whole read run, not three).
     fn open_segments(&self, first: u64, last: u64, planned: bool) -> Result<Vec<u8>> {
         let full = SEGMENT + OVERHEAD;
         let start = first * full;
         let end = ((last + 1) * full).min(self.stored);
-        let stored = if planned {
+        let mut buf = if planned {
             self.inner.read_planned(start, end - start)?
         } else {
             self.inner.read_at(start, end - start)?
         };
-        let mut plain = Vec::with_capacity(stored.len());
-        for (i, seg) in stored.chunks(full as usize).enumerate() {
+        let (full, head) = (full as usize, OBJECT_ID + NONCE);
+        let mut plain_len = 0;
+        for (i, seg_start) in (0..buf.len()).step_by(full).enumerate() {
             let index = first + i as u64;
+            let seg_end = (seg_start + full).min(buf.len());
+            let seg = &mut buf[seg_start..seg_end];
+            if seg.len() < OVERHEAD as usize {
+                return Err(self.bad(format!("segment {index} is shorter than its header and tag")));
+            }
             let id: [u8; OBJECT_ID] = seg[..OBJECT_ID].try_into().expect("segment length");
             {
                 let mut known = self.object_id.lock().unwrap_or_else(|e| e.into_inner());
@@ -329,26 +337,29 @@ impl SealedReader {
                     return Err(self.bad(format!("segment {index} belongs to another object")));
                 }
             }
-            let nonce: [u8; NONCE] =
-                seg[OBJECT_ID..OBJECT_ID + NONCE].try_into().expect("segment length");
+            let nonce: [u8; NONCE] = seg[OBJECT_ID..head].try_into().expect("segment length");
             let is_last = index + 1 == self.segments();
-            let opened = self
-                .cipher
-                .decrypt(
+            let msg_len = seg.len() - head - TAG;
+            let (msg, tag) = seg[head..].split_at_mut(msg_len);
+            let tag = Tag::<XChaCha20Poly1305>::try_from(&*tag).expect("tag length");
+            self.cipher
+                .decrypt_inout_detached(
                     &XNonce::from(nonce),
-                    Payload {
-                        msg: &seg[OBJECT_ID + NONCE..],
-                        aad: &aad(&id, index, is_last),
-                    },
+                    &aad(&id, index, is_last),
+                    msg.into(),
+                    &tag,
                 )
                 .map_err(|_| {
                     self.bad(format!(
                         "segment {index} fails authentication (altered, or sealed with another key)"
                     ))
                 })?;
-            plain.extend_from_slice(&opened);
+            let m = msg.len();
+            buf.copy_within(seg_start + head..seg_start + head + m, plain_len);
+            plain_len += m;
         }
-        Ok(plain)
+        buf.truncate(plain_len);
+        Ok(buf)
     }
 
     /// The end of the plain range `offset..offset + len`, or the short

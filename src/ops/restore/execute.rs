@@ -283,20 +283,23 @@ impl Exec<'_> {
         ids.sort_unstable();
         let rank: HashMap<PackId, u64> = ids.into_iter().zip(1..).collect();
         let mut keyed: Vec<(u64, &PathBuf, &Meta)> = Vec::new();
-        for step in &plan.steps {
-            let Step::Write { path, meta, .. } = step else {
-                continue;
-            };
-            let loc = match meta.chunks().first() {
-                Some(first) => repo.chunk_location(first).ok().flatten(),
-                None => None,
-            };
-            let key = loc.map_or(0, |l| {
-                let r = rank.get(&l.pack).copied().unwrap_or(u64::from(u32::MAX));
-                (r << 32) | l.offset as u64
-            });
-            keyed.push((key, path, meta));
-        }
+        repo.index.in_read_transaction(|| {
+            for step in &plan.steps {
+                let Step::Write { path, meta, .. } = step else {
+                    continue;
+                };
+                let loc = match meta.chunks().first() {
+                    Some(first) => repo.chunk_location(first).ok().flatten(),
+                    None => None,
+                };
+                let key = loc.map_or(0, |l| {
+                    let r = rank.get(&l.pack).copied().unwrap_or(u64::from(u32::MAX));
+                    (r << 32) | l.offset as u64
+                });
+                keyed.push((key, path, meta));
+            }
+            Ok(())
+        })?;
         drop(rank);
         keyed.sort_by_key(|&(key, ..)| key);
         let writes: Vec<(&PathBuf, &Meta)> = keyed.into_iter().map(|(_, p, m)| (p, m)).collect();
@@ -308,11 +311,16 @@ impl Exec<'_> {
                 if self.progress.cancelled() {
                     break;
                 }
-                let jobs = self.write_jobs(repo, batch);
-                let bases = crate::delta::bases_of(
-                    repo,
-                    jobs.iter().flat_map(|j| j.locs.iter().map(|(_, l)| l)),
-                )?;
+                // The batch's lookups in one read transaction: one lock
+                // of the index, not one per chunk.
+                let (jobs, bases) = repo.index.in_read_transaction(|| {
+                    let jobs = self.write_jobs(repo, batch);
+                    let bases = crate::delta::bases_of(
+                        repo,
+                        jobs.iter().flat_map(|j| j.locs.iter().map(|(_, l)| l)),
+                    )?;
+                    Ok((jobs, bases))
+                })?;
                 let cx = fill::Context {
                     reader: &reader,
                     bases: &bases,
