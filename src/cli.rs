@@ -222,7 +222,7 @@ pub enum RepairWhat {
 
 #[derive(Args)]
 pub struct GcArgs {
-    /// Keep the N newest snapshots (per source)
+    /// Keep the N newest snapshots (per source; restore's safety snapshots are counted apart)
     #[arg(long, value_name = "N")]
     pub keep_last: Option<u32>,
     /// Keep the newest snapshot of each of the last N hours that have one

@@ -1,7 +1,8 @@
 //! Retention policies: which snapshots a `gc` keeps.
 //!
 //! A snapshot is kept if any rule keeps it, or if it is pinned. Rules apply
-//! per source path. The calendar rules keep the newest snapshot of each of
+//! per source path, to the safety snapshots restore takes (tagged
+//! `pre-restore`) apart from the others. The calendar rules keep the newest snapshot of each of
 //! the N most recent hours/days/ISO weeks/months/years that have one, in the
 //! given time zone (the system's, from the CLI).
 
@@ -82,9 +83,16 @@ type BucketFn = fn(&jiff::ZonedDateTime) -> (i32, i32, i32, i32);
 /// The ids of the snapshots `policy` keeps (pinned ones always).
 pub fn kept(snapshots: &[Snapshot], policy: &Policy, tz: &TimeZone) -> HashSet<SnapshotId> {
     let mut keep = HashSet::new();
-    let mut by_source: BTreeMap<PathBuf, Vec<&Snapshot>> = BTreeMap::new();
+    // The rules count a source's snapshots as `latest` and `~N` do:
+    // safety snapshots (taken by a restore) are a line of their own, so
+    // that `--keep-last 1` right after a restore still keeps the newest
+    // snapshot the user took, and the newest safety snapshot beside it.
+    let mut by_source: BTreeMap<(PathBuf, bool), Vec<&Snapshot>> = BTreeMap::new();
     for s in snapshots {
-        by_source.entry(s.source.clone()).or_default().push(s);
+        by_source
+            .entry((s.source.clone(), crate::spec::is_safety(s)))
+            .or_default()
+            .push(s);
         if s.pinned || s.tags.iter().any(|t| policy.keep_tags.contains(t)) {
             keep.insert(s.id);
         }
@@ -195,6 +203,24 @@ mod tests {
             snap(7, "2024-04-01T09:45:00Z", &[], true),
             snap(8, "2024-04-02T12:00:00Z", &[], false),
         ]
+    }
+
+    #[test]
+    fn safety_snapshots_are_counted_apart() {
+        let mut h = history();
+        h.push(snap(9, "2024-04-03T12:00:00Z", &[crate::spec::SAFETY_TAG], false));
+        h.push(snap(10, "2024-04-03T12:05:00Z", &[crate::spec::SAFETY_TAG], false));
+        let one = Policy {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        // The newest snapshot taken (8), the newest safety one (10), the pinned one (7).
+        assert_eq!(ids(&kept(&h, &one, &TimeZone::UTC)), vec![7, 8, 10]);
+        let two = Policy {
+            keep_last: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(ids(&kept(&h, &two, &TimeZone::UTC)), vec![7, 8, 9, 10]);
     }
 
     #[test]

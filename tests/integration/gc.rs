@@ -97,6 +97,44 @@ fn gc_keep_last_two_after_eight_generations() {
     }
 }
 
+/// A restore in place takes a safety snapshot; `--keep-last 1` then keeps
+/// the newest snapshot the user took (what `latest` names) beside it,
+/// instead of only the safety snapshot.
+#[test]
+fn gc_keep_last_counts_safety_snapshots_apart() {
+    let env = Env::new();
+    let src = env.path("src");
+    let gens = generations(&env, &src, 2);
+    // Restore the first generation in place: the second is kept as a
+    // safety snapshot first.
+    env.snap()
+        .args(["restore", gens[0].0.as_str()])
+        .assert()
+        .success();
+    assert_same_tree(&gens[0].1, &src);
+    assert_eq!(env.list().len(), 3);
+    env.snap()
+        .args(["gc", "--keep-last", "1"])
+        .assert()
+        .success();
+    let list = env.list();
+    let ids: Vec<&str> = list.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(list.len(), 2, "{ids:?}");
+    assert!(
+        ids.contains(&gens[1].0.as_str()),
+        "the newest snapshot taken is kept: {ids:?}"
+    );
+    assert!(!ids.contains(&gens[0].0.as_str()));
+    // `latest` still names a snapshot, and the safety snapshot still
+    // undoes the restore.
+    let out = env.path("latest");
+    env.restore_to("latest", &out);
+    assert_same_tree(&gens[1].1, &out);
+    let undo = env.path("undo");
+    env.restore_to("tag:pre-restore", &undo);
+    assert_same_tree(&gens[1].1, &undo);
+}
+
 #[test]
 fn gc_dry_run_leaves_the_repository_byte_for_byte_unchanged() {
     let env = Env::new();
