@@ -274,10 +274,9 @@ pub fn unlocked(
     base: Arc<dyn Storage>,
     password: impl FnOnce() -> Result<Zeroizing<String>>,
 ) -> Result<Arc<dyn Storage>> {
-    if base.size(CONFIG_FILE)?.is_none() {
+    let Some(config) = crate::objects::read_config_if_exists(&*base)? else {
         return Ok(base);
-    }
-    let config = crate::objects::read_config(&*base)?;
+    };
     if config.encryption.is_empty() {
         return Ok(base);
     }
@@ -288,8 +287,7 @@ pub fn unlocked(
 
 /// Is the repository in `storage` encrypted (per its config object)?
 pub fn is_encrypted(storage: &dyn Storage) -> Result<bool> {
-    Ok(storage.size(CONFIG_FILE)?.is_some()
-        && !crate::objects::read_config(storage)?.encryption.is_empty())
+    Ok(crate::objects::read_config_if_exists(storage)?.is_some_and(|c| !c.encryption.is_empty()))
 }
 
 /// An encrypted repository in a local directory, unlocked once (the key

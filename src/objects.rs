@@ -60,8 +60,19 @@ pub fn write_config(storage: &dyn Storage, c: &RepoConfig) -> Result<()> {
 }
 
 pub fn read_config(storage: &dyn Storage) -> Result<RepoConfig> {
-    let bytes = storage.read(CONFIG_FILE)?;
-    let f: ConfigFile = serde_json::from_slice(&bytes).map_err(|e| Error::Damaged {
+    parse_config(storage, &storage.read(CONFIG_FILE)?)
+}
+
+/// The config object, or `None` when there is none (not a repository).
+pub fn read_config_if_exists(storage: &dyn Storage) -> Result<Option<RepoConfig>> {
+    match storage.read_if_exists(CONFIG_FILE)? {
+        Some(bytes) => parse_config(storage, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn parse_config(storage: &dyn Storage, bytes: &[u8]) -> Result<RepoConfig> {
+    let f: ConfigFile = serde_json::from_slice(bytes).map_err(|e| Error::Damaged {
         path: storage.describe(CONFIG_FILE).into(),
         reason: format!("not a repository config: {e}"),
     })?;

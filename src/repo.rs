@@ -246,13 +246,10 @@ impl Repository {
     /// Where a client keeps its index of the repository in `storage`:
     /// `cache_base/<repository id>` (from the config object).
     pub fn cache_dir(storage: &dyn Storage, cache_base: &Path) -> Result<PathBuf> {
-        let config = match storage.size(crate::objects::CONFIG_FILE)? {
-            Some(_) => crate::objects::read_config(storage)?,
-            None => {
-                return Err(Error::NotARepository {
-                    path: storage.describe("").into(),
-                });
-            }
+        let Some(config) = crate::objects::read_config_if_exists(storage)? else {
+            return Err(Error::NotARepository {
+                path: storage.describe("").into(),
+            });
         };
         check_sealing(&config, storage)?;
         let id = if config.id.is_empty() {

@@ -134,6 +134,35 @@ pub trait Storage: Send + Sync {
         let size = r.size();
         r.read_at(0, size)
     }
+
+    /// Read a whole object, or `None` when there is none under `key` (on
+    /// object storage one GET, not a HEAD and a GET).
+    fn read_if_exists(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.size(key)? {
+            Some(_) => self.read(key).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// An object already read whole, opened again from memory.
+pub(crate) struct BytesReader {
+    pub describe: String,
+    pub bytes: Vec<u8>,
+}
+
+impl ObjectReader for BytesReader {
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(self.bytes[offset as usize..end as usize].to_vec()),
+            _ => Err(short_object(self.describe.clone(), offset, len, size)),
+        }
+    }
 }
 
 /// Requests sent, by kind, since the storage was opened (retries not counted:

@@ -14,7 +14,8 @@
 //! [`S3Options::retry_timeout`]; after that the call fails and the command
 //! with it, before its commit.
 //!
-//! Reads are range GETs of aligned windows of [`READ_WINDOW`] bytes,
+//! An object read whole (`read`, `read_if_exists`) is one GET, no HEAD.
+//! Other reads are range GETs of aligned windows of [`READ_WINDOW`] bytes,
 //! shared by every reader of the storage ([`super::read_windows`]): a
 //! restore that walks a pack's chunks costs one GET per window, not one
 //! per chunk, each window is fetched once however many workers want it,
@@ -353,6 +354,36 @@ impl Storage for S3Storage {
             size,
             last_window: AtomicU64::new(u64::MAX),
         }))
+    }
+
+    fn read(&self, key: &str) -> Result<Vec<u8>> {
+        self.read_if_exists(key)?.ok_or_else(|| {
+            Error::io(
+                self.inner.describe(key),
+                io::Error::new(io::ErrorKind::NotFound, "no such object"),
+            )
+        })
+    }
+
+    /// One GET of the whole object.
+    fn read_if_exists(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.inner.path(key)?;
+        self.inner.counters.get.fetch_add(1, Ordering::Relaxed);
+        let got = self.inner.runtime.block_on(async {
+            match self.inner.store.get(&path).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        let bytes = got.map_err(|e| self.inner.error(key, e))?;
+        if let Some(b) = &bytes {
+            self.inner
+                .counters
+                .bytes_down
+                .fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        Ok(bytes.map(Vec::from))
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>> {

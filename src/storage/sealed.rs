@@ -176,6 +176,27 @@ impl Storage for SealedStorage {
         self.sealed_reader(key, inner)
     }
 
+    fn read(&self, key: &str) -> Result<Vec<u8>> {
+        self.read_if_exists(key)?.ok_or_else(|| {
+            Error::io(
+                self.inner.describe(key),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such object"),
+            )
+        })
+    }
+
+    fn read_if_exists(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let Some(bytes) = self.inner.read_if_exists(key)? else {
+            return Ok(None);
+        };
+        if is_plain(key) {
+            return Ok(Some(bytes));
+        }
+        let describe = self.inner.describe(key);
+        let r = self.sealed_reader(key, Box::new(super::BytesReader { describe, bytes }))?;
+        r.read_at(0, r.size()).map(Some)
+    }
+
     fn size(&self, key: &str) -> Result<Option<u64>> {
         match self.inner.size(key)? {
             Some(s) if !is_plain(key) => Ok(Some(
