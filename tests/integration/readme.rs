@@ -58,7 +58,7 @@ fn the_readme_upgrade_example_runs_as_written() {
     // The dry run and the diff name what the failed migration had changed.
     assert!(stdout.contains("db/notes.db"), "{stdout}");
     assert!(stdout.contains("M  docs/todo.txt"), "{stdout}");
-    // gc applies snap.toml's keep_last = 3.
+    // gc applies snap.toml's keep_last = 2 (the safety snapshot counted apart).
     assert!(stdout.contains("removed snapshot "), "{stdout}");
     // After the second guard: migrated.
     let demo = home.path().join("notes-demo");
