@@ -45,6 +45,67 @@ fn restore_into_an_empty_existing_directory_and_by_prefix() {
     assert_same_tree(&src, &out);
 }
 
+/// A restore into a new directory writes the files of the directories it
+/// creates from their trees, a window at a time, not from a step per file:
+/// it must write exactly what the dry run's plan lists. 70,000 files, more
+/// than one window (65,536), beside the rich tree's hard links, symlinks
+/// and special files.
+#[test]
+fn a_restore_into_a_new_directory_writes_what_its_dry_run_lists() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_rich_tree(&src);
+    for i in 0..70_000u32 {
+        let dir = src.join(format!("many/{:03}", i / 500));
+        if i % 500 == 0 {
+            fs::create_dir_all(&dir).unwrap();
+        }
+        fs::write(
+            dir.join(format!("f{i}")),
+            format!("file {i}\n").repeat((i % 7) as usize),
+        )
+        .unwrap();
+    }
+    let id = env.create_id(&src);
+    let out = env.path("out");
+    let plan = env
+        .snap()
+        .args(["restore", &id, "--dry-run", "--json", "--target"])
+        .arg(&out)
+        .assert()
+        .success();
+    let plan: serde_json::Value = serde_json::from_slice(&plan.get_output().stdout).unwrap();
+    let writes = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["action"] == "write")
+        .count() as u64;
+    assert!(writes > 70_000, "{writes}");
+    assert_eq!(plan["summary"]["write_files"].as_u64().unwrap(), writes);
+    assert!(!out.exists(), "a dry run created the target");
+    // A name that is not UTF-8 is in the JSON plan, its bad byte replaced.
+    assert!(
+        plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["path"].as_str().unwrap().ends_with("caf\u{fffd}-latin1")),
+        "no step for the latin-1 name"
+    );
+    let done = env
+        .snap()
+        .args(["restore", &id, "--json", "--target"])
+        .arg(&out)
+        .assert()
+        .success();
+    let done: serde_json::Value = serde_json::from_slice(&done.get_output().stdout).unwrap();
+    assert_eq!(done["written_files"].as_u64().unwrap(), writes);
+    assert_eq!(done["failed"].as_array().unwrap().len(), 0);
+    assert_same_tree(&src, &out);
+    assert_eq!(inode(&out.join("hard/one")), inode(&out.join("docs/two")));
+}
+
 #[test]
 fn ls_lists_entries_like_ls_l() {
     let env = Env::new();

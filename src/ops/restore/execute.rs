@@ -26,6 +26,9 @@ use crate::tree::{Kind, Payload};
 
 /// Files written between two durability barriers.
 const WRITE_BATCH_FILES: usize = 4096;
+/// Files sorted by where their content lies, then written batch by batch
+/// (about 250 bytes each while they wait).
+const WRITE_WINDOW_FILES: usize = 16 * WRITE_BATCH_FILES;
 
 /// The state of one execution: the confined roots and what was done.
 struct Exec<'p> {
@@ -268,26 +271,70 @@ impl Exec<'_> {
     /// 3. File contents, in batches (bounded memory and bounded work between
     ///    barriers): locate chunks, write temporaries in parallel, one
     ///    barrier for the batch, then rename each over its real name.
+    ///
+    /// The files come from the plan's `Write` steps, then from its fresh
+    /// files (expanded from their trees here), in windows of at most
+    /// `WRITE_WINDOW_FILES`: memory is bounded by a window, whatever the
+    /// number of files.
     fn contents(&mut self, repo: &Repository, plan: &Plan) -> Result<()> {
         let reader = ChunkReader::of_repository(repo)?;
+        let mut ids: Vec<PackId> = repo.index.packs()?.into_iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        let rank: HashMap<PackId, u64> = ids.into_iter().zip(1..).collect();
+        let mut window: Vec<(PathBuf, Meta)> = Vec::new();
+        for step in &plan.steps {
+            if let Step::Write { path, meta, .. } = step {
+                window.push((path.clone(), meta.clone()));
+                if window.len() >= WRITE_WINDOW_FILES {
+                    self.write_window(repo, &reader, &rank, &mut window)?;
+                }
+            }
+        }
+        for fresh in &plan.fresh {
+            let tree = match repo.load_tree(&fresh.tree) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.stats.damaged |= e.is_damage();
+                    self.fail(&fresh.dir, format!("its files not written: {e}"));
+                    continue;
+                }
+            };
+            for &i in &fresh.entries {
+                let Some(e) = tree.entries.get(i as usize) else {
+                    self.fail(&fresh.dir, format!("its tree has no entry {i}"));
+                    continue;
+                };
+                window.push((fresh.dir.join(e.name_os()), Meta::of(e)));
+                if window.len() >= WRITE_WINDOW_FILES {
+                    self.write_window(repo, &reader, &rank, &mut window)?;
+                }
+            }
+        }
+        if !window.is_empty() {
+            self.write_window(repo, &reader, &rank, &mut window)?;
+        }
+        Ok(())
+    }
+
+    /// Write the files of `window` (emptied), in batches.
+    fn write_window(
+        &mut self,
+        repo: &Repository,
+        reader: &ChunkReader,
+        rank: &HashMap<PackId, u64>,
+        window: &mut Vec<(PathBuf, Meta)>,
+    ) -> Result<()> {
         // In the order the packs hold the files' first chunks: reads then
         // sweep each pack once (create wrote files in another order than
         // the plan's path order). Directories already exist, and each
         // batch's renames follow its barrier, so any order is safe. The
         // key packs the pack's rank by id (1-based; 0: no chunk) and the
-        // offset into 8 bytes: a map of each file's first location held
-        // 96 MB at a million files. Packs in id order, as the readers'
-        // sweep was measured with (the order the plan meets them restored
-        // the app set 5-8% slower).
-        let mut ids: Vec<PackId> = repo.index.packs()?.into_iter().map(|p| p.id).collect();
-        ids.sort_unstable();
-        let rank: HashMap<PackId, u64> = ids.into_iter().zip(1..).collect();
-        let mut keyed: Vec<(u64, &PathBuf, &Meta)> = Vec::new();
+        // offset into 8 bytes. Packs in id order, as the readers' sweep
+        // was measured with (the order the plan meets them restored the
+        // app set 5-8% slower).
+        let mut keyed: Vec<(u64, PathBuf, Meta)> = Vec::with_capacity(window.len());
         repo.index.in_read_transaction(|| {
-            for step in &plan.steps {
-                let Step::Write { path, meta, .. } = step else {
-                    continue;
-                };
+            for (path, meta) in window.drain(..) {
                 let loc = match meta.chunks().first() {
                     Some(first) => repo.chunk_location(first).ok().flatten(),
                     None => None,
@@ -300,9 +347,8 @@ impl Exec<'_> {
             }
             Ok(())
         })?;
-        drop(rank);
-        keyed.sort_by_key(|&(key, ..)| key);
-        let writes: Vec<(&PathBuf, &Meta)> = keyed.into_iter().map(|(_, p, m)| (p, m)).collect();
+        keyed.sort_by_key(|(key, ..)| *key);
+        let writes: Vec<(&PathBuf, &Meta)> = keyed.iter().map(|(_, p, m)| (p, m)).collect();
         // While one batch's barrier runs (it waits for the disk), the next
         // batch is read and written; its renames wait for its own barrier.
         std::thread::scope(|scope| -> Result<()> {
@@ -322,7 +368,7 @@ impl Exec<'_> {
                     Ok((jobs, bases))
                 })?;
                 let cx = fill::Context {
-                    reader: &reader,
+                    reader,
                     bases: &bases,
                     remote: repo.storage().is_remote(),
                     is_root: self.is_root,

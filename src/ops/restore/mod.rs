@@ -35,7 +35,36 @@ use crate::repo::Repository;
 use crate::snapshot::{Snapshot, SourceRoot};
 use crate::tree::{Kind, Payload};
 
-pub use plan::{MAX_DEPTH, entry_budget, file_matches, plan};
+pub use plan::{MAX_DEPTH, entry_budget, file_matches};
+
+/// Paths in JSON as text, names that are not UTF-8 with U+FFFD in place
+/// of their bad bytes (serde refuses them, which failed a whole plan).
+mod lossy {
+    use std::path::PathBuf;
+
+    use serde::Serializer;
+    use serde::ser::SerializeSeq;
+
+    pub fn path<S: Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&p.to_string_lossy())
+    }
+
+    pub fn paths<S: Serializer>(ps: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(ps.len()))?;
+        for p in ps {
+            seq.serialize_element(&p.to_string_lossy())?;
+        }
+        seq.end()
+    }
+
+    pub fn pairs<S: Serializer>(ps: &[(PathBuf, String)], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(ps.len()))?;
+        for (p, why) in ps {
+            seq.serialize_element(&(p.to_string_lossy(), why))?;
+        }
+        seq.end()
+    }
+}
 
 /// Prefix of the temporary files restore writes; leftovers from an
 /// interrupted restore are extra entries and the next restore removes them.
@@ -60,38 +89,47 @@ pub struct RestoreOptions {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Step {
     Delete {
+        #[serde(serialize_with = "lossy::path")]
         path: PathBuf,
         dir: bool,
     },
     MakeDir {
+        #[serde(serialize_with = "lossy::path")]
         path: PathBuf,
     },
     Write {
+        #[serde(serialize_with = "lossy::path")]
         path: PathBuf,
         bytes: u64,
         #[serde(skip)]
         meta: Meta,
     },
     Symlink {
+        #[serde(serialize_with = "lossy::path")]
         path: PathBuf,
         #[serde(skip)]
         meta: Meta,
     },
     Special {
+        #[serde(serialize_with = "lossy::path")]
         path: PathBuf,
         #[serde(skip)]
         meta: Meta,
     },
     Link {
+        #[serde(serialize_with = "lossy::path")]
         path: PathBuf,
+        #[serde(serialize_with = "lossy::path")]
         to: PathBuf,
     },
     FixMeta {
+        #[serde(serialize_with = "lossy::path")]
         path: PathBuf,
         #[serde(skip)]
         meta: Meta,
     },
     DirMeta {
+        #[serde(serialize_with = "lossy::path")]
         path: PathBuf,
         #[serde(skip)]
         meta: Meta,
@@ -142,29 +180,50 @@ pub struct PlanSummary {
 #[derive(Debug, Serialize)]
 pub struct Plan {
     pub snapshot: String,
+    #[serde(serialize_with = "lossy::path")]
     pub target: PathBuf,
     /// Every directory the plan makes equal to a part of the snapshot.
+    #[serde(serialize_with = "lossy::paths")]
     pub targets: Vec<PathBuf>,
     /// The directories every change is confined to (a source's directory;
     /// with `--path`, the source holding that path).
     #[serde(skip)]
     pub roots: Vec<PathBuf>,
     pub steps: Vec<Step>,
+    /// Files written whole into directories the restore creates, when the
+    /// plan was made only to be executed ([`restore`]): a `Write` step
+    /// each in a plan from [`plan_restore`]. Kept as their indexes in
+    /// their trees, so that a restore of millions of files into an empty
+    /// directory does not hold a step per file.
+    #[serde(skip)]
+    pub(crate) fresh: Vec<FreshFiles>,
     pub summary: PlanSummary,
     /// Entries the snapshot could not store (unreadable at snapshot time):
     /// left as they are on disk.
+    #[serde(serialize_with = "lossy::paths")]
     pub not_in_snapshot: Vec<PathBuf>,
     /// Directories whose stored tree is damaged or missing: nothing under
     /// them is planned, so whatever is on disk there stays as it is.
+    #[serde(serialize_with = "lossy::pairs")]
     pub damaged: Vec<(PathBuf, String)>,
     /// Entries on disk the restore will not remove or replace, and why (a
     /// mount point, a directory holding the repository).
+    #[serde(serialize_with = "lossy::pairs")]
     pub refused: Vec<(PathBuf, String)>,
+}
+
+/// Files of one directory the restore creates: entries `entries` of tree
+/// `tree`, each written whole to `dir`/its name.
+#[derive(Debug)]
+pub(crate) struct FreshFiles {
+    pub dir: PathBuf,
+    pub tree: crate::id::TreeId,
+    pub entries: Vec<u32>,
 }
 
 impl Plan {
     pub fn changes_anything(&self) -> bool {
-        !self.steps.is_empty()
+        !self.steps.is_empty() || !self.fresh.is_empty()
     }
 }
 
@@ -235,7 +294,8 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<(Plan, Option<RestoreStats>)> {
-    let plan = plan_restore(repo, snap, opts)?;
+    // A plan only to be executed is compact; a dry run lists every step.
+    let plan = plan::plan(repo, snap, &resolve_target(opts)?, !opts.dry_run)?;
     if opts.dry_run {
         return Ok((plan, None));
     }
@@ -245,7 +305,7 @@ pub fn restore(
 
 /// What a restore of `snap` with `opts` would do, changing nothing.
 pub fn plan_restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result<Plan> {
-    plan(repo, snap, &resolve_target(opts)?)
+    plan::plan(repo, snap, &resolve_target(opts)?, false)
 }
 
 /// Carry out `plan` (from [`plan_restore`] with the same `snap` and

@@ -22,6 +22,7 @@ use crate::ops::ls::lookup;
 use crate::repo::Repository;
 use crate::snapshot::{RootMeta, Snapshot, SourceRoot};
 use crate::source::kind_of;
+use crate::id::TreeId;
 use crate::tree::{Entry, Kind, Payload, Tree, flags};
 
 /// Deepest nesting of directories a restore follows (PATH_MAX of 4096
@@ -116,7 +117,15 @@ fn check_parents(base: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result<Plan> {
+/// The plan of restoring `snap` as `opts` say. `compact`: the plan is
+/// only for executing, so the files of directories the restore creates are
+/// kept as their indexes in their trees (`Plan::fresh`), not as steps.
+pub fn plan(
+    repo: &Repository,
+    snap: &Snapshot,
+    opts: &RestoreOptions,
+    compact: bool,
+) -> Result<Plan> {
     let opts = &super::resolve_target(opts)?;
     let repo_md = fs::metadata(repo.root()).at(repo.root())?;
     let mut p = Planner {
@@ -138,6 +147,8 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
         depth: 0,
         budget: entry_budget(snap),
         snapshot: snap.id.short(),
+        compact,
+        fresh: Vec::new(),
     };
     let sub = match &opts.subpath {
         Some(s) => normalize_subpath(s)?,
@@ -285,6 +296,7 @@ pub fn plan(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result
         targets,
         roots,
         steps: p.steps,
+        fresh: p.fresh,
         summary: p.summary,
         not_in_snapshot: p.not_in_snapshot,
         damaged: p.damaged,
@@ -326,7 +338,7 @@ fn source_tree(
 }
 
 impl Meta {
-    fn of(e: &Entry) -> Meta {
+    pub(super) fn of(e: &Entry) -> Meta {
         Meta {
             kind: e.kind,
             mode: e.mode,
@@ -401,6 +413,9 @@ struct Planner<'a> {
     depth: usize,
     budget: u64,
     snapshot: String,
+    /// Keep the files of new directories as `FreshFiles`, not as steps.
+    compact: bool,
+    fresh: Vec<super::FreshFiles>,
 }
 
 fn mtime_ns(m: &Metadata) -> i64 {
@@ -434,7 +449,7 @@ impl Planner<'_> {
     }
 
     /// Make `target` the directory `tree` with metadata `rm`.
-    fn plan_root(&mut self, tree: &crate::id::TreeId, rm: RootMeta, target: &Path) -> Result<()> {
+    fn plan_root(&mut self, id: &TreeId, rm: RootMeta, target: &Path) -> Result<()> {
         let disk = fs::symlink_metadata(target).ok();
         let exists = match &disk {
             Some(m) if m.is_dir() => true,
@@ -449,8 +464,8 @@ impl Planner<'_> {
         if !exists {
             self.plan_missing_dirs(target);
         }
-        let tree = self.repo.load_tree(tree)?;
-        let dirty = self.plan_dir(&tree, target, disk.as_ref().map(|m| m.dev()))?;
+        let tree = self.repo.load_tree(id)?;
+        let dirty = self.plan_dir(&tree, *id, target, disk.as_ref().map(|m| m.dev()))?;
         let meta_differs = disk.as_ref().is_none_or(|m| {
             m.mode() & 0o7777 != effective_mode(rm.mode, rm.uid, rm.gid)
                 || mtime_ns(m) != rm.mtime_ns
@@ -547,7 +562,7 @@ impl Planner<'_> {
 
     /// Plan one directory's children; true when anything in it changes.
     /// `dev` is the directory's device when it exists on disk.
-    fn plan_dir(&mut self, tree: &Tree, dir: &Path, dev: Option<u64>) -> Result<bool> {
+    fn plan_dir(&mut self, tree: &Tree, id: TreeId, dir: &Path, dev: Option<u64>) -> Result<bool> {
         if self.depth >= MAX_DEPTH {
             return Err(Error::Damaged {
                 path: self.repo.index_path(),
@@ -559,13 +574,23 @@ impl Planner<'_> {
             });
         }
         self.depth += 1;
-        let r = self.plan_children(tree, dir, dev);
+        let r = self.plan_children(tree, id, dir, dev);
         self.depth -= 1;
         r
     }
 
-    fn plan_children(&mut self, tree: &Tree, dir: &Path, dev: Option<u64>) -> Result<bool> {
+    fn plan_children(
+        &mut self,
+        tree: &Tree,
+        id: TreeId,
+        dir: &Path,
+        dev: Option<u64>,
+    ) -> Result<bool> {
         let mut dirty = false;
+        // In a directory the restore creates, a plain file is written
+        // whole: kept as its index in the tree, not as a step (see
+        // `FreshFiles`), when the plan is only for executing.
+        let mut fresh = Vec::new();
         let mut on_disk: HashMap<Vec<u8>, Metadata> = HashMap::new();
         if dev.is_some() {
             let rd = fs::read_dir(dir).at(dir)?;
@@ -585,12 +610,44 @@ impl Planner<'_> {
                 }
             }
         }
-        for e in &tree.entries {
+        for (i, e) in tree.entries.iter().enumerate() {
+            if self.compact
+                && dev.is_none()
+                && e.kind == Kind::File
+                && e.hardlink_key().is_none()
+                && !e.has_flag(flags::UNREADABLE)
+            {
+                self.spend_budget()?;
+                fresh.push(i as u32);
+                self.summary.write_files += 1;
+                self.summary.write_bytes += e.size;
+                dirty = true;
+                continue;
+            }
             let path = dir.join(e.name_os());
             let disk = on_disk.remove(&e.name);
             dirty |= self.plan_entry(e, &path, disk, dev)?;
         }
+        if !fresh.is_empty() {
+            self.fresh.push(super::FreshFiles {
+                dir: dir.to_path_buf(),
+                tree: id,
+                entries: fresh,
+            });
+        }
         Ok(dirty)
+    }
+
+    /// One more entry of the snapshot expanded: damage past its budget.
+    fn spend_budget(&mut self) -> Result<()> {
+        self.budget = self.budget.checked_sub(1).ok_or_else(|| Error::Damaged {
+            path: self.repo.index_path(),
+            reason: format!(
+                "the trees of snapshot {} expand to more entries than the snapshot records",
+                self.snapshot
+            ),
+        })?;
+        Ok(())
     }
 
     fn plan_entry(
@@ -600,13 +657,7 @@ impl Planner<'_> {
         mut disk: Option<Metadata>,
         parent_dev: Option<u64>,
     ) -> Result<bool> {
-        self.budget = self.budget.checked_sub(1).ok_or_else(|| Error::Damaged {
-            path: self.repo.index_path(),
-            reason: format!(
-                "the trees of snapshot {} expand to more entries than the snapshot records",
-                self.snapshot
-            ),
-        })?;
+        self.spend_budget()?;
         if e.has_flag(flags::UNREADABLE) {
             // Never stored: whatever is on disk stays.
             self.not_in_snapshot.push(path.to_path_buf());
@@ -651,6 +702,7 @@ impl Planner<'_> {
                     });
                     self.summary.create_dirs += 1;
                 }
+                let sub_id = e.subtree().unwrap_or(TreeId([0; 32]));
                 let tree = match e.subtree() {
                     Some(sub) => self.repo.load_tree(&sub),
                     None => Err(Error::Damaged {
@@ -667,7 +719,8 @@ impl Planner<'_> {
                     }
                     Err(err) => return Err(err),
                 };
-                let child_dirty = self.plan_dir(&tree, path, disk.as_ref().map(|m| m.dev()))?;
+                let child_dirty =
+                    self.plan_dir(&tree, sub_id, path, disk.as_ref().map(|m| m.dev()))?;
                 let meta_differs = disk.as_ref().is_none_or(|m| !self.meta_equal(e, m, path));
                 if child_dirty || meta_differs {
                     let fix = exists && !child_dirty;
