@@ -281,49 +281,75 @@ impl Exec<'_> {
         let mut ids: Vec<PackId> = repo.index.packs()?.into_iter().map(|p| p.id).collect();
         ids.sort_unstable();
         let rank: HashMap<PackId, u64> = ids.into_iter().zip(1..).collect();
-        let mut window: Vec<(PathBuf, Meta)> = Vec::new();
-        for step in &plan.steps {
-            if let Step::Write { path, meta, .. } = step {
-                window.push((path.clone(), meta.clone()));
-                if window.len() >= WRITE_WINDOW_FILES {
-                    self.write_window(repo, &reader, &rank, &mut window)?;
+        let w = Writer {
+            repo,
+            reader: &reader,
+            rank: &rank,
+        };
+        // While one batch's barrier runs (it waits for the disk), the next
+        // batch is read and written, across windows too; its renames wait
+        // for its own barrier.
+        std::thread::scope(|scope| -> Result<()> {
+            let mut pending: Option<Pending> = None;
+            let mut window: Vec<(PathBuf, Meta)> = Vec::new();
+            for step in &plan.steps {
+                if let Step::Write { path, meta, .. } = step {
+                    window.push((path.clone(), meta.clone()));
+                    if window.len() >= WRITE_WINDOW_FILES {
+                        self.write_window(&w, scope, &mut pending, &mut window)?;
+                    }
                 }
             }
-        }
-        for fresh in &plan.fresh {
-            let tree = match repo.load_tree(&fresh.tree) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.stats.damaged |= e.is_damage();
-                    self.fail(&fresh.dir, format!("its files not written: {e}"));
-                    continue;
+            for fresh in &plan.fresh {
+                if self.progress.cancelled() {
+                    break;
                 }
-            };
-            for &i in &fresh.entries {
-                let Some(e) = tree.entries.get(i as usize) else {
-                    self.fail(&fresh.dir, format!("its tree has no entry {i}"));
-                    continue;
+                let tree = match repo.load_tree(&fresh.tree) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.stats.damaged |= e.is_damage();
+                        self.fail(&fresh.dir, format!("its files not written: {e}"));
+                        continue;
+                    }
                 };
-                window.push((fresh.dir.join(e.name_os()), Meta::of(e)));
-                if window.len() >= WRITE_WINDOW_FILES {
-                    self.write_window(repo, &reader, &rank, &mut window)?;
+                for &i in &fresh.entries {
+                    let Some(e) = tree.entries.get(i as usize) else {
+                        self.fail(&fresh.dir, format!("its tree has no entry {i}"));
+                        continue;
+                    };
+                    window.push((fresh.dir.join(e.name_os()), Meta::of(e)));
+                    if window.len() >= WRITE_WINDOW_FILES {
+                        self.write_window(&w, scope, &mut pending, &mut window)?;
+                    }
                 }
             }
-        }
-        if !window.is_empty() {
-            self.write_window(repo, &reader, &rank, &mut window)?;
-        }
-        Ok(())
+            if !window.is_empty() {
+                self.write_window(&w, scope, &mut pending, &mut window)?;
+            }
+            if let Some(p) = pending.take() {
+                self.rename_into_place(p)?;
+            }
+            if self.progress.cancelled() {
+                return Err(Error::Interrupted);
+            }
+            Ok(())
+        })
     }
 
-    /// Write the files of `window` (emptied), in batches.
-    fn write_window(
+    /// Write the files of `window` (emptied), in batches; the last batch
+    /// is left in `pending`, its barrier running.
+    fn write_window<'s>(
         &mut self,
-        repo: &Repository,
-        reader: &ChunkReader,
-        rank: &HashMap<PackId, u64>,
+        w: &Writer,
+        scope: &'s std::thread::Scope<'s, '_>,
+        pending: &mut Option<Pending<'s>>,
         window: &mut Vec<(PathBuf, Meta)>,
     ) -> Result<()> {
+        let repo = w.repo;
+        if self.progress.cancelled() {
+            window.clear();
+            return Ok(());
+        }
         // In the order the packs hold the files' first chunks: reads then
         // sweep each pack once (create wrote files in another order than
         // the plan's path order). Directories already exist, and each
@@ -340,7 +366,7 @@ impl Exec<'_> {
                     None => None,
                 };
                 let key = loc.map_or(0, |l| {
-                    let r = rank.get(&l.pack).copied().unwrap_or(u64::from(u32::MAX));
+                    let r = w.rank.get(&l.pack).copied().unwrap_or(u64::from(u32::MAX));
                     (r << 32) | l.offset as u64
                 });
                 keyed.push((key, path, meta));
@@ -348,100 +374,93 @@ impl Exec<'_> {
             Ok(())
         })?;
         keyed.sort_by_key(|(key, ..)| *key);
-        let writes: Vec<(&PathBuf, &Meta)> = keyed.iter().map(|(_, p, m)| (p, m)).collect();
-        // While one batch's barrier runs (it waits for the disk), the next
-        // batch is read and written; its renames wait for its own barrier.
-        std::thread::scope(|scope| -> Result<()> {
-            let mut pending: Option<Pending> = None;
-            for batch in writes.chunks(WRITE_BATCH_FILES) {
-                if self.progress.cancelled() {
-                    break;
-                }
-                // The batch's lookups in one read transaction: one lock
-                // of the index, not one per chunk.
-                let (jobs, bases) = repo.index.in_read_transaction(|| {
-                    let jobs = self.write_jobs(repo, batch);
-                    let bases = crate::delta::bases_of(
-                        repo,
-                        jobs.iter().flat_map(|j| j.locs.iter().map(|(_, l)| l)),
-                    )?;
-                    Ok((jobs, bases))
-                })?;
-                let cx = fill::Context {
-                    reader,
-                    bases: &bases,
-                    remote: repo.storage().is_remote(),
-                    is_root: self.is_root,
-                    progress: self.progress,
-                    filesystems: &self.filesystems,
-                };
-                let Ok(written) = fill::fill(&cx, &jobs) else {
-                    break; // cancelled
-                };
-                let mut renames = Vec::new();
-                for (job, r) in jobs.iter().zip(written) {
-                    match r {
-                        Ok((tmp, note)) => {
-                            if let Some(why) = note {
-                                self.partly(job.path, format!("extended attributes not set: {why}"));
-                            }
-                            renames.push(Some(tmp))
+        let mut files = keyed.into_iter().map(|(_, p, m)| (p, m));
+        loop {
+            let batch: Vec<(PathBuf, Meta)> = files.by_ref().take(WRITE_BATCH_FILES).collect();
+            if batch.is_empty() || self.progress.cancelled() {
+                return Ok(());
+            }
+            // The batch's lookups in one read transaction: one lock of the
+            // index, not one per chunk.
+            let (jobs, bases) = repo.index.in_read_transaction(|| {
+                let jobs = self.write_jobs(repo, batch);
+                let bases = crate::delta::bases_of(
+                    repo,
+                    jobs.iter().flat_map(|j| j.locs.iter().map(|(_, l)| l)),
+                )?;
+                Ok((jobs, bases))
+            })?;
+            let cx = fill::Context {
+                reader: w.reader,
+                bases: &bases,
+                remote: repo.storage().is_remote(),
+                is_root: self.is_root,
+                progress: self.progress,
+                filesystems: &self.filesystems,
+            };
+            let Ok(written) = fill::fill(&cx, &jobs) else {
+                return Ok(()); // cancelled: the caller says so
+            };
+            let mut renames = Vec::new();
+            for (job, r) in jobs.iter().zip(written) {
+                match r {
+                    Ok((tmp, note)) => {
+                        if let Some(why) = note {
+                            self.partly(&job.path, format!("extended attributes not set: {why}"));
                         }
-                        Err(f) => {
-                            self.stats.damaged |= f.damage;
-                            self.fail(job.path, f.message);
-                            renames.push(None);
-                        }
+                        renames.push(Some(tmp))
+                    }
+                    Err(f) => {
+                        self.stats.damaged |= f.damage;
+                        self.fail(&job.path, f.message);
+                        renames.push(None);
                     }
                 }
-                if let Some(p) = pending.take() {
-                    self.rename_into_place(p)?;
-                }
-                if renames.iter().all(Option::is_none) {
-                    continue;
-                }
-                // One barrier for the batch instead of an fsync per file.
-                let files = self.filesystem_handles()?;
-                let barrier = scope.spawn(move || sync_filesystems(&files));
-                pending = Some(Pending {
-                    jobs,
-                    renames,
-                    barrier,
-                });
             }
             if let Some(p) = pending.take() {
                 self.rename_into_place(p)?;
             }
-            if self.progress.cancelled() {
-                return Err(Error::Interrupted);
+            if renames.iter().all(Option::is_none) {
+                continue;
             }
-            Ok(())
-        })
+            // One barrier for the batch instead of an fsync per file.
+            let files = self.filesystem_handles()?;
+            let barrier = scope.spawn(move || sync_filesystems(&files));
+            *pending = Some(Pending {
+                jobs,
+                renames,
+                barrier,
+            });
+        }
     }
 
     /// The write jobs of a batch: each file's chunk locations (checked) and
     /// its directory's handle; files for which either fails are reported.
-    fn write_jobs<'p>(&mut self, repo: &Repository, batch: &[(&'p PathBuf, &'p Meta)]) -> Vec<WriteJob<'p>> {
+    fn write_jobs(&mut self, repo: &Repository, batch: Vec<(PathBuf, Meta)>) -> Vec<WriteJob> {
         let mut jobs: Vec<WriteJob> = Vec::with_capacity(batch.len());
-        for &(path, meta) in batch {
-            let locs = match locate_chunks(repo, meta) {
+        for (path, meta) in batch {
+            let locs = match locate_chunks(repo, &meta) {
                 Ok(l) => l,
                 Err(err) => {
                     self.stats.damaged |= err.is_damage();
-                    self.fail(path, err.to_string());
+                    self.fail(&path, err.to_string());
                     continue;
                 }
             };
-            match self.parent_of(path) {
-                Ok((_, dir, name)) => jobs.push(WriteJob {
-                    path,
-                    meta,
-                    dir,
-                    name,
-                    locs,
-                }),
-                Err(e) => self.fail(path, moved(&e)),
-            }
+            let (dir, name) = match self.parent_of(&path) {
+                Ok((_, dir, name)) => (dir, name.to_os_string()),
+                Err(e) => {
+                    self.fail(&path, moved(&e));
+                    continue;
+                }
+            };
+            jobs.push(WriteJob {
+                path,
+                meta,
+                dir,
+                name,
+                locs,
+            });
         }
         jobs
     }
@@ -455,13 +474,13 @@ impl Exec<'_> {
         crate::fault::point("restore temporaries durable");
         for (job, tmp) in p.jobs.iter().zip(p.renames) {
             let Some(tmp) = tmp else { continue };
-            match tmp.persist(job.name) {
+            match tmp.persist(&job.name) {
                 Ok(()) => {
                     crate::fault::point("restore renamed a file into place");
                     self.stats.written_files += 1;
                     self.stats.written_bytes += job.meta.size;
                 }
-                Err(e) => self.fail(job.path, format!("cannot rename into place: {e}")),
+                Err(e) => self.fail(&job.path, format!("cannot rename into place: {e}")),
             }
         }
         Ok(())
@@ -612,10 +631,18 @@ impl Exec<'_> {
     }
 }
 
+/// What every window of a restore writes with.
+struct Writer<'a> {
+    repo: &'a Repository,
+    reader: &'a ChunkReader,
+    /// Each pack's rank by id (1-based), for the order of the writes.
+    rank: &'a HashMap<PackId, u64>,
+}
+
 /// A batch whose temporaries are filled, waiting for its barrier: each
 /// job's temporary (`None` where the file failed).
-struct Pending<'p, 's> {
-    jobs: Vec<WriteJob<'p>>,
+struct Pending<'s> {
+    jobs: Vec<WriteJob>,
     renames: Vec<Option<TempFile>>,
     barrier: std::thread::ScopedJoinHandle<'s, Result<()>>,
 }

@@ -7,11 +7,11 @@
 //! Workers take the runs in pack order; on a remote storage more workers
 //! than cores keep requests in flight while others decode and write.
 
-use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -41,11 +41,11 @@ const REMOTE_WORKERS: usize = 8;
 
 /// A file to write: its path, its entry, the directory and name it goes
 /// to, where its chunks are.
-pub(super) struct WriteJob<'a> {
-    pub path: &'a Path,
-    pub meta: &'a Meta,
+pub(super) struct WriteJob {
+    pub path: PathBuf,
+    pub meta: Meta,
     pub dir: DirFd,
-    pub name: &'a OsStr,
+    pub name: OsString,
     pub locs: Vec<(ChunkId, ChunkLocation)>,
 }
 
@@ -110,7 +110,7 @@ pub(super) fn fill(cx: &Context, jobs: &[WriteJob]) -> Result<Vec<Result<Written
     let opened: Vec<Result<Open, Failure>> = jobs
         .par_iter()
         .map(|job| -> Result<Open, Failure> {
-            let (tmp, file) = TempFile::create(&job.dir, TEMP_PREFIX).at(job.path)?;
+            let (tmp, file) = TempFile::create(&job.dir, TEMP_PREFIX).at(&job.path)?;
             Ok(Open {
                 tmp,
                 file,
@@ -278,7 +278,7 @@ fn read_run(
         if !(data.len() >= 4096 && data.iter().all(|&b| b == 0))
             && let Err(e) = open.file.write_all_at(data, p.pos)
         {
-            let _ = open.failure.set(Error::io(job.path, e).into());
+            let _ = open.failure.set(Error::io(&job.path, e).into());
             continue;
         }
         open.filled.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -295,7 +295,7 @@ fn finish(cx: &Context, job: &WriteJob, open: Open) -> Result<Written, Failure> 
     let (tmp, file, filled) = (open.tmp, open.file, open.filled.into_inner());
     if filled != job.meta.size {
         return Err(Error::Damaged {
-            path: job.path.to_path_buf(),
+            path: job.path.clone(),
             reason: format!(
                 "snapshot lists {} bytes but its chunks hold {filled}",
                 job.meta.size
@@ -303,8 +303,8 @@ fn finish(cx: &Context, job: &WriteJob, open: Open) -> Result<Written, Failure> 
         }
         .into());
     }
-    file.set_len(filled).at(job.path)?;
-    let e = job.meta;
+    file.set_len(filled).at(&job.path)?;
+    let e = &job.meta;
     let owner = cx.is_root.then_some((e.uid, e.gid));
     confined::set_meta_fd(
         &file,
@@ -312,7 +312,7 @@ fn finish(cx: &Context, job: &WriteJob, open: Open) -> Result<Written, Failure> 
         effective_mode(e.mode, e.uid, e.gid),
         e.mtime_ns,
     )
-    .at(job.path)?;
+    .at(&job.path)?;
     // Attributes go on the open temporary (a new file may have inherited
     // a default ACL: `apply` removes what the snapshot lacks).
     let note = {
@@ -324,12 +324,12 @@ fn finish(cx: &Context, job: &WriteJob, open: Open) -> Result<Written, Failure> 
         }
     };
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    file.sync_all().at(job.path)?;
+    file.sync_all().at(&job.path)?;
     // Remember one file per filesystem for the barriers.
-    let dev = std::os::unix::fs::MetadataExt::dev(&file.metadata().at(job.path)?);
+    let dev = std::os::unix::fs::MetadataExt::dev(&file.metadata().at(&job.path)?);
     let mut fss = cx.filesystems.lock().unwrap_or_else(|e| e.into_inner());
     if let std::collections::hash_map::Entry::Vacant(v) = fss.entry(dev) {
-        v.insert(file.try_clone().at(job.path)?);
+        v.insert(file.try_clone().at(&job.path)?);
     }
     Ok((tmp, note))
 }
