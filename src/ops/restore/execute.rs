@@ -380,58 +380,72 @@ impl Exec<'_> {
             if batch.is_empty() || self.progress.cancelled() {
                 return Ok(());
             }
-            // The batch's lookups in one read transaction: one lock of the
-            // index, not one per chunk.
-            let (jobs, bases) = repo.index.in_read_transaction(|| {
-                let jobs = self.write_jobs(repo, batch);
-                let bases = crate::delta::bases_of(
-                    repo,
-                    jobs.iter().flat_map(|j| j.locs.iter().map(|(_, l)| l)),
-                )?;
-                Ok((jobs, bases))
-            })?;
-            let cx = fill::Context {
-                reader: w.reader,
-                bases: &bases,
-                remote: repo.storage().is_remote(),
-                is_root: self.is_root,
-                progress: self.progress,
-                filesystems: &self.filesystems,
-            };
-            let Ok(written) = fill::fill(&cx, &jobs) else {
-                return Ok(()); // cancelled: the caller says so
-            };
-            let mut renames = Vec::new();
-            for (job, r) in jobs.iter().zip(written) {
-                match r {
-                    Ok((tmp, note)) => {
-                        if let Some(why) = note {
-                            self.partly(&job.path, format!("extended attributes not set: {why}"));
-                        }
-                        renames.push(Some(tmp))
+            self.write_batch(w, scope, pending, batch)?;
+        }
+    }
+
+    /// Write one batch to temporaries, rename the batch before it into
+    /// place, and leave this one in `pending` with its barrier running.
+    fn write_batch<'s>(
+        &mut self,
+        w: &Writer,
+        scope: &'s std::thread::Scope<'s, '_>,
+        pending: &mut Option<Pending<'s>>,
+        batch: Vec<(PathBuf, Meta)>,
+    ) -> Result<()> {
+        let repo = w.repo;
+        // The batch's lookups in one read transaction: one lock of the
+        // index, not one per chunk.
+        let (jobs, bases) = repo.index.in_read_transaction(|| {
+            let jobs = self.write_jobs(repo, batch);
+            let bases = crate::delta::bases_of(
+                repo,
+                jobs.iter().flat_map(|j| j.locs.iter().map(|(_, l)| l)),
+            )?;
+            Ok((jobs, bases))
+        })?;
+        let cx = fill::Context {
+            reader: w.reader,
+            bases: &bases,
+            remote: repo.storage().is_remote(),
+            is_root: self.is_root,
+            progress: self.progress,
+            filesystems: &self.filesystems,
+        };
+        let Ok(written) = fill::fill(&cx, &jobs) else {
+            return Ok(()); // cancelled: the caller says so
+        };
+        let mut renames = Vec::new();
+        for (job, r) in jobs.iter().zip(written) {
+            match r {
+                Ok((tmp, note)) => {
+                    if let Some(why) = note {
+                        self.partly(&job.path, format!("extended attributes not set: {why}"));
                     }
-                    Err(f) => {
-                        self.stats.damaged |= f.damage;
-                        self.fail(&job.path, f.message);
-                        renames.push(None);
-                    }
+                    renames.push(Some(tmp))
+                }
+                Err(f) => {
+                    self.stats.damaged |= f.damage;
+                    self.fail(&job.path, f.message);
+                    renames.push(None);
                 }
             }
-            if let Some(p) = pending.take() {
-                self.rename_into_place(p)?;
-            }
-            if renames.iter().all(Option::is_none) {
-                continue;
-            }
-            // One barrier for the batch instead of an fsync per file.
-            let files = self.filesystem_handles()?;
-            let barrier = scope.spawn(move || sync_filesystems(&files));
-            *pending = Some(Pending {
-                jobs,
-                renames,
-                barrier,
-            });
         }
+        if let Some(p) = pending.take() {
+            self.rename_into_place(p)?;
+        }
+        if renames.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        // One barrier for the batch instead of an fsync per file.
+        let files = self.filesystem_handles()?;
+        let barrier = scope.spawn(move || sync_filesystems(&files));
+        *pending = Some(Pending {
+            jobs,
+            renames,
+            barrier,
+        });
+        Ok(())
     }
 
     /// The write jobs of a batch: each file's chunk locations (checked) and
