@@ -143,18 +143,7 @@ fn pack(c: &mut Criterion) {
                 .unwrap()
                 .entries
                 .iter()
-                .map(|e| {
-                    r.read_chunk(
-                        &e.id,
-                        e.offset as u64,
-                        e.stored_len,
-                        e.raw_len,
-                        e.codec,
-                        None,
-                    )
-                    .unwrap()
-                    .len()
-                })
+                .map(|e| r.read_chunk(e, None).unwrap().len())
                 .sum::<usize>()
         })
     });
@@ -175,6 +164,7 @@ fn index(c: &mut Criterion) {
             raw_len: 1,
             codec: Codec::Raw,
             base: None,
+            inner: 0,
         })
         .collect();
     let mut g = c.benchmark_group("index");

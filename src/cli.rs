@@ -67,10 +67,11 @@ pub enum Command {
         /// zstd level for chunks (1 to 19)
         #[arg(long, value_name = "LEVEL", default_value_t = 3)]
         zstd_level: i32,
-        /// Repository format: 3 stores changed database pages as deltas; 2 is
+        /// Repository format: 4 compresses small chunks in groups; 3 is what
+        /// snap before groups reads (deltas of changed database pages); 2
         /// what snap before deltas reads
         #[arg(long, value_name = "N", default_value_t = snap::config::FORMAT_VERSION,
-              value_parser = clap::value_parser!(u32).range(2..=3))]
+              value_parser = clap::value_parser!(u32).range(2..=4))]
         format: u32,
         /// Encrypt every object with a key that a password opens (the default for s3:// repositories)
         #[arg(long, conflicts_with = "no_encrypt")]

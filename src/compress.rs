@@ -12,6 +12,11 @@ pub enum Codec {
     /// in the pack footer) as a prefix: a changed database page stored as
     /// the difference from the same page in the parent snapshot.
     Delta = 2,
+    /// One of several chunks compressed together in one zstd frame (a
+    /// *group*): small chunks alone compress poorly and slowly (zstd
+    /// builds its tables for each). The entry names the frame and where
+    /// the chunk's bytes start in what it decodes to.
+    Grouped = 3,
 }
 
 impl Codec {
@@ -20,6 +25,7 @@ impl Codec {
             0 => Some(Codec::Raw),
             1 => Some(Codec::Zstd),
             2 => Some(Codec::Delta),
+            3 => Some(Codec::Grouped),
             _ => None,
         }
     }
@@ -51,6 +57,14 @@ fn entropy_bits(data: &[u8]) -> f64 {
         .sum()
 }
 
+/// Whether `data` is one of those chunks zstd would not shrink: a 4 KiB
+/// sample from the middle decides (a quarter of a 16 KiB chunk); chunks
+/// under 8 KiB are always tried.
+pub fn looks_incompressible(data: &[u8]) -> bool {
+    data.len() >= 8192
+        && entropy_bits(&data[data.len() / 2 - 2048..data.len() / 2 + 2048]) > RAW_ENTROPY_BITS
+}
+
 impl Compressor {
     pub fn new(level: i32) -> io::Result<Self> {
         Ok(Compressor {
@@ -64,10 +78,7 @@ impl Compressor {
     /// directories: its byte histogram is flat, which a counting pass spots
     /// at a small fraction of the cost of running zstd over it.
     pub fn compress(&mut self, data: &[u8]) -> io::Result<(Codec, Vec<u8>)> {
-        // A 4 KiB sample from the middle decides (a quarter of a 16 KiB chunk).
-        if data.len() >= 8192
-            && entropy_bits(&data[data.len() / 2 - 2048..data.len() / 2 + 2048]) > RAW_ENTROPY_BITS
-        {
+        if looks_incompressible(data) {
             return Ok((Codec::Raw, data.to_vec()));
         }
         let out = self.main.compress(data)?;
@@ -155,6 +166,47 @@ fn of_len(out: Vec<u8>, raw_len: usize) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A group is closed once its members hold this many raw bytes.
+pub const GROUP_TARGET: usize = 128 << 10;
+/// Chunks in one group at most (a group of tiny files' chunks would
+/// otherwise hold thousands of footer entries).
+pub const GROUP_MEMBERS_MAX: usize = 1024;
+/// Chunks larger than this are compressed alone, never grouped.
+pub const GROUP_MEMBER_MAX: usize = 64 << 10;
+/// The most a group frame may decode to: what a reader allocates at most
+/// (writers stay under `GROUP_TARGET + GROUP_MEMBER_MAX`).
+pub const GROUP_RAW_MAX: usize = 1 << 20;
+
+/// Compress a group's members, `raw` (back to back), as one frame (with
+/// its content size); `None` when the frame would not be smaller.
+pub fn compress_group(level: i32, raw: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    thread_local! {
+        static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let out = CCTX.with(|c| -> io::Result<Vec<u8>> {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        c.as_mut().expect("just made").1.compress(raw)
+    })?;
+    Ok((out.len() < raw.len()).then_some(out))
+}
+
+/// Decode a whole group frame, refusing one that does not state its
+/// content size or states more than [`GROUP_RAW_MAX`].
+pub fn decompress_group(stored: &[u8]) -> io::Result<Vec<u8>> {
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+    let size = match zstd::zstd_safe::get_frame_content_size(stored) {
+        Ok(Some(n)) if n as usize <= GROUP_RAW_MAX => n as usize,
+        Ok(Some(_)) => return Err(bad("group frame larger than a group may be")),
+        _ => return Err(bad("group frame without a content size")),
+    };
+    let out = decompress(Codec::Zstd, stored, size)?;
+    Ok(out)
+}
+
 /// Decode stored bytes back to the chunk; `raw_len` bounds the allocation.
 /// A delta needs its base: see [`delta_decompress`].
 pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize) -> io::Result<Vec<u8>> {
@@ -162,6 +214,10 @@ pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize) -> io::Result<Vec
         Codec::Delta => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "a delta chunk cannot be decoded without its base",
+        )),
+        Codec::Grouped => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a grouped chunk is decoded with its group (decompress_group)",
         )),
         Codec::Raw => {
             if stored.len() != raw_len {

@@ -8,8 +8,9 @@ use crate::error::{Error, Result};
 
 /// The repository format this build writes and the newest it can read.
 /// Format 3 adds delta chunks (a changed database page stored as its
-/// difference from the parent snapshot's page) in version 3 packs.
-pub const FORMAT_VERSION: u32 = 3;
+/// difference from the parent snapshot's page) in version 3 packs; format
+/// 4 groups of small chunks compressed as one frame, in version 4 packs.
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format this build reads and writes (as that format: a
 /// format-2 repository never gets a delta).
 pub const MIN_FORMAT_VERSION: u32 = 2;
@@ -59,12 +60,17 @@ impl RepoConfig {
         self.format_version >= 3
     }
 
+    /// Whether small chunks may be compressed together in groups.
+    pub fn stores_groups(&self) -> bool {
+        self.format_version >= 4
+    }
+
     /// The version of the packs this repository's writers make.
     pub fn pack_version(&self) -> u32 {
-        if self.stores_deltas() {
-            crate::pack::PACK_VERSION_DELTAS
-        } else {
-            crate::pack::PACK_VERSION
+        match self.format_version {
+            ..=2 => crate::pack::PACK_VERSION,
+            3 => crate::pack::PACK_VERSION_DELTAS,
+            _ => crate::pack::PACK_VERSION_GROUPS,
         }
     }
 

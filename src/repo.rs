@@ -587,7 +587,9 @@ pub fn load_tree_from(index: &Index, index_path: &Path, ids: Ids, id: &TreeId) -
         reason,
     };
     let enc = match codec {
-        Codec::Delta => return Err(damaged(format!("tree {} claims a delta", id.short()))),
+        Codec::Delta | Codec::Grouped => {
+            return Err(damaged(format!("tree {} claims a delta or a group", id.short())));
+        }
         Codec::Raw => data,
         Codec::Zstd => {
             // The frame records its content size; refuse absurd ones.
@@ -678,14 +680,7 @@ impl ChunkReader {
     ) -> Result<Vec<u8>> {
         let base = self.base_of(id, loc, bases)?;
         let pack = self.pack(&loc.pack)?;
-        pack.read_chunk(
-            id,
-            loc.offset as u64,
-            loc.stored_len,
-            loc.raw_len,
-            loc.codec,
-            base.as_ref().map(|(b, _)| b.as_slice()),
-        )
+        pack.read_chunk(&loc.entry(id), base.as_ref().map(|(b, _)| b.as_slice()))
     }
 
     /// The raw bytes of `chunks` that are not deltas, read by runs of
@@ -729,15 +724,8 @@ impl ChunkReader {
                 let Some(stored) = bytes.get(at..at + l.stored_len as usize) else {
                     continue;
                 };
-                let decoded = crate::pack::decode_chunk(
-                    pack.ids(),
-                    pack.id(),
-                    id,
-                    l.codec,
-                    stored,
-                    l.raw_len,
-                    None,
-                );
+                let decoded =
+                    crate::pack::decode_chunk(pack.ids(), pack.id(), &l.entry(id), stored, None);
                 if let Ok(data) = decoded {
                     out.insert(*id, Arc::new(data));
                 }
@@ -821,14 +809,9 @@ impl ChunkReader {
             }
             None => (None, 0),
         };
-        let data = self.pack(&loc.pack)?.read_chunk(
-            id,
-            loc.offset as u64,
-            loc.stored_len,
-            loc.raw_len,
-            loc.codec,
-            base.as_ref().map(|b| b.as_slice()),
-        )?;
+        let data = self
+            .pack(&loc.pack)?
+            .read_chunk(&loc.entry(id), base.as_ref().map(|b| b.as_slice()))?;
         let hit = (Arc::new(data), depth);
         let mut cache = self.bases.lock().expect("base cache");
         if cache.len() >= BASES_KEPT {

@@ -33,8 +33,8 @@ impl Index {
         let f = || -> rusqlite::Result<()> {
             self.conn
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO condemned_chunks(pack, hash, offset, stored_len, raw_len, codec, base)
-                     SELECT pack, hash, offset, stored_len, raw_len, codec, base FROM chunks WHERE pack = ?1",
+                    "INSERT OR IGNORE INTO condemned_chunks(pack, hash, offset, stored_len, raw_len, codec, base, inner_offset)
+                     SELECT pack, hash, offset, stored_len, raw_len, codec, base, inner_offset FROM chunks WHERE pack = ?1",
                 )?
                 .execute([pack_rowid])?;
             self.conn
@@ -54,8 +54,8 @@ impl Index {
         let f = || -> rusqlite::Result<()> {
             self.conn
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored_len, raw_len, codec, base)
-                     SELECT hash, pack, offset, stored_len, raw_len, codec, base FROM condemned_chunks WHERE pack = ?1",
+                    "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored_len, raw_len, codec, base, inner_offset)
+                     SELECT hash, pack, offset, stored_len, raw_len, codec, base, inner_offset FROM condemned_chunks WHERE pack = ?1",
                 )?
                 .execute([pack_rowid])?;
             self.drop_condemned_rows(pack_rowid)
@@ -103,8 +103,8 @@ impl Index {
         }
         self.pack_entries(
             &format!(
-                "SELECT hash, offset, stored_len, raw_len, codec, {} FROM condemned_chunks WHERE pack = ?1 ORDER BY offset",
-                self.base_col
+                "SELECT hash, offset, stored_len, raw_len, codec, {}, {} FROM condemned_chunks WHERE pack = ?1 ORDER BY offset",
+                self.base_col, self.inner_col
             ),
             pack_rowid,
         )

@@ -30,9 +30,24 @@ pub struct ChunkLocation {
     pub codec: Codec,
     /// A delta's base chunk.
     pub base: Option<ChunkId>,
+    /// A grouped chunk's start in its frame's content.
+    pub inner: u32,
 }
 
 impl ChunkLocation {
+    /// The footer entry this location stands for.
+    pub fn entry(&self, id: &ChunkId) -> PackEntry {
+        PackEntry {
+            id: *id,
+            offset: self.offset,
+            stored_len: self.stored_len,
+            raw_len: self.raw_len,
+            codec: self.codec,
+            base: self.base,
+            inner: self.inner,
+        }
+    }
+
     /// Where a footer entry of `pack` says its chunk is.
     pub fn of(pack: PackId, e: &PackEntry) -> ChunkLocation {
         ChunkLocation {
@@ -42,6 +57,7 @@ impl ChunkLocation {
             raw_len: e.raw_len,
             codec: e.codec,
             base: e.base,
+            inner: e.inner,
         }
     }
 }
@@ -74,16 +90,19 @@ pub struct Index {
     /// What reads a chunk row's base: `base`, or `NULL` in a version 2
     /// index opened read-only (which holds no deltas).
     base_col: &'static str,
+    /// What reads a chunk row's inner offset: `inner_offset`, or `0` in an
+    /// index older than version 4 opened read-only (which holds no groups).
+    inner_col: &'static str,
 }
 
 /// The query for a chunk's location in `table`. The pack's id comes from
 /// a subquery, not a join: SQLite re-prepared the join form at every step
 /// (its parser was a fifth of a restore's time), the subquery form it
 /// prepares once, which made a lookup 4x faster.
-fn location_sql(table: &str, base_col: &str) -> String {
+fn location_sql(table: &str, base_col: &str, inner_col: &str) -> String {
     format!(
         "SELECT (SELECT hash FROM packs WHERE id = c.pack), c.offset, c.stored_len, c.raw_len,
-                c.codec, c.{base_col}
+                c.codec, {base_col}, {inner_col}
          FROM {table} c WHERE c.hash = ?1 LIMIT 1"
     )
 }
@@ -175,6 +194,7 @@ impl Index {
             conn,
             path: path.to_path_buf(),
             base_col: "base",
+            inner_col: "inner_offset",
         };
         idx.conn
             .pragma_update(None, "journal_mode", "WAL")
@@ -242,6 +262,7 @@ impl Index {
             conn,
             path: path.to_path_buf(),
             base_col: "base",
+            inner_col: "inner_offset",
         };
         let not_db = |e: rusqlite::Error| Error::Damaged {
             path: path.to_path_buf(),
@@ -314,10 +335,15 @@ impl Index {
             encryption: get("encryption").map(str::to_string).unwrap_or_default(),
         };
         config.validate()?;
-        if version < schema::DELTA_BASES_SINCE {
+        if version < SCHEMA_VERSION {
             match access {
-                Access::ReadWrite => idx.add_delta_bases().map_err(|e| idx.err(e))?,
-                _ => idx.base_col = "NULL",
+                Access::ReadWrite => idx.migrate().map_err(|e| idx.err(e))?,
+                _ => {
+                    if version < schema::DELTA_BASES_SINCE {
+                        idx.base_col = "NULL";
+                    }
+                    idx.inner_col = "0";
+                }
             }
         }
         if access == Access::ReadWrite {
@@ -328,24 +354,34 @@ impl Index {
         Ok((idx, config))
     }
 
-    /// Schema 2 -> 3: the `base` columns. Checked again under the write
-    /// lock, so two processes opening one old index migrate it once.
-    fn add_delta_bases(&self) -> rusqlite::Result<()> {
+    /// Schema 2 -> 3: the `base` columns; 3 -> 4: `inner_offset`. Checked
+    /// again under the write lock, so two processes opening one old index
+    /// migrate it once.
+    fn migrate(&self) -> rusqlite::Result<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let r = (|| {
             let v: u32 = self
                 .conn
                 .pragma_query_value(None, "user_version", |r| r.get(0))?;
-            if v >= schema::DELTA_BASES_SINCE {
-                return Ok(());
+            let condemned = self.has_condemned_tables()?;
+            if v < schema::DELTA_BASES_SINCE {
+                self.conn.execute_batch(
+                    "ALTER TABLE chunks ADD COLUMN base BLOB;
+                     ALTER TABLE packs ADD COLUMN bases INTEGER NOT NULL DEFAULT 0;",
+                )?;
+                if condemned {
+                    self.conn
+                        .execute_batch("ALTER TABLE condemned_chunks ADD COLUMN base BLOB")?;
+                }
             }
-            self.conn.execute_batch(
-                "ALTER TABLE chunks ADD COLUMN base BLOB;
-                 ALTER TABLE packs ADD COLUMN bases INTEGER NOT NULL DEFAULT 0;",
-            )?;
-            if self.has_condemned_tables()? {
+            if v < schema::GROUPS_SINCE {
+                let add = "ADD COLUMN inner_offset INTEGER NOT NULL DEFAULT 0";
                 self.conn
-                    .execute_batch("ALTER TABLE condemned_chunks ADD COLUMN base BLOB")?;
+                    .execute_batch(&format!("ALTER TABLE chunks {add}"))?;
+                if condemned {
+                    self.conn
+                        .execute_batch(&format!("ALTER TABLE condemned_chunks {add}"))?;
+                }
             }
             self.conn
                 .pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -449,8 +485,8 @@ impl Index {
                 ])?;
             let rowid = self.conn.last_insert_rowid();
             let mut st = self.conn.prepare_cached(
-                "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored_len, raw_len, codec, base)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored_len, raw_len, codec, base, inner_offset)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for e in &pack.entries {
                 st.execute(params![
@@ -460,7 +496,8 @@ impl Index {
                     e.stored_len,
                     e.raw_len,
                     e.codec as u8,
-                    e.base.as_ref().map(|b| b.as_bytes().as_slice())
+                    e.base.as_ref().map(|b| b.as_bytes().as_slice()),
+                    e.inner
                 ])?;
             }
             Ok(rowid)
@@ -584,12 +621,16 @@ impl Index {
         f().map_err(|e| self.err(e))
     }
 
-    /// Per pack: (rowid, live chunk count, live stored bytes).
+    /// Per pack: (rowid, live chunk count, live stored bytes). A group
+    /// frame's bytes count once, whole, when any member is live (a repack
+    /// copies it whole).
     pub fn pack_liveness(&self) -> Result<HashMap<i64, (u64, u64)>> {
         let f = || -> rusqlite::Result<HashMap<i64, (u64, u64)>> {
             let mut st = self.conn.prepare(
-                "SELECT c.pack, count(*), sum(c.stored_len) FROM chunks c
-                 JOIN temp.live l ON l.hash = c.hash GROUP BY c.pack",
+                "SELECT pack, sum(n), sum(stored_len) FROM (
+                   SELECT c.pack, count(*) AS n, max(c.stored_len) AS stored_len FROM chunks c
+                   JOIN temp.live l ON l.hash = c.hash GROUP BY c.pack, c.offset)
+                 GROUP BY pack",
             )?;
             st.query_map([], |r| {
                 Ok((
@@ -606,9 +647,9 @@ impl Index {
     pub fn live_chunks_in_pack(&self, pack_rowid: i64) -> Result<Vec<PackEntry>> {
         self.pack_entries(
             &format!(
-                "SELECT c.hash, c.offset, c.stored_len, c.raw_len, c.codec, c.{} FROM chunks c
+                "SELECT c.hash, c.offset, c.stored_len, c.raw_len, c.codec, {}, {} FROM chunks c
                  JOIN temp.live l ON l.hash = c.hash WHERE c.pack = ?1 ORDER BY c.offset",
-                self.base_col
+                self.base_col, self.inner_col
             ),
             pack_rowid,
         )
@@ -625,23 +666,29 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
-    /// Dead chunk rows and their stored bytes (for reports).
+    /// Dead chunk rows and their stored bytes (for reports; a group
+    /// frame's bytes once per frame).
     pub fn dead_chunk_stats(&self) -> Result<(u64, u64)> {
         self.conn
             .query_row(
-                "SELECT count(*), coalesce(sum(stored_len), 0) FROM chunks WHERE hash NOT IN (SELECT hash FROM temp.live)",
+                "SELECT coalesce(sum(n), 0), coalesce(sum(stored_len), 0) FROM (
+                   SELECT count(*) AS n, max(stored_len) AS stored_len FROM chunks
+                   WHERE hash NOT IN (SELECT hash FROM temp.live) GROUP BY pack, offset)",
                 [],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
             )
             .map_err(|e| self.err(e))
     }
 
-    /// Blobs in packs of `kind`: how many, their raw and their stored bytes.
+    /// Blobs in packs of `kind`: how many, their raw and their stored
+    /// bytes (a group frame's once).
     pub fn blob_totals(&self, kind: crate::pack::PackKind) -> Result<(u64, u64, u64)> {
         self.conn
             .query_row(
-                "SELECT count(*), coalesce(sum(c.raw_len), 0), coalesce(sum(c.stored_len), 0)
-                 FROM chunks c JOIN packs p ON c.pack = p.id WHERE p.kind = ?1",
+                "SELECT coalesce(sum(n), 0), coalesce(sum(raw), 0), coalesce(sum(stored_len), 0) FROM (
+                   SELECT count(*) AS n, sum(c.raw_len) AS raw, max(c.stored_len) AS stored_len
+                   FROM chunks c JOIN packs p ON c.pack = p.id WHERE p.kind = ?1
+                   GROUP BY c.pack, c.offset)",
                 [kind as i64],
                 |r| {
                     let g = |i| r.get::<_, i64>(i).map(|v| v as u64);
@@ -661,16 +708,16 @@ impl Index {
     /// Where a chunk is when a create may use it (dedup, or a delta's
     /// base): its row in `chunks`, never one of a condemned pack.
     pub fn dedup_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
-        self.located(&location_sql("chunks", self.base_col), id)
+        self.located(&location_sql("chunks", self.base_col, self.inner_col), id)
     }
 
     /// Where a chunk is: its row, else (on shared storage) its row in a
     /// condemned pack, still readable until a gc deletes the pack.
     pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
-        match self.located(&location_sql("chunks", self.base_col), id)? {
+        match self.located(&location_sql("chunks", self.base_col, self.inner_col), id)? {
             Some(l) => Ok(Some(l)),
             None if self.has_condemned_tables().map_err(|e| self.err(e))? => {
-                self.located(&location_sql("condemned_chunks", self.base_col), id)
+                self.located(&location_sql("condemned_chunks", self.base_col, self.inner_col), id)
             }
             None => Ok(None),
         }
@@ -693,6 +740,7 @@ impl Index {
                         raw_len: r.get(3)?,
                         codec: codec_col(r, 4)?,
                         base: base_col(r, 5)?,
+                        inner: r.get(6)?,
                     }))
                 })
                 .optional()
@@ -732,14 +780,14 @@ impl Index {
     pub fn chunks_in_pack(&self, pack_rowid: i64) -> Result<Vec<PackEntry>> {
         self.pack_entries(
             &format!(
-                "SELECT hash, offset, stored_len, raw_len, codec, {} FROM chunks WHERE pack = ?1 ORDER BY offset",
-                self.base_col
+                "SELECT hash, offset, stored_len, raw_len, codec, {}, {} FROM chunks WHERE pack = ?1 ORDER BY offset",
+                self.base_col, self.inner_col
             ),
             pack_rowid,
         )
     }
 
-    /// Run a query whose rows are (hash, offset, stored_len, raw_len, codec, base).
+    /// Run a query whose rows are (hash, offset, stored_len, raw_len, codec, base, inner).
     fn pack_entries(&self, sql: &str, pack_rowid: i64) -> Result<Vec<PackEntry>> {
         let f = || -> rusqlite::Result<Vec<PackEntry>> {
             let mut st = self.conn.prepare_cached(sql)?;
@@ -751,6 +799,7 @@ impl Index {
                     raw_len: r.get(3)?,
                     codec: codec_col(r, 4)?,
                     base: base_col(r, 5)?,
+                    inner: r.get(6)?,
                 })
             })?
             .collect()
@@ -786,8 +835,8 @@ impl Index {
     pub fn move_chunk(&self, id: &ChunkId, pack_rowid: i64, e: &PackEntry) -> Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO chunks(hash, pack, offset, stored_len, raw_len, codec, base)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR REPLACE INTO chunks(hash, pack, offset, stored_len, raw_len, codec, base, inner_offset)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -797,7 +846,8 @@ impl Index {
                     e.stored_len,
                     e.raw_len,
                     e.codec as u8,
-                    e.base.as_ref().map(|b| b.as_bytes().as_slice())
+                    e.base.as_ref().map(|b| b.as_bytes().as_slice()),
+                    e.inner
                 ])
             })
             .map(|_| ())

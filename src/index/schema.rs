@@ -1,13 +1,18 @@
 //! The index schema. `PRAGMA user_version` holds the schema version; the
 //! repository format version is also kept in the `config` table.
 
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Version 3 adds `base` to the chunk rows: the chunk a delta (codec 2) is
 /// a difference from; and `bases` to the pack rows: how many base records
 /// the pack's footer holds (its size, less header, footer and frames). Indexes of version 2 gain it on a read-write open;
 /// read-only opens of them read NULL (no deltas before version 3).
 pub const DELTA_BASES_SINCE: u32 = 3;
+
+/// Version 4 adds `inner_offset` to the chunk rows: where a grouped chunk
+/// (codec 3) starts in its frame's content. Indexes of version 3 or older
+/// gain it (0) on a read-write open; read-only opens read 0.
+pub const GROUPS_SINCE: u32 = 4;
 
 pub const CREATE: &str = r#"
 CREATE TABLE config (
@@ -29,7 +34,8 @@ CREATE TABLE chunks (
     stored_len INTEGER NOT NULL,
     raw_len    INTEGER NOT NULL,
     codec      INTEGER NOT NULL,
-    base       BLOB
+    base       BLOB,
+    inner_offset INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX chunks_by_pack ON chunks(pack);
 CREATE TABLE trees (
@@ -78,6 +84,7 @@ CREATE TABLE IF NOT EXISTS condemned_chunks (
     raw_len    INTEGER NOT NULL,
     codec      INTEGER NOT NULL,
     base       BLOB,
+    inner_offset INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (pack, hash)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS condemned_chunks_by_hash ON condemned_chunks(hash);

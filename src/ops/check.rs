@@ -441,13 +441,14 @@ fn check_pack_data(
                     "pack footer does not match the pack's id".into(),
                 ));
             }
-            // Rows and entries matched by offset (no map of a pack's
-            // entries: a pack of tiny chunks holds a hundred thousand).
+            // Rows and entries matched by offset and id (no map of a
+            // pack's entries: a pack of tiny chunks holds a hundred
+            // thousand; a group's members share an offset).
             let mut entries = footer.entries;
-            entries.sort_unstable_by_key(|e| e.offset);
+            entries.sort_unstable_by_key(|e| (e.offset, e.id));
             let mut matched = vec![false; entries.len()];
             for r in rows {
-                match entries.binary_search_by_key(&r.offset, |e| e.offset) {
+                match entries.binary_search_by_key(&(r.offset, r.id), |e| (e.offset, e.id)) {
                     Ok(i) if entries[i] == *r => matched[i] = true,
                     _ => faults.push(Fault::Chunk(
                         Some(*id),
@@ -481,7 +482,7 @@ fn check_pack_data(
                 .base_of(&r.id, &ChunkLocation::of(*id, r), repo)
                 .and_then(|base| {
                     let base = base.as_ref().map(|(b, _)| b.as_slice());
-                    decode_chunk(repo.ids(), id, &r.id, r.codec, stored, r.raw_len, base)
+                    decode_chunk(repo.ids(), id, r, stored, base)
                 }),
             None => Err(crate::pack::damaged(id, "pack too short for the chunk")),
         };

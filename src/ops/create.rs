@@ -33,6 +33,7 @@ use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::index::{ChunkLocation, Index};
 use crate::config::CHUNK_MAX_LIMIT;
 use crate::delta::Stored;
+use crate::ops::grouping::{Frame, Group, groupable};
 use crate::pack::{Blob, FinishedPack, PackKind, Packer};
 use crate::progress::{Progress, Warning, WarningKind};
 use crate::repo::{ChunkReader, Repository};
@@ -124,13 +125,6 @@ struct FileResult {
     outcome: FileOutcome,
 }
 
-struct NewChunk {
-    id: ChunkId,
-    codec: Codec,
-    raw_len: u32,
-    data: Vec<u8>,
-    base: Option<ChunkId>,
-}
 
 /// A directory whose tree is not yet complete.
 struct Node {
@@ -436,7 +430,7 @@ fn run(
         .unwrap_or_else(|| 3 * std::thread::available_parallelism().map_or(2, |n| n.get()));
     let (job_tx, job_rx) = bounded::<FileJob>(workers * 4);
     let (res_tx, res_rx) = unbounded::<FileResult>();
-    let (chunk_tx, chunk_rx) = bounded::<Vec<NewChunk>>(16);
+    let (chunk_tx, chunk_rx) = bounded::<Vec<Frame>>(16);
     let (pack_tx, pack_rx) = unbounded::<Result<FinishedPack>>();
     let claimed = Arc::new(Claims::new(repo.tmp_dir(), TMP_SQLITE_PREFIX));
     let cancel = opts.cancel.clone().unwrap_or_default();
@@ -464,6 +458,10 @@ fn run(
                 ids: repo.ids(),
                 level,
                 reader: repo.config().stores_deltas().then(|| reader.clone()),
+                group: repo
+                    .config()
+                    .stores_groups()
+                    .then(|| RefCell::new(Group::default())),
                 chunk_tx: chunk_tx.clone(),
                 cancel: cancel.clone(),
                 progress,
@@ -493,6 +491,8 @@ fn run(
                         break;
                     }
                 }
+                // What this thread's last group holds goes in a pack too.
+                flush_group(&ctx)
             }));
         }
         drop((chunk_tx, res_tx, job_rx));
@@ -526,11 +526,14 @@ fn run(
             cancel.store(true, Ordering::Relaxed);
         }
         drop(walk.job_tx.take());
+        let mut flushed = Ok(());
         for h in handles {
-            let _ = h.join();
+            let r = h.join().expect("reader thread panicked");
+            flushed = flushed.and(r);
         }
         let writer_result = writer.join().expect("pack writer thread panicked");
         result?;
+        flushed?;
         writer_result?;
         // Packs finished after the last file result: record them too.
         walk.drain_packs()?;
@@ -894,7 +897,10 @@ impl Walk<'_> {
         self.stats.new_chunks += pack.entries.len() as u64;
         for e in &pack.entries {
             self.stats.new_raw_bytes += e.raw_len as u64;
-            self.stats.new_stored_bytes += e.stored_len as u64;
+            // A group frame's bytes count once, with its first member.
+            if e.codec != Codec::Grouped || e.inner == 0 {
+                self.stats.new_stored_bytes += e.stored_len as u64;
+            }
             self.stats.new_delta_chunks += e.base.is_some() as u64;
         }
         Ok(())
@@ -1018,7 +1024,10 @@ struct WorkerCtx<'a> {
     level: i32,
     /// Reads the bases of deltas; `None` in a repository without deltas.
     reader: Option<ChunkReader>,
-    chunk_tx: Sender<Vec<NewChunk>>,
+    /// This thread's new small chunks, waiting to be compressed together;
+    /// `None` in a repository without groups.
+    group: Option<RefCell<Group>>,
+    chunk_tx: Sender<Vec<Frame>>,
     cancel: Arc<AtomicBool>,
     progress: &'a dyn Progress,
     /// In-process mode (see crate::held).
@@ -1037,6 +1046,24 @@ fn compress_with(level: i32, data: &[u8]) -> io::Result<(Codec, Vec<u8>)> {
         }
         c.as_mut().unwrap().1.compress(data)
     })
+}
+
+/// Compress and send what this thread's group holds (at the end of its
+/// files: every chunk claimed must reach a pack).
+fn flush_group(ctx: &WorkerCtx) -> Result<()> {
+    let Some(group) = &ctx.group else {
+        return Ok(());
+    };
+    let group = std::mem::take(&mut *group.borrow_mut());
+    if group.is_empty() || ctx.cancel.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let frames = group
+        .into_frames(ctx.level)
+        .map_err(|e| Error::Invalid(format!("compression failed: {e}")))?;
+    ctx.chunk_tx
+        .send(frames)
+        .map_err(|_| Error::Invalid("pack writer stopped".into()))
 }
 
 /// Open a regular file without following links, blocking on FIFOs or
@@ -1343,10 +1370,19 @@ fn chunk_file(
             .claim(&ids, |id| ctx.index.has_chunk(id))
             .map_err(ReadError::Fatal)?;
         let bases = delta_bases(ctx, base_pages, ids_all.len(), &ids, &fresh)?;
+        let chunk = |i: usize| {
+            let (o, l) = cuts[i];
+            &buf[o..o + l]
+        };
+        // Chunks without a delta base go in this thread's group when they
+        // are small and compressible; the rest are compressed alone.
+        let (grouped, alone): (Vec<_>, Vec<_>) = fresh
+            .iter()
+            .zip(&bases.each)
+            .partition(|(i, base)| ctx.group.is_some() && base.is_none() && groupable(chunk(**i)));
         let (level, reader) = (ctx.level, &ctx.reader);
         let compress = |(&i, base): (&usize, &Option<(ChunkId, ChunkLocation)>)| {
-            let (o, l) = cuts[i];
-            let page = &buf[o..o + l];
+            let page = chunk(i);
             let raw = base
                 .as_ref()
                 .and_then(|b| Some((b.0, read_base(reader, b, &bases)?)));
@@ -1362,28 +1398,41 @@ fn chunk_file(
                     (c, d, None)
                 }
             };
-            Ok::<_, io::Error>(NewChunk {
+            let blob = Blob {
                 id: ids[i],
                 codec,
-                raw_len: l as u32,
-                data,
+                raw_len: page.len() as u32,
                 base,
-            })
+                inner: 0,
+            };
+            Ok::<_, io::Error>(vec![Frame::single(blob, data)])
         };
-        let new: Vec<NewChunk> = if fresh.len() > 1 {
-            fresh
-                .par_iter()
-                .zip(&bases.each)
+        let full = match &ctx.group {
+            Some(g) => g
+                .borrow_mut()
+                .fill(grouped.iter().map(|&(&i, _)| (ids[i], chunk(i)))),
+            None => Vec::new(),
+        };
+        // One job (a small file) runs here: handing it to rayon would cost
+        // a hop between threads.
+        let frames: io::Result<Vec<Vec<Frame>>> = if alone.len() + full.len() > 1 {
+            alone
+                .into_par_iter()
                 .map(compress)
-                .collect::<io::Result<_>>()
+                .chain(full.into_par_iter().map(|g| g.into_frames(level)))
+                .collect()
         } else {
-            fresh
-                .iter()
-                .zip(&bases.each)
+            alone
+                .into_iter()
                 .map(compress)
-                .collect::<io::Result<_>>()
-        }
-        .map_err(|e| ReadError::Fatal(Error::Invalid(format!("compression failed: {e}"))))?;
+                .chain(full.into_iter().map(|g| g.into_frames(level)))
+                .collect()
+        };
+        let new: Vec<Frame> = frames
+            .map_err(|e| ReadError::Fatal(Error::Invalid(format!("compression failed: {e}"))))?
+            .into_iter()
+            .flatten()
+            .collect();
         if !new.is_empty() && ctx.chunk_tx.send(new).is_err() {
             return Err(ReadError::Fatal(Error::Invalid(
                 "pack writer stopped".into(),
@@ -1484,7 +1533,7 @@ impl Read for ReadAdapter<'_> {
 /// this thread never waits for the disk. After an error it drains its queue
 /// so readers never block, and reports the error once.
 fn pack_writer(
-    rx: Receiver<Vec<NewChunk>>,
+    rx: Receiver<Vec<Frame>>,
     done: Sender<Result<FinishedPack>>,
     storage: Arc<dyn Storage>,
     target: u64,
@@ -1497,15 +1546,7 @@ fn pack_writer(
         let Some(p) = packer.as_mut() else { continue };
         if let Err(e) = batch
             .into_iter()
-            .try_for_each(|c| {
-                let blob = Blob {
-                    id: c.id,
-                    codec: c.codec,
-                    raw_len: c.raw_len,
-                    base: c.base,
-                };
-                p.add(blob, &c.data)
-            })
+            .try_for_each(|f| p.add_frame(&f.blobs, &f.data))
         {
             failed = Some(e.to_string());
             packer = None;

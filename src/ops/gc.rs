@@ -321,14 +321,20 @@ pub(crate) fn repack_live(
         let pack = reader.pack(&p.id)?;
         let max = p.kind.blob_max();
         let packer = &mut packers[p.kind as usize];
-        for e in index.live_chunks_in_pack(p.rowid)? {
-            let stored = pack.read_stored_max(e.offset as u64, e.stored_len, max)?;
-            // A delta is checked through its base and copied as it is.
-            let base = reader.base_of(&e.id, &ChunkLocation::of(p.id, &e), index)?;
-            let base = base.as_ref().map(|(b, _)| b.as_slice());
-            let (ids, codec, len) = (pack.ids(), e.codec, e.raw_len);
-            crate::pack::decode_blob(ids, &p.id, &e.id, codec, &stored, len, max, base)?;
-            packer.add(Blob::from(&e), &stored)?;
+        let live = index.live_chunks_in_pack(p.rowid)?;
+        // Blobs by frame: a group's live members share one (its dead
+        // members stay inside it, unlisted).
+        for frame in live.chunk_by(|a, b| (a.offset, a.stored_len) == (b.offset, b.stored_len)) {
+            let first = &frame[0];
+            let stored = pack.read_stored_max(first.offset as u64, first.stored_len, max)?;
+            for e in frame {
+                // A delta is checked through its base and copied as it is.
+                let base = reader.base_of(&e.id, &ChunkLocation::of(p.id, e), index)?;
+                let base = base.as_ref().map(|(b, _)| b.as_slice());
+                crate::pack::decode_blob(pack.ids(), &p.id, e, &stored, max, base)?;
+            }
+            let blobs: Vec<Blob> = frame.iter().map(Blob::from).collect();
+            packer.add_frame(&blobs, &stored)?;
             progress.bytes(stored.len() as u64);
         }
     }

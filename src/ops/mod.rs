@@ -7,6 +7,7 @@ pub mod dump;
 pub mod find;
 pub mod gc;
 pub mod gc_shared;
+pub(crate) mod grouping;
 pub mod ls;
 pub mod migration;
 pub mod repair;

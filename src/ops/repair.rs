@@ -297,7 +297,7 @@ impl<'a> TreeLoader<'a> {
         let stored = pack
             .read_stored_max(loc.offset as u64, loc.stored_len, max)
             .map_err(|e| e.to_string())?;
-        let enc = decode_blob(pack.ids(), &loc.pack, &blob, loc.codec, &stored, loc.raw_len, max, None)
+        let enc = decode_blob(pack.ids(), &loc.pack, &loc.entry(&blob), &stored, max, None)
             .map_err(|e| e.to_string())?;
         let tree = Tree::decode(&enc).map_err(|e| e.to_string())?;
         let (codec, data) = compress_tree(&enc);

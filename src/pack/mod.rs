@@ -3,9 +3,10 @@
 //! Layout (all integers little-endian; docs/format.md is the reference):
 //!
 //! ```text
-//! header   16 bytes   "SNAPPACK" | version u32 (2 or 3) | kind u32 (0 data, 1 trees)
-//! frames   ...        each chunk's stored bytes, back to back
-//! footer   48 * N     per chunk: id [32] | offset u32 | stored_len u32 | raw_len u32 | codec u8 | 0 0 0
+//! header   16 bytes   "SNAPPACK" | version u32 (2, 3 or 4) | kind u32 (0 data, 1 trees)
+//! frames   ...        each chunk's stored bytes, or a group's frame, back to back
+//! footer   48 * N     per chunk: id [32] | offset u32 | stored_len u32 | raw_len u32 | codec u8 | inner u24
+//!                     (a grouped chunk, version 4: where it starts in its frame's content; else 0)
 //! bases    32 * D     version 3: the base id of each delta entry (codec 2), in entry order
 //! trailer  48 bytes   N u32 | D u32 (version 2: 0) | BLAKE3(footer and bases) [32] | "SNAPEND1"
 //! ```
@@ -33,6 +34,9 @@ pub const PACK_VERSION: u32 = 2;
 pub const PACK_VERSION_DELTAS: u32 = 3;
 /// Length of one base record in a version-3 footer.
 pub const BASE_LEN: u64 = 32;
+/// Packs of format-4 repositories: deltas, and groups of small chunks
+/// compressed as one frame ([`Codec::Grouped`]).
+pub const PACK_VERSION_GROUPS: u32 = 4;
 
 /// What a pack holds. Trees live in packs of their own, so that metadata is
 /// read without reading data (repair, check, a future remote cache).
@@ -84,6 +88,10 @@ pub struct PackEntry {
     /// The chunk a [`Codec::Delta`] entry is a difference from; `None`
     /// for every other codec.
     pub base: Option<ChunkId>,
+    /// Where a [`Codec::Grouped`] chunk starts in what its frame decodes
+    /// to (the frame is `offset`, `stored_len`, shared with the rest of
+    /// its group); 0 for every other codec.
+    pub inner: u32,
 }
 
 impl PackEntry {
@@ -93,23 +101,30 @@ impl PackEntry {
         out.extend_from_slice(&self.stored_len.to_le_bytes());
         out.extend_from_slice(&self.raw_len.to_le_bytes());
         out.push(self.codec as u8);
-        out.extend_from_slice(&[0, 0, 0]);
+        out.extend_from_slice(&self.inner.to_le_bytes()[..3]);
     }
 
     /// Decode one 48-byte entry (a delta's base comes from the base table);
-    /// `None` when a field is impossible.
+    /// `None` when a field is impossible. Only a grouped chunk has an
+    /// inner offset.
     pub fn decode(b: &[u8]) -> Option<PackEntry> {
-        if b.len() != ENTRY_LEN as usize || b[45..48] != [0, 0, 0] {
+        if b.len() != ENTRY_LEN as usize {
             return None;
         }
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        let codec = Codec::from_u8(b[44])?;
+        let inner = u32::from_le_bytes([b[45], b[46], b[47], 0]);
+        if codec != Codec::Grouped && inner != 0 {
+            return None;
+        }
         Some(PackEntry {
             id: ChunkId::from_slice(&b[..32])?,
             offset: u32_at(32),
             stored_len: u32_at(36),
             raw_len: u32_at(40),
-            codec: Codec::from_u8(b[44])?,
+            codec,
             base: None,
+            inner,
         })
     }
 }

@@ -1,11 +1,13 @@
 //! Reads pack footers and chunks through the storage layer, verifying
 //! every byte it hands out. Errors name the pack by id.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use super::{
-    BASE_LEN, ENTRY_LEN, HEADER_LEN, HEADER_MAGIC, PACK_VERSION, PACK_VERSION_DELTAS, PackEntry,
-    PackKind, TRAILER_LEN, TRAILER_MAGIC,
+    BASE_LEN, ENTRY_LEN, HEADER_LEN, HEADER_MAGIC, PACK_VERSION, PACK_VERSION_GROUPS, PackEntry, PackKind, TRAILER_LEN, TRAILER_MAGIC,
 };
-use crate::compress::{Codec, decompress, delta_decompress};
+use crate::compress::{Codec, GROUP_RAW_MAX, decompress, decompress_group, delta_decompress};
 use crate::config::CHUNK_MAX_LIMIT;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, Ids, PackId};
@@ -180,7 +182,7 @@ impl PackReader {
             return Err(bad("bad pack header magic".into()));
         }
         let version = u32::from_le_bytes(header[8..12].try_into().unwrap());
-        if version != PACK_VERSION && version != PACK_VERSION_DELTAS {
+        if !(PACK_VERSION..=PACK_VERSION_GROUPS).contains(&version) {
             return Err(bad(format!("unknown pack version {version}")));
         }
         let kind = PackKind::from_u32(u32::from_le_bytes(header[12..16].try_into().unwrap()))
@@ -219,6 +221,16 @@ impl PackReader {
             if (e.offset as u64) < HEADER_LEN || end > footer_start || e.raw_len > kind.blob_max() {
                 return Err(bad(format!(
                     "footer entry for chunk {} is out of bounds",
+                    e.id.short()
+                )));
+            }
+            if e.codec == Codec::Grouped
+                && (version < PACK_VERSION_GROUPS
+                    || kind != PackKind::Data
+                    || e.inner as usize + e.raw_len as usize > GROUP_RAW_MAX)
+            {
+                return Err(bad(format!(
+                    "grouped chunk {} out of place or out of bounds",
                     e.id.short()
                 )));
             }
@@ -286,64 +298,97 @@ impl PackReader {
 
     /// Read, decompress and verify one chunk (a delta with its base's
     /// raw bytes).
-    pub fn read_chunk(
-        &self,
-        id: &ChunkId,
-        offset: u64,
-        stored_len: u32,
-        raw_len: u32,
-        codec: Codec,
-        base: Option<&[u8]>,
-    ) -> Result<Vec<u8>> {
-        let stored = self.read_stored(offset, stored_len)?;
-        decode_chunk(self.ids, &self.id, id, codec, &stored, raw_len, base)
+    pub fn read_chunk(&self, e: &PackEntry, base: Option<&[u8]>) -> Result<Vec<u8>> {
+        let stored = self.read_stored(e.offset as u64, e.stored_len)?;
+        decode_chunk(self.ids, &self.id, e, &stored, base)
     }
 }
 
-/// Decompress stored bytes and check them against the chunk id. A delta
-/// needs its base's raw bytes (`base`); without them it is an error.
+/// Decompress stored bytes (`e`'s frame) and check them against the chunk
+/// id. A delta needs its base's raw bytes (`base`); without them it is an
+/// error.
 pub fn decode_chunk(
     ids: Ids,
     pack: &PackId,
-    id: &ChunkId,
-    codec: Codec,
+    e: &PackEntry,
     stored: &[u8],
-    raw_len: u32,
     base: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
-    decode_blob(ids, pack, id, codec, stored, raw_len, CHUNK_MAX_LIMIT, base)
+    decode_blob(ids, pack, e, stored, CHUNK_MAX_LIMIT, base)
 }
 
 /// Like `decode_chunk`, for a blob of a pack kind with its own bound
 /// (trees are never deltas: their `base` is `None`).
-#[allow(clippy::too_many_arguments)]
 pub fn decode_blob(
     ids: Ids,
     pack: &PackId,
-    id: &ChunkId,
-    codec: Codec,
+    e: &PackEntry,
     stored: &[u8],
-    raw_len: u32,
     max: u32,
     base: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
+    let (id, raw_len) = (&e.id, e.raw_len);
     if raw_len > max {
         return Err(damaged(
             pack,
             format!("chunk {} claims {raw_len} bytes", id.short()),
         ));
     }
-    let data = match (codec, base) {
+    let data = match (e.codec, base) {
         (Codec::Delta, Some(base)) => delta_decompress(stored, base, raw_len as usize),
-        _ => decompress(codec, stored, raw_len as usize),
+        (Codec::Grouped, _) => return group_member(ids, pack, e, stored),
+        _ => decompress(e.codec, stored, raw_len as usize),
     }
-    .map_err(|e| {
+    .map_err(|err| {
         damaged(
             pack,
-            format!("chunk {} does not decompress: {e}", id.short()),
+            format!("chunk {} does not decompress: {err}", id.short()),
         )
     })?;
     verify(ids, pack, id, data)
+}
+
+/// A group frame's content, by pack and place.
+type DecodedGroup = ((PackId, u32, u32), Arc<Vec<u8>>);
+
+thread_local! {
+    /// The last group frame this thread decoded: readers take a group's
+    /// members one after another (restore, check and repack go in pack
+    /// order), and each would otherwise decode the whole frame again.
+    /// A stale entry cannot pass a wrong chunk: every member is checked
+    /// against its id.
+    static LAST_GROUP: RefCell<Option<DecodedGroup>> = const { RefCell::new(None) };
+}
+
+/// A grouped chunk: its bytes in its frame's content, verified.
+fn group_member(ids: Ids, pack: &PackId, e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
+    let key = (*pack, e.offset, e.stored_len);
+    let cached = LAST_GROUP.with(|c| {
+        c.borrow()
+            .as_ref()
+            .and_then(|(k, v)| (*k == key).then(|| v.clone()))
+    });
+    let content = match cached {
+        Some(c) => c,
+        None => {
+            let c = Arc::new(decompress_group(stored).map_err(|err| {
+                damaged(
+                    pack,
+                    format!("the group of chunk {} does not decompress: {err}", e.id.short()),
+                )
+            })?);
+            LAST_GROUP.with(|slot| *slot.borrow_mut() = Some((key, c.clone())));
+            c
+        }
+    };
+    let (start, end) = (e.inner as usize, e.inner as usize + e.raw_len as usize);
+    let bytes = content.get(start..end).ok_or_else(|| {
+        damaged(
+            pack,
+            format!("chunk {} lies outside its group", e.id.short()),
+        )
+    })?;
+    verify(ids, pack, &e.id, bytes.to_vec())
 }
 
 fn verify(ids: Ids, pack: &PackId, id: &ChunkId, data: Vec<u8>) -> Result<Vec<u8>> {

@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Sender, bounded};
 
 use super::{
-    HEADER_LEN, MAX_PACK_BLOBS, PACK_VERSION, PACK_VERSION_DELTAS, PackEntry, PackKind, encode_footer,
-    encode_header, footer_id,
+    HEADER_LEN, MAX_PACK_BLOBS, PACK_VERSION, PACK_VERSION_DELTAS, PACK_VERSION_GROUPS, PackEntry,
+    PackKind, encode_footer, encode_header, footer_id,
 };
 use crate::compress::Codec;
 use crate::error::{Error, Result};
@@ -33,6 +33,8 @@ pub struct Blob {
     pub codec: Codec,
     pub raw_len: u32,
     pub base: Option<ChunkId>,
+    /// A grouped chunk's start in its frame's content (0 otherwise).
+    pub inner: u32,
 }
 
 impl Blob {
@@ -43,6 +45,18 @@ impl Blob {
             codec,
             raw_len,
             base: None,
+            inner: 0,
+        }
+    }
+
+    /// A chunk of a group frame, starting at `inner` in its content.
+    pub fn grouped(id: ChunkId, raw_len: u32, inner: u32) -> Blob {
+        Blob {
+            id,
+            codec: Codec::Grouped,
+            raw_len,
+            base: None,
+            inner,
         }
     }
 }
@@ -54,6 +68,7 @@ impl From<&PackEntry> for Blob {
             codec: e.codec,
             raw_len: e.raw_len,
             base: e.base,
+            inner: e.inner,
         }
     }
 }
@@ -96,26 +111,51 @@ impl PackWriter {
     /// Append one blob; a [`Codec::Delta`] one names its base, which only
     /// a version 3 data pack can record.
     pub fn add(&mut self, blob: Blob, stored: &[u8]) -> Result<()> {
-        let delta_ok = self.version >= PACK_VERSION_DELTAS && self.kind == PackKind::Data;
-        if (blob.codec == Codec::Delta) != blob.base.is_some()
-            || (blob.base.is_some() && (!delta_ok || blob.base == Some(blob.id)))
-        {
-            return Err(Error::Invalid(format!(
-                "chunk {}: a delta needs a base, and a pack of version 3 holding data",
-                blob.id.short()
-            )));
+        self.add_frame(std::slice::from_ref(&blob), stored)
+    }
+
+    /// Append stored bytes once with the blobs they hold: one blob, or
+    /// the members of a group frame (version 4 data packs only).
+    pub fn add_frame(&mut self, blobs: &[Blob], stored: &[u8]) -> Result<()> {
+        for blob in blobs {
+            self.check(blob, blobs.len())?;
         }
         let offset =
             u32::try_from(self.len).map_err(|_| Error::Invalid("pack larger than 4 GiB".into()))?;
         self.write(stored)?;
-        self.entries.push(PackEntry {
+        self.entries.extend(blobs.iter().map(|blob| PackEntry {
             id: blob.id,
             offset,
             stored_len: stored.len() as u32,
             raw_len: blob.raw_len,
             codec: blob.codec,
             base: blob.base,
-        });
+            inner: blob.inner,
+        }));
+        Ok(())
+    }
+
+    /// A blob this pack can record, in a frame of `members` blobs.
+    fn check(&self, blob: &Blob, members: usize) -> Result<()> {
+        let data = self.kind == PackKind::Data;
+        let delta_ok = self.version >= PACK_VERSION_DELTAS && data;
+        let group_ok = self.version >= PACK_VERSION_GROUPS && data;
+        let bad = |why: &str| Err(Error::Invalid(format!("chunk {}: {why}", blob.id.short())));
+        if (blob.codec == Codec::Delta) != blob.base.is_some()
+            || (blob.base.is_some() && (!delta_ok || blob.base == Some(blob.id)))
+        {
+            return bad("a delta needs a base, and a pack of version 3 holding data");
+        }
+        let grouped = blob.codec == Codec::Grouped;
+        if grouped
+            && (!group_ok
+                || blob.inner as usize + blob.raw_len as usize > crate::compress::GROUP_RAW_MAX)
+        {
+            return bad("a grouped chunk needs a version 4 data pack and a bounded group");
+        }
+        if !grouped && (members > 1 || blob.inner != 0) {
+            return bad("only grouped chunks share a frame or start inside one");
+        }
         Ok(())
     }
 
@@ -228,6 +268,19 @@ impl Packer {
 
     /// Append one blob's stored bytes.
     pub fn add(&mut self, blob: Blob, stored: &[u8]) -> Result<()> {
+        self.add_frame(std::slice::from_ref(&blob), stored)
+    }
+
+    /// Append a frame and the blobs it holds (see [`PackWriter::add_frame`]).
+    pub fn add_frame(&mut self, blobs: &[Blob], stored: &[u8]) -> Result<()> {
+        // A group that would take the pack past its blob bound starts the next one.
+        if let Some(w) = &self.current
+            && w.entries.len() + blobs.len() > MAX_PACK_BLOBS
+            && !w.is_empty()
+        {
+            let w = self.current.take().expect("present");
+            self.send(w)?;
+        }
         if self.current.is_none() {
             self.current = Some(PackWriter::create_version(
                 &*self.storage,
@@ -236,7 +289,7 @@ impl Packer {
             )?);
         }
         let w = self.current.as_mut().expect("just created");
-        w.add(blob, stored)?;
+        w.add_frame(blobs, stored)?;
         if w.len() >= self.target || w.entries.len() >= MAX_PACK_BLOBS {
             let w = self.current.take().expect("present");
             self.send(w)?;

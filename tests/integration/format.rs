@@ -53,16 +53,7 @@ fn pack_round_trip_and_the_footer_alone_lists_its_chunks() {
     assert_eq!(footer.id, finished.id);
     for (e, c) in footer.entries.iter().zip(&chunks) {
         assert_eq!(e.id, ChunkId::of(c));
-        let got = reader
-            .read_chunk(
-                &e.id,
-                e.offset as u64,
-                e.stored_len,
-                e.raw_len,
-                e.codec,
-                None,
-            )
-            .unwrap();
+        let got = reader.read_chunk(e, None).unwrap();
         assert_eq!(&got, c);
     }
 }
@@ -86,16 +77,7 @@ fn damaged_packs_are_reported_not_trusted() {
     bad[100] ^= 1;
     std::fs::write(&path, &bad).unwrap();
     let e = read_footer().unwrap()[0];
-    let err = open()
-        .read_chunk(
-            &e.id,
-            e.offset as u64,
-            e.stored_len,
-            e.raw_len,
-            e.codec,
-            None,
-        )
-        .unwrap_err();
+    let err = open().read_chunk(&e, None).unwrap_err();
     assert!(err.to_string().contains("BLAKE3"), "{err}");
     // Errors name the pack by id, not by where it is stored.
     assert!(err.to_string().contains(&f.id.to_hex()), "{err}");
@@ -222,6 +204,7 @@ fn a_version_3_pack_names_each_delta_base_after_its_entries() {
         codec: Codec::Delta,
         raw_len: 4096,
         base: Some(base_id),
+        inner: 0,
     };
     assert!(v2.add(as_delta, &delta).is_err());
     let mut w = PackWriter::create_version(&storage, PackKind::Data, 3).unwrap();
@@ -254,16 +237,7 @@ fn a_version_3_pack_names_each_delta_base_after_its_entries() {
     assert_eq!(footer.entries, f.entries);
     assert_eq!(footer.entries[1].base, Some(base_id));
     let e = footer.entries[1];
-    let read = |base: Option<&[u8]>| {
-        r.read_chunk(
-            &e.id,
-            e.offset as u64,
-            e.stored_len,
-            e.raw_len,
-            e.codec,
-            base,
-        )
-    };
+    let read = |base: Option<&[u8]>| r.read_chunk(&e, base);
     assert_eq!(read(Some(&base_page)).unwrap(), page);
     // Without its base, or against another one, it is an error, never
     // wrong bytes.
@@ -279,4 +253,82 @@ fn a_version_3_pack_names_each_delta_base_after_its_entries() {
         .footer()
         .unwrap_err();
     assert!(err.to_string().contains("version 2"), "{err}");
+}
+
+/// A version 4 pack: a group's members share one frame, each entry says
+/// where its chunk starts in the frame's content; a hostile entry (outside
+/// the content, a frame too large, a group in an older pack) is damage.
+#[test]
+fn a_version_4_pack_holds_groups_and_refuses_hostile_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::new(dir.path());
+    let pages: Vec<Vec<u8>> = (0..5u32)
+        .map(|i| format!("page {i} of rows, rows and rows; ").repeat(130).into_bytes())
+        .collect();
+    let raw = pages.concat();
+    let frame = zstd::bulk::compress(&raw, 3).unwrap();
+    let mut at = 0u32;
+    let blobs: Vec<Blob> = pages
+        .iter()
+        .map(|p| {
+            let b = Blob::grouped(ChunkId::of(p), p.len() as u32, at);
+            at += p.len() as u32;
+            b
+        })
+        .collect();
+
+    // Only a version 4 data pack takes a group.
+    for (version, kind) in [(3, PackKind::Data), (4, PackKind::Tree)] {
+        let mut w = PackWriter::create_version(&storage, kind, version).unwrap();
+        assert!(w.add_frame(&blobs, &frame).is_err(), "version {version}");
+    }
+    let mut w = PackWriter::create_version(&storage, PackKind::Data, 4).unwrap();
+    let loose = noise(9, 3000);
+    w.add(Blob::whole(ChunkId::of(&loose), Codec::Raw, 3000), &loose)
+        .unwrap();
+    w.add_frame(&blobs, &frame).unwrap();
+    let f = w.finish().unwrap();
+    let r = PackReader::open(&storage, &f.id).unwrap();
+    let footer = r.footer().unwrap();
+    assert_eq!(footer.entries, f.entries);
+    let members = &footer.entries[1..];
+    assert!(members.iter().all(|e| e.offset == members[0].offset
+        && e.stored_len == frame.len() as u32
+        && e.codec == Codec::Grouped));
+    for (e, p) in members.iter().zip(&pages) {
+        assert_eq!(&r.read_chunk(e, None).unwrap(), p);
+    }
+    // The inner offset is the entry's last three bytes.
+    let bytes = std::fs::read(dir.path().join(pack_key(&f.id))).unwrap();
+    let n = bytes.len();
+    let third = n - 48 - 3 * 48;
+    assert_eq!(bytes[third + 44], 3, "codec grouped");
+    let inner = (pages[0].len() + pages[1].len()) as u32;
+    assert_eq!(&bytes[third + 45..third + 48], &inner.to_le_bytes()[..3]);
+
+    // An entry pointing past its group's content, or at another chunk's
+    // bytes, reads as damage, never as wrong bytes.
+    let mut e = members[1];
+    e.inner = raw.len() as u32 - 10;
+    let err = r.read_chunk(&e, None).unwrap_err();
+    assert!(err.is_damage() && err.to_string().contains("outside its group"), "{err}");
+    e.inner = 0;
+    assert!(r.read_chunk(&e, None).unwrap_err().is_damage());
+    // A frame that claims more content than a group may hold.
+    let big = zstd::bulk::compress(&vec![7u8; (1 << 20) + 1], 3).unwrap();
+    let mut w = PackWriter::create_version(&storage, PackKind::Data, 4).unwrap();
+    let one = Blob::grouped(ChunkId::of(&[7u8; 10]), 10, 0);
+    w.add_frame(&[one, Blob::grouped(ChunkId::of(&[7u8; 11]), 11, 10)], &big)
+        .unwrap();
+    let f = w.finish().unwrap();
+    let r = PackReader::open(&storage, &f.id).unwrap();
+    let err = r.read_chunk(&r.footer().unwrap().entries[0], None).unwrap_err();
+    assert!(err.is_damage() && err.to_string().contains("larger than a group"), "{err}");
+    // The same footer under a version 3 header is refused.
+    let path = dir.path().join(pack_key(&f.id));
+    let mut v3 = std::fs::read(&path).unwrap();
+    v3[8] = 3;
+    std::fs::write(&path, &v3).unwrap();
+    let err = PackReader::open(&storage, &f.id).unwrap().footer().unwrap_err();
+    assert!(err.to_string().contains("grouped chunk"), "{err}");
 }

@@ -132,6 +132,22 @@ fn the_frozen_format_3_repository_opens_checks_and_restores() {
     opens_checks_and_restores(3);
 }
 
+/// Format 4: small chunks (database pages, small files) compressed in
+/// groups; the second snapshot's changed pages are deltas, some of them
+/// of grouped pages.
+#[test]
+fn the_frozen_format_4_repository_opens_checks_and_restores() {
+    let count = |codec: u8| -> i64 {
+        rusqlite::Connection::open(frozen_root(4).join("index.db"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM chunks WHERE codec = ?1", [codec], |r| r.get(0))
+            .unwrap()
+    };
+    assert!(count(3) > 1, "the frozen format-4 repository holds groups");
+    assert!(count(2) > 0, "the frozen format-4 repository holds deltas");
+    opens_checks_and_restores(4);
+}
+
 fn opens_checks_and_restores(format: u32) {
     let expected = read_manifest(format);
     assert_eq!(expected.len(), 2, "the manifest names two snapshots");
@@ -155,7 +171,7 @@ fn opens_checks_and_restores(format: u32) {
 #[ignore]
 fn write_a_frozen_repository() {
     let out = PathBuf::from(std::env::var("SNAP_FROZEN_OUT").expect("set SNAP_FROZEN_OUT"));
-    let format = std::env::var("SNAP_FROZEN_FORMAT").unwrap_or_else(|_| "3".into());
+    let format = std::env::var("SNAP_FROZEN_FORMAT").unwrap_or_else(|_| "4".into());
     let scratch = tempfile::tempdir().unwrap();
     let env = Env {
         repo: out.join(format!("format-{format}")),

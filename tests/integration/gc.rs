@@ -374,3 +374,47 @@ fn a_damaged_index_file_is_reported_as_damage() {
     );
     assert!(text.contains("index.db"), "{text}");
 }
+
+/// Format 4: small files' chunks share group frames. A gc that repacks a
+/// pack whose groups are partly dead copies each group with a live member
+/// whole, lists only the live members, and every one still reads back.
+#[test]
+fn gc_repacks_partly_live_groups() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..400u32 {
+        let text = format!("file {i}: {}\n", "settings and words ".repeat(20 + i as usize % 50));
+        write(&src.join(format!("small/{i:03}.txt")), text);
+    }
+    // Dead once forgotten: more than a third of the pack, so it is repacked.
+    write(&src.join("big.bin"), noise(5, 2_000_000));
+    let first = env.create_id(&src);
+    let grouped = |repo: &Path| -> i64 {
+        rusqlite::Connection::open(repo.join("index.db"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM chunks WHERE codec = 3", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert!(grouped(&env.repo) >= 300, "small files are grouped");
+    fs::remove_file(src.join("big.bin")).unwrap();
+    for i in (0..400u32).filter(|i| i % 2 == 1) {
+        fs::remove_file(src.join(format!("small/{i:03}.txt"))).unwrap();
+    }
+    let second = env.create_id(&src);
+    let copy = env.path("copy");
+    cp_a(&src, &copy);
+    let before = pack_files(&env.repo);
+    env.snap().args(["forget", &first[..8]]).assert().success();
+    env.snap().arg("gc").assert().success();
+    let after = pack_files(&env.repo);
+    assert!(
+        before.iter().all(|p| !after.contains(p)),
+        "the pack of the first snapshot was repacked"
+    );
+    let live = grouped(&env.repo);
+    assert!((150..=200).contains(&live), "{live} grouped rows: the live members, listed");
+    env.snap().args(["check", "--read-data"]).assert().success();
+    let out = env.path("out");
+    env.restore_to(&second, &out);
+    assert_same_tree(&copy, &out);
+}

@@ -368,16 +368,7 @@ fn short_reads_are_damage_named_by_pack_never_wrong_bytes() {
     assert!(err.is_damage(), "{err}");
     assert!(err.to_string().contains(&f.id.to_hex()), "{err}");
     let e = f.entries[0];
-    let err = r
-        .read_chunk(
-            &e.id,
-            e.offset as u64,
-            e.stored_len,
-            e.raw_len,
-            e.codec,
-            None,
-        )
-        .unwrap_err();
+    let err = r.read_chunk(&e, None).unwrap_err();
     assert!(err.is_damage(), "{err}");
     // The same pack read honestly is fine.
     let good = PackReader::open(&*inner, &f.id).unwrap();

@@ -263,7 +263,7 @@ fn read_run(
                 .and_then(|stored| {
                     let base = reader.base_of(&id, &loc, cx.bases)?;
                     let base = base.as_ref().map(|(b, _)| b.as_slice());
-                    decode_chunk(pack.ids(), pack.id(), &id, loc.codec, stored, loc.raw_len, base)
+                    decode_chunk(pack.ids(), pack.id(), &loc.entry(&id), stored, base)
                 });
             match decoded {
                 Ok(data) => last = Some((id, loc, data)),

@@ -1,0 +1,182 @@
+//! Groups of small chunks compressed as one frame (format 4).
+//!
+//! zstd compresses a 4 KiB database page or a small file poorly and
+//! slowly when it sees it alone: it builds its tables for each, and has no
+//! earlier bytes to match against. `create` gathers a reader thread's new
+//! chunks, across files, until they hold `GROUP_TARGET` bytes, and
+//! compresses them together; each chunk keeps its own id and footer entry
+//! (docs/format.md, "Grouped chunks").
+
+use std::io;
+
+use crate::compress::{
+    Codec, GROUP_MEMBER_MAX, GROUP_MEMBERS_MAX, GROUP_TARGET, compress_group, looks_incompressible,
+};
+use crate::id::ChunkId;
+use crate::pack::Blob;
+
+/// A chunk compressed alone: its codec and stored bytes.
+type Compressed = (Codec, Vec<u8>);
+
+/// Stored bytes for the pack writer, and the blobs they hold: one chunk,
+/// or a group's members.
+pub(crate) struct Frame {
+    pub blobs: Vec<Blob>,
+    pub data: Vec<u8>,
+}
+
+impl Frame {
+    pub fn single(blob: Blob, data: Vec<u8>) -> Frame {
+        Frame {
+            blobs: vec![blob],
+            data,
+        }
+    }
+}
+
+/// Whether a chunk is compressed in a group rather than alone: small
+/// enough, and not one of those zstd would not shrink anyway.
+pub(crate) fn groupable(data: &[u8]) -> bool {
+    data.len() <= GROUP_MEMBER_MAX && !looks_incompressible(data)
+}
+
+/// New chunks waiting to be compressed together: their raw bytes back to
+/// back, and each one's id and length.
+#[derive(Default)]
+pub(crate) struct Group {
+    raw: Vec<u8>,
+    members: Vec<(ChunkId, u32)>,
+}
+
+impl Group {
+    pub fn push(&mut self, id: ChunkId, data: &[u8]) {
+        if self.raw.capacity() == 0 {
+            self.raw.reserve(GROUP_TARGET + GROUP_MEMBER_MAX);
+        }
+        self.raw.extend_from_slice(data);
+        self.members.push((id, data.len() as u32));
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.raw.len() >= GROUP_TARGET || self.members.len() >= GROUP_MEMBERS_MAX
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Append `chunks` to this group; the groups they filled are returned,
+    /// the rest stays here.
+    pub fn fill<'a>(&mut self, chunks: impl IntoIterator<Item = (ChunkId, &'a [u8])>) -> Vec<Group> {
+        let mut full = Vec::new();
+        for (id, data) in chunks {
+            self.push(id, data);
+            if self.is_full() {
+                full.push(std::mem::take(self));
+            }
+        }
+        full
+    }
+
+    /// The frames to store: one group frame; a lone member compressed
+    /// alone; or, when the group does not compress, each member raw.
+    pub fn into_frames(self, level: i32) -> io::Result<Vec<Frame>> {
+        let alone = |c: &mut dyn FnMut(&[u8]) -> io::Result<Compressed>| {
+            let mut at = 0usize;
+            let mut frames = Vec::with_capacity(self.members.len());
+            for &(id, len) in &self.members {
+                let data = &self.raw[at..at + len as usize];
+                at += len as usize;
+                let (codec, stored) = c(data)?;
+                frames.push(Frame::single(Blob::whole(id, codec, len), stored));
+            }
+            Ok(frames)
+        };
+        if self.members.len() == 1 {
+            let mut c = crate::compress::Compressor::new(level)?;
+            return alone(&mut |d| c.compress(d));
+        }
+        match compress_group(level, &self.raw)? {
+            Some(data) => {
+                let mut at = 0u32;
+                let blobs = self
+                    .members
+                    .iter()
+                    .map(|&(id, len)| {
+                        let blob = Blob::grouped(id, len, at);
+                        at += len;
+                        blob
+                    })
+                    .collect();
+                Ok(vec![Frame { blobs, data }])
+            }
+            None => alone(&mut |d| Ok((Codec::Raw, d.to_vec()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(i: u32) -> Vec<u8> {
+        format!("row {i}: name=user{i} email=user{i}@example.com status=active;")
+            .repeat(100)
+            .into_bytes()[..4096]
+            .to_vec()
+    }
+
+    #[test]
+    fn small_chunks_fill_groups_and_the_rest_waits() {
+        let pages: Vec<Vec<u8>> = (0..40).map(page).collect();
+        let mut g = Group::default();
+        let full = g.fill(pages.iter().map(|p| (ChunkId::of(p), p.as_slice())));
+        // 32 pages of 4 KiB make a group of 128 KiB; 8 wait for more.
+        assert_eq!(full.len(), 1);
+        assert_eq!(full[0].members.len(), 32);
+        assert_eq!(g.members.len(), 8);
+
+        let frames = full.into_iter().next().unwrap().into_frames(3).unwrap();
+        assert_eq!(frames.len(), 1);
+        let f = &frames[0];
+        assert!(f.data.len() < 32 * 4096 / 10, "{} bytes", f.data.len());
+        let content = crate::compress::decompress_group(&f.data).unwrap();
+        for (i, b) in f.blobs.iter().enumerate() {
+            assert_eq!(b.codec, Codec::Grouped);
+            assert_eq!(b.inner, i as u32 * 4096);
+            let s = b.inner as usize;
+            assert_eq!(&content[s..s + 4096], pages[i].as_slice());
+        }
+    }
+
+    #[test]
+    fn a_lone_or_incompressible_group_is_stored_chunk_by_chunk() {
+        let mut g = Group::default();
+        let p = page(1);
+        g.push(ChunkId::of(&p), &p);
+        let frames = g.into_frames(3).unwrap();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].blobs[0].codec, Codec::Zstd);
+
+        let noise: Vec<Vec<u8>> = (0..3u8)
+            .map(|i| {
+                let mut v = vec![0u8; 2000];
+                blake3::Hasher::new()
+                    .update(&[i])
+                    .finalize_xof()
+                    .fill(&mut v);
+                v
+            })
+            .collect();
+        let mut g = Group::default();
+        for n in &noise {
+            g.push(ChunkId::of(n), n);
+        }
+        let frames = g.into_frames(3).unwrap();
+        assert_eq!(frames.len(), 3);
+        for (f, n) in frames.iter().zip(&noise) {
+            assert_eq!(f.blobs[0].codec, Codec::Raw);
+            assert_eq!(&f.data, n);
+        }
+    }
+}
