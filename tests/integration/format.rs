@@ -263,7 +263,11 @@ fn a_version_4_pack_holds_groups_and_refuses_hostile_ones() {
     let dir = tempfile::tempdir().unwrap();
     let storage = LocalStorage::new(dir.path());
     let pages: Vec<Vec<u8>> = (0..5u32)
-        .map(|i| format!("page {i} of rows, rows and rows; ").repeat(130).into_bytes())
+        .map(|i| {
+            format!("page {i} of rows, rows and rows; ")
+                .repeat(130)
+                .into_bytes()
+        })
         .collect();
     let raw = pages.concat();
     let frame = zstd::bulk::compress(&raw, 3).unwrap();
@@ -311,7 +315,10 @@ fn a_version_4_pack_holds_groups_and_refuses_hostile_ones() {
     let mut e = members[1];
     e.inner = raw.len() as u32 - 10;
     let err = r.read_chunk(&e, None).unwrap_err();
-    assert!(err.is_damage() && err.to_string().contains("outside its group"), "{err}");
+    assert!(
+        err.is_damage() && err.to_string().contains("outside its group"),
+        "{err}"
+    );
     e.inner = 0;
     assert!(r.read_chunk(&e, None).unwrap_err().is_damage());
     // A frame that claims more content than a group may hold.
@@ -322,13 +329,21 @@ fn a_version_4_pack_holds_groups_and_refuses_hostile_ones() {
         .unwrap();
     let f = w.finish().unwrap();
     let r = PackReader::open(&storage, &f.id).unwrap();
-    let err = r.read_chunk(&r.footer().unwrap().entries[0], None).unwrap_err();
-    assert!(err.is_damage() && err.to_string().contains("larger than a group"), "{err}");
+    let err = r
+        .read_chunk(&r.footer().unwrap().entries[0], None)
+        .unwrap_err();
+    assert!(
+        err.is_damage() && err.to_string().contains("larger than a group"),
+        "{err}"
+    );
     // The same footer under a version 3 header is refused.
     let path = dir.path().join(pack_key(&f.id));
     let mut v3 = std::fs::read(&path).unwrap();
     v3[8] = 3;
     std::fs::write(&path, &v3).unwrap();
-    let err = PackReader::open(&storage, &f.id).unwrap().footer().unwrap_err();
+    let err = PackReader::open(&storage, &f.id)
+        .unwrap()
+        .footer()
+        .unwrap_err();
     assert!(err.to_string().contains("grouped chunk"), "{err}");
 }

@@ -140,12 +140,60 @@ fn the_frozen_format_4_repository_opens_checks_and_restores() {
     let count = |codec: u8| -> i64 {
         rusqlite::Connection::open(frozen_root(4).join("index.db"))
             .unwrap()
-            .query_row("SELECT count(*) FROM chunks WHERE codec = ?1", [codec], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM chunks WHERE codec = ?1",
+                [codec],
+                |r| r.get(0),
+            )
             .unwrap()
     };
     assert!(count(3) > 1, "the frozen format-4 repository holds groups");
     assert!(count(2) > 0, "the frozen format-4 repository holds deltas");
     opens_checks_and_restores(4);
+}
+
+/// A write to an older repository migrates its index to the current
+/// schema (the new columns), and keeps writing its own format: no group
+/// goes into a format-2 or format-3 repository, no delta into format 2.
+#[test]
+fn older_repositories_gain_the_new_index_columns_and_keep_their_format() {
+    for format in [2u32, 3] {
+        let expected = read_manifest(format);
+        let env = frozen_copy(format);
+        let src = env.path("more");
+        for i in 0..50u32 {
+            write(
+                &src.join(format!("{i}.txt")),
+                format!("note {i} ").repeat(100),
+            );
+        }
+        sqlite_db(&src.join("app.db"), 500);
+        env.create(&src);
+        let conn = rusqlite::Connection::open(env.repo.join("index.db")).unwrap();
+        let schema: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(schema, 4, "format {format}: the current index schema");
+        let newest: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM chunks WHERE codec >= ?1",
+                [format],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(newest, 0, "format {format} got a codec it cannot hold");
+        // Every pack still carries the repository's version.
+        for pack in data_packs(&env.repo) {
+            let bytes = fs::read(&pack).unwrap();
+            assert_eq!(bytes[8] as u32, format, "{}", pack.display());
+        }
+        env.snap().args(["check", "--read-data"]).assert().success();
+        for (id, (_, entries)) in &expected {
+            let target = env.path(&format!("again-{}", &id[..8]));
+            env.restore_to(id, &target);
+            assert_eq!(&manifest_of(&target), entries);
+        }
+    }
 }
 
 fn opens_checks_and_restores(format: u32) {

@@ -383,7 +383,10 @@ fn gc_repacks_partly_live_groups() {
     let env = Env::new();
     let src = env.path("src");
     for i in 0..400u32 {
-        let text = format!("file {i}: {}\n", "settings and words ".repeat(20 + i as usize % 50));
+        let text = format!(
+            "file {i}: {}\n",
+            "settings and words ".repeat(20 + i as usize % 50)
+        );
         write(&src.join(format!("small/{i:03}.txt")), text);
     }
     // Dead once forgotten: more than a third of the pack, so it is repacked.
@@ -392,7 +395,9 @@ fn gc_repacks_partly_live_groups() {
     let grouped = |repo: &Path| -> i64 {
         rusqlite::Connection::open(repo.join("index.db"))
             .unwrap()
-            .query_row("SELECT count(*) FROM chunks WHERE codec = 3", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM chunks WHERE codec = 3", [], |r| {
+                r.get(0)
+            })
             .unwrap()
     };
     assert!(grouped(&env.repo) >= 300, "small files are grouped");
@@ -412,7 +417,10 @@ fn gc_repacks_partly_live_groups() {
         "the pack of the first snapshot was repacked"
     );
     let live = grouped(&env.repo);
-    assert!((150..=200).contains(&live), "{live} grouped rows: the live members, listed");
+    assert!(
+        (150..=200).contains(&live),
+        "{live} grouped rows: the live members, listed"
+    );
     env.snap().args(["check", "--read-data"]).assert().success();
     let out = env.path("out");
     env.restore_to(&second, &out);
