@@ -1058,11 +1058,11 @@ fn flush_group(ctx: &WorkerCtx) -> Result<()> {
     if group.is_empty() || ctx.cancel.load(Ordering::Relaxed) {
         return Ok(());
     }
-    let frames = group
-        .into_frames(ctx.level)
+    let frame = group
+        .into_frame(ctx.level)
         .map_err(|e| Error::Invalid(format!("compression failed: {e}")))?;
     ctx.chunk_tx
-        .send(frames)
+        .send(vec![frame])
         .map_err(|_| Error::Invalid("pack writer stopped".into()))
 }
 
@@ -1405,7 +1405,7 @@ fn chunk_file(
                 base,
                 inner: 0,
             };
-            Ok::<_, io::Error>(vec![Frame::single(blob, data)])
+            Ok::<_, io::Error>(Frame::single(blob, data))
         };
         let full = match &ctx.group {
             Some(g) => g
@@ -1415,24 +1415,21 @@ fn chunk_file(
         };
         // One job (a small file) runs here: handing it to rayon would cost
         // a hop between threads.
-        let frames: io::Result<Vec<Vec<Frame>>> = if alone.len() + full.len() > 1 {
+        let frames: io::Result<Vec<Frame>> = if alone.len() + full.len() > 1 {
             alone
                 .into_par_iter()
                 .map(compress)
-                .chain(full.into_par_iter().map(|g| g.into_frames(level)))
+                .chain(full.into_par_iter().map(|g| g.into_frame(level)))
                 .collect()
         } else {
             alone
                 .into_iter()
                 .map(compress)
-                .chain(full.into_iter().map(|g| g.into_frames(level)))
+                .chain(full.into_iter().map(|g| g.into_frame(level)))
                 .collect()
         };
-        let new: Vec<Frame> = frames
-            .map_err(|e| ReadError::Fatal(Error::Invalid(format!("compression failed: {e}"))))?
-            .into_iter()
-            .flatten()
-            .collect();
+        let new = frames
+            .map_err(|e| ReadError::Fatal(Error::Invalid(format!("compression failed: {e}"))))?;
         if !new.is_empty() && ctx.chunk_tx.send(new).is_err() {
             return Err(ReadError::Fatal(Error::Invalid(
                 "pack writer stopped".into(),
@@ -1546,7 +1543,11 @@ fn pack_writer(
         let Some(p) = packer.as_mut() else { continue };
         if let Err(e) = batch
             .into_iter()
-            .try_for_each(|f| p.add_frame(&f.blobs, &f.data))
+            .try_for_each(|f| {
+                f.parts()
+                    .into_iter()
+                    .try_for_each(|(blobs, data)| p.add_frame(blobs, data))
+            })
         {
             failed = Some(e.to_string());
             packer = None;
