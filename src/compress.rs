@@ -177,20 +177,31 @@ pub const GROUP_MEMBER_MAX: usize = 64 << 10;
 /// (writers stay under `GROUP_TARGET + GROUP_MEMBER_MAX`).
 pub const GROUP_RAW_MAX: usize = 1 << 20;
 
+/// Run `f` with this thread's compressor at `level` (one zstd context per
+/// thread, reused between chunks and groups).
+fn with_compressor<T>(level: i32, f: impl FnOnce(&mut Compressor) -> io::Result<T>) -> io::Result<T> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<(i32, Compressor)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, Compressor::new(level)?));
+        }
+        f(&mut c.as_mut().expect("just made").1)
+    })
+}
+
+/// [`Compressor::compress`] with this thread's compressor.
+pub fn compress_with(level: i32, data: &[u8]) -> io::Result<(Codec, Vec<u8>)> {
+    with_compressor(level, |c| c.compress(data))
+}
+
 /// Compress a group's members, `raw` (back to back), as one frame (with
 /// its content size); `None` when the frame would not be smaller.
 pub fn compress_group(level: i32, raw: &[u8]) -> io::Result<Option<Vec<u8>>> {
-    thread_local! {
-        static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    let out = CCTX.with(|c| -> io::Result<Vec<u8>> {
-        let mut c = c.borrow_mut();
-        if c.as_ref().is_none_or(|(l, _)| *l != level) {
-            *c = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        c.as_mut().expect("just made").1.compress(raw)
-    })?;
+    let out = with_compressor(level, |c| c.main.compress(raw))?;
     Ok((out.len() < raw.len()).then_some(out))
 }
 
@@ -203,8 +214,7 @@ pub fn decompress_group(stored: &[u8]) -> io::Result<Vec<u8>> {
         Ok(Some(_)) => return Err(bad("group frame larger than a group may be")),
         _ => return Err(bad("group frame without a content size")),
     };
-    let out = decompress(Codec::Zstd, stored, size)?;
-    Ok(out)
+    decompress(Codec::Zstd, stored, size)
 }
 
 /// Decode stored bytes back to the chunk; `raw_len` bounds the allocation.

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::claims::Claims;
-use crate::compress::{Codec, Compressor};
+use crate::compress::{Codec, compress_with};
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
 use crate::held::HeldFiles;
@@ -1032,20 +1032,6 @@ struct WorkerCtx<'a> {
     progress: &'a dyn Progress,
     /// In-process mode (see crate::held).
     held: Option<Arc<HeldFiles>>,
-}
-
-thread_local! {
-    static COMPRESSOR: RefCell<Option<(i32, Compressor)>> = const { RefCell::new(None) };
-}
-
-fn compress_with(level: i32, data: &[u8]) -> io::Result<(Codec, Vec<u8>)> {
-    COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.as_ref().is_none_or(|(l, _)| *l != level) {
-            *c = Some((level, Compressor::new(level)?));
-        }
-        c.as_mut().unwrap().1.compress(data)
-    })
 }
 
 /// Compress and send what this thread's group holds (at the end of its

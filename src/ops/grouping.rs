@@ -100,7 +100,7 @@ impl Group {
     /// or, when the group does not compress, each member raw.
     pub fn into_frame(self, level: i32) -> io::Result<Frame> {
         if let [(id, len)] = self.members[..] {
-            let (codec, stored) = crate::compress::Compressor::new(level)?.compress(&self.raw)?;
+            let (codec, stored) = crate::compress::compress_with(level, &self.raw)?;
             return Ok(Frame::single(Blob::whole(id, codec, len), stored));
         }
         match compress_group(level, &self.raw)? {
