@@ -219,12 +219,23 @@ mod tests {
         ChunkerParams::from(&RepoConfig::default())
     }
 
+    /// The sizes of repositories made before 2026-12-07 (4/16/64 KiB).
+    fn params_2026_11() -> ChunkerParams {
+        ChunkerParams {
+            min: 4096,
+            avg: 16384,
+            max: 65536,
+        }
+    }
+
     #[test]
     fn boundaries_do_not_depend_on_read_sizes() {
-        let data = seeded_bytes(7, 700_000);
-        let whole: Vec<usize> = FastCDC::new(&data, 4096, 16384, 65536)
+        let data = seeded_bytes(7, 2_000_000);
+        let p = params();
+        let whole: Vec<usize> = FastCDC::new(&data, p.min, p.avg, p.max)
             .map(|c| c.length)
             .collect();
+        assert!(whole.len() > 10, "{} chunks", whole.len());
         for (step, batch) in [
             (1usize, 1usize),
             (7, 100_000),
@@ -270,16 +281,27 @@ mod tests {
     fn golden_boundaries_for_seeded_data() {
         // Frozen: if this changes, old repositories stop deduplicating.
         let data = seeded_bytes(42, 200_000);
-        let lens = chunk_lengths(&data[..], params()).unwrap();
+        let lens = chunk_lengths(&data[..], params_2026_11()).unwrap();
         assert_eq!(lens.iter().sum::<usize>(), 200_000);
         assert_eq!(
             lens, GOLDEN_42,
+            "chunk boundaries changed: this breaks deduplication against old repositories"
+        );
+        // And with today's default sizes.
+        let data = seeded_bytes(42, 1_000_000);
+        let lens = chunk_lengths(&data[..], params()).unwrap();
+        assert_eq!(lens.iter().sum::<usize>(), 1_000_000);
+        assert_eq!(
+            lens, GOLDEN_42_DEFAULT,
             "chunk boundaries changed: this breaks deduplication against old repositories"
         );
     }
 
     const GOLDEN_42: &[usize] = &[
         12941, 10627, 9460, 19780, 17283, 18842, 35064, 16949, 14127, 13692, 31235,
+    ];
+    const GOLDEN_42_DEFAULT: &[usize] = &[
+        34625, 89372, 16949, 119607, 145954, 104697, 106705, 109539, 32775, 82218, 107730, 49829,
     ];
 
     #[test]

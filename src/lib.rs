@@ -69,6 +69,7 @@ internal!(
     sqlite,
     storage,
     tree,
+    tree_store,
     user_config,
     xattr,
 );

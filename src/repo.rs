@@ -14,9 +14,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::Receiver;
-
-use crate::compress::{Codec, decompress};
 use crate::config::RepoConfig;
 use crate::delta::Locate;
 use crate::error::{Error, IoContext, Result};
@@ -24,10 +21,11 @@ use crate::held::HeldFiles;
 use crate::id::{ChunkId, Ids, PackId, SnapshotId, TreeId};
 use crate::index::{ChunkLocation, Index};
 use crate::lock::{LockMode, RepoLock, default_wait};
-use crate::pack::{Blob, FinishedPack, PackKind, PackReader, Packer};
+use crate::pack::PackReader;
 use crate::snapshot::Snapshot;
 use crate::storage::{LocalStorage, Storage, local::sync_dir};
 use crate::tree::Tree;
+use crate::tree_store::{TreeFrames, TreeSource, TreeWriter, compress_tree};
 
 pub const INDEX_FILE: &str = "index.db";
 pub const TMP_DIR: &str = "tmp";
@@ -41,7 +39,11 @@ pub struct Repository {
     _lock: Option<RepoLock>,
     /// Trees being packed by `store_tree`; `flush_trees` waits for their
     /// packs and indexes them, before the snapshot that needs them commits.
-    tree_packer: Mutex<Option<(Packer, Receiver<Result<FinishedPack>>)>>,
+    tree_writer: Mutex<Option<TreeWriter>>,
+    /// Reads trees from tree packs (`crate::tree_store`), with its cache
+    /// of decoded tree groups.
+    tree_reader: ChunkReader,
+    tree_frames: TreeFrames,
     /// Set when snap runs inside the process whose databases it snapshots.
     held: Option<Arc<HeldFiles>>,
     /// Other clients may write to the storage too (opened by
@@ -185,6 +187,7 @@ impl Repository {
                 reason: "this machine's index of the repository says it is encrypted, but it is opened without its key: was the config altered to say otherwise?".into(),
             });
         }
+        let tree_reader = ChunkReader::new(storage.clone());
         let repo = Repository {
             root: path.to_path_buf(),
             ids: Ids::of_storage(&*storage),
@@ -192,7 +195,9 @@ impl Repository {
             index,
             config,
             _lock: lock,
-            tree_packer: Mutex::new(None),
+            tree_writer: Mutex::new(None),
+            tree_reader,
+            tree_frames: TreeFrames::default(),
             held: None,
             remote: false,
         };
@@ -326,43 +331,52 @@ impl Repository {
 
     // ---- trees ----
 
-    /// Store a tree: a row in the index (the fast path every read takes)
-    /// and a blob in a tree pack (the repository's own record of it, from
-    /// which `repair index` rebuilds the row). Call inside the transaction
-    /// that commits the snapshot, and `flush_trees` before the commit.
+    /// Whether the index keeps a copy of each tree (see `crate::tree_store`):
+    /// on a bucket, and in formats that compress trees one by one.
+    pub fn keeps_tree_copies(&self) -> bool {
+        self.config.index_keeps_tree_copies(self.storage.is_remote())
+    }
+
+    /// Store a tree: a blob in a tree pack (the repository's own record of
+    /// it, from which `repair index` rebuilds the index), and a copy in the
+    /// index where it keeps them. Call inside the transaction that commits
+    /// the snapshot, and `flush_trees` before the commit.
     pub fn store_tree(&self, tree: &Tree) -> Result<TreeId> {
         let enc = tree.encode();
         let id = self.ids.tree(&enc);
-        if !self.index.has_tree(&id)? {
+        if self.keeps_tree_copies() {
+            if self.index.has_tree(&id)? {
+                return Ok(id);
+            }
             let (codec, data) = compress_tree(&enc);
             self.index.insert_tree(&id, codec, &data)?;
-            let blob = ChunkId(id.0);
-            if !self.index.has_chunk(&blob)? {
-                let mut slot = self.tree_packer.lock().unwrap_or_else(|e| e.into_inner());
-                let (packer, _) = slot.get_or_insert_with(|| {
-                    let (tx, rx) = crossbeam_channel::unbounded();
-                    let target = self.config.pack_target_bytes;
-                    let p = Packer::new(self.storage.clone(), PackKind::Tree, target, tx)
-                        .with_version(self.config.pack_version());
-                    (p, rx)
-                });
-                packer.add(Blob::whole(blob, codec, enc.len() as u32), &data)?;
-            }
         }
+        let mut slot = self.tree_writer.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|w| w.has(&id)) || self.index.has_chunk(&ChunkId(id.0))? {
+            return Ok(id);
+        }
+        let writer = slot.get_or_insert_with(|| {
+            TreeWriter::new(
+                self.storage.clone(),
+                self.config.pack_target_bytes,
+                self.config.pack_version(),
+                self.config.stores_tree_groups(),
+            )
+        });
+        writer.add(id, &enc)?;
         Ok(id)
     }
 
     /// Make the trees stored so far durable in tree packs and index them.
     pub fn flush_trees(&self) -> Result<()> {
         let slot = self
-            .tree_packer
+            .tree_writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some((packer, done)) = slot {
-            packer.finish()?;
-            for f in done.try_iter() {
-                self.index.insert_pack(&f?)?;
+        if let Some(writer) = slot {
+            for f in writer.finish()? {
+                self.index.insert_pack(&f)?;
             }
         }
         Ok(())
@@ -370,7 +384,7 @@ impl Repository {
 
     /// Forget trees stored by a create that did not commit.
     pub fn discard_trees(&self) {
-        self.tree_packer
+        self.tree_writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
@@ -378,7 +392,14 @@ impl Repository {
 
     /// Load and verify a tree.
     pub fn load_tree(&self, id: &TreeId) -> Result<Tree> {
-        load_tree_from(&self.index, &self.index_path(), self.ids, id)
+        TreeSource {
+            index: &self.index,
+            index_path: &self.index_path(),
+            reader: &self.tree_reader,
+            frames: &self.tree_frames,
+            ids: self.ids,
+        }
+        .load(id)
     }
 
     // ---- snapshots ----
@@ -558,57 +579,6 @@ pub(crate) fn apply_to_index(index: &Index, id: &SnapshotId, c: &crate::objects:
     Ok(())
 }
 
-/// Trees are compressed with zstd when that helps. Even small ones do:
-/// names and metadata fields repeat from entry to entry (the trees of a
-/// source tree, median 223 bytes, shrank 1.38x; the hashes do not).
-/// Below [`TREE_RAW_BELOW`] bytes a frame's overhead is not worth it.
-pub fn compress_tree(enc: &[u8]) -> (Codec, Vec<u8>) {
-    if enc.len() < TREE_RAW_BELOW {
-        return (Codec::Raw, enc.to_vec());
-    }
-    match zstd::bulk::compress(enc, 3) {
-        Ok(c) if c.len() < enc.len() => (Codec::Zstd, c),
-        _ => (Codec::Raw, enc.to_vec()),
-    }
-}
-
-/// Trees shorter than this are stored raw.
-const TREE_RAW_BELOW: usize = 128;
-
-/// Largest encoded tree accepted: bounds decompression of a damaged row.
-const TREE_MAX_BYTES: usize = 1 << 30;
-
-pub fn load_tree_from(index: &Index, index_path: &Path, ids: Ids, id: &TreeId) -> Result<Tree> {
-    let (codec, data) = index
-        .tree_data(id)?
-        .ok_or_else(|| Error::MissingTree { id: id.to_hex() })?;
-    let damaged = |reason: String| Error::Damaged {
-        path: index_path.to_path_buf(),
-        reason,
-    };
-    let enc = match codec {
-        Codec::Delta | Codec::Grouped => {
-            return Err(damaged(format!("tree {} claims a delta or a group", id.short())));
-        }
-        Codec::Raw => data,
-        Codec::Zstd => {
-            // The frame records its content size; refuse absurd ones.
-            let size = match zstd::zstd_safe::get_frame_content_size(&data) {
-                Ok(Some(n)) if n <= TREE_MAX_BYTES as u64 => n as usize,
-                _ => return Err(damaged(format!("tree {} has a bad zstd frame", id.short()))),
-            };
-            decompress(Codec::Zstd, &data, size)
-                .map_err(|e| damaged(format!("tree {} does not decompress: {e}", id.short())))?
-        }
-    };
-    if ids.tree(&enc) != *id {
-        return Err(damaged(format!(
-            "tree {} fails its BLAKE3 check",
-            id.short()
-        )));
-    }
-    Tree::decode(&enc).map_err(|e| damaged(format!("tree {}: {e}", id.short())))
-}
 
 /// Reads chunks from packs, keeping recently used packs open. Clones
 /// share the open packs (and, on object storage, the windows each pack

@@ -25,8 +25,13 @@ use crate::held::HeldFiles;
 pub const MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// Sidecar suffixes SQLite creates next to a database.
 pub const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
-/// Smallest chunk for an image: pages below this are grouped.
-const MIN_CHUNK: usize = 4096;
+/// An image's chunk: a run of whole pages this long (pages are powers of
+/// two of at most 64 KiB, so a run is always whole pages). Runs, not single
+/// pages: a page is 4 KiB in most databases, and a chunk per page costs an
+/// index row and a footer entry per 4 KiB; a changed run is stored as a
+/// delta of the parent's run at the same place, which costs about what its
+/// changed pages cost (docs/design.md, "Chunk sizes").
+pub const IMAGE_CHUNK: usize = 64 << 10;
 /// How long a capture waits for a writer holding an exclusive lock.
 const BUSY_WAIT: Duration = Duration::from_secs(30);
 
@@ -82,9 +87,10 @@ pub fn page_size(header: &[u8]) -> Option<usize> {
     (size >= 512 && size.is_power_of_two() && size <= 65536).then_some(size)
 }
 
-/// The chunk size for an image with this header: one page, at least 4 KiB.
+/// The chunk size for an image with this header (a valid page size):
+/// [`IMAGE_CHUNK`], whole pages whatever their size.
 pub fn chunk_size(header: &[u8]) -> Option<usize> {
-    page_size(header).map(|p| p.max(MIN_CHUNK))
+    page_size(header).map(|_| IMAGE_CHUNK)
 }
 
 /// `PRAGMA user_version`, as the header stores it (offset 60, big-endian).
@@ -484,7 +490,7 @@ mod tests {
         assert_eq!(page_size(&h), Some(65536));
         assert_eq!(user_version(&h), Some(7));
         h[16..18].copy_from_slice(&1024u16.to_be_bytes());
-        assert_eq!(chunk_size(&h), Some(4096));
+        assert_eq!(chunk_size(&h), Some(IMAGE_CHUNK));
         h[16..18].copy_from_slice(&1000u16.to_be_bytes());
         assert_eq!(page_size(&h), None);
         assert!(!is_database_header(&h[..50]));

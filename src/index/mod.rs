@@ -680,6 +680,19 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// Tree blobs outside `temp.live` (see `dead_chunk_stats`): the trees
+    /// no kept snapshot reaches, whether or not the index copies them.
+    pub fn dead_tree_blobs(&self) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM chunks c JOIN packs p ON c.pack = p.id
+                 WHERE p.kind = ?1 AND c.hash NOT IN (SELECT hash FROM temp.live)",
+                [crate::pack::PackKind::Tree as i64],
+                |r| r.get::<_, i64>(0).map(|v| v as u64),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Blobs in packs of `kind`: how many, their raw and their stored
     /// bytes (a group frame's once).
     pub fn blob_totals(&self, kind: crate::pack::PackKind) -> Result<(u64, u64, u64)> {

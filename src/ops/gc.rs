@@ -136,11 +136,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     }
     let (dead_chunks, _) = index.dead_chunk_stats()?;
     stats.chunks_removed = dead_chunks;
-    stats.trees_removed = index
-        .tree_ids()?
-        .iter()
-        .filter(|t| !live_trees.contains(t))
-        .count() as u64;
+    stats.trees_removed = index.dead_tree_blobs()?;
     stats.packs_deleted = delete.len() as u64;
     stats.packs_repacked = repack.len() as u64;
     let old_bytes: u64 = delete.iter().chain(&repack).map(|p| p.size).sum();

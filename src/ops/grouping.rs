@@ -60,23 +60,39 @@ pub(crate) fn groupable(data: &[u8]) -> bool {
 
 /// New chunks waiting to be compressed together: their raw bytes back to
 /// back, and each one's id and length.
-#[derive(Default)]
 pub(crate) struct Group {
     raw: Vec<u8>,
     members: Vec<(ChunkId, u32)>,
+    /// Raw bytes at which the group is full (at most `GROUP_TARGET`).
+    target: usize,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Group::with_target(GROUP_TARGET)
+    }
 }
 
 impl Group {
+    /// A group that is full at `target` raw bytes (trees use smaller ones).
+    pub fn with_target(target: usize) -> Self {
+        Group {
+            raw: Vec::new(),
+            members: Vec::new(),
+            target: target.min(GROUP_TARGET),
+        }
+    }
+
     pub fn push(&mut self, id: ChunkId, data: &[u8]) {
         if self.raw.capacity() == 0 {
-            self.raw.reserve(GROUP_TARGET + GROUP_MEMBER_MAX);
+            self.raw.reserve(self.target + GROUP_MEMBER_MAX);
         }
         self.raw.extend_from_slice(data);
         self.members.push((id, data.len() as u32));
     }
 
     pub fn is_full(&self) -> bool {
-        self.raw.len() >= GROUP_TARGET || self.members.len() >= GROUP_MEMBERS_MAX
+        self.raw.len() >= self.target || self.members.len() >= GROUP_MEMBERS_MAX
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,7 +106,7 @@ impl Group {
         for (id, data) in chunks {
             self.push(id, data);
             if self.is_full() {
-                full.push(std::mem::take(self));
+                full.push(std::mem::replace(self, Group::with_target(self.target)));
             }
         }
         full
@@ -144,12 +160,17 @@ mod tests {
     #[test]
     fn small_chunks_fill_groups_and_the_rest_waits() {
         let pages: Vec<Vec<u8>> = (0..40).map(page).collect();
-        let mut g = Group::default();
+        let mut g = Group::with_target(128 << 10);
         let full = g.fill(pages.iter().map(|p| (ChunkId::of(p), p.as_slice())));
-        // 32 pages of 4 KiB make a group of 128 KiB; 8 wait for more.
+        // 32 pages of 4 KiB make a group of 128 KiB; 8 wait for more, in a
+        // group of the same target.
         assert_eq!(full.len(), 1);
         assert_eq!(full[0].members.len(), 32);
         assert_eq!(g.members.len(), 8);
+        assert_eq!(g.target, 128 << 10);
+        // The default target is the largest; no target goes beyond it.
+        assert_eq!(Group::default().target, GROUP_TARGET);
+        assert_eq!(Group::with_target(GROUP_TARGET * 2).target, GROUP_TARGET);
 
         let f = &full.into_iter().next().unwrap().into_frame(3).unwrap();
         assert_eq!(f.parts().len(), 1, "one frame for the whole group");

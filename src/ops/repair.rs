@@ -22,7 +22,8 @@ use crate::index::Index;
 use crate::lock::{LockMode, RepoLock, default_wait};
 use crate::pack::{FinishedPack, PackKind, decode_blob, for_each_footer};
 use crate::progress::Progress;
-use crate::repo::{ChunkReader, INDEX_FILE, compress_tree, list_packs};
+use crate::repo::{ChunkReader, INDEX_FILE, list_packs};
+use crate::tree_store::compress_tree;
 use crate::storage::{LocalStorage, Storage, local::sync_dir, pack_key};
 use crate::tree::{Kind, Tree};
 
@@ -89,7 +90,8 @@ pub fn repair_index_on(
         add_packs(&index, &*storage, &mut stats, progress)?;
         condemn_recorded(&index, &*storage)?;
         progress.phase("repair: snapshots", None);
-        add_snapshots(&index, &storage, records, &mut stats, progress)?;
+        let copies = config.index_keeps_tree_copies(storage.is_remote());
+        add_snapshots(&index, &storage, copies, records, &mut stats, progress)?;
         index.commit()?;
     }
     crate::fault::point("repaired index written");
@@ -173,12 +175,13 @@ fn add_packs(
 fn add_snapshots(
     index: &Index,
     storage: &Arc<dyn Storage>,
+    tree_copies: bool,
     records: crate::objects::Records,
     stats: &mut RepairStats,
     progress: &dyn Progress,
 ) -> Result<()> {
     stats.unusable_files.extend(records.bad.iter().cloned());
-    let mut loader = TreeLoader::new(index, storage.clone());
+    let mut loader = TreeLoader::new(index, storage.clone(), tree_copies);
     for s in records.snapshots {
         let changes = records.changes.get(&s.id).map_or(&[][..], |c| c.as_slice());
         for c in changes {
@@ -202,20 +205,24 @@ fn add_snapshots(
     Ok(())
 }
 
-/// Loads trees from their blobs in tree packs into the index.
+/// Reads the trees of snapshots from their blobs in tree packs, checking
+/// that they and their chunks are there; copies them into the index where
+/// it keeps copies (`Repository::keeps_tree_copies`).
 pub(crate) struct TreeLoader<'a> {
     index: &'a Index,
     packs: ChunkReader,
+    copies: bool,
     done: HashSet<TreeId>,
     /// Trees the last `load_all` inserted.
     loaded: Vec<TreeId>,
 }
 
 impl<'a> TreeLoader<'a> {
-    pub(crate) fn new(index: &'a Index, storage: Arc<dyn Storage>) -> Self {
+    pub(crate) fn new(index: &'a Index, storage: Arc<dyn Storage>, copies: bool) -> Self {
         TreeLoader {
             index,
             packs: ChunkReader::new(storage),
+            copies,
             done: HashSet::new(),
             loaded: Vec::new(),
         }
@@ -300,10 +307,12 @@ impl<'a> TreeLoader<'a> {
         let enc = decode_blob(pack.ids(), &loc.pack, &loc.entry(&blob), &stored, max, None)
             .map_err(|e| e.to_string())?;
         let tree = Tree::decode(&enc).map_err(|e| e.to_string())?;
-        let (codec, data) = compress_tree(&enc);
-        self.index
-            .insert_tree(t, codec, &data)
-            .map_err(|e| e.to_string())?;
+        if self.copies {
+            let (codec, data) = compress_tree(&enc);
+            self.index
+                .insert_tree(t, codec, &data)
+                .map_err(|e| e.to_string())?;
+        }
         Ok(tree)
     }
 }

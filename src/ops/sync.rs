@@ -294,7 +294,8 @@ fn add_snapshots(
     changes: &mut HashMap<SnapshotId, Vec<objects::Change>>,
     stats: &mut SyncStats,
 ) -> Result<()> {
-    let mut loader = TreeLoader::new(index, storage.clone());
+    // A bucket's index keeps its trees (`Repository::keeps_tree_copies`).
+    let mut loader = TreeLoader::new(index, storage.clone(), true);
     for id in ids {
         let key = objects::snapshot_key(id);
         let bytes = match storage.read(&key) {

@@ -37,6 +37,17 @@ pub const BASE_LEN: u64 = 32;
 /// Packs of format-4 repositories: deltas, and groups of small chunks
 /// compressed as one frame ([`Codec::Grouped`]).
 pub const PACK_VERSION_GROUPS: u32 = 4;
+/// Packs of format-5 repositories: as version 4, and tree packs hold
+/// groups of trees too.
+pub const PACK_VERSION_TREE_GROUPS: u32 = 5;
+
+/// Whether a pack of `version` and `kind` may hold grouped blobs.
+pub fn holds_groups(version: u32, kind: PackKind) -> bool {
+    match kind {
+        PackKind::Data => version >= PACK_VERSION_GROUPS,
+        PackKind::Tree => version >= PACK_VERSION_TREE_GROUPS,
+    }
+}
 
 /// What a pack holds. Trees live in packs of their own, so that metadata is
 /// read without reading data (repair, check, a future remote cache).

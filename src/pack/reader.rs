@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::{
-    BASE_LEN, ENTRY_LEN, HEADER_LEN, HEADER_MAGIC, PACK_VERSION, PACK_VERSION_GROUPS, PackEntry, PackKind, TRAILER_LEN, TRAILER_MAGIC,
+    BASE_LEN, ENTRY_LEN, HEADER_LEN, HEADER_MAGIC, PACK_VERSION, PACK_VERSION_TREE_GROUPS, PackEntry, PackKind, TRAILER_LEN, TRAILER_MAGIC,
 };
 use crate::compress::{Codec, GROUP_RAW_MAX, decompress, decompress_group, delta_decompress};
 use crate::config::CHUNK_MAX_LIMIT;
@@ -182,7 +182,7 @@ impl PackReader {
             return Err(bad("bad pack header magic".into()));
         }
         let version = u32::from_le_bytes(header[8..12].try_into().unwrap());
-        if !(PACK_VERSION..=PACK_VERSION_GROUPS).contains(&version) {
+        if !(PACK_VERSION..=PACK_VERSION_TREE_GROUPS).contains(&version) {
             return Err(bad(format!("unknown pack version {version}")));
         }
         let kind = PackKind::from_u32(u32::from_le_bytes(header[12..16].try_into().unwrap()))
@@ -225,8 +225,7 @@ impl PackReader {
                 )));
             }
             if e.codec == Codec::Grouped
-                && (version < PACK_VERSION_GROUPS
-                    || kind != PackKind::Data
+                && (!super::holds_groups(version, kind)
                     || e.inner as usize + e.raw_len as usize > GROUP_RAW_MAX)
             {
                 return Err(bad(format!(

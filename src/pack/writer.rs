@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Sender, bounded};
 
 use super::{
-    HEADER_LEN, MAX_PACK_BLOBS, PACK_VERSION, PACK_VERSION_DELTAS, PACK_VERSION_GROUPS, PackEntry,
+    HEADER_LEN, MAX_PACK_BLOBS, PACK_VERSION, PACK_VERSION_DELTAS, PackEntry,
     PackKind, encode_footer, encode_header, footer_id,
 };
 use crate::compress::Codec;
@@ -139,7 +139,7 @@ impl PackWriter {
     fn check(&self, blob: &Blob, members: usize) -> Result<()> {
         let data = self.kind == PackKind::Data;
         let delta_ok = self.version >= PACK_VERSION_DELTAS && data;
-        let group_ok = self.version >= PACK_VERSION_GROUPS && data;
+        let group_ok = super::holds_groups(self.version, self.kind);
         let bad = |why: &str| Err(Error::Invalid(format!("chunk {}: {why}", blob.id.short())));
         if (blob.codec == Codec::Delta) != blob.base.is_some()
             || (blob.base.is_some() && (!delta_ok || blob.base == Some(blob.id)))
@@ -151,7 +151,9 @@ impl PackWriter {
             && (!group_ok
                 || blob.inner as usize + blob.raw_len as usize > crate::compress::GROUP_RAW_MAX)
         {
-            return bad("a grouped chunk needs a version 4 data pack and a bounded group");
+            return bad(
+                "a grouped blob needs a version 4 data pack or a version 5 pack, and a bounded group",
+            );
         }
         if !grouped && (members > 1 || blob.inner != 0) {
             return bad("only grouped chunks share a frame or start inside one");

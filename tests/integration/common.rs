@@ -30,6 +30,15 @@ pub struct Env {
 impl Env {
     /// A fresh directory with an initialised repository at `<dir>/repo`.
     pub fn new() -> Env {
+        Env::initialised(&[])
+    }
+
+    /// As `new`, a repository of format `format`.
+    pub fn with_format(format: u32) -> Env {
+        Env::initialised(&["--format", &format.to_string()])
+    }
+
+    fn initialised(init_args: &[&str]) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("snap-it-")
             .tempdir()
@@ -40,7 +49,7 @@ impl Env {
             repo,
             vars: Vec::new(),
         };
-        env.snap().arg("init").assert().success();
+        env.snap().arg("init").args(init_args).assert().success();
         env
     }
 

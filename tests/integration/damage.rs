@@ -19,8 +19,12 @@ enum Place {
     ChunkFrame,
     /// Inside the footer of that pack.
     PackFooter,
-    /// The stored tree of the victim's directory.
+    /// The index's copy of the victim directory's tree (a format-4
+    /// repository: format 5 keeps no copies in a local index).
     Tree,
+    /// The tree pack holding the victim directory's tree, grouped with the
+    /// new root's (format 5).
+    TreePack,
     /// index.db, in its page structure.
     Index,
     /// index.db, one value of one chunk row (silent bit rot that SQLite's
@@ -36,10 +40,11 @@ enum Action {
     ZeroRange,
 }
 
-const PLACES: [Place; 5] = [
+const PLACES: [Place; 6] = [
     Place::ChunkFrame,
     Place::PackFooter,
     Place::Tree,
+    Place::TreePack,
     Place::Index,
     Place::IndexValue,
 ];
@@ -61,22 +66,28 @@ struct Fixture {
     new: String,
     victim_pack: PathBuf,
     victim_pack_id: String,
+    /// The tree pack the second snapshot wrote.
+    tree_pack: PathBuf,
 }
 
-fn fixture() -> Fixture {
-    let env = Env::new();
+fn fixture(place: Place) -> Fixture {
+    let env = match place {
+        Place::Tree => Env::with_format(4),
+        _ => Env::new(),
+    };
     let src = env.path("src");
     write(&src.join("keep/a.txt"), "unaffected text\n".repeat(500));
     write(&src.join("keep/b.bin"), noise(11, 300_000));
     let old = env.create_id(&src);
-    let before: HashSet<PathBuf> = pack_paths(&env.repo).into_iter().collect();
+    let before: HashSet<PathBuf> = all_packs(&env.repo).into_iter().collect();
     write(&src.join("victim/v.bin"), noise(12, 300_000));
     let new = env.create_id(&src);
-    let added: Vec<PathBuf> = pack_paths(&env.repo)
+    let (added, trees): (Vec<PathBuf>, Vec<PathBuf>) = all_packs(&env.repo)
         .into_iter()
         .filter(|p| !before.contains(p))
-        .collect();
+        .partition(|p| fs::read(p).unwrap()[12] == 0);
     assert_eq!(added.len(), 1, "the second snapshot writes one pack");
+    assert_eq!(trees.len(), 1, "and one tree pack");
     let victim_pack = added[0].clone();
     let victim_pack_id = victim_pack
         .file_stem()
@@ -93,11 +104,16 @@ fn fixture() -> Fixture {
         new,
         victim_pack,
         victim_pack_id,
+        tree_pack: trees[0].clone(),
     }
 }
 
-fn pack_paths(repo: &Path) -> Vec<PathBuf> {
-    data_packs(repo)
+fn all_packs(repo: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(repo.join("packs"))
+        .into_iter()
+        .map(|e| e.unwrap().path().to_path_buf())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .collect()
 }
 
 /// Where the footer starts: N entries of 48 bytes before the 48-byte
@@ -252,15 +268,32 @@ fn text(out: &std::process::Output) -> String {
 
 /// Run one cell; returns a line describing what was checked.
 fn cell(place: Place, action: Action) -> String {
-    let f = fixture();
+    let f = fixture(place);
     match place {
         Place::ChunkFrame => damage_pack(&f.victim_pack, action, false),
         Place::PackFooter => damage_pack(&f.victim_pack, action, true),
         Place::Tree => damage_tree(&f, action),
+        Place::TreePack => {
+            damage_pack(&f.tree_pack, action, false);
+            return tree_pack_cell(&f, action);
+        }
         Place::Index => damage_index(&f, action),
         Place::IndexValue => damage_index_value(&f, action),
     }
     let label = format!("{place:?} x {action:?}");
+    if (place, action) == (Place::Tree, Action::Delete) {
+        // A copy the index lacks is read from its blob in the tree pack
+        // (the repository's own record), verified: nothing is lost.
+        f.env
+            .snap()
+            .args(["check", "--read-data"])
+            .assert()
+            .success();
+        let out_dir = f.env.path("out");
+        f.env.restore_to(&f.new, &out_dir);
+        assert_same_tree(&f.copy, &out_dir);
+        return format!("{label}: read from its tree pack instead; check ok, restore exact");
+    }
 
     // check --read-data finds it and names what it can.
     let out = f
@@ -300,6 +333,7 @@ fn cell(place: Place, action: Action) -> String {
             );
         }
         Place::Index => assert!(all.contains("index.db"), "{label}: index named: {all}"),
+        Place::TreePack => unreachable!("tree_pack_cell checks these"),
     }
 
     // Restore of the affected snapshot into a new directory.
@@ -392,6 +426,85 @@ fn cell(place: Place, action: Action) -> String {
     format!("{label}: found and named; {outcome}; old snapshot exact")
 }
 
+/// The tree pack of the second snapshot is damaged: it holds the new root
+/// and victim/ (a group frame, or the two raw when they do not compress).
+/// Whatever the damage hits, nothing wrong is written, nothing the restore
+/// cannot replace is deleted, and the old snapshot restores exactly.
+fn tree_pack_cell(f: &Fixture, action: Action) -> String {
+    let label = format!("TreePack x {action:?}");
+    let out = f
+        .env
+        .snap()
+        .args(["check", "--read-data"])
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{label}: check must fail: {all}"
+    );
+    assert!(all.contains(&f.new[..8]), "{label}: snapshot named: {all}");
+    assert!(
+        !all.contains(&f.old[..8]),
+        "{label}: old is unaffected: {all}"
+    );
+    let tree_pack_id = f.tree_pack.file_stem().unwrap().to_string_lossy();
+    if action != Action::Delete {
+        assert!(all.contains(&*tree_pack_id), "{label}: pack named: {all}");
+    }
+
+    let out_dir = f.env.path("out");
+    let r = f
+        .env
+        .snap()
+        .args(["restore", &f.new, "--target"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(5), "{label}: restore: {}", text(&r));
+    for e in walkdir::WalkDir::new(&out_dir).into_iter().flatten() {
+        if e.file_type().is_file() {
+            let rel = e.path().strip_prefix(&out_dir).unwrap();
+            assert_eq!(
+                fs::read(e.path()).unwrap(),
+                fs::read(f.copy.join(rel)).unwrap()
+            );
+        }
+    }
+    // In place over a drifted source: keep/ is put back only when the
+    // root could be read; victim/ (whose tree is in the pack) is left.
+    write(&f.src.join("keep/a.txt"), "drifted");
+    write(&f.src.join("victim/v.bin"), "current contents");
+    let r = f
+        .env
+        .snap()
+        .args(["restore", &f.new, "--no-safety-snapshot"])
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(5), "{label}: in place: {}", text(&r));
+    let keep = fs::read(f.src.join("keep/a.txt")).unwrap();
+    let root_read = keep != b"drifted";
+    if root_read {
+        assert_eq!(keep, fs::read(f.copy.join("keep/a.txt")).unwrap());
+    }
+    assert_eq!(
+        fs::read_to_string(f.src.join("victim/v.bin")).unwrap(),
+        "current contents",
+        "{label}: in place: what could not be restored is left, not deleted"
+    );
+
+    let old_out = f.env.path("old-out");
+    f.env.restore_to(&f.old, &old_out);
+    assert_same_tree(&f.copy.join("keep"), &old_out.join("keep"));
+    let outcome = if root_read {
+        "root intact: unaffected files restored, victim/ left (exit 5)"
+    } else {
+        "root unreadable: new snapshot refused whole, nothing changed (exit 5)"
+    };
+    format!("{label}: found and named; {outcome}; no wrong bytes; old snapshot exact")
+}
+
 #[test]
 fn damage_matrix() {
     let mut cells = Vec::new();
@@ -400,7 +513,7 @@ fn damage_matrix() {
             cells.push(cell(place, action));
         }
     }
-    assert_eq!(cells.len(), 20);
+    assert_eq!(cells.len(), 24);
     for c in &cells {
         eprintln!("{c}");
     }

@@ -259,7 +259,7 @@ fn a_version_3_pack_names_each_delta_base_after_its_entries() {
 /// where its chunk starts in the frame's content; a hostile entry (outside
 /// the content, a frame too large, a group in an older pack) is damage.
 #[test]
-fn a_version_4_pack_holds_groups_and_refuses_hostile_ones() {
+fn version_4_and_5_packs_hold_groups_and_refuse_hostile_ones() {
     let dir = tempfile::tempdir().unwrap();
     let storage = LocalStorage::new(dir.path());
     let pages: Vec<Vec<u8>> = (0..5u32)
@@ -281,11 +281,31 @@ fn a_version_4_pack_holds_groups_and_refuses_hostile_ones() {
         })
         .collect();
 
-    // Only a version 4 data pack takes a group.
+    // Only a data pack of version 4 or later, or a tree pack of version
+    // 5, takes a group.
     for (version, kind) in [(3, PackKind::Data), (4, PackKind::Tree)] {
         let mut w = PackWriter::create_version(&storage, kind, version).unwrap();
         assert!(w.add_frame(&blobs, &frame).is_err(), "version {version}");
     }
+    let mut w = PackWriter::create_version(&storage, PackKind::Tree, 5).unwrap();
+    w.add_frame(&blobs, &frame).unwrap();
+    let trees = w.finish().unwrap();
+    let r = PackReader::open(&storage, &trees.id).unwrap();
+    let entries = r.footer().unwrap().entries;
+    assert_eq!(entries.len(), pages.len());
+    for (e, p) in entries.iter().zip(&pages) {
+        assert_eq!(&r.read_chunk(e, None).unwrap(), p);
+    }
+    // The same tree pack under a version 4 header is refused.
+    let path = dir.path().join(pack_key(&trees.id));
+    let mut v4 = std::fs::read(&path).unwrap();
+    v4[8] = 4;
+    std::fs::write(&path, &v4).unwrap();
+    let err = PackReader::open(&storage, &trees.id)
+        .unwrap()
+        .footer()
+        .unwrap_err();
+    assert!(err.to_string().contains("grouped chunk"), "{err}");
     let mut w = PackWriter::create_version(&storage, PackKind::Data, 4).unwrap();
     let loose = noise(9, 3000);
     w.add(Blob::whole(ChunkId::of(&loose), Codec::Raw, 3000), &loose)

@@ -152,12 +152,37 @@ fn the_frozen_format_4_repository_opens_checks_and_restores() {
     opens_checks_and_restores(4);
 }
 
+/// Format 5: trees grouped in tree packs, and no copy of them in the
+/// (local) index, before and after `repair index`.
+#[test]
+fn the_frozen_format_5_repository_opens_checks_and_restores() {
+    let q = |sql: &str| -> i64 {
+        rusqlite::Connection::open(frozen_root(5).join("index.db"))
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    };
+    let grouped_trees = "SELECT count(*) FROM chunks c JOIN packs p ON c.pack = p.id
+                         WHERE p.kind = 1 AND c.codec = 3";
+    assert!(
+        q(grouped_trees) > 2,
+        "the frozen format-5 repository groups trees"
+    );
+    assert!(
+        q("SELECT count(*) FROM chunks WHERE codec = 2") > 0,
+        "and holds deltas"
+    );
+    assert_eq!(q("SELECT count(*) FROM trees"), 0, "and copies no tree");
+    opens_checks_and_restores(5);
+}
+
 /// A write to an older repository migrates its index to the current
 /// schema (the new columns), and keeps writing its own format: no group
-/// goes into a format-2 or format-3 repository, no delta into format 2.
+/// goes into a format-2 or format-3 repository, no delta into format 2,
+/// no group of trees into format 4 (whose index keeps copying trees).
 #[test]
 fn older_repositories_gain_the_new_index_columns_and_keep_their_format() {
-    for format in [2u32, 3] {
+    for format in [2u32, 3, 4] {
         let expected = read_manifest(format);
         let env = frozen_copy(format);
         let src = env.path("more");
@@ -182,8 +207,23 @@ fn older_repositories_gain_the_new_index_columns_and_keep_their_format() {
             )
             .unwrap();
         assert_eq!(newest, 0, "format {format} got a codec it cannot hold");
+        let q = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let grouped_trees = q("SELECT count(*) FROM chunks c JOIN packs p ON c.pack = p.id
+                               WHERE p.kind = 1 AND c.codec = 3");
+        assert_eq!(grouped_trees, 0, "format {format} got grouped trees");
+        let blobs =
+            q("SELECT count(*) FROM chunks c JOIN packs p ON c.pack = p.id WHERE p.kind = 1");
+        let copies = q("SELECT count(*) FROM trees");
+        assert!(
+            copies >= blobs && blobs > 0,
+            "format {format}: trees copied ({copies} of {blobs})"
+        );
         // Every pack still carries the repository's version.
-        for pack in data_packs(&env.repo) {
+        for pack in walkdir::WalkDir::new(env.repo.join("packs"))
+            .into_iter()
+            .map(|e| e.unwrap().path().to_path_buf())
+            .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        {
             let bytes = fs::read(&pack).unwrap();
             assert_eq!(bytes[8] as u32, format, "{}", pack.display());
         }
@@ -207,6 +247,13 @@ fn opens_checks_and_restores(format: u32) {
         let _ = fs::remove_file(env.repo.join(f));
     }
     env.snap().args(["repair", "index"]).assert().success();
+    if format >= 5 {
+        let copies: i64 = rusqlite::Connection::open(env.repo.join("index.db"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM trees", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(copies, 0, "a rebuilt local index copies no tree");
+    }
     env.snap().args(["check", "--read-data"]).assert().success();
     assert_lists_and_restores(&env, &expected);
 }
@@ -219,7 +266,7 @@ fn opens_checks_and_restores(format: u32) {
 #[ignore]
 fn write_a_frozen_repository() {
     let out = PathBuf::from(std::env::var("SNAP_FROZEN_OUT").expect("set SNAP_FROZEN_OUT"));
-    let format = std::env::var("SNAP_FROZEN_FORMAT").unwrap_or_else(|_| "4".into());
+    let format = std::env::var("SNAP_FROZEN_FORMAT").unwrap_or_else(|_| "5".into());
     let scratch = tempfile::tempdir().unwrap();
     let env = Env {
         repo: out.join(format!("format-{format}")),

@@ -312,7 +312,9 @@ fn restore_of_a_damaged_snapshot_restores_the_rest_and_reports() {
 
 #[test]
 fn a_damaged_tree_is_found_and_named_and_its_restore_fails_cleanly() {
-    let env = Env::new();
+    // Format 4: its index copies trees, and the copy is what is damaged
+    // (format 5's tree packs: the damage matrix, place TreePack).
+    let env = Env::with_format(4);
     let src = env.path("src");
     write(&src.join("docs/a.txt"), b"alpha");
     write(&src.join("b.txt"), b"beta");
@@ -392,12 +394,16 @@ fn gc_repacks_partly_live_groups() {
     // Dead once forgotten: more than a third of the pack, so it is repacked.
     write(&src.join("big.bin"), noise(5, 2_000_000));
     let first = env.create_id(&src);
+    // Grouped chunks in data packs (format 5 groups trees too).
     let grouped = |repo: &Path| -> i64 {
         rusqlite::Connection::open(repo.join("index.db"))
             .unwrap()
-            .query_row("SELECT count(*) FROM chunks WHERE codec = 3", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT count(*) FROM chunks c JOIN packs p ON c.pack = p.id
+                 WHERE p.kind = 0 AND c.codec = 3",
+                [],
+                |r| r.get(0),
+            )
             .unwrap()
     };
     assert!(grouped(&env.repo) >= 300, "small files are grouped");

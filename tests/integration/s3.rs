@@ -59,6 +59,23 @@ fn round_trip_and_cache_loss(env: Env) {
         .collect();
     assert_eq!(caches.len(), 1, "one cache directory per repository");
     assert!(caches[0].join("index.db").is_file());
+    // It keeps a copy of every tree (reading one from a tree pack here
+    // would be a request), though format 5 groups them in tree packs.
+    let cached_trees = || -> i64 {
+        let index = fs::read_dir(env.cache_dir().join("snap"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join("index.db");
+        rusqlite::Connection::open(index)
+            .unwrap()
+            .query_row("SELECT count(*) FROM trees", [], |r| r.get(0))
+            .unwrap()
+    };
+    let trees = cached_trees();
+    assert!(trees > 1, "the cache's index copies the trees ({trees})");
     use std::os::unix::fs::PermissionsExt;
     let mode = fs::metadata(&caches[0]).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "the cache holds every name: owner only");
@@ -94,6 +111,10 @@ fn round_trip_and_cache_loss(env: Env) {
     let rep: serde_json::Value = serde_json::from_slice(&rep.get_output().stdout).unwrap();
     assert_eq!(rep["snapshots"], 2);
     assert_eq!(env.list().len(), 2);
+    assert!(
+        cached_trees() >= trees,
+        "a rebuilt cache copies the trees again"
+    );
 }
 
 #[test]

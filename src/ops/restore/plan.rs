@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{Meta, Plan, PlanSummary, RestoreOptions, Step, normalize_subpath, source_target};
@@ -923,19 +923,30 @@ impl Planner<'_> {
     }
 }
 
+/// The fixed cut size of an image of `size` bytes in `n` chunks: the power
+/// of two (512 B to 16 MiB) that cuts it into exactly `n` (unique when
+/// `n > 1`: twice the size cuts fewer). One chunk: the image itself, if
+/// a chunk can be that large. `None`: no fixed size cuts so.
+pub(crate) fn image_cut(size: u64, n: usize) -> Option<usize> {
+    const MAX: u64 = crate::config::CHUNK_MAX_LIMIT as u64;
+    match n {
+        0 => (size == 0).then_some(512),
+        1 => (size <= MAX).then_some(size.max(1) as usize),
+        _ => (9..=24)
+            .map(|b| 1usize << b)
+            .find(|&s| size.div_ceil(s as u64) == n as u64),
+    }
+}
+
 /// Does the file at `path` hold exactly the chunks of `e`?
 pub fn file_matches(path: &Path, e: &Entry, params: ChunkerParams, ids: crate::id::Ids) -> bool {
     let Ok(file) = File::open(path) else {
         return false;
     };
     let mut chunker = if e.has_flag(flags::SQLITE_IMAGE) {
-        // Images are cut into whole pages (see crate::sqlite).
-        let mut header = [0u8; 100];
-        let size = file
-            .read_exact_at(&mut header, 0)
-            .ok()
-            .and_then(|_| crate::sqlite::chunk_size(&header));
-        match size {
+        // Images are cut into fixed runs of pages (see crate::sqlite), of a
+        // size that older snaps chose differently: the entry tells it.
+        match image_cut(e.size, e.chunks().len()) {
             Some(size) => Chunker::fixed(file, size, 4 << 20, e.size),
             None => return false,
         }
@@ -957,5 +968,25 @@ pub fn file_matches(path: &Path, e: &Entry, params: ChunkerParams, ids: crate::i
             Ok(None) => return i == want.len(),
             Err(_) => return false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_cut;
+
+    #[test]
+    fn an_image_cut_is_found_from_its_size_and_chunk_count() {
+        // Older snaps cut images page by page, current ones in 64 KiB runs.
+        assert_eq!(image_cut(10 * 4096, 10), Some(4096));
+        assert_eq!(image_cut(10 * 4096, 1), Some(10 * 4096));
+        assert_eq!(image_cut(1 << 20, 16), Some(64 << 10));
+        assert_eq!(image_cut((1 << 20) + 4096, 17), Some(64 << 10));
+        assert_eq!(image_cut(0, 0), Some(512));
+        // No power of two cuts 3 pages into 2 equal-size chunks plus none.
+        assert_eq!(image_cut(3 * 4096, 5), None);
+        assert_eq!(image_cut(4096, 0), None);
+        // One chunk larger than any chunk can be: refused, not allocated.
+        assert_eq!(image_cut(1 << 40, 1), None);
     }
 }
