@@ -296,18 +296,7 @@ fn cell(place: Place, action: Action) -> String {
     }
 
     // check --read-data finds it and names what it can.
-    let out = f
-        .env
-        .snap()
-        .args(["check", "--read-data"])
-        .output()
-        .unwrap();
-    let all = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(5),
-        "{label}: check must fail: {all}"
-    );
+    let all = failed_check(&f, &label);
     let new_short = &f.new[..8];
     match place {
         Place::ChunkFrame | Place::PackFooter | Place::IndexValue => {
@@ -350,19 +339,7 @@ fn cell(place: Place, action: Action) -> String {
     if place == Place::Index {
         assert_eq!(r.status.code(), Some(5), "{label}: restore: {rtext}");
         assert!(rtext.contains("index.db"), "{label}: {rtext}");
-        // Nothing wrong was written: whatever exists is a correct prefix.
-        if out_dir.exists() {
-            for e in walkdir::WalkDir::new(&out_dir) {
-                let e = e.unwrap();
-                if e.file_type().is_file() {
-                    let rel = e.path().strip_prefix(&out_dir).unwrap();
-                    assert_eq!(
-                        fs::read(e.path()).unwrap(),
-                        fs::read(f.copy.join(rel)).unwrap()
-                    );
-                }
-            }
-        }
+        assert_no_wrong_bytes(&out_dir, &f.copy);
         return format!("{label}: check exit 5 names index.db; restore exit 5, no wrong bytes");
     }
     for rel in ["keep/a.txt", "keep/b.bin"] {
@@ -414,10 +391,7 @@ fn cell(place: Place, action: Action) -> String {
         );
     }
 
-    // The snapshot that does not use the damaged part restores exactly.
-    let old_out = f.env.path("old-out");
-    f.env.restore_to(&f.old, &old_out);
-    assert_same_tree(&f.copy.join("keep"), &old_out.join("keep"));
+    assert_old_restores_exactly(&f);
     let outcome = if victim_data_ok {
         "chunks intact, restore whole (exit 0)"
     } else {
@@ -426,12 +400,8 @@ fn cell(place: Place, action: Action) -> String {
     format!("{label}: found and named; {outcome}; old snapshot exact")
 }
 
-/// The tree pack of the second snapshot is damaged: it holds the new root
-/// and victim/ (a group frame, or the two raw when they do not compress).
-/// Whatever the damage hits, nothing wrong is written, nothing the restore
-/// cannot replace is deleted, and the old snapshot restores exactly.
-fn tree_pack_cell(f: &Fixture, action: Action) -> String {
-    let label = format!("TreePack x {action:?}");
+/// `check --read-data` fails with damage (exit 5); what it printed.
+fn failed_check(f: &Fixture, label: &str) -> String {
     let out = f
         .env
         .snap()
@@ -444,6 +414,36 @@ fn tree_pack_cell(f: &Fixture, action: Action) -> String {
         Some(5),
         "{label}: check must fail: {all}"
     );
+    all
+}
+
+/// Nothing wrong was written under `out`: whatever exists is as in `copy`.
+fn assert_no_wrong_bytes(out: &Path, copy: &Path) {
+    for e in walkdir::WalkDir::new(out).into_iter().flatten() {
+        if e.file_type().is_file() {
+            let rel = e.path().strip_prefix(out).unwrap();
+            assert_eq!(
+                fs::read(e.path()).unwrap(),
+                fs::read(copy.join(rel)).unwrap()
+            );
+        }
+    }
+}
+
+/// The snapshot that does not use the damaged part restores exactly.
+fn assert_old_restores_exactly(f: &Fixture) {
+    let old_out = f.env.path("old-out");
+    f.env.restore_to(&f.old, &old_out);
+    assert_same_tree(&f.copy.join("keep"), &old_out.join("keep"));
+}
+
+/// The tree pack of the second snapshot is damaged: it holds the new root
+/// and victim/ (a group frame, or the two raw when they do not compress).
+/// Whatever the damage hits, nothing wrong is written, nothing the restore
+/// cannot replace is deleted, and the old snapshot restores exactly.
+fn tree_pack_cell(f: &Fixture, action: Action) -> String {
+    let label = format!("TreePack x {action:?}");
+    let all = failed_check(f, &label);
     assert!(all.contains(&f.new[..8]), "{label}: snapshot named: {all}");
     assert!(
         !all.contains(&f.old[..8]),
@@ -463,15 +463,7 @@ fn tree_pack_cell(f: &Fixture, action: Action) -> String {
         .output()
         .unwrap();
     assert_eq!(r.status.code(), Some(5), "{label}: restore: {}", text(&r));
-    for e in walkdir::WalkDir::new(&out_dir).into_iter().flatten() {
-        if e.file_type().is_file() {
-            let rel = e.path().strip_prefix(&out_dir).unwrap();
-            assert_eq!(
-                fs::read(e.path()).unwrap(),
-                fs::read(f.copy.join(rel)).unwrap()
-            );
-        }
-    }
+    assert_no_wrong_bytes(&out_dir, &f.copy);
     // In place over a drifted source: keep/ is put back only when the
     // root could be read; victim/ (whose tree is in the pack) is left.
     write(&f.src.join("keep/a.txt"), "drifted");
@@ -494,9 +486,7 @@ fn tree_pack_cell(f: &Fixture, action: Action) -> String {
         "{label}: in place: what could not be restored is left, not deleted"
     );
 
-    let old_out = f.env.path("old-out");
-    f.env.restore_to(&f.old, &old_out);
-    assert_same_tree(&f.copy.join("keep"), &old_out.join("keep"));
+    assert_old_restores_exactly(f);
     let outcome = if root_read {
         "root intact: unaffected files restored, victim/ left (exit 5)"
     } else {

@@ -243,53 +243,43 @@ fn a_crafted_chunk_row_is_damage_never_a_panic() {
     write(&src.join("big.bin"), noise(7, 3_000_000));
     write(&src.join("small.txt"), b"small");
     let id = env.create_id(&src);
-    let conn = rusqlite::Connection::open(env.repo.join("index.db")).unwrap();
     // Every chunk row of big.bin claims an absurd stored length (rows of
     // data packs: a tree blob's row is read for its tree, below).
-    let n = conn
-        .execute(
+    let kind_rows = |kind: u8, extra: &str| {
+        let sql = format!(
             "UPDATE chunks SET stored_len = 4294967295
-             WHERE raw_len > 10 AND pack IN (SELECT id FROM packs WHERE kind = 0)",
-            [],
-        )
-        .unwrap();
-    assert!(n > 1);
-    drop(conn);
+             WHERE pack IN (SELECT id FROM packs WHERE kind = {kind}){extra}"
+        );
+        rusqlite::Connection::open(env.repo.join("index.db"))
+            .unwrap()
+            .execute(&sql, [])
+            .unwrap()
+    };
+    // A restore that fails with damage, never a panic; its stderr.
+    let damaged_restore = |target: &Path| -> String {
+        let out = env
+            .snap()
+            .args(["restore", &id, "--target"])
+            .arg(target)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+        stderr(&out)
+    };
+    assert!(kind_rows(0, " AND raw_len > 10") > 1);
     let target = env.path("target");
-    let out = env
-        .snap()
-        .args(["restore", &id, "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("big.bin"), "{}", stderr(&out));
+    let err = damaged_restore(&target);
+    assert!(err.contains("big.bin"), "{err}");
     assert_eq!(fs::read(target.join("small.txt")).unwrap(), b"small");
     assert!(!target.join("big.bin").exists(), "no wrong bytes written");
 
     // The same lie in the row of a tree blob (format 5 reads trees from
     // their packs): damage naming the pack, nothing written.
-    let conn = rusqlite::Connection::open(env.repo.join("index.db")).unwrap();
-    let n = conn
-        .execute(
-            "UPDATE chunks SET stored_len = 4294967295
-             WHERE pack IN (SELECT id FROM packs WHERE kind = 1)",
-            [],
-        )
-        .unwrap();
-    assert!(n >= 1);
-    drop(conn);
+    assert!(kind_rows(1, "") >= 1);
     let target = env.path("target2");
-    let out = env
-        .snap()
-        .args(["restore", &id, "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    let err = damaged_restore(&target);
+    assert!(err.contains("damaged"), "{err}");
     assert!(!target.join("small.txt").exists(), "nothing written");
 }
 
