@@ -85,7 +85,9 @@ impl Group {
 
     pub fn push(&mut self, id: ChunkId, data: &[u8]) {
         if self.raw.capacity() == 0 {
-            self.raw.reserve(self.target + GROUP_MEMBER_MAX);
+            // A group of tiny chunks closes at GROUP_MEMBERS_MAX long before
+            // its target: start small, grow only when the chunks are large.
+            self.raw.reserve(self.target.min(128 << 10) + GROUP_MEMBER_MAX);
         }
         self.raw.extend_from_slice(data);
         self.members.push((id, data.len() as u32));
