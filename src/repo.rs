@@ -344,12 +344,16 @@ impl Repository {
     pub fn store_tree(&self, tree: &Tree) -> Result<TreeId> {
         let enc = tree.encode();
         let id = self.ids.tree(&enc);
+        // The tree compressed alone: the index's copy, and the blob too
+        // when the blob is not grouped (compressed once for both).
+        let mut alone = None;
         if self.keeps_tree_copies() {
             if self.index.has_tree(&id)? {
                 return Ok(id);
             }
             let (codec, data) = compress_tree(&enc);
             self.index.insert_tree(&id, codec, &data)?;
+            alone = Some((codec, data));
         }
         let mut slot = self.tree_writer.lock().unwrap_or_else(|e| e.into_inner());
         if slot.as_ref().is_some_and(|w| w.has(&id)) || self.index.has_chunk(&ChunkId(id.0))? {
@@ -363,7 +367,7 @@ impl Repository {
                 self.config.stores_tree_groups(),
             )
         });
-        writer.add(id, &enc)?;
+        writer.add(id, &enc, alone)?;
         Ok(id)
     }
 

@@ -82,8 +82,9 @@ impl TreeWriter {
         self.added.contains(id)
     }
 
-    /// Add a tree's blob (`enc`: its encoding, `id` its hash).
-    pub fn add(&mut self, id: TreeId, enc: &[u8]) -> Result<()> {
+    /// Add a tree's blob (`enc`: its encoding, `id` its hash; `alone`: it
+    /// compressed by `compress_tree`, when the caller has that already).
+    pub fn add(&mut self, id: TreeId, enc: &[u8], alone: Option<(Codec, Vec<u8>)>) -> Result<()> {
         if !self.added.insert(id) {
             return Ok(());
         }
@@ -97,7 +98,7 @@ impl TreeWriter {
                 }
             }
             _ => {
-                let (codec, data) = compress_tree(enc);
+                let (codec, data) = alone.unwrap_or_else(|| compress_tree(enc));
                 self.packer
                     .add(Blob::whole(blob, codec, enc.len() as u32), &data)?;
             }
