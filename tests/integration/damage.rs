@@ -327,13 +327,7 @@ fn cell(place: Place, action: Action) -> String {
 
     // Restore of the affected snapshot into a new directory.
     let out_dir = f.env.path("out");
-    let r = f
-        .env
-        .snap()
-        .args(["restore", &f.new, "--target"])
-        .arg(&out_dir)
-        .output()
-        .unwrap();
+    let r = restore_new(&f, Some(&out_dir));
     let rtext = text(&r);
     let victim_data_ok = place == Place::PackFooter && action != Action::Delete;
     if place == Place::Index {
@@ -367,12 +361,7 @@ fn cell(place: Place, action: Action) -> String {
     // leave the victim (which it cannot restore) exactly as it is now.
     write(&f.src.join("keep/a.txt"), "drifted");
     write(&f.src.join("victim/v.bin"), "current contents");
-    let r = f
-        .env
-        .snap()
-        .args(["restore", &f.new, "--no-safety-snapshot"])
-        .output()
-        .unwrap();
+    let r = restore_new(&f, None);
     let rtext = text(&r);
     assert_eq!(
         fs::read(f.src.join("keep/a.txt")).unwrap(),
@@ -417,6 +406,18 @@ fn failed_check(f: &Fixture, label: &str) -> String {
     all
 }
 
+/// Restore the second snapshot into `target`, or in place (without a
+/// safety snapshot) when `None`.
+fn restore_new(f: &Fixture, target: Option<&Path>) -> std::process::Output {
+    let mut cmd = f.env.snap();
+    cmd.args(["restore", &f.new]);
+    match target {
+        Some(t) => cmd.arg("--target").arg(t),
+        None => cmd.arg("--no-safety-snapshot"),
+    };
+    cmd.output().unwrap()
+}
+
 /// Nothing wrong was written under `out`: whatever exists is as in `copy`.
 fn assert_no_wrong_bytes(out: &Path, copy: &Path) {
     for e in walkdir::WalkDir::new(out).into_iter().flatten() {
@@ -455,25 +456,14 @@ fn tree_pack_cell(f: &Fixture, action: Action) -> String {
     }
 
     let out_dir = f.env.path("out");
-    let r = f
-        .env
-        .snap()
-        .args(["restore", &f.new, "--target"])
-        .arg(&out_dir)
-        .output()
-        .unwrap();
+    let r = restore_new(f, Some(&out_dir));
     assert_eq!(r.status.code(), Some(5), "{label}: restore: {}", text(&r));
     assert_no_wrong_bytes(&out_dir, &f.copy);
     // In place over a drifted source: keep/ is put back only when the
     // root could be read; victim/ (whose tree is in the pack) is left.
     write(&f.src.join("keep/a.txt"), "drifted");
     write(&f.src.join("victim/v.bin"), "current contents");
-    let r = f
-        .env
-        .snap()
-        .args(["restore", &f.new, "--no-safety-snapshot"])
-        .output()
-        .unwrap();
+    let r = restore_new(f, None);
     assert_eq!(r.status.code(), Some(5), "{label}: in place: {}", text(&r));
     let keep = fs::read(f.src.join("keep/a.txt")).unwrap();
     let root_read = keep != b"drifted";
