@@ -268,6 +268,57 @@ pub fn chmod(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
     .map_err(errno)
 }
 
+/// Owner, mode and times of `dir/name`, set only on the inode `seen`
+/// (device, inode) that the plan looked at: the entry is pinned with
+/// `O_PATH|O_NOFOLLOW`, compared, and changed through that handle, so a
+/// name swapped since (a symlink, another user's file linked in its
+/// place) is never changed. `lone`: a regular file must have one name
+/// (root's restore must not chown a file someone linked here).
+pub fn set_meta_seen(
+    dir: &OwnedFd,
+    name: &OsStr,
+    seen: (u64, u64),
+    owner: Option<(u32, u32)>,
+    mode: Option<u32>,
+    mtime_ns: i64,
+    lone: bool,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rfs::fstat(&fd)?;
+    if (st.st_dev as u64, st.st_ino as u64) != seen {
+        return Err(io::Error::other(
+            "it is not the entry the plan saw (replaced since): left as it is",
+        ));
+    }
+    let kind = FileType::from_raw_mode(st.st_mode as _);
+    if lone && kind == FileType::RegularFile && st.st_nlink > 1 {
+        return Err(io::Error::other(format!(
+            "it has {} names now, not one: its owner and mode are left as they are",
+            st.st_nlink
+        )));
+    }
+    if let Some((uid, gid)) = owner {
+        let (u, g) = self::owner(uid, gid)?;
+        rfs::chownat(&fd, "", Some(u), Some(g), AtFlags::EMPTY_PATH).map_err(errno)?;
+    }
+    if kind == FileType::Symlink {
+        // A symlink has no mode of its own; its times, by name.
+        return set_mtime(dir, name, mtime_ns);
+    }
+    // The /proc handle resolves to the pinned inode itself.
+    let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    if let Some(mode) = mode {
+        rfs::chmod(proc.as_str(), Mode::from_raw_mode(mode as _)).map_err(errno)?;
+    }
+    rfs::utimensat(rfs::CWD, proc.as_str(), &timestamps(mtime_ns), AtFlags::empty()).map_err(errno)
+}
+
 /// Owner, mode and times of an open file or directory.
 pub fn set_meta_fd(
     fd: impl AsFd,
@@ -345,6 +396,30 @@ impl Drop for TempFile {
     }
 }
 
+/// The mount an entry is on, never through a symlink: statx's mount id
+/// (Linux 5.8), which tells a bind mount of a directory of the same
+/// filesystem apart from its parent where `st_dev` cannot; the device
+/// where the kernel gives no mount id. `name` empty: `dir` itself.
+pub fn mount_id(dir: impl AsFd, name: &OsStr) -> io::Result<u64> {
+    use rustix::fs::{StatxFlags, statx};
+    let mut flags = AtFlags::SYMLINK_NOFOLLOW;
+    if name.is_empty() {
+        flags |= AtFlags::EMPTY_PATH;
+    }
+    let st = statx(dir, name, flags, StatxFlags::MNT_ID | StatxFlags::BASIC_STATS)?;
+    if st.stx_mask & StatxFlags::MNT_ID.bits() != 0 {
+        Ok(st.stx_mnt_id)
+    } else {
+        // A kernel without mount ids: the device, marked apart.
+        Ok((1 << 63) | (u64::from(st.stx_dev_major) << 32) | u64::from(st.stx_dev_minor))
+    }
+}
+
+/// [`mount_id`] of a path (for the plan, which works with paths).
+pub fn mount_id_of(path: &Path) -> io::Result<u64> {
+    mount_id(rfs::CWD, path.as_os_str())
+}
+
 /// Why a deletion stopped short.
 #[derive(Debug)]
 pub enum RemoveError {
@@ -370,6 +445,9 @@ pub fn remove_all(
         return unlink(dir, name).map_err(|e| io_err(path, e));
     }
     let dev = st.st_dev as u64;
+    // A bind mount of the same filesystem has the parent's device: compare
+    // mount ids too.
+    let mount = mount_id(dir, OsStr::new("")).map_err(|e| io_err(path, e))?;
     // One level per open directory: its handle, the names left to remove,
     // its own name in the level above, and its path.
     struct Level {
@@ -402,6 +480,12 @@ pub fn remove_all(
             r => r,
         }
         .map_err(|e| io_err(path, e.into()))?;
+        if mount_id(&fd, OsStr::new("")).map_err(|e| io_err(path, e))? != mount {
+            return Err(RemoveError::Refused(
+                path.to_path_buf(),
+                "another filesystem is mounted there",
+            ));
+        }
         let st = rfs::fstat(&fd).map_err(|e| io_err(path, e.into()))?;
         if st.st_mode & 0o300 != 0o300 {
             rfs::fchmod(&fd, Mode::from_raw_mode((st.st_mode & 0o7777 | 0o700) as _))

@@ -57,6 +57,7 @@ internal!(
     id,
     index,
     keys,
+    known_sources,
     lock,
     objects,
     ops,

@@ -157,6 +157,32 @@ fn default_repo() -> anyhow::Result<PathBuf> {
     Ok(dirs.data_dir().join("repo"))
 }
 
+/// This client's own state (the record of the sources it snapshotted):
+/// `$XDG_STATE_HOME/snap`, never inside a repository.
+pub(crate) fn state_dir() -> anyhow::Result<PathBuf> {
+    let dirs = directories::ProjectDirs::from("", "", "snap")
+        .context("cannot find a home directory for snap's state; set XDG_STATE_HOME")?;
+    Ok(dirs
+        .state_dir()
+        .unwrap_or_else(|| dirs.data_local_dir())
+        .to_path_buf())
+}
+
+/// Remember the directories `snap` was taken of, as this client's own: an
+/// in-place restore goes only to those (and the config file's sources).
+pub(crate) fn record_sources(repo: &Repository, snap: &Snapshot) {
+    let r = state_dir().and_then(|d| {
+        let mut known = snap::known_sources::KnownSources::load(&d, repo)?;
+        known.add(snap.source_paths())?;
+        Ok(())
+    });
+    if let Err(e) = r {
+        eprintln!(
+            "snap: warning: cannot record the snapshot's sources for in-place restores ({e:#}); restore it with --target"
+        );
+    }
+}
+
 /// A repository whose index is a per-machine cache: one in a bucket
 /// (`s3://BUCKET/PREFIX`, endpoint and credentials from the AWS_*
 /// variables), or an encrypted one in a local directory (a plain index

@@ -290,6 +290,31 @@ impl Repository {
         &self.root
     }
 
+    /// Every local directory that holds this repository's files: its index
+    /// directory (the repository itself, or a remote one's cache) and,
+    /// for a repository on this machine's filesystem, the directory of its
+    /// objects whatever seals them. A create never reads them and a
+    /// restore never deletes them or what is above them.
+    pub fn places(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.root.clone()];
+        if let Some(d) = self.storage.local_dir()
+            && d != self.root
+        {
+            out.push(d.to_path_buf());
+        }
+        out
+    }
+
+    /// Device and inode of each of [`Self::places`]: what a walk compares
+    /// a directory with to know it is the repository, whatever its path.
+    pub fn place_keys(&self) -> Result<Vec<(u64, u64)>> {
+        use std::os::unix::fs::MetadataExt;
+        self.places()
+            .iter()
+            .map(|p| fs::metadata(p).at(p).map(|m| (m.dev(), m.ino())))
+            .collect()
+    }
+
     /// How this repository computes chunk and tree ids.
     pub fn ids(&self) -> Ids {
         self.ids

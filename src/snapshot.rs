@@ -60,6 +60,16 @@ pub struct RootRecord {
 
 impl Snapshot {
     /// True for a snapshot of several named sources.
+    /// Where an in-place restore of this snapshot would write: its source
+    /// directory, or each of its named sources' directories.
+    pub fn source_paths(&self) -> Vec<PathBuf> {
+        if self.is_multi_source() {
+            self.sources.iter().map(|s| PathBuf::from(&s.path)).collect()
+        } else {
+            vec![self.source.clone()]
+        }
+    }
+
     pub fn is_multi_source(&self) -> bool {
         self.sources.iter().any(|s| !s.name.is_empty())
     }

@@ -62,6 +62,7 @@ pub fn run(
         anyhow::bail!("no migration command given");
     };
     let snap = begin_migration(repo, &what, progress)?;
+    crate::record_sources(repo, &snap);
     progress.finish();
     let id = snap.id.to_hex();
     // From before the spawn: no termination signal is lost in between.

@@ -10,7 +10,23 @@ pub fn run(ctx: &mut Ctx, args: cli::RestoreArgs) -> anyhow::Result<u8> {
         LockMode::Exclusive
     };
     let repo = open_repo(&ctx.repo, Some(mode))?;
-    let snap = repo.find_snapshot(&args.id)?;
+    let known = match &args.target {
+        Some(_) => None,
+        None => Some(known_sources(ctx, &repo)?),
+    };
+    let snap = match &known {
+        // `latest` and `tag:` of an in-place restore: the newest snapshot
+        // of a source this client knows, not whatever the repository adds.
+        Some(known) if !is_id_prefix(&args.id) => {
+            let mine: Vec<Snapshot> = repo
+                .snapshots()?
+                .into_iter()
+                .filter(|s| s.source_paths().iter().all(|p| known.contains(p)))
+                .collect();
+            snap::spec::resolve(&mine, &args.id, None)?
+        }
+        _ => repo.find_snapshot(&args.id)?,
+    };
     let opts = RestoreOptions {
         target: args.target.clone(),
         subpath: args.path.clone(),
@@ -18,6 +34,7 @@ pub fn run(ctx: &mut Ctx, args: cli::RestoreArgs) -> anyhow::Result<u8> {
         verify: args.verify,
         safety_snapshot: !args.no_safety_snapshot,
         force: args.force,
+        known_sources: known,
     };
     let (plan, stats) = restore(&repo, &snap, &opts, &ctx.progress)?;
     ctx.progress.finish();
@@ -25,6 +42,28 @@ pub fn run(ctx: &mut Ctx, args: cli::RestoreArgs) -> anyhow::Result<u8> {
         None => report_plan(ctx, &plan, args.json),
         Some(st) => report_restore(ctx, &repo, &snap, &plan, &st, args.json),
     }
+}
+
+/// Whether a snapshot spec names a snapshot by its id (`latest` and
+/// `tag:` pick among snapshots).
+fn is_id_prefix(spec: &str) -> bool {
+    let base = spec.rsplit_once('~').map_or(spec, |(b, _)| b);
+    base != "latest" && !base.starts_with("tag:")
+}
+
+/// The directories an in-place restore may write: the config file's
+/// sources and those this client recorded snapshotting into `repo`.
+fn known_sources(ctx: &Ctx, repo: &Repository) -> anyhow::Result<Vec<PathBuf>> {
+    let mut known: Vec<PathBuf> = snap::known_sources::KnownSources::load(&state_dir()?, repo)?
+        .paths()
+        .cloned()
+        .collect();
+    if let Some(cfg) = &ctx.cfg {
+        for s in &cfg.sources {
+            known.push(std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone()));
+        }
+    }
+    Ok(known)
 }
 
 /// A dry run: the plan, as steps or as JSON; the exit code says whether it

@@ -169,7 +169,7 @@ pub fn create(
         ),
         None => repo.latest_snapshot_of(&key)?,
     };
-    let repo_md = fs::metadata(repo.root()).at(repo.root())?;
+    let repo_keys = repo.place_keys()?;
 
     prepare_tmp_dir(&repo.tmp_dir())?;
     // The parent's size is the best estimate of this snapshot's (the
@@ -183,7 +183,7 @@ pub fn create(
         opts,
         &roots,
         parent.as_ref(),
-        (repo_md.dev(), repo_md.ino()),
+        &repo_keys,
         start_ns,
         progress,
     );
@@ -318,7 +318,7 @@ fn walk_roots(
     opts: &CreateOptions,
     roots: &[Root],
     parent: Option<&Snapshot>,
-    repo_key: (u64, u64),
+    repo_keys: &[(u64, u64)],
     start_ns: i64,
     progress: &dyn Progress,
 ) -> Result<WalkOutput> {
@@ -332,7 +332,7 @@ fn walk_roots(
             path,
             ex.as_ref(),
             parent_root,
-            repo_key,
+            repo_keys,
             start_ns,
             progress,
         )?;
@@ -358,7 +358,7 @@ fn walk_roots(
             path,
             ex.as_ref(),
             old,
-            repo_key,
+            repo_keys,
             start_ns,
             progress,
         )?;
@@ -419,7 +419,7 @@ fn run(
     source: &Path,
     excludes: Option<&Excludes>,
     parent_root: Option<TreeId>,
-    repo_key: (u64, u64),
+    repo_keys: &[(u64, u64)],
     start_ns: i64,
     progress: &dyn Progress,
 ) -> Result<RunOutput> {
@@ -508,7 +508,7 @@ fn run(
                 None
             },
             dbs: Vec::new(),
-            repo_key,
+            repo_keys,
             start_ns,
             progress,
             nodes: HashMap::new(),
@@ -555,7 +555,8 @@ struct Walk<'a> {
     one_fs_dev: Option<u64>,
     /// Each SQLite database captured (or reused unchanged), by relative path.
     dbs: Vec<(String, DbInfo)>,
-    repo_key: (u64, u64),
+    /// The repository's own directories (`Repository::places`): never read.
+    repo_keys: &'a [(u64, u64)],
     start_ns: i64,
     progress: &'a dyn Progress,
     nodes: HashMap<usize, Node>,
@@ -687,7 +688,7 @@ impl Walk<'_> {
             {
                 continue;
             }
-            if st.kind() == Kind::Dir && (st.dev, st.ino) == self.repo_key {
+            if st.kind() == Kind::Dir && self.repo_keys.contains(&(st.dev, st.ino)) {
                 self.progress.warn(&Warning::new(
                     WarningKind::Skipped,
                     &path,

@@ -88,6 +88,10 @@ impl Storage for FaultyStorage {
         self.inner.describe(key)
     }
 
+    fn local_dir(&self) -> Option<&std::path::Path> {
+        self.inner.local_dir()
+    }
+
     fn create(&self, dir: &str) -> Result<Box<dyn ObjectWriter>> {
         self.check(dir)?;
         Ok(Box::new(FaultyWriter {

@@ -76,6 +76,10 @@ impl Storage for LocalStorage {
         self.root.join(key).display().to_string()
     }
 
+    fn local_dir(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
     fn create(&self, dir: &str) -> Result<Box<dyn ObjectWriter>> {
         let dir_path = if dir.is_empty() {
             self.root.clone()

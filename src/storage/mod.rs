@@ -47,6 +47,7 @@ pub mod sealed;
 #[cfg(feature = "s3")]
 pub mod s3;
 
+use std::path::Path;
 pub use faulty::{Fault, FaultyStorage};
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
@@ -120,6 +121,13 @@ pub trait Storage: Send + Sync {
     /// reads in flight.
     fn is_remote(&self) -> bool {
         false
+    }
+
+    /// The local directory that holds the objects, for a storage on this
+    /// machine's filesystem (whatever seals them); `None` for a remote one.
+    /// A restore never deletes it and a create never reads it.
+    fn local_dir(&self) -> Option<&Path> {
+        None
     }
 
     /// The key of chunk and tree ids in an encrypted repository (see

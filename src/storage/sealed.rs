@@ -143,6 +143,10 @@ impl Storage for SealedStorage {
         self.inner.describe(key)
     }
 
+    fn local_dir(&self) -> Option<&std::path::Path> {
+        self.inner.local_dir()
+    }
+
     fn create(&self, dir: &str) -> Result<Box<dyn ObjectWriter>> {
         let inner = self.inner.create(dir)?;
         if dir == KEYS_DIR {

@@ -133,6 +133,7 @@ impl Env {
             .env("SNAP_LOCK_WAIT", "10")
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env("XDG_CACHE_HOME", self.cache_dir())
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
             .env_remove("XDG_DATA_HOME");
         for (k, v) in &self.vars {
             c.env(k, v);

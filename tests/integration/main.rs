@@ -30,4 +30,5 @@ mod s3s_fs_binary;
 mod s3server;
 mod sqlite;
 mod storage;
+mod trust;
 mod xattrs;

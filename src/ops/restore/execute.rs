@@ -550,13 +550,13 @@ impl Exec<'_> {
             }
         }
         for step in &plan.steps {
-            let Step::FixMeta { path, meta } = step else {
+            let Step::FixMeta { path, meta, seen } = step else {
                 continue;
             };
             let r = self
                 .parent_of(path)
                 .map_err(|e| moved(&e))
-                .and_then(|(_, dir, name)| set_meta(&dir, name, meta, self.is_root));
+                .and_then(|(_, dir, name)| fix_meta(&dir, name, meta, *seen, self.is_root));
             match r {
                 Ok(()) => {
                     self.stats.fixed_metadata += 1;
@@ -754,6 +754,24 @@ fn set_meta(dir: &DirFd, name: &OsStr, e: &Meta, is_root: bool) -> Result<(), St
             .map_err(|e| format!("cannot set the mode: {}", moved(&e)))?;
     }
     confined::set_mtime(dir, name, e.mtime_ns).map_err(|e| format!("cannot set the mtime: {e}"))?;
+    set_xattrs(dir, name, e, is_root)
+}
+
+/// The metadata of an entry whose content the plan kept: set only on the
+/// inode the plan saw, and, by root, never on a file with names the
+/// snapshot did not record (see `confined::set_meta_seen`).
+fn fix_meta(
+    dir: &DirFd,
+    name: &OsStr,
+    e: &Meta,
+    seen: (u64, u64),
+    is_root: bool,
+) -> Result<(), String> {
+    let owner = is_root.then_some((e.uid, e.gid));
+    let mode = (e.kind != Kind::Symlink).then(|| effective_mode(e.mode, e.uid, e.gid));
+    let lone = is_root && !e.linked;
+    confined::set_meta_seen(dir, name, seen, owner, mode, e.mtime_ns, lone)
+        .map_err(|err| format!("metadata not set: {}", moved(&err)))?;
     set_xattrs(dir, name, e, is_root)
 }
 

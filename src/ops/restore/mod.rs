@@ -83,6 +83,13 @@ pub struct RestoreOptions {
     pub safety_snapshot: bool,
     /// Go on even when the safety snapshot could not store everything.
     pub force: bool,
+    /// For an in-place restore (no `target`): the directories the caller
+    /// knows as its own sources (its config's, its record of what it
+    /// snapshotted: see `crate::known_sources`), never the repository's
+    /// word alone. `Some`: a snapshot whose recorded source is not among
+    /// them is refused and needs `target`. `None`: the caller vouches for
+    /// the snapshot (it took it, as a migration session does).
+    pub known_sources: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +134,10 @@ pub enum Step {
         path: PathBuf,
         #[serde(skip)]
         meta: Meta,
+        /// Device and inode of the entry the plan saw: the metadata is set
+        /// on that inode's handle, or on nothing.
+        #[serde(skip)]
+        seen: (u64, u64),
     },
     DirMeta {
         #[serde(serialize_with = "lossy::path")]
@@ -151,6 +162,8 @@ pub struct Meta {
     pub size: u64,
     pub payload: Payload,
     pub xattrs: crate::xattr::Xattrs,
+    /// The snapshot recorded this file as one of several hard links.
+    pub linked: bool,
 }
 
 impl Meta {
@@ -279,12 +292,60 @@ fn normalize_subpath(sub: &Path) -> Result<Option<PathBuf>> {
 /// user chose it); below the target, no symlink is ever followed.
 fn resolve_target(opts: &RestoreOptions) -> Result<RestoreOptions> {
     let mut o = opts.clone();
-    if let Some(t) = &opts.target
-        && fs::symlink_metadata(t).is_ok_and(|m| m.file_type().is_symlink())
-    {
-        o.target = Some(fs::canonicalize(t).at(t)?);
+    if let Some(t) = &opts.target {
+        check_target_symlinks(t)?;
+        if fs::symlink_metadata(t).is_ok_and(|m| m.file_type().is_symlink()) {
+            o.target = Some(fs::canonicalize(t).at(t)?);
+        }
     }
     Ok(o)
+}
+
+/// A `--target` is followed through a symlink only where the kernel's
+/// `protected_symlinks` would let the one restoring follow it: a symlink
+/// in a sticky, world-writable directory (`/tmp`) must belong to the one
+/// restoring or to the directory's owner, and the last component may be a
+/// symlink only of the one restoring or of root. Otherwise another user
+/// could plant `/tmp/NAME -> /root/dir` and have root's restore empty it.
+fn check_target_symlinks(target: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = rustix::process::geteuid().as_raw();
+    let mut prefix = PathBuf::new();
+    let parts: Vec<_> = target.components().collect();
+    for (i, c) in parts.iter().enumerate() {
+        prefix.push(c);
+        let Ok(m) = fs::symlink_metadata(&prefix) else {
+            return Ok(()); // the rest does not exist yet: created, not followed
+        };
+        if !m.file_type().is_symlink() {
+            continue;
+        }
+        let refuse = |why: &str| {
+            Err(Error::BadSource {
+                path: prefix.clone(),
+                reason: format!(
+                    "is a symlink owned by uid {} {why}; a restore does not follow it (name the directory it points to)",
+                    m.uid()
+                ),
+            })
+        };
+        let parent = prefix.parent().unwrap_or(Path::new("/"));
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        if let Ok(pm) = fs::metadata(parent) {
+            let sticky_shared = pm.mode() & 0o1002 == 0o1002;
+            if sticky_shared && m.uid() != euid && m.uid() != pm.uid() {
+                return refuse("in a sticky, world-writable directory");
+            }
+        }
+        if i + 1 == parts.len() && m.uid() != euid && m.uid() != 0 {
+            return refuse("(not the user restoring, nor root)");
+        }
+    }
+    Ok(())
 }
 
 /// Restore `snap` as `opts` say. With `dry_run`, returns the plan only.

@@ -44,13 +44,43 @@ pub fn entry_budget(snap: &Snapshot) -> u64 {
 /// Device and inode of the repository directory and of every directory
 /// above it: a restore may delete none of them.
 pub(super) fn protected_dirs(repo: &Repository) -> Result<HashSet<(u64, u64)>> {
-    let root = fs::canonicalize(repo.root()).at(repo.root())?;
     let mut out = HashSet::new();
-    for dir in root.ancestors() {
-        let m = fs::metadata(dir).at(dir)?;
-        out.insert((m.dev(), m.ino()));
+    for place in repo.places() {
+        let root = fs::canonicalize(&place).at(&place)?;
+        for dir in root.ancestors() {
+            let m = fs::metadata(dir).at(dir)?;
+            out.insert((m.dev(), m.ino()));
+        }
     }
     Ok(out)
+}
+
+/// An in-place restore goes only where the user's side says: the recorded
+/// source must be absolute and, when the caller gives the sources it
+/// knows, one of them (a repository someone else can write must not
+/// choose which of the user's directories is emptied and refilled).
+fn check_in_place_source(snap: &Snapshot, base: &Path, known: Option<&[PathBuf]>) -> Result<()> {
+    let refuse = |reason: String| {
+        Err(Error::BadSource {
+            path: base.to_path_buf(),
+            reason: format!(
+                "{reason}; restore snapshot {} only into a directory named with --target",
+                snap.id.short()
+            ),
+        })
+    };
+    if !base.is_absolute() {
+        return refuse("the snapshot records a source path that is not absolute".into());
+    }
+    if let Some(known) = known
+        && !known.iter().any(|k| k == base)
+    {
+        return refuse(
+            "not a source this client snapshotted into this repository (nor one of the config file's sources)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// An in-place restore trusts the snapshot's recorded source path only
@@ -127,7 +157,6 @@ pub fn plan(
     compact: bool,
 ) -> Result<Plan> {
     let opts = &super::resolve_target(opts)?;
-    let repo_md = fs::metadata(repo.root()).at(repo.root())?;
     let mut p = Planner {
         repo,
         verify: opts.verify,
@@ -142,7 +171,7 @@ pub fn plan(
         refused: Vec::new(),
         root: PathBuf::new(),
         excludes: None,
-        repo_key: (repo_md.dev(), repo_md.ino()),
+        repo_keys: repo.place_keys()?,
         protected: protected_dirs(repo)?,
         depth: 0,
         budget: entry_budget(snap),
@@ -200,6 +229,7 @@ pub fn plan(
         let base = source_target(snap, src, opts);
         let (tree, meta) = source_tree(repo, snap, root_tree.as_ref(), src)?;
         if opts.target.is_none() {
+            check_in_place_source(snap, &base, opts.known_sources.as_deref())?;
             check_recorded_source(&base, meta.uid)?;
         }
         p.root = base.clone();
@@ -348,6 +378,7 @@ impl Meta {
             size: e.size,
             payload: e.payload.clone(),
             xattrs: e.xattrs.clone(),
+            linked: e.hardlink_key().is_some(),
         }
     }
 }
@@ -404,7 +435,8 @@ struct Planner<'a> {
     root: PathBuf,
     excludes: Option<Excludes>,
     /// The repository's directory: never deleted, even inside a source.
-    repo_key: (u64, u64),
+    /// The repository's own directories (`Repository::places`).
+    repo_keys: Vec<(u64, u64)>,
     /// The repository and the directories above it: never deleted whole.
     protected: HashSet<(u64, u64)>,
     refused: Vec<(PathBuf, String)>,
@@ -416,6 +448,14 @@ struct Planner<'a> {
     /// Keep the files of new directories as `FreshFiles`, not as steps.
     compact: bool,
     fresh: Vec<super::FreshFiles>,
+}
+
+/// The mount a directory is on (`confined::mount_id`): a bind mount of the
+/// same filesystem has its parent's device, never its mount id. Unknown
+/// (it vanished): a key no mount has, so it counts as another mount and
+/// is left alone.
+fn mount_key(path: &Path) -> u64 {
+    crate::confined::mount_id_of(path).unwrap_or(u64::MAX)
 }
 
 fn mtime_ns(m: &Metadata) -> i64 {
@@ -465,7 +505,7 @@ impl Planner<'_> {
             self.plan_missing_dirs(target);
         }
         let tree = self.repo.load_tree(id)?;
-        let dirty = self.plan_dir(&tree, *id, target, disk.as_ref().map(|m| m.dev()))?;
+        let dirty = self.plan_dir(&tree, *id, target, disk.as_ref().map(|_| mount_key(target)))?;
         let meta_differs = disk.as_ref().is_none_or(|m| {
             m.mode() & 0o7777 != effective_mode(rm.mode, rm.uid, rm.gid)
                 || mtime_ns(m) != rm.mtime_ns
@@ -489,6 +529,7 @@ impl Planner<'_> {
                     payload: Payload::None,
                     // The source directory's own attributes are not kept.
                     xattrs: Vec::new(),
+                    linked: false,
                 },
             });
         }
@@ -513,7 +554,7 @@ impl Planner<'_> {
     /// Whether an entry on disk that the snapshot lacks must stay: the
     /// excludes kept it out, or it is the repository itself.
     fn keep_extra(&self, path: &Path, m: &Metadata) -> bool {
-        if m.is_dir() && (m.dev(), m.ino()) == self.repo_key {
+        if m.is_dir() && self.repo_keys.contains(&(m.dev(), m.ino())) {
             return true;
         }
         match (&self.excludes, path.strip_prefix(&self.root)) {
@@ -525,11 +566,11 @@ impl Planner<'_> {
     /// Delete an entry the snapshot lacks, except what must stay: a
     /// directory holding excluded paths or the repository stays, emptied of
     /// everything else; another filesystem mounted here stays whole.
-    fn plan_extra(&mut self, path: &Path, m: &Metadata, parent_dev: Option<u64>) -> Extra {
+    fn plan_extra(&mut self, path: &Path, m: &Metadata, parent_mount: Option<u64>) -> Extra {
         if self.keep_extra(path, m) {
             return Extra::Kept;
         }
-        if m.is_dir() && parent_dev.is_some_and(|d| d != m.dev()) {
+        if m.is_dir() && parent_mount.is_some_and(|d| d != mount_key(path)) {
             self.refused.push((
                 path.to_path_buf(),
                 "another filesystem is mounted there; not in the snapshot, not deleted".into(),
@@ -544,7 +585,7 @@ impl Planner<'_> {
                 for de in rd.flatten() {
                     let p = de.path();
                     if let Ok(cm) = fs::symlink_metadata(&p) {
-                        match self.plan_extra(&p, &cm, Some(m.dev())) {
+                        match self.plan_extra(&p, &cm, Some(mount_key(path))) {
                             Extra::Removed => any = true,
                             Extra::Partly => (any, whole) = (true, false),
                             Extra::Kept => whole = false,
@@ -655,7 +696,7 @@ impl Planner<'_> {
         e: &Entry,
         path: &Path,
         mut disk: Option<Metadata>,
-        parent_dev: Option<u64>,
+        parent_mount: Option<u64>,
     ) -> Result<bool> {
         self.spend_budget()?;
         if e.has_flag(flags::UNREADABLE) {
@@ -674,7 +715,7 @@ impl Planner<'_> {
                     };
             if k != e.kind || wrong_device {
                 let m = m.clone();
-                let mounted = parent_dev.is_some_and(|d| d != m.dev());
+                let mounted = m.is_dir() && parent_mount.is_some_and(|d| d != mount_key(path));
                 if m.is_dir() && (mounted || self.protected.contains(&(m.dev(), m.ino()))) {
                     let why = if mounted {
                         "another filesystem is mounted there"
@@ -720,7 +761,7 @@ impl Planner<'_> {
                     Err(err) => return Err(err),
                 };
                 let child_dirty =
-                    self.plan_dir(&tree, sub_id, path, disk.as_ref().map(|m| m.dev()))?;
+                    self.plan_dir(&tree, sub_id, path, disk.as_ref().map(|_| mount_key(path)))?;
                 let meta_differs = disk.as_ref().is_none_or(|m| !self.meta_equal(e, m, path));
                 if child_dirty || meta_differs {
                     let fix = exists && !child_dirty;
@@ -775,6 +816,7 @@ impl Planner<'_> {
                             self.steps.push(Step::FixMeta {
                                 path: path_buf.clone(),
                                 meta: Meta::of(e),
+                                seen: (m.dev(), m.ino()),
                             });
                             self.summary.fix_metadata += 1;
                         }
@@ -814,10 +856,18 @@ impl Planner<'_> {
                         } else {
                             same_stat
                         };
+                        // Root never chowns or chmods a file that has other
+                        // names the snapshot did not record: someone may have
+                        // linked another user's file here. It is rewritten
+                        // instead (a new inode; the other names keep theirs).
+                        let foreign_links =
+                            self.is_root && m.nlink() > 1 && e.hardlink_key().is_none();
                         if !same_content {
                             Act::Write
                         } else if self.meta_equal(e, m, path) {
                             Act::Keep
+                        } else if foreign_links {
+                            Act::Write
                         } else {
                             Act::Meta
                         }
@@ -831,9 +881,11 @@ impl Planner<'_> {
                         disk.as_ref().map(|m| m.ino())
                     }
                     Act::Meta => {
+                        let m = disk.as_ref().expect("Act::Meta comes of an entry on disk");
                         self.steps.push(Step::FixMeta {
                             path: path_buf.clone(),
                             meta: Meta::of(e),
+                            seen: (m.dev(), m.ino()),
                         });
                         self.summary.fix_metadata += 1;
                         dirty = true;
@@ -874,10 +926,12 @@ impl Planner<'_> {
                         .map(|t| t.as_os_str().as_bytes() == want.as_slice())
                         .unwrap_or(false);
                 if same {
-                    if !self.meta_equal(e, disk.as_ref().unwrap(), path) {
+                    let m = disk.as_ref().expect("`same` needs an entry on disk");
+                    if !self.meta_equal(e, m, path) {
                         self.steps.push(Step::FixMeta {
                             path: path_buf.clone(),
                             meta: Meta::of(e),
+                            seen: (m.dev(), m.ino()),
                         });
                         self.summary.fix_metadata += 1;
                         dirty = true;
@@ -900,6 +954,7 @@ impl Planner<'_> {
                         self.steps.push(Step::FixMeta {
                             path: path_buf.clone(),
                             meta: Meta::of(e),
+                            seen: (m.dev(), m.ino()),
                         });
                         self.summary.fix_metadata += 1;
                         dirty = true;
