@@ -278,6 +278,7 @@ pub fn unlocked(
         return Ok(base);
     };
     if config.encryption.is_empty() {
+        refuse_plain_with_keys(&*base)?;
         return Ok(base);
     }
     let pw = password()?;
@@ -285,9 +286,29 @@ pub fn unlocked(
     Ok(Arc::new(SealedStorage::new(base, &master)))
 }
 
-/// Is the repository in `storage` encrypted (per its config object)?
+/// A config object that says "plain" beside key objects was altered: the
+/// config is the one object an attacker can rewrite without the key, and
+/// opening the repository as plain would write the next snapshot in the
+/// clear. Key objects are never in a plain repository.
+pub fn refuse_plain_with_keys(storage: &dyn Storage) -> Result<()> {
+    let keys = key_names(storage)?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Damaged {
+        path: storage.describe(CONFIG_FILE).into(),
+        reason: format!(
+            "the config says the repository is not encrypted, but it holds {} key object(s) in {KEYS_DIR}/: the config was altered; snap never opens an encrypted repository as plain (restore the config from a copy)",
+            keys.len()
+        ),
+    })
+}
+
+/// Is the repository in `storage` encrypted: its config says so, or it
+/// holds key objects (whatever the config says)?
 pub fn is_encrypted(storage: &dyn Storage) -> Result<bool> {
-    Ok(crate::objects::read_config_if_exists(storage)?.is_some_and(|c| !c.encryption.is_empty()))
+    let said = crate::objects::read_config_if_exists(storage)?.is_some_and(|c| !c.encryption.is_empty());
+    Ok(said || !key_names(storage)?.is_empty())
 }
 
 /// An encrypted repository in a local directory, unlocked once (the key

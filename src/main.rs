@@ -168,12 +168,22 @@ pub(crate) fn state_dir() -> anyhow::Result<PathBuf> {
         .to_path_buf())
 }
 
-/// Remember the directories `snap` was taken of, as this client's own: an
-/// in-place restore goes only to those (and the config file's sources).
-pub(crate) fn record_sources(repo: &Repository, snap: &Snapshot) {
+/// Remember the directories a create is about to snapshot, as this
+/// client's own: an in-place restore goes only to those (and the config
+/// file's sources). Recorded before the snapshot, so a create or guard
+/// that dies after its commit leaves a snapshot this client can restore.
+pub(crate) fn record_sources(repo: &Repository, opts: &CreateOptions) {
+    let paths: Vec<PathBuf> = if opts.sources.is_empty() {
+        vec![opts.source.clone()]
+    } else {
+        opts.sources.iter().map(|s| s.path.clone()).collect()
+    };
+    let paths = paths
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
     let r = state_dir().and_then(|d| {
         let mut known = snap::known_sources::KnownSources::load(&d, repo)?;
-        known.add(snap.source_paths())?;
+        known.add(paths)?;
         Ok(())
     });
     if let Err(e) = r {

@@ -572,6 +572,9 @@ impl Repository {
 /// An encrypted repository is opened only through its key (a
 /// [`crate::storage::SealedStorage`]), a plain one only without.
 fn check_sealing(config: &RepoConfig, storage: &dyn Storage) -> Result<()> {
+    if config.encryption.is_empty() {
+        crate::keys::refuse_plain_with_keys(storage)?;
+    }
     match (config.encryption.is_empty(), storage.id_key().is_some()) {
         (false, false) => Err(Error::NoPassword {
             repo: storage.describe("").trim_end_matches('/').to_string(),

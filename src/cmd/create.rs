@@ -20,6 +20,7 @@ pub fn run(ctx: &mut Ctx, args: cli::CreateArgs) -> anyhow::Result<u8> {
         cancel: Some(cancel),
         ..opts
     };
+    record_sources(&repo, &opts);
     let snap = match create(&repo, &opts, &ctx.progress) {
         Err(Error::Interrupted) => {
             ctx.progress.finish();
@@ -30,7 +31,6 @@ pub fn run(ctx: &mut Ctx, args: cli::CreateArgs) -> anyhow::Result<u8> {
         }
         r => r?,
     };
-    record_sources(&repo, &snap);
     if args.json {
         serde_json::to_writer(&mut ctx.out, &with_requests(&repo, snapshot_json(&snap)))?;
         writeln!(ctx.out)?;

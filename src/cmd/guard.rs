@@ -61,8 +61,8 @@ pub fn run(
     let Some((program, rest)) = args.command.split_first() else {
         anyhow::bail!("no migration command given");
     };
+    crate::record_sources(repo, &what);
     let snap = begin_migration(repo, &what, progress)?;
-    crate::record_sources(repo, &snap);
     progress.finish();
     let id = snap.id.to_hex();
     // From before the spawn: no termination signal is lost in between.

@@ -58,12 +58,24 @@ fn known_sources(ctx: &Ctx, repo: &Repository) -> anyhow::Result<Vec<PathBuf>> {
         .paths()
         .cloned()
         .collect();
-    if let Some(cfg) = &ctx.cfg {
+    if let Some(cfg) = &ctx.cfg
+        && config_is_the_users(&cfg.path)
+    {
         for s in &cfg.sources {
             known.push(std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone()));
         }
     }
     Ok(known)
+}
+
+/// A config file speaks for the user only when it is theirs (or root's)
+/// and nobody else may write it: a `snap.toml` that another writer of a
+/// shared repository directory put there names no source of the user's.
+fn config_is_the_users(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let euid = rustix::process::geteuid().as_raw();
+    std::fs::metadata(path)
+        .is_ok_and(|m| (m.uid() == euid || m.uid() == 0) && m.mode() & 0o022 == 0)
 }
 
 /// A dry run: the plan, as steps or as JSON; the exit code says whether it

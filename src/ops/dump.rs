@@ -63,9 +63,16 @@ pub fn dump_tar(repo: &Repository, root: &TreeId, out: &mut dyn Write) -> Result
                 b.append_link(&mut h, p, &first)
             }
             (None, Kind::File, _) => {
-                let mut r = FileReader::new(repo, e.chunks());
+                // The header states the entry's size: its chunks must hold
+                // exactly that, or a reader of the stream would take data
+                // for headers (a forged member name, written anywhere).
+                check_length(repo, p, e)?;
+                let mut r = Exactly {
+                    inner: FileReader::new(repo, e.chunks()),
+                    left: e.size,
+                };
                 let res = b.append_data(&mut h, p, &mut r);
-                if let Some(err) = r.take_error() {
+                if let Some(err) = r.inner.take_error() {
                     return Err(err);
                 }
                 res
@@ -79,6 +86,60 @@ pub fn dump_tar(repo: &Repository, root: &TreeId, out: &mut dyn Write) -> Result
     })?;
     b.finish().map_err(pipe)?;
     Ok(skipped)
+}
+
+/// The raw lengths the index gives the entry's chunks add up to its size.
+fn check_length(repo: &Repository, path: &Path, e: &Entry) -> Result<()> {
+    let mut total = 0u64;
+    for id in e.chunks() {
+        let loc = repo
+            .chunk_location(id)?
+            .ok_or_else(|| Error::MissingChunk {
+                id: id.short(),
+                context: format!("{}: missing from the index", path.display()),
+            })?;
+        total += u64::from(loc.raw_len);
+    }
+    if total != e.size {
+        return Err(length_damage(repo, path, e.size, total));
+    }
+    Ok(())
+}
+
+fn length_damage(repo: &Repository, path: &Path, size: u64, held: u64) -> Error {
+    Error::Damaged {
+        path: repo.index_path(),
+        reason: format!(
+            "{}: the entry lists {size} bytes but its chunks hold {held}; nothing more is written",
+            path.display()
+        ),
+    }
+}
+
+/// A file's bytes, exactly `left` of them: more or fewer is damage (the
+/// chunks are each verified, but the entry's size is the tree's word).
+struct Exactly<'a> {
+    inner: FileReader<'a>,
+    left: u64,
+}
+
+impl Read for Exactly<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::other("the chunks hold more bytes than the entry lists")),
+            };
+        }
+        let want = out.len().min(self.left as usize);
+        let n = self.inner.read(&mut out[..want])?;
+        if n == 0 {
+            return Err(io::Error::other("the chunks hold fewer bytes than the entry lists"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 fn header_of(e: &Entry) -> tar::Header {

@@ -142,7 +142,9 @@ fn as_nobody(env: &Env) -> assert_cmd::Command {
     } else {
         assert_cmd::Command::cargo_bin("snap").unwrap()
     };
-    c.env("SNAP_REPO", &env.repo).env("SNAP_LOCK_WAIT", "10");
+    c.env("SNAP_REPO", &env.repo)
+        .env("SNAP_LOCK_WAIT", "10")
+        .env("XDG_STATE_HOME", env.dir.path().join("state-nobody"));
     c
 }
 

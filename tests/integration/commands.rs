@@ -492,7 +492,8 @@ fn ctrl_c_during_create_commits_nothing_and_says_so() {
     let src = env.path("app");
     write(&src.join("a.bin"), noise(1, 2_000_000));
     let flag = env.path("pause-flag");
-    let child = Command::new(assert_cmd::cargo::cargo_bin("snap"))
+    let child = env
+        .snap_process()
         .args(["create"])
         .arg(&src)
         .env("SNAP_REPO", &env.repo)

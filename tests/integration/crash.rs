@@ -36,14 +36,15 @@ fn fault_points(env: &Env, args: &[&str]) -> u64 {
 /// Count the fault points of `args` against a throwaway copy of the
 /// repository (the source, if the command changes it, is the caller's).
 fn fault_points_on_a_copy(env: &Env, args: &[&str]) -> u64 {
-    let dir = tempfile::tempdir().unwrap();
-    let probe = Env {
-        repo: dir.path().join("repo"),
-        dir,
-        vars: Vec::new(),
-    };
-    cp_a(&env.repo, &probe.repo);
-    fault_points(&probe, args)
+    // Counted on the repository itself (this client knows its sources
+    // there, by its place), which is then put back as it was.
+    let saved = tempfile::tempdir().unwrap();
+    let copy = saved.path().join("repo");
+    cp_a(&env.repo, &copy);
+    let n = fault_points(env, args);
+    fs::remove_dir_all(&env.repo).unwrap();
+    cp_a(&copy, &env.repo);
+    n
 }
 
 /// Run `args` with a crash injected at point `n`. Returns false when the
@@ -421,7 +422,8 @@ fn kill_9_at_random_moments_during_create_restore_and_gc() {
             vec!["restore", first.as_str()],
             vec!["gc", "--keep-last", "2"],
         ] {
-            let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("snap"))
+            let mut child = env
+                .snap_process()
                 .args(&cmd)
                 .env("SNAP_REPO", &env.repo)
                 .stdout(Stdio::null())

@@ -80,7 +80,9 @@ impl Setup {
     // The caller waits for the child it gets back.
     #[allow(clippy::zombie_processes)]
     fn spawn_waiting_guard(&self) -> (std::process::Child, i32) {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("snap"))
+        let mut child = self
+            .env
+            .snap_process()
             .env("SNAP_REPO", &self.env.repo)
             .env("XDG_CONFIG_HOME", self.env.path("config"))
             .args(["guard", "--json", "--source"])
@@ -404,7 +406,9 @@ fn a_guard_whose_snap_was_killed_blocks_the_next_until_resolved() {
 fn a_signal_after_the_migration_exited_stops_snap_and_the_next_guard_refuses() {
     let s = setup();
     let flag = s.env.path("pause-flag");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("snap"))
+    let mut child = s
+        .env
+        .snap_process()
         .env("SNAP_REPO", &s.env.repo)
         .env("XDG_CONFIG_HOME", s.env.path("config"))
         .env("SNAP_PAUSE_AT", "restore planned")

@@ -91,7 +91,8 @@ fn restore_with_pause_at(
     meanwhile: impl FnOnce(),
 ) -> std::process::Output {
     let flag = env.path("pause-flag");
-    let child = Command::new(assert_cmd::cargo::cargo_bin("snap"))
+    let child = env
+        .snap_process()
         .args(["restore", id])
         .env("SNAP_REPO", &env.repo)
         .env("SNAP_PAUSE_AT", pause)
@@ -190,7 +191,9 @@ fn as_nobody(env: &Env) -> Command {
     } else {
         Command::new(assert_cmd::cargo::cargo_bin("snap"))
     };
-    c.env("SNAP_REPO", &env.repo).env("SNAP_LOCK_WAIT", "10");
+    c.env("SNAP_REPO", &env.repo)
+        .env("SNAP_LOCK_WAIT", "10")
+        .env("XDG_STATE_HOME", env.dir.path().join("state-nobody"));
     c
 }
 

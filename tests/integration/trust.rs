@@ -285,3 +285,103 @@ fn the_repository_does_not_choose_where_an_in_place_restore_writes() {
         .success();
     assert_eq!(fs::read(ssh.join("id_ed25519")).unwrap(), b"old key");
 }
+
+/// Finding 6: a config object edited to drop `encryption` (and to name a
+/// new cache) does not make an encrypted repository plain: no command
+/// opens it, and nothing is written in the clear.
+#[test]
+fn an_encrypted_repository_is_not_downgraded_by_its_config() {
+    let env = Env::encrypted();
+    let src = env.path("src");
+    write(&src.join("secret.txt"), "top secret text");
+    env.create_id(&src);
+    let config = env.repo.join("config");
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("encryption");
+    v["id"] = serde_json::json!("00112233445566778899aabbccddeeff");
+    fs::write(&config, serde_json::to_vec(&v).unwrap()).unwrap();
+    let packs_before = files_under(&env.repo.join("packs"));
+    for args in [vec!["list"], vec!["create"]] {
+        let mut c = env.snap();
+        c.args(&args);
+        if args[0] == "create" {
+            c.arg(&src);
+        }
+        let out = c.assert().failure();
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert!(stderr.contains("altered"), "{args:?}: {stderr}");
+    }
+    // The same without SNAP_PASSWORD: still refused, not opened as plain.
+    let mut bare = env.snap();
+    bare.env_remove("SNAP_PASSWORD");
+    bare.arg("list").assert().failure();
+    assert_eq!(files_under(&env.repo.join("packs")), packs_before);
+    for f in files_under(&env.repo) {
+        let bytes = fs::read(env.repo.join(&f)).unwrap();
+        assert!(
+            !bytes.windows(15).any(|w| w == b"top secret text"),
+            "{f} holds the source in the clear"
+        );
+    }
+}
+
+/// Plant a root tree (a tree copy in a format-4 index) for every snapshot.
+fn plant_root(repo: &Path, tree: &snap::tree::Tree) {
+    let enc = tree.encode();
+    let id = snap::tree::Tree::id_of_encoding(&enc);
+    let conn = rusqlite::Connection::open(repo.join("index.db")).unwrap();
+    conn.execute(
+        "INSERT OR IGNORE INTO trees(hash, codec, data) VALUES (?1, 0, ?2)",
+        rusqlite::params![id.as_bytes().to_vec(), enc],
+    )
+    .unwrap();
+    conn.execute("UPDATE snapshots SET root = ?1", [id.as_bytes().to_vec()])
+        .unwrap();
+}
+
+fn file_entry(name: &str, size: u64, chunks: Vec<snap::ChunkId>) -> snap::tree::Entry {
+    use snap::tree::{Entry, Kind, Payload};
+    Entry {
+        name: name.as_bytes().to_vec(),
+        kind: Kind::File,
+        flags: 0,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        size,
+        dev: 0,
+        ino: 0,
+        nlink: 1,
+        payload: Payload::Chunks(chunks),
+        xattrs: Vec::new(),
+    }
+}
+
+/// Finding 10: `dump ID DIR` never writes a tar member whose data length
+/// differs from its header (the surplus would be read as further members,
+/// names such as `../../escaped.txt` included): it is damage, exit 5.
+#[test]
+fn dump_refuses_an_entry_whose_chunks_hold_another_length() {
+    let env = Env::with_format(4);
+    let src = env.path("src");
+    let body = vec![b'x'; 1536];
+    write(&src.join("a.bin"), &body);
+    let id = env.create_id(&src);
+    let chunk = snap::ChunkId::of(&body);
+    plant_root(
+        &env.repo,
+        &snap::tree::Tree::new(vec![file_entry("a.bin", 10, vec![chunk])]),
+    );
+    let out = env.snap().args(["dump", &id, "."]).assert().code(5);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("a.bin"), "{stderr}");
+    assert!(stderr.contains("10 bytes"), "{stderr}");
+    // No header for the lying entry was written.
+    let stdout = &out.get_output().stdout;
+    assert!(
+        !stdout.windows(5).any(|w| w == b"a.bin"),
+        "a member was written"
+    );
+}
