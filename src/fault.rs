@@ -8,11 +8,12 @@
 //! world at a known moment. The binary arms both from `SNAP_FAULT_AFTER`,
 //! `SNAP_PAUSE_AT` and `SNAP_PAUSE_FILE`; the library reads no environment.
 //!
-//! All of it is compiled only with the cargo feature `fault-injection`
-//! (on for the `snap` binary and its tests, off for embedders such as
-//! snap-ffi); without it every point is an empty inline function.
+//! All of it is compiled only into builds with debug assertions (the
+//! tests' builds) or with the cargo feature `fault-injection`: a release
+//! binary has no fault point and ignores those variables; there every
+//! point is an empty inline function.
 
-#[cfg(feature = "fault-injection")]
+#[cfg(any(feature = "fault-injection", debug_assertions))]
 mod armed {
     use std::path::{Path, PathBuf};
     use std::sync::OnceLock;
@@ -57,15 +58,15 @@ mod armed {
     }
 }
 
-#[cfg(feature = "fault-injection")]
+#[cfg(any(feature = "fault-injection", debug_assertions))]
 pub use armed::{crash_after, passed, pause, pause_at, point};
 
 /// A step of the write order has just completed.
-#[cfg(not(feature = "fault-injection"))]
+#[cfg(not(any(feature = "fault-injection", debug_assertions)))]
 #[inline(always)]
 pub fn point(_name: &str) {}
 
 /// A place where a test may hold the process still.
-#[cfg(not(feature = "fault-injection"))]
+#[cfg(not(any(feature = "fault-injection", debug_assertions)))]
 #[inline(always)]
 pub fn pause(_name: &str) {}

@@ -51,7 +51,7 @@ fn apply_environment() {
     {
         snap::lock::set_default_wait(std::time::Duration::from_secs_f64(wait));
     }
-    #[cfg(feature = "fault-injection")]
+    #[cfg(any(feature = "fault-injection", debug_assertions))]
     {
         if let Some(n) = std::env::var("SNAP_FAULT_AFTER")
             .ok()
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     apply_environment();
     let result = run(cli);
-    #[cfg(feature = "fault-injection")]
+    #[cfg(any(feature = "fault-injection", debug_assertions))]
     if std::env::var_os("SNAP_FAULT_REPORT").is_some() {
         eprintln!("snap: fault points passed: {}", snap::fault::passed());
     }

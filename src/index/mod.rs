@@ -470,11 +470,17 @@ impl Index {
 
     /// Record a finished pack and its chunks. Chunks already indexed keep
     /// their first location.
+    /// A pack and its chunks' rows. A pack already indexed under the same
+    /// id is the same pack (its id is the hash of its footer, which names
+    /// every blob): two sources of one create holding the same new data
+    /// write the same pack twice, to the same name.
     pub fn insert_pack(&self, pack: &FinishedPack) -> Result<i64> {
         let f = || -> rusqlite::Result<i64> {
-            self.conn
+            let inserted = self
+                .conn
                 .prepare_cached(
-                    "INSERT INTO packs(hash, size, chunk_count, kind, bases) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO packs(hash, size, chunk_count, kind, bases) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(hash) DO NOTHING",
                 )?
                 .execute(params![
                     pack.id.as_bytes(),
@@ -483,6 +489,12 @@ impl Index {
                     pack.kind as u8,
                     pack.bases() as i64
                 ])?;
+            if inserted == 0 {
+                return self
+                    .conn
+                    .prepare_cached("SELECT id FROM packs WHERE hash = ?1")?
+                    .query_row([pack.id.as_bytes()], |r| r.get(0));
+            }
             let rowid = self.conn.last_insert_rowid();
             let mut st = self.conn.prepare_cached(
                 "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored_len, raw_len, codec, base, inner_offset)

@@ -385,3 +385,30 @@ fn dump_refuses_an_entry_whose_chunks_hold_another_length() {
         "a member was written"
     );
 }
+
+/// Finding 12: two sources of the config file with identical content make
+/// one create write the same pack twice: it is the same pack, not an error.
+#[test]
+fn two_sources_with_identical_content_snapshot_and_restore() {
+    let env = Env::new();
+    let (a, b) = (env.path("a"), env.path("b"));
+    for d in [&a, &b] {
+        write(&d.join("x.txt"), "hello\n");
+        set_mtime(&d.join("x.txt"), 1_600_000_000, 0);
+        set_mtime(d, 1_600_000_000, 0);
+    }
+    write(
+        &env.path("config/snap/snap.toml"),
+        format!(
+            "[sources.one]\npath = {:?}\n[sources.two]\npath = {:?}\n",
+            a.display().to_string(),
+            b.display().to_string()
+        ),
+    );
+    env.snap().arg("create").assert().success();
+    env.snap().arg("create").assert().success();
+    env.snap().args(["check", "--read-data"]).assert().success();
+    write(&b.join("x.txt"), "changed");
+    env.snap().args(["restore", "latest"]).assert().success();
+    assert_eq!(fs::read(b.join("x.txt")).unwrap(), b"hello\n");
+}
