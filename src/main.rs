@@ -588,9 +588,15 @@ fn print_entry(out: &mut impl Write, path: &Path, e: &snap::tree::Entry) -> std:
     writeln!(out, "{line}")
 }
 
+/// A path for text output, through [`escape`]: one path, one line.
+pub(crate) fn escape_path(p: &Path) -> String {
+    escape(p.as_os_str().as_encoded_bytes())
+}
+
 /// Printable names as they are; control characters and bytes that are not
-/// UTF-8 as escapes (like `ls -b`), so one entry is always one line.
-fn escape(bytes: &[u8]) -> String {
+/// UTF-8 as escapes (like `ls -b`), so one entry is always one line. Every
+/// path and tag printed as text goes through it.
+pub(crate) fn escape(bytes: &[u8]) -> String {
     let mut out = String::new();
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {

@@ -483,6 +483,9 @@ impl Repository {
 
     /// Replace a snapshot's tags, recorded the same way.
     pub fn set_tags(&self, id: &SnapshotId, tags: &[String]) -> Result<bool> {
+        for t in tags {
+            crate::snapshot::check_tag(t)?;
+        }
         let change = crate::objects::Change {
             tags: Some(tags.to_vec()),
             ..Default::default()

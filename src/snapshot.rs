@@ -206,3 +206,27 @@ impl Snapshot {
         })
     }
 }
+
+/// A tag is one printable word of the user's: not empty, at most 128
+/// bytes, no control characters (a newline would forge a row of `list`)
+/// and no comma (`list` joins tags with commas).
+pub fn check_tag(tag: &str) -> crate::error::Result<()> {
+    let bad = |why: &str| {
+        Err(crate::error::Error::Invalid(format!(
+            "tag {tag:?}: {why}"
+        )))
+    };
+    if tag.is_empty() {
+        return bad("is empty");
+    }
+    if tag.len() > 128 {
+        return bad("is longer than 128 bytes");
+    }
+    if tag.chars().any(|c| c.is_control()) {
+        return bad("holds a control character (a newline, an escape)");
+    }
+    if tag.contains(',') {
+        return bad("holds a comma");
+    }
+    Ok(())
+}

@@ -42,7 +42,12 @@ pub fn run(
         } else {
             ""
         };
-        writeln!(out, "{}  {}{slash}", d.change.letter(), d.path.display())?;
+        writeln!(
+            out,
+            "{}  {}{slash}",
+            d.change.letter(),
+            crate::escape_path(&d.path)
+        )?;
     }
     let s = DiffSummary::of(&diffs);
     // The summary goes to stderr: stdout holds one line per changed path.

@@ -51,7 +51,7 @@ pub fn run(
             f.snapshot.id.short(),
             snap::snapshot::format_time_ns(f.entry.mtime_ns),
             f.entry.size,
-            f.path.display()
+            crate::escape_path(&f.path)
         )?;
     }
     if found.is_empty() {

@@ -18,7 +18,7 @@ pub fn run(ctx: &mut Ctx, json: bool) -> anyhow::Result<u8> {
             if !s.complete {
                 t.push("incomplete".into());
             }
-            t.join(",")
+            crate::escape(t.join(",").as_bytes())
         };
         let width = snaps
             .iter()

@@ -90,10 +90,10 @@ fn report_plan(ctx: &mut Ctx, plan: &Plan, json: bool) -> anyhow::Result<u8> {
             let detail = match step {
                 Step::Delete { dir: true, .. } => "/".to_string(),
                 Step::Write { bytes, .. } => format!(" ({})", human_bytes(*bytes)),
-                Step::Link { to, .. } => format!(" -> {}", to.display()),
+                Step::Link { to, .. } => format!(" -> {}", escape_path(to)),
                 _ => String::new(),
             };
-            let line = format!("{verb:<8} {}{detail}", step.path().display());
+            let line = format!("{verb:<8} {}{detail}", escape_path(step.path()));
             writeln!(ctx.out, "{line}")?;
         }
         let s = &plan.summary;

@@ -146,6 +146,9 @@ pub fn create(
 ) -> Result<Snapshot> {
     let started = Instant::now();
     let start_ns = now_ns();
+    for t in &opts.tags {
+        crate::snapshot::check_tag(t)?;
+    }
     // What to walk: (name, canonical path, metadata, excludes).
     let mut roots = Vec::new();
     if opts.sources.is_empty() {

@@ -412,3 +412,48 @@ fn two_sources_with_identical_content_snapshot_and_restore() {
     env.snap().args(["restore", "latest"]).assert().success();
     assert_eq!(fs::read(b.join("x.txt")).unwrap(), b"hello\n");
 }
+
+/// Finding 17: a file name with a newline and a terminal escape is one
+/// escaped line in `find`, `diff` and `restore --dry-run`; a tag with a
+/// control character is refused (it would forge `list` rows).
+#[test]
+fn names_are_escaped_in_every_listing_and_tags_are_checked() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("plain.txt"), "p");
+    let id = env.create_id(&src);
+    let evil = "x\n-  database.db\x1b[2J";
+    write(&src.join(evil), "e");
+    let runs: Vec<Vec<String>> = vec![
+        vec!["diff".into(), id.clone()],
+        vec!["restore".into(), id.clone(), "--dry-run".into()],
+    ];
+    for args in runs {
+        let out = env.snap().args(&args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(!stdout.contains('\x1b'), "{args:?}: raw escape: {stdout:?}");
+        assert!(
+            !stdout.lines().any(|l| l.starts_with("-  database.db")),
+            "{args:?}: a forged line: {stdout:?}"
+        );
+        assert!(stdout.contains("x\\n-  database.db"), "{args:?}: {stdout:?}");
+    }
+    env.create_id(&src);
+    let out = env.snap().args(["find", "x*"]).assert().success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
+    assert!(!stdout.contains('\x1b'));
+    for bad in ["a\nb", "x\x1b", "", "a,b"] {
+        env.snap()
+            .args(["create", "--tag", bad])
+            .arg(&src)
+            .assert()
+            .failure();
+        env.snap().args(["tag", &id, "--add", bad]).assert().failure();
+    }
+    assert!(env.list().iter().all(|s| s["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| !t.as_str().unwrap().contains('\n'))));
+}
