@@ -25,6 +25,9 @@ pub fn repair_report(
     for (f, why) in &st.unusable_files {
         eprintln!("snap: {f}: not used: {why}");
     }
+    for (f, why) in &st.salvaged_packs {
+        eprintln!("snap: {f}: salvaged: {why}");
+    }
     for (id, why) in &st.damaged_snapshots {
         eprintln!("snap: snapshot {}: kept, but damaged: {why}", &id[..8]);
     }

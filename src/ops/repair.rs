@@ -20,7 +20,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, TreeId};
 use crate::index::Index;
 use crate::lock::{LockMode, RepoLock, default_wait};
-use crate::pack::{FinishedPack, PackKind, decode_blob, for_each_footer};
+use crate::pack::{
+    Blob, FinishedPack, PackKind, PackReader, PackWriter, decode_blob, for_each_footer,
+};
 use crate::progress::Progress;
 use crate::repo::{ChunkReader, INDEX_FILE, list_packs};
 use crate::tree_store::compress_tree;
@@ -38,6 +40,10 @@ pub struct RepairStats {
     /// Files that could not be used, and why (a damaged pack, an object
     /// that does not decode).
     pub unusable_files: Vec<(String, String)>,
+    /// Packs whose footer failed its checks: the blobs proven by their ids
+    /// were rewritten into a new pack (named in the reason), and the
+    /// damaged file is left for `gc` to remove.
+    pub salvaged_packs: Vec<(String, String)>,
     /// Snapshots kept in the index although some of their data is missing,
     /// with what is missing (`snap check` names the paths).
     pub damaged_snapshots: Vec<(String, String)>,
@@ -46,7 +52,9 @@ pub struct RepairStats {
 
 impl RepairStats {
     pub fn is_clean(&self) -> bool {
-        self.unusable_files.is_empty() && self.damaged_snapshots.is_empty()
+        self.unusable_files.is_empty()
+            && self.damaged_snapshots.is_empty()
+            && self.salvaged_packs.is_empty()
     }
 }
 
@@ -139,23 +147,16 @@ fn add_packs(
     progress: &dyn Progress,
 ) -> Result<()> {
     for_each_footer(storage, &list_packs(storage)?, |&id, footer| {
-        let at = || storage.describe(&pack_key(&id));
         let footer = match footer {
             Ok(f) => f,
-            Err(e) => {
-                stats.unusable_files.push((at(), e.to_string()));
-                return Ok(());
-            }
+            Err(e) => return salvage_pack(index, storage, &id, &e.to_string(), stats),
         };
         if footer.id != id {
-            stats.unusable_files.push((
-                at(),
-                format!(
-                    "its footer hashes to {}, not to its name",
-                    footer.id.short()
-                ),
-            ));
-            return Ok(());
+            let why = format!(
+                "its footer hashes to {}, not to its name",
+                footer.id.short()
+            );
+            return salvage_pack(index, storage, &id, &why, stats);
         }
         stats.packs += 1;
         stats.chunks += footer.entries.len() as u64;
@@ -168,6 +169,56 @@ fn add_packs(
         progress.entries(1);
         Ok(())
     })
+}
+
+/// A pack whose footer failed (`why`): keep what can be proven. Every
+/// blob that decodes to its id is written into a new pack, which is
+/// indexed; what cannot be proven is named. One flipped bit in a footer
+/// must not lose a pack of intact chunks.
+fn salvage_pack(
+    index: &Index,
+    storage: &dyn Storage,
+    id: &crate::id::PackId,
+    why: &str,
+    stats: &mut RepairStats,
+) -> Result<()> {
+    let at = storage.describe(&pack_key(id));
+    let salvaged = match PackReader::open(storage, id).and_then(|r| r.salvage()) {
+        Ok(s) if !s.frames.is_empty() => s,
+        Ok(s) => {
+            let lost = s.lost;
+            stats.unusable_files.push((
+                at,
+                format!("{why}; none of its {lost} entries could be proven"),
+            ));
+            return Ok(());
+        }
+        Err(e) => {
+            stats.unusable_files.push((at, format!("{why}; {e}")));
+            return Ok(());
+        }
+    };
+    let mut w = PackWriter::create_version(storage, salvaged.kind, salvaged.version)?;
+    let mut kept = 0u64;
+    for (stored, entries) in &salvaged.frames {
+        let blobs: Vec<Blob> = entries.iter().map(Blob::from).collect();
+        w.add_frame(&blobs, stored)?;
+        kept += entries.len() as u64;
+    }
+    let pack = w.finish()?;
+    storage.flush()?;
+    index.insert_pack(&pack)?;
+    stats.packs += 1;
+    stats.chunks += kept;
+    stats.salvaged_packs.push((
+        at,
+        format!(
+            "{why}; {kept} blobs proven by their ids were rewritten into pack {}, {} could not be proven",
+            pack.id.short(),
+            salvaged.lost
+        ),
+    ));
+    Ok(())
 }
 
 /// Every snapshot object with its changes applied, and every tree it

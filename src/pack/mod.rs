@@ -20,7 +20,9 @@
 mod reader;
 mod writer;
 
-pub use reader::{Footer, PackReader, damaged, decode_blob, decode_chunk, for_each_footer};
+pub use reader::{
+    Footer, PackReader, Salvaged, damaged, decode_blob, decode_chunk, for_each_footer,
+};
 pub use writer::{Blob, FinishedPack, PackWriter, Packer, SealedPack};
 
 use crate::compress::Codec;

@@ -256,6 +256,76 @@ impl PackReader {
         })
     }
 
+    /// What a pack whose footer fails its checks still holds that can be
+    /// proven: its footer entries read without the checksum, each blob
+    /// (raw, compressed, or a member of a group frame) kept only where it
+    /// decodes to bytes whose hash is its id. Deltas cannot be proven
+    /// without their bases and are not kept. Returns the pack's version
+    /// and kind, the frames kept (stored bytes with the entries they
+    /// hold) and how many entries could not be proven.
+    pub fn salvage(&self) -> Result<Salvaged> {
+        let size = self.obj.size();
+        let bad = |why: String| damaged(&self.id, why);
+        if size < HEADER_LEN + TRAILER_LEN {
+            return Err(bad(format!("pack is only {size} bytes long")));
+        }
+        let all = self.read_all()?;
+        if &all[..8] != HEADER_MAGIC {
+            return Err(bad("bad pack header magic: nothing can be salvaged".into()));
+        }
+        let version = u32::from_le_bytes(all[8..12].try_into().unwrap());
+        let kind = PackKind::from_u32(u32::from_le_bytes(all[12..16].try_into().unwrap()))
+            .ok_or_else(|| bad("unknown pack kind".into()))?;
+        if !(PACK_VERSION..=PACK_VERSION_TREE_GROUPS).contains(&version) {
+            return Err(bad(format!("unknown pack version {version}")));
+        }
+        let trailer = &all[all.len() - TRAILER_LEN as usize..];
+        let count = u32::from_le_bytes(trailer[..4].try_into().unwrap()) as u64;
+        let bases = u32::from_le_bytes(trailer[4..8].try_into().unwrap()) as u64;
+        let footer_len = count
+            .checked_mul(ENTRY_LEN)
+            .and_then(|n| n.checked_add(bases.checked_mul(BASE_LEN)?))
+            .filter(|n| HEADER_LEN + n + TRAILER_LEN <= size)
+            .ok_or_else(|| bad("its trailer's counts do not fit: nothing can be salvaged".into()))?;
+        let footer_start = (size - TRAILER_LEN - footer_len) as usize;
+        let entry_bytes = &all[footer_start..footer_start + (count * ENTRY_LEN) as usize];
+        let max = kind.blob_max();
+        // Frames by offset: the entries each holds that prove themselves.
+        let mut frames: std::collections::BTreeMap<(u32, u32), Vec<PackEntry>> = Default::default();
+        let mut lost = 0u64;
+        for raw in entry_bytes.chunks_exact(ENTRY_LEN as usize) {
+            let Some(e) = PackEntry::decode(raw) else {
+                lost += 1;
+                continue;
+            };
+            let end = e.offset as u64 + e.stored_len as u64;
+            let fits = e.offset as u64 >= HEADER_LEN && end <= footer_start as u64;
+            let stored = &all[e.offset as usize..end.min(all.len() as u64) as usize];
+            let proven = fits
+                && e.codec != Codec::Delta
+                && (e.codec != Codec::Grouped || super::holds_groups(version, kind))
+                && decode_blob(self.ids, &self.id, &e, stored, max, None).is_ok();
+            if proven {
+                frames.entry((e.offset, e.stored_len)).or_default().push(e);
+            } else {
+                lost += 1;
+            }
+        }
+        let frames = frames
+            .into_iter()
+            .map(|((offset, len), entries)| {
+                let stored = all[offset as usize..offset as usize + len as usize].to_vec();
+                (stored, entries)
+            })
+            .collect();
+        Ok(Salvaged {
+            version,
+            kind,
+            frames,
+            lost,
+        })
+    }
+
     /// The header, and the pack's last bytes from the returned offset on.
     /// Locally: the trailer alone. Remotely: both read at once, the tail
     /// long enough to hold most footers, so a new client's index rebuild
@@ -301,6 +371,16 @@ impl PackReader {
         let stored = self.read_stored(e.offset as u64, e.stored_len)?;
         decode_chunk(self.ids, &self.id, e, &stored, base)
     }
+}
+
+/// What [`PackReader::salvage`] proved of a damaged pack.
+pub struct Salvaged {
+    pub version: u32,
+    pub kind: PackKind,
+    /// Stored bytes of a frame, with the entries it holds.
+    pub frames: Vec<(Vec<u8>, Vec<PackEntry>)>,
+    /// Entries that could not be proven (named lost).
+    pub lost: u64,
 }
 
 /// Decompress stored bytes (`e`'s frame) and check them against the chunk
