@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
+use crate::ops::bounds::{EXPANSION, FLOOR};
 use crate::ops::restore::{MAX_DEPTH, entry_budget};
 use crate::pack::{HEADER_LEN, TRAILER_LEN, decode_chunk};
 use crate::progress::Progress;
@@ -49,8 +50,9 @@ struct TreeShape {
 
 /// How many entries the tree graph under `root` expands to, and how deep
 /// it nests, from each tree's shape (memoized, so shared subtrees cost one
-/// visit however often they are referenced). Missing trees count zero.
-fn expansion(shapes: &HashMap<TreeId, TreeShape>, root: TreeId) -> (u64, u64) {
+/// visit however often they are referenced), and how many entries its
+/// distinct trees hold. Missing trees count zero.
+fn expansion(shapes: &HashMap<TreeId, TreeShape>, root: TreeId) -> (u64, u64, u64) {
     let mut done: HashMap<TreeId, (u64, u64)> = HashMap::new();
     let mut stack = vec![(root, false)];
     while let Some((t, children_done)) = stack.pop() {
@@ -74,7 +76,13 @@ fn expansion(shapes: &HashMap<TreeId, TreeShape>, root: TreeId) -> (u64, u64) {
         }
         done.insert(t, (n, d + 1));
     }
-    done.get(&root).copied().unwrap_or((0, 0))
+    let distinct = done
+        .keys()
+        .filter_map(|t| shapes.get(t))
+        .map(|s| s.entries)
+        .sum();
+    let (n, d) = done.get(&root).copied().unwrap_or((0, 0));
+    (n, d, distinct)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -235,9 +243,15 @@ pub fn check(
         chunks_seen,
     } = walked;
     for s in &snapshots {
-        let (entries, depth) = expansion(&shapes, s.root);
+        let (entries, depth, distinct) = expansion(&shapes, s.root);
         let budget = entry_budget(s);
-        if entries > budget {
+        let graph_allows = distinct.saturating_mul(EXPANSION).max(FLOOR);
+        if entries > graph_allows {
+            let why = format!(
+                "its trees name the same subtrees over and over: {distinct} distinct entries expand to {entries} (a graph built to expand, not a directory)"
+            );
+            faults.push(Fault::Snapshot(Box::new(s.clone()), why));
+        } else if entries > budget {
             let why = format!(
                 "its trees expand to {entries} entries, more than the {budget} it records (a crafted or damaged tree graph)"
             );

@@ -22,6 +22,7 @@ use crate::chunker::ChunkerParams;
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
 use crate::id::TreeId;
+use crate::ops::bounds::Bounds;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Entry, Kind, Payload, flags};
@@ -132,6 +133,15 @@ fn load_entries(repo: &Repository, t: Option<TreeId>) -> Result<Vec<Entry>> {
     })
 }
 
+/// One directory being compared: its entries merged by name, and where.
+struct Level {
+    items: std::vec::IntoIter<(Vec<u8>, (Option<Entry>, Option<Entry>))>,
+    prefix: PathBuf,
+}
+
+/// Compare trees `a` and `b` (either may be absent) under `prefix`,
+/// depth first, parents before children. Iterative and bounded by what it
+/// reads (crate::ops::bounds): a deep or expanding graph is damage.
 fn diff_trees(
     repo: &Repository,
     a: Option<TreeId>,
@@ -139,42 +149,80 @@ fn diff_trees(
     prefix: &Path,
     out: &mut Vec<Difference>,
 ) -> Result<()> {
-    if a == b {
-        return Ok(());
-    }
-    let mut merged: BTreeMap<Vec<u8>, (Option<Entry>, Option<Entry>)> = BTreeMap::new();
-    for e in load_entries(repo, a)? {
-        let name = e.name.clone();
-        merged.entry(name).or_default().0 = Some(e);
-    }
-    for e in load_entries(repo, b)? {
-        let name = e.name.clone();
-        merged.entry(name).or_default().1 = Some(e);
-    }
-    for (name, pair) in merged {
-        let path = join(prefix, &name);
-        match pair {
-            (Some(old), None) => gone(repo, &old, path, out)?,
-            (None, Some(new)) => came(repo, &new, path, out)?,
+    let mut bounds = Bounds::new(String::from("compared"));
+    let mut stack = Vec::new();
+    open_level(repo, &mut bounds, &mut stack, a, b, prefix.to_path_buf())?;
+    while let Some(top) = stack.last_mut() {
+        let Some((name, pair)) = top.items.next() else {
+            stack.pop();
+            continue;
+        };
+        let path = join(&top.prefix, &name);
+        let below = match pair {
+            (Some(old), None) => {
+                push(out, path.clone(), Change::Removed, Some(&old), None);
+                (old.subtree(), None)
+            }
+            (None, Some(new)) => {
+                push(out, path.clone(), Change::Added, None, Some(&new));
+                (None, new.subtree())
+            }
             (Some(old), Some(new)) if old.kind != new.kind => {
                 push(out, path.clone(), Change::Type, Some(&old), Some(&new));
-                diff_trees(repo, old.subtree(), new.subtree(), &path, out)?;
+                (old.subtree(), new.subtree())
+            }
+            (Some(old), Some(new)) if old.kind == Kind::Dir => {
+                if !same_owner_and_mode(&old, &new) {
+                    push(out, path.clone(), Change::Metadata, Some(&old), Some(&new));
+                }
+                (old.subtree(), new.subtree())
             }
             (Some(old), Some(new)) => {
-                if old.kind == Kind::Dir {
-                    if !same_owner_and_mode(&old, &new) {
-                        push(out, path.clone(), Change::Metadata, Some(&old), Some(&new));
-                    }
-                    diff_trees(repo, old.subtree(), new.subtree(), &path, out)?;
-                } else if old.size != new.size || old.payload != new.payload {
+                if old.size != new.size || old.payload != new.payload {
                     push(out, path, Change::Modified, Some(&old), Some(&new));
                 } else if !same_owner_and_mode(&old, &new) || old.mtime_ns != new.mtime_ns {
                     push(out, path, Change::Metadata, Some(&old), Some(&new));
                 }
+                continue;
             }
-            (None, None) => {}
+            (None, None) => continue,
+        };
+        open_level(repo, &mut bounds, &mut stack, below.0, below.1, path)?;
+    }
+    Ok(())
+}
+
+/// Push the comparison of `a` and `b` (nothing when they are the same).
+fn open_level(
+    repo: &Repository,
+    bounds: &mut Bounds,
+    stack: &mut Vec<Level>,
+    a: Option<TreeId>,
+    b: Option<TreeId>,
+    prefix: PathBuf,
+) -> Result<()> {
+    if a == b {
+        return Ok(());
+    }
+    let mut merged: BTreeMap<Vec<u8>, (Option<Entry>, Option<Entry>)> = BTreeMap::new();
+    for (side, t) in [(0, a), (1, b)] {
+        let entries = load_entries(repo, t)?;
+        if let Some(id) = t {
+            bounds.enter(repo, &id, entries.len(), stack.len())?;
+        }
+        for e in entries {
+            let slot = merged.entry(e.name.clone()).or_default();
+            if side == 0 {
+                slot.0 = Some(e);
+            } else {
+                slot.1 = Some(e);
+            }
         }
     }
+    stack.push(Level {
+        items: merged.into_iter().collect::<Vec<_>>().into_iter(),
+        prefix,
+    });
     Ok(())
 }
 
@@ -189,12 +237,6 @@ fn same_owner_and_mode(a: &Entry, b: &Entry) -> bool {
 fn gone(repo: &Repository, e: &Entry, path: PathBuf, out: &mut Vec<Difference>) -> Result<()> {
     push(out, path.clone(), Change::Removed, Some(e), None);
     diff_trees(repo, e.subtree(), None, &path, out)
-}
-
-/// An entry added, with everything below it.
-fn came(repo: &Repository, e: &Entry, path: PathBuf, out: &mut Vec<Difference>) -> Result<()> {
-    push(out, path.clone(), Change::Added, None, Some(e));
-    diff_trees(repo, None, e.subtree(), &path, out)
 }
 
 /// Differences from snapshot `s` to its source directories as they are now.

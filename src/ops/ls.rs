@@ -4,6 +4,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::ops::bounds::Bounds;
 use crate::id::TreeId;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
@@ -53,12 +54,23 @@ pub fn walk(
     prefix: &Path,
     f: &mut dyn FnMut(&Path, &Entry) -> Result<()>,
 ) -> Result<()> {
+    // Iterative, bounded by what is read (crate::ops::bounds): a deep or
+    // expanding tree graph is damage, never a stack overflow or a hang.
+    let mut bounds = Bounds::new(tree.short());
     let t: Tree = repo.load_tree(tree)?;
-    for e in &t.entries {
-        let p = prefix.join(std::ffi::OsStr::from_bytes(&e.name));
-        f(&p, e)?;
+    bounds.enter(repo, tree, t.entries.len(), 0)?;
+    let mut stack = vec![(t.entries.into_iter(), prefix.to_path_buf())];
+    while let Some((entries, dir)) = stack.last_mut() {
+        let Some(e) = entries.next() else {
+            stack.pop();
+            continue;
+        };
+        let p = dir.join(std::ffi::OsStr::from_bytes(&e.name));
+        f(&p, &e)?;
         if let (Kind::Dir, Some(sub)) = (e.kind, e.subtree()) {
-            walk(repo, &sub, &p, f)?;
+            let t = repo.load_tree(&sub)?;
+            bounds.enter(repo, &sub, t.entries.len(), stack.len())?;
+            stack.push((t.entries.into_iter(), p));
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! The operations: each takes `*Options`, returns a result with statistics.
 
+pub mod bounds;
 pub mod check;
 pub mod create;
 pub mod diff;

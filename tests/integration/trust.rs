@@ -497,3 +497,119 @@ fn repair_keeps_the_intact_chunks_of_a_pack_with_a_damaged_footer() {
     assert_same_tree(&src, &target);
     env.snap().args(["check", "--read-data"]).assert().success();
 }
+
+fn dir_entry(name: &str, sub: snap::TreeId) -> snap::tree::Entry {
+    let mut e = file_entry(name, 0, Vec::new());
+    e.kind = snap::tree::Kind::Dir;
+    e.mode = 0o755;
+    e.payload = snap::tree::Payload::Subtree(sub);
+    e
+}
+
+/// Store `tree` as a tree copy in a format-4 index; its id.
+fn put_tree(conn: &rusqlite::Connection, tree: &snap::tree::Tree) -> snap::TreeId {
+    let enc = tree.encode();
+    let id = snap::tree::Tree::id_of_encoding(&enc);
+    conn.execute(
+        "INSERT OR IGNORE INTO trees(hash, codec, data) VALUES (?1, 0, ?2)",
+        rusqlite::params![id.as_bytes().to_vec(), enc],
+    )
+    .unwrap();
+    id
+}
+
+/// A format-4 repository whose snapshot's root is the last tree `build`
+/// makes, with statistics claiming `files` files.
+fn hostile_graph(
+    build: impl Fn(&rusqlite::Connection) -> snap::TreeId,
+    files: u64,
+) -> (Env, String) {
+    let env = Env::with_format(4);
+    let src = env.path("src");
+    write(&src.join("leaf.txt"), "leaf");
+    let id = env.create_id(&src);
+    let conn = rusqlite::Connection::open(env.repo.join("index.db")).unwrap();
+    let root = build(&conn);
+    let stats = format!(
+        r#"{{"files":{files},"dirs":{files},"symlinks":0,"others":0,"total_bytes":0,"read_bytes":0,"reused_files":0,"new_chunks":0,"new_raw_bytes":0,"new_stored_bytes":0,"new_packs":0,"duration_ms":0}}"#
+    );
+    conn.execute(
+        "UPDATE snapshots SET root = ?1, stats = ?2",
+        rusqlite::params![root.as_bytes().to_vec(), stats],
+    )
+    .unwrap();
+    (env, id)
+}
+
+/// Every command that walks trees ends with damage (exit 5), in bounded
+/// time and memory: never a hang, a stack overflow (exit 134) or "ok".
+fn every_walk_is_damage(env: &Env, id: &str, why: &str) {
+    let target = env.path("target-of-hostile");
+    let target = target.to_str().unwrap();
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["ls", id, "-r"],
+        vec!["find", "*"],
+        vec!["dump", id, "."],
+        vec!["diff", id],
+        vec!["check"],
+        vec!["restore", id, "--target", target],
+    ];
+    for args in runs {
+        let started = std::time::Instant::now();
+        let out = env
+            .snap()
+            .args(&args)
+            .timeout(std::time::Duration::from_secs(60))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(why) || stdout.contains(why),
+            "{args:?} does not say why ({why}): {stderr}"
+        );
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// Finding 8: 41 trees, each naming the next twice (2^40 entries), with a
+/// snapshot claiming 2^62 files: every walk stops, and check reports it.
+#[test]
+fn an_expanding_tree_graph_is_damage_for_every_command() {
+    let (env, id) = hostile_graph(
+        |conn| {
+            let leaf = snap::tree::Tree::new(vec![file_entry("f", 0, Vec::new())]);
+            let mut t = put_tree(conn, &leaf);
+            for _ in 0..40 {
+                let level = snap::tree::Tree::new(vec![dir_entry("a", t), dir_entry("b", t)]);
+                t = put_tree(conn, &level);
+            }
+            t
+        },
+        1 << 62,
+    );
+    every_walk_is_damage(&env, &id, "over and over");
+}
+
+/// Finding 9: 40,000 levels of nesting: every walk refuses it as damage,
+/// none overflows its stack.
+#[test]
+fn deep_nesting_is_damage_for_every_command() {
+    let (env, id) = hostile_graph(
+        |conn| {
+            let leaf = snap::tree::Tree::new(vec![file_entry("f", 0, Vec::new())]);
+            let mut t = put_tree(conn, &leaf);
+            for _ in 0..40_000 {
+                t = put_tree(conn, &snap::tree::Tree::new(vec![dir_entry("d", t)]));
+            }
+            t
+        },
+        50_000,
+    );
+    every_walk_is_damage(&env, &id, "deep");
+}

@@ -175,6 +175,7 @@ pub fn plan(
         protected: protected_dirs(repo)?,
         depth: 0,
         budget: entry_budget(snap),
+        bounds: crate::ops::bounds::Bounds::new(snap.id.short()),
         snapshot: snap.id.short(),
         compact,
         fresh: Vec::new(),
@@ -437,6 +438,8 @@ struct Planner<'a> {
     /// The repository's directory: never deleted, even inside a source.
     /// The repository's own directories (`Repository::places`).
     repo_keys: Vec<(u64, u64)>,
+    /// What the trees read so far allow the walk (`crate::ops::bounds`).
+    bounds: crate::ops::bounds::Bounds,
     /// The repository and the directories above it: never deleted whole.
     protected: HashSet<(u64, u64)>,
     refused: Vec<(PathBuf, String)>,
@@ -614,6 +617,8 @@ impl Planner<'_> {
                 ),
             });
         }
+        self.bounds
+            .enter(self.repo, &id, tree.entries.len(), self.depth)?;
         self.depth += 1;
         let r = self.plan_children(tree, id, dir, dev);
         self.depth -= 1;
