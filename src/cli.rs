@@ -204,11 +204,28 @@ pub struct TagArgs {
 
 #[derive(clap::Subcommand)]
 pub enum KeyWhat {
-    /// Change the password: the new one opens the repository, the old one no longer does (no data is rewritten)
+    /// Change the password: the new one opens the repository, and every key object the old one opened is removed (the master key and the data do not change)
     Passwd {
         /// Read the new password from FILE [default: SNAP_NEW_PASSWORD, else a prompt]
         #[arg(long, value_name = "FILE")]
         new_password_file: Option<PathBuf>,
+    },
+    /// Add a password: a new key object (the current password keeps working)
+    Add {
+        /// Read the new password from FILE [default: SNAP_NEW_PASSWORD, else a prompt]
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// The key objects: name, when made, cost, and whether your password opens it
+    List {
+        /// Print them as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a key object (not the last one, nor the only one your password opens)
+    Remove {
+        /// The key object's name, as `snap key list` shows it
+        name: String,
     },
 }
 

@@ -158,9 +158,25 @@ pub fn key_names(storage: &dyn Storage) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The master key, from the first key object `password` opens, and that
-/// object's name. No object opening it is `Error::WrongPassword`.
-pub fn unlock(storage: &dyn Storage, repo_id: &str, password: &[u8]) -> Result<(MasterKey, String)> {
+/// Key objects an unlock reads at most: whoever can write the repository
+/// can add key objects, and each costs a key derivation to try.
+pub const MAX_KEY_OBJECTS: usize = 16;
+
+/// argon2id work (KiB of memory times passes) one unlock spends at most,
+/// over every key object it tries: 2 GiB-passes, ten times the default
+/// object's cost. Objects are tried cheapest first, so a planted costly
+/// one cannot starve the real one.
+pub const UNLOCK_WORK: u64 = 2 * 1024 * 1024;
+
+/// A key object read and checked, not yet opened.
+struct Candidate {
+    name: String,
+    object: KeyObject,
+    cost: u64,
+}
+
+/// The key objects, at most [`MAX_KEY_OBJECTS`], cheapest first.
+fn candidates(storage: &dyn Storage) -> Result<Vec<Candidate>> {
     let names = key_names(storage)?;
     if names.is_empty() {
         return Err(Error::Damaged {
@@ -168,25 +184,143 @@ pub fn unlock(storage: &dyn Storage, repo_id: &str, password: &[u8]) -> Result<(
             reason: "the repository is encrypted but has no key object".into(),
         });
     }
+    if names.len() > MAX_KEY_OBJECTS {
+        return Err(Error::Damaged {
+            path: storage.describe(KEYS_DIR).into(),
+            reason: format!(
+                "{} key objects, more than the {MAX_KEY_OBJECTS} snap tries: were some planted? (`snap key list`, then remove the ones you did not add)",
+                names.len()
+            ),
+        });
+    }
+    let mut out = Vec::with_capacity(names.len());
     for name in names {
         let key = format!("{KEYS_DIR}/{name}");
-        let bytes = storage.read(&key)?;
-        if let Some(master) = open_key_object(storage, &key, &bytes, repo_id, password)? {
-            return Ok((master, name));
-        }
+        let object = parse_key_object(storage, &key, &storage.read(&key)?)?;
+        let cost = u64::from(object.params.memory_kib) * u64::from(object.params.iterations);
+        out.push(Candidate { name, object, cost });
     }
-    Err(Error::WrongPassword {
-        repo: storage.describe("").trim_end_matches('/').to_string(),
-    })
+    out.sort_by_key(|c| c.cost);
+    Ok(out)
 }
 
-fn open_key_object(
+/// Every key object `password` opens (cheapest first, within the work
+/// bound), with the master key. None opening it is `Error::WrongPassword`.
+/// `first`: stop at the first that opens (an unlock), else try them all.
+fn open_with(
     storage: &dyn Storage,
-    key: &str,
-    bytes: &[u8],
     repo_id: &str,
     password: &[u8],
-) -> Result<Option<MasterKey>> {
+    first: bool,
+) -> Result<(MasterKey, Vec<String>)> {
+    let mut work = 0u64;
+    let mut opened = Vec::new();
+    let mut master = None;
+    let mut skipped = Vec::new();
+    for c in candidates(storage)? {
+        if work + c.cost > UNLOCK_WORK {
+            skipped.push(c.name);
+            continue;
+        }
+        work += c.cost;
+        if let Some(m) = open_key_object(&c.object, repo_id, password)? {
+            master = Some(m);
+            opened.push(c.name);
+            if first {
+                break;
+            }
+        }
+    }
+    match master {
+        Some(m) => Ok((m, opened)),
+        None if !skipped.is_empty() => Err(Error::Damaged {
+            path: storage.describe(KEYS_DIR).into(),
+            reason: format!(
+                "no key object tried opens with this password, and {} were not tried: they cost more key derivation than snap spends on one unlock ({})",
+                skipped.len(),
+                skipped.join(", ")
+            ),
+        }),
+        None => Err(Error::WrongPassword {
+            repo: storage.describe("").trim_end_matches('/').to_string(),
+        }),
+    }
+}
+
+/// The master key, from a key object `password` opens, and that object's
+/// name. No object opening it is `Error::WrongPassword`.
+pub fn unlock(storage: &dyn Storage, repo_id: &str, password: &[u8]) -> Result<(MasterKey, String)> {
+    let (master, names) = open_with(storage, repo_id, password, true)?;
+    Ok((master, names.into_iter().next().expect("opened by one at least")))
+}
+
+/// A key object as `snap key list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub name: String,
+    pub created_ns: i64,
+    pub memory_kib: u32,
+    pub iterations: u32,
+    /// Whether the password given opens it.
+    pub opens: bool,
+}
+
+/// Every key object, and whether `password` opens it.
+pub fn list_keys(storage: &dyn Storage, repo_id: &str, password: &[u8]) -> Result<Vec<KeyInfo>> {
+    let (_, opened) = open_with(storage, repo_id, password, false)?;
+    let mut out: Vec<KeyInfo> = candidates(storage)?
+        .into_iter()
+        .map(|c| KeyInfo {
+            opens: opened.contains(&c.name),
+            name: c.name,
+            created_ns: c.object.created_ns,
+            memory_kib: c.object.params.memory_kib,
+            iterations: c.object.params.iterations,
+        })
+        .collect();
+    out.sort_by_key(|k| k.created_ns);
+    Ok(out)
+}
+
+/// Add a key object that opens with `new_password`, proven by `password`.
+pub fn add_password(
+    storage: &dyn Storage,
+    repo_id: &str,
+    password: &[u8],
+    new_password: &[u8],
+) -> Result<String> {
+    let (master, _) = open_with(storage, repo_id, password, true)?;
+    if key_names(storage)?.len() >= MAX_KEY_OBJECTS {
+        return Err(Error::Invalid(format!(
+            "the repository has {MAX_KEY_OBJECTS} key objects already, as many as an unlock tries"
+        )));
+    }
+    add_key(storage, repo_id, &master, new_password, KdfParams::default())
+}
+
+/// Remove key object `name`, proven by `password`; never the last one,
+/// nor the last one `password` opens (that is `change_password`).
+pub fn remove_key(storage: &dyn Storage, repo_id: &str, password: &[u8], name: &str) -> Result<()> {
+    let (_, opened) = open_with(storage, repo_id, password, false)?;
+    let names = key_names(storage)?;
+    if !names.iter().any(|n| n == name) {
+        return Err(Error::Invalid(format!("no key object named {name}")));
+    }
+    if names.len() == 1 {
+        return Err(Error::Invalid(format!(
+            "{name} is the repository's only key object: removing it would lock everyone out"
+        )));
+    }
+    if opened.len() == 1 && opened[0] == name {
+        return Err(Error::Invalid(format!(
+            "{name} is the only key object your password opens; change it with `snap key passwd`"
+        )));
+    }
+    storage.delete(&format!("{KEYS_DIR}/{name}"))?;
+    storage.flush()
+}
+
+fn parse_key_object(storage: &dyn Storage, key: &str, bytes: &[u8]) -> Result<KeyObject> {
     let damaged = |why: String| Error::Damaged {
         path: storage.describe(key).into(),
         reason: why,
@@ -207,12 +341,21 @@ fn open_key_object(
     let field = |s: &str, len: usize, what: &str| {
         unhex(s)
             .filter(|b| b.len() == len)
+            .map(|_| ())
             .ok_or_else(|| damaged(format!("bad {what}")))
     };
-    let salt = field(&o.salt, 16, "salt")?;
-    let nonce: [u8; 24] = field(&o.nonce, 24, "nonce")?.try_into().expect("24 bytes");
-    let sealed = field(&o.sealed_key, 48, "sealed key")?;
-    let wrap = wrapping_key(password, &salt, &p)?;
+    field(&o.salt, 16, "salt")?;
+    field(&o.nonce, 24, "nonce")?;
+    field(&o.sealed_key, 48, "sealed key")?;
+    Ok(o)
+}
+
+fn open_key_object(o: &KeyObject, repo_id: &str, password: &[u8]) -> Result<Option<MasterKey>> {
+    let hexed = |s: &str| unhex(s).expect("checked by parse_key_object");
+    let salt = hexed(&o.salt);
+    let nonce: [u8; 24] = hexed(&o.nonce).try_into().expect("24 bytes");
+    let sealed = hexed(&o.sealed_key);
+    let wrap = wrapping_key(password, &salt, &o.params)?;
     let cipher = XChaCha20Poly1305::new(&(*wrap).into());
     let aad = wrap_aad(repo_id);
     let Ok(plain) = cipher.decrypt(
@@ -228,19 +371,23 @@ fn open_key_object(
     Ok(Some(MasterKey(plain[..].try_into().expect("32 bytes"))))
 }
 
-/// Replace the key object `old_password` opens by one `new_password`
-/// opens: the new one is written first, so a crash leaves both.
+/// Replace every key object `old_password` opens by one `new_password`
+/// opens (the new one is written first, so a crash leaves both); returns
+/// its name and how many were removed. The master key does not change.
 pub fn change_password(
     storage: &dyn Storage,
     repo_id: &str,
     old_password: &[u8],
     new_password: &[u8],
-) -> Result<String> {
-    let (master, old) = unlock(storage, repo_id, old_password)?;
+) -> Result<(String, usize)> {
+    let (master, old) = open_with(storage, repo_id, old_password, false)?;
     let name = add_key(storage, repo_id, &master, new_password, KdfParams::default())?;
-    storage.delete(&format!("{KEYS_DIR}/{old}"))?;
+    // Every object the old password opens goes: afterwards it opens none.
+    for o in &old {
+        storage.delete(&format!("{KEYS_DIR}/{o}"))?;
+    }
     storage.flush()?;
-    Ok(name)
+    Ok((name, old.len()))
 }
 
 /// Prepare `base` (empty) to hold a new encrypted repository of `config`:

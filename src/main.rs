@@ -455,9 +455,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             cmd::init::run(&mut ctx, path, config, encrypt)
         }
-        Command::Key(cli::KeyWhat::Passwd { new_password_file }) => {
-            cmd::key::passwd(&ctx.repo, new_password_file.as_deref(), &mut ctx.out)
-        }
+        Command::Key(what) => cmd::key::run(&ctx.repo, what, &mut ctx.out),
         Command::Create(args) => cmd::create::run(&mut ctx, args),
         Command::Guard(args) => {
             let repo = open_repo(&ctx.repo, Some(LockMode::Exclusive))?;

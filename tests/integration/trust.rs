@@ -613,3 +613,139 @@ fn deep_nesting_is_damage_for_every_command() {
     );
     every_walk_is_damage(&env, &id, "deep");
 }
+
+/// A key object that opens with no password: valid fields, `params` cost.
+fn planted_key(memory_kib: u32, iterations: u32) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "kdf": "argon2id",
+        "memory_kib": memory_kib,
+        "iterations": iterations,
+        "parallelism": 1,
+        "salt": "00".repeat(16),
+        "nonce": "00".repeat(24),
+        "sealed_key": "00".repeat(48),
+        "created_ns": 0
+    }))
+    .unwrap()
+}
+
+/// Finding 13: a planted 1 GiB / 20-pass key object does not make every
+/// command take half a minute and a gigabyte (objects are tried cheapest
+/// first within a work bound), and an unbounded number of them is refused.
+#[test]
+fn planted_key_objects_cost_a_bounded_unlock() {
+    let env = Env::encrypted();
+    let src = env.path("src");
+    write(&src.join("a"), "a");
+    env.create_id(&src);
+    fs::write(
+        env.repo.join("keys/0000000000000000"),
+        planted_key(1024 * 1024, 20),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(env.list().len(), 1);
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "list took {:?}",
+        started.elapsed()
+    );
+    // The wrong password, with the costly object skipped: damage that says so.
+    let out = env
+        .snap()
+        .env("SNAP_PASSWORD", "wrong")
+        .arg("list")
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("not tried"), "{stderr}");
+    for i in 0..16 {
+        fs::write(
+            env.repo.join(format!("keys/10000000000000{i:02x}")),
+            planted_key(8192, 1),
+        )
+        .unwrap();
+    }
+    let out = env.snap().arg("list").assert().code(5);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("key objects, more than"), "{stderr}");
+}
+
+/// Finding 14: `key passwd` removes every key object the old password
+/// opens (so it stops working), and `key add`, `key list` and `key remove`
+/// exist, never removing the last way in.
+#[test]
+fn key_passwd_revokes_every_object_of_the_old_password() {
+    let env = Env::encrypted();
+    let src = env.path("src");
+    write(&src.join("a"), "a");
+    env.create_id(&src);
+    // A second object for the same password, and one for another.
+    env.snap()
+        .args(["key", "add"])
+        .env("SNAP_NEW_PASSWORD", TEST_PASSWORD)
+        .assert()
+        .success();
+    env.snap()
+        .args(["key", "add"])
+        .env("SNAP_NEW_PASSWORD", "second password")
+        .assert()
+        .success();
+    let out = env
+        .snap()
+        .args(["key", "list", "--json"])
+        .assert()
+        .success();
+    let keys: Vec<serde_json::Value> = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(keys.len(), 3);
+    assert_eq!(keys.iter().filter(|k| k["opens"] == true).count(), 2);
+    let out = env
+        .snap()
+        .args(["key", "passwd"])
+        .env("SNAP_NEW_PASSWORD", "new password")
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(stdout.contains("removed 2 key object"), "{stdout}");
+    env.snap().arg("list").assert().code(10);
+    env.snap()
+        .env("SNAP_PASSWORD", "new password")
+        .arg("list")
+        .assert()
+        .success();
+    env.snap()
+        .env("SNAP_PASSWORD", "second password")
+        .arg("list")
+        .assert()
+        .success();
+    // Remove the other password's object; the last one stays.
+    let out = env
+        .snap()
+        .env("SNAP_PASSWORD", "new password")
+        .args(["key", "list", "--json"])
+        .assert()
+        .success();
+    let keys: Vec<serde_json::Value> = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let other = keys.iter().find(|k| k["opens"] == false).unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mine = keys.iter().find(|k| k["opens"] == true).unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let as_new = |args: &[&str]| {
+        let mut c = env.snap();
+        c.env("SNAP_PASSWORD", "new password").args(args);
+        c
+    };
+    as_new(&["key", "remove", &mine]).assert().failure();
+    as_new(&["key", "remove", &other]).assert().success();
+    env.snap()
+        .env("SNAP_PASSWORD", "second password")
+        .arg("list")
+        .assert()
+        .code(10);
+    as_new(&["key", "remove", &mine]).assert().failure();
+    as_new(&["list"]).assert().success();
+}
