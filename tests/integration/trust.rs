@@ -749,3 +749,29 @@ fn key_passwd_revokes_every_object_of_the_old_password() {
     as_new(&["key", "remove", &mine]).assert().failure();
     as_new(&["list"]).assert().success();
 }
+
+/// Finding 6 on a bucket: a new client (fresh cache) of a bucket whose
+/// config was edited to drop `encryption` and name a new id refuses it,
+/// asks no password, and uploads nothing.
+#[test]
+fn a_new_client_never_opens_an_encrypted_bucket_as_plain() {
+    let env = Env::on_s3("trust_bucket_downgrade").expect("the S3 server runs");
+    let srv = crate::s3server::server("trust_bucket_downgrade").unwrap();
+    let objects = srv.object_dir(env.repo.to_str().unwrap());
+    let src = env.path("app");
+    write(&src.join("secret.txt"), "bucket secret text");
+    env.create_id(&src);
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&fs::read(objects.join("config")).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("encryption");
+    v["id"] = serde_json::json!("ffeeddccbbaa99887766554433221100");
+    fs::write(objects.join("config"), v.to_string()).unwrap();
+    let before = srv.object_keys(env.repo.to_str().unwrap());
+    let fresh = env.another_client();
+    for args in [vec!["list"], vec!["create", src.to_str().unwrap()]] {
+        let out = fresh.snap().args(&args).assert().code(5);
+        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(err.contains("the config was altered"), "{args:?}: {err}");
+    }
+    assert_eq!(srv.object_keys(env.repo.to_str().unwrap()), before);
+}
