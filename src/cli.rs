@@ -270,8 +270,14 @@ pub struct GcArgs {
     pub repack_threshold: f64,
     /// Repository in a bucket: delete condemned packs this long after a gc
     /// condemned them (longer than any create on another client runs)
+    /// (at least 1h, unless --no-other-writers)
     #[arg(long, value_name = "DURATION", default_value = "24h")]
     pub grace: String,
+    /// Confirm that no other client writes the bucket now: allows a
+    /// --grace under 1h (a create that started before this gc and commits
+    /// after it would lose its snapshot)
+    #[arg(long)]
+    pub no_other_writers: bool,
     /// Report what would be removed; change nothing
     #[arg(long)]
     pub dry_run: bool,

@@ -41,7 +41,7 @@ pub fn gc_command(
             policy,
             dry_run: args.dry_run,
             repack_dead_share: (args.repack_threshold / 100.0).clamp(0.0, 1.0),
-            grace: grace(&args.grace)?,
+            grace: grace(&args.grace, args.no_other_writers)?,
             ..GcOptions::default()
         },
         progress,
@@ -108,9 +108,20 @@ pub fn gc_command(
     })
 }
 
-/// `--grace`: a duration of at least zero.
-fn grace(s: &str) -> anyhow::Result<std::time::Duration> {
+/// The shortest `--grace` taken without `--no-other-writers`: longer than
+/// a create on another client runs between its first pack and its commit.
+const GRACE_FLOOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `--grace`: a duration of at least [`GRACE_FLOOR`], or of at least zero
+/// when the user confirms that nobody else writes the bucket.
+fn grace(s: &str, no_other_writers: bool) -> anyhow::Result<std::time::Duration> {
     let d = parse_duration(s)?;
-    std::time::Duration::try_from(d)
-        .map_err(|_| anyhow::anyhow!("--grace {s}: must not be negative"))
+    let d = std::time::Duration::try_from(d)
+        .map_err(|_| anyhow::anyhow!("--grace {s}: must not be negative"))?;
+    if d < GRACE_FLOOR && !no_other_writers {
+        anyhow::bail!(
+            "--grace {s}: shorter than 1h; a create running on another client could lose its snapshot. Add --no-other-writers if no other client writes the repository now"
+        );
+    }
+    Ok(d)
 }

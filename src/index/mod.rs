@@ -470,6 +470,47 @@ impl Index {
 
     /// Record a finished pack and its chunks. Chunks already indexed keep
     /// their first location.
+    /// Replace the snapshots a sync could not index, with why.
+    pub fn set_held_back(&self, held: &[(SnapshotId, String)]) -> Result<()> {
+        let f = || -> rusqlite::Result<()> {
+            self.conn.execute("DELETE FROM held_back", [])?;
+            let mut st = self
+                .conn
+                .prepare_cached("INSERT OR REPLACE INTO held_back(hash, reason) VALUES (?1, ?2)")?;
+            for (id, why) in held {
+                st.execute(params![id.as_bytes(), why])?;
+            }
+            Ok(())
+        };
+        f().map_err(|e| self.err(e))
+    }
+
+    /// The snapshots the last sync could not index (none in an index that
+    /// has no such table yet).
+    pub fn held_back(&self) -> Result<Vec<(SnapshotId, String)>> {
+        let f = || -> rusqlite::Result<Vec<(SnapshotId, String)>> {
+            let exists: bool = self.conn.query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'held_back'",
+                [],
+                |r| r.get(0),
+            )?;
+            if !exists {
+                return Ok(Vec::new());
+            }
+            let mut st = self.conn.prepare("SELECT hash, reason FROM held_back")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (hash, why) = row?;
+                if let Some(id) = SnapshotId::from_slice(&hash) {
+                    out.push((id, why));
+                }
+            }
+            Ok(out)
+        };
+        f().map_err(|e| self.err(e))
+    }
+
     /// A pack and its chunks' rows. A pack already indexed under the same
     /// id is the same pack (its id is the hash of its footer, which names
     /// every blob): two sources of one create holding the same new data

@@ -70,7 +70,9 @@ CREATE INDEX snapshots_by_source ON snapshots(source, time_ns);
 /// clients on one bucket"), and the chunk rows they had: out of `chunks`,
 /// so that no create dedups against them, still readable for a restore
 /// until the pack is deleted or rescued. Created on every read-write open
-/// (indexes made before it existed gain it).
+/// (indexes made before it existed gain it). With them, `held_back`: the
+/// snapshot objects of a shared repository the last sync could not index
+/// (their data is missing), which `check` reports as damage.
 pub const CONDEMNED: &str = r#"
 CREATE TABLE IF NOT EXISTS condemned (
     pack   INTEGER PRIMARY KEY REFERENCES packs(id),
@@ -88,4 +90,8 @@ CREATE TABLE IF NOT EXISTS condemned_chunks (
     PRIMARY KEY (pack, hash)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS condemned_chunks_by_hash ON condemned_chunks(hash);
+CREATE TABLE IF NOT EXISTS held_back (
+    hash   BLOB PRIMARY KEY,
+    reason TEXT NOT NULL
+) WITHOUT ROWID;
 "#;

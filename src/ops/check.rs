@@ -299,6 +299,16 @@ pub fn check(
             faults.push(Fault::Snapshot(Box::new(s.clone()), why));
         }
     }
+    // Snapshots of a shared repository this client's sync could not index
+    // (their data is missing): damage, not "not used yet", on every client.
+    for (id, why) in index.held_back()? {
+        if on_file.contains_key(&id) {
+            faults.push(Fault::Index(format!(
+                "snapshot {}: its data is missing ({why}); this client's index leaves it out",
+                id.short()
+            )));
+        }
+    }
     let listed: HashSet<SnapshotId> = snapshots.iter().map(|s| s.id).collect();
     report.uncommitted_snapshot_objects = records
         .snapshots

@@ -256,7 +256,7 @@ fn gc_on_a_bucket_deletes_only_after_the_grace_period() {
     let again = gc_json(&env, &[]);
     assert_eq!(again["packs_deleted"], 0);
     // After it, the condemned packs go, and what stays restores exactly.
-    let last = gc_json(&env, &["--grace", "0s"]);
+    let last = gc_json(&env, &["--grace", "0s", "--no-other-writers"]);
     assert_eq!(last["packs_deleted"], first["packs_condemned"]);
     assert_eq!(packs(), before - last["packs_deleted"].as_u64().unwrap());
     assert!(
@@ -304,7 +304,7 @@ fn a_pack_condemned_while_another_client_uses_it_is_rescued() {
     wait_for_pause(&flag, "create");
     // Meanwhile a forgets its snapshot and condemns its packs.
     a.snap().args(["forget", &s1]).assert().success();
-    let gc1 = gc_json(&a, &["--grace", "0s"]);
+    let gc1 = gc_json(&a, &["--grace", "0s", "--no-other-writers"]);
     assert!(gc1["packs_condemned"].as_u64().unwrap() >= 1);
     fs::remove_file(&flag).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -320,7 +320,7 @@ fn a_pack_condemned_while_another_client_uses_it_is_rescued() {
     );
     let s2 = s2["id"].as_str().unwrap().to_string();
     // The grace period is over: a's next gc sees b's snapshot and rescues.
-    let gc2 = gc_json(&a, &["--grace", "0s"]);
+    let gc2 = gc_json(&a, &["--grace", "0s", "--no-other-writers"]);
     assert!(gc2["packs_rescued"].as_u64().unwrap() >= 1, "{gc2}");
     for env in [&a, &b] {
         env.snap().args(["check", "--read-data"]).assert().success();
@@ -329,7 +329,7 @@ fn a_pack_condemned_while_another_client_uses_it_is_rescued() {
         assert_same_tree(&src, &to);
     }
     // A create that starts after the condemnation does not lean on it.
-    let gc3 = gc_json(&a, &["--grace", "0s"]);
+    let gc3 = gc_json(&a, &["--grace", "0s", "--no-other-writers"]);
     assert_eq!(gc3["packs_deleted"], 0, "rescued packs stay: {gc3}");
 }
 
@@ -380,7 +380,14 @@ fn creates_from_two_clients_while_a_gc_runs_all_restore_exactly() {
                 // A grace period longer than any create here.
                 let out = c
                     .snap()
-                    .args(["gc", "--keep-last", "1", "--grace", "8s"])
+                    .args([
+                        "gc",
+                        "--keep-last",
+                        "1",
+                        "--grace",
+                        "8s",
+                        "--no-other-writers",
+                    ])
                     .output()
                     .unwrap();
                 assert!(
@@ -402,7 +409,14 @@ fn creates_from_two_clients_while_a_gc_runs_all_restore_exactly() {
     std::thread::sleep(std::time::Duration::from_secs(9));
     let last = c
         .snap()
-        .args(["gc", "--keep-last", "1", "--grace", "8s"])
+        .args([
+            "gc",
+            "--keep-last",
+            "1",
+            "--grace",
+            "8s",
+            "--no-other-writers",
+        ])
         .output()
         .unwrap();
     assert!(matches!(last.status.code(), Some(0 | 6)), "the last gc");

@@ -223,7 +223,14 @@ fn a_gc_commits_or_fails_cleanly_whatever_request_fails() {
     let mut expected = Expected {
         copies: BTreeMap::new(),
     };
-    let gc = ["gc", "--keep-last", "2", "--grace", "0s"];
+    let gc = [
+        "gc",
+        "--keep-last",
+        "2",
+        "--grace",
+        "0s",
+        "--no-other-writers",
+    ];
     let mut ids = Vec::new();
     let mut at = 1;
     let mut round = 0;

@@ -775,3 +775,50 @@ fn a_new_client_never_opens_an_encrypted_bucket_as_plain() {
     }
     assert_eq!(srv.object_keys(env.repo.to_str().unwrap()), before);
 }
+
+/// Finding 11: on a bucket, a snapshot whose pack vanished is damage in
+/// `check` on a client that already has a cache (not "not used yet"
+/// forever), as on a new client; and `--grace` under an hour needs
+/// `--no-other-writers`.
+#[test]
+fn a_bucket_snapshot_whose_pack_vanished_is_damage_on_every_client() {
+    let a = Env::on_s3_with("trust_vanished_pack", false).expect("the S3 server runs");
+    let srv = crate::s3server::server("trust_vanished_pack").unwrap();
+    let url = a.repo.to_str().unwrap().to_string();
+    let src = a.path("app");
+    write(&src.join("a.txt"), "first");
+    a.create_id(&src);
+    a.snap().arg("check").assert().success();
+    let before = srv.object_keys(&url);
+    let b = a.another_client();
+    write(&src.join("b.bin"), noise(3, 200_000));
+    let second = b.create_id(&src);
+    let new_packs: Vec<String> = srv
+        .object_keys(&url)
+        .into_iter()
+        .filter(|k| k.starts_with("packs/") && !before.contains(k))
+        .collect();
+    assert!(!new_packs.is_empty());
+    for k in &new_packs {
+        fs::remove_file(srv.object_dir(&url).join(k)).unwrap();
+    }
+    for client in [&a, &a, &a.another_client()] {
+        let out = client
+            .snap()
+            .args(["check", "--read-data"])
+            .assert()
+            .code(5);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.get_output().stdout),
+            String::from_utf8_lossy(&out.get_output().stderr)
+        );
+        assert!(
+            all.contains(&second[..8]),
+            "the snapshot is not named: {all}"
+        );
+    }
+    let out = a.snap().args(["gc", "--grace", "0s"]).assert().failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("--no-other-writers"), "{stderr}");
+}
