@@ -47,6 +47,16 @@ pub struct Cli {
     )]
     pub password_file: Option<PathBuf>,
 
+    /// Keep this machine's index of an encrypted or bucket repository in DIR (it holds file names in the clear; made 0700) [default: $XDG_CACHE_HOME/snap]
+    #[arg(
+        long,
+        global = true,
+        env = "SNAP_CACHE_DIR",
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
+    pub cache_dir: Option<PathBuf>,
+
     /// No progress display
     #[arg(long, short, global = true, help_heading = "Global options")]
     pub quiet: bool,

@@ -215,7 +215,13 @@ impl Remote {
     }
 }
 
+/// `--cache-dir`, when given (set once, before any command runs).
+static CACHE_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
 pub(crate) fn cache_base() -> anyhow::Result<PathBuf> {
+    if let Some(Some(dir)) = CACHE_DIR.get() {
+        return Ok(dir.clone());
+    }
     let dirs = directories::ProjectDirs::from("", "", "snap")
         .context("cannot find a home directory for the cache of a remote repository")?;
     Ok(dirs.cache_dir().to_path_buf())
@@ -404,6 +410,7 @@ struct Ctx<'a> {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     cmd::password::set_file(cli.password_file.clone());
+    let _ = CACHE_DIR.set(cli.cache_dir.clone());
     let progress = TermProgress::new(cli.quiet);
     snap::lock::set_wait_notice(|m| eprintln!("snap: {m}"));
     let out = std::io::stdout().lock();

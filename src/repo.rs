@@ -203,6 +203,10 @@ impl Repository {
         };
         if mode == Some(LockMode::Exclusive) && !read_only {
             repo.apply_pending_changes()?;
+            // Under the exclusive lock no create is capturing: what is in
+            // tmp/ was left by one killed mid-capture, and holds a source
+            // database's rows in the clear.
+            repo.remove_stale_images();
         }
         Ok(repo)
     }
@@ -313,6 +317,24 @@ impl Repository {
             .iter()
             .map(|p| fs::metadata(p).at(p).map(|m| (m.dev(), m.ino())))
             .collect()
+    }
+
+    /// Remove the SQLite images (and claim spills) a killed create left
+    /// in `tmp/`. Only under the exclusive lock: a running create's are
+    /// the same files.
+    pub fn remove_stale_images(&self) {
+        let Ok(rd) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        for de in rd.flatten() {
+            let name = de.file_name();
+            if name
+                .to_string_lossy()
+                .starts_with(crate::ops::create::TMP_SQLITE_PREFIX)
+            {
+                let _ = fs::remove_file(de.path());
+            }
+        }
     }
 
     /// How this repository computes chunk and tree ids.

@@ -174,7 +174,7 @@ pub fn create(
     };
     let repo_keys = repo.place_keys()?;
 
-    prepare_tmp_dir(&repo.tmp_dir())?;
+    prepare_tmp_dir(repo)?;
     // The parent's size is the best estimate of this snapshot's (the
     // bytes read plus the bytes of unchanged files reused).
     progress.phase("create", parent.as_ref().map(|p| p.stats.total_bytes));
@@ -253,17 +253,9 @@ pub fn create(
 
 /// Create tmp/, removing SQLite images an interrupted create left there
 /// (create runs under the exclusive lock, so none is in use).
-fn prepare_tmp_dir(dir: &Path) -> Result<()> {
-    crate::repo::create_private_dir(dir)?;
-    for de in fs::read_dir(dir).at(dir)?.flatten() {
-        if de
-            .file_name()
-            .to_string_lossy()
-            .starts_with(TMP_SQLITE_PREFIX)
-        {
-            let _ = fs::remove_file(de.path());
-        }
-    }
+fn prepare_tmp_dir(repo: &Repository) -> Result<()> {
+    crate::repo::create_private_dir(&repo.tmp_dir())?;
+    repo.remove_stale_images();
     Ok(())
 }
 
@@ -1257,7 +1249,10 @@ fn capture_db(
         Err(e) => return Some(FileOutcome::Fatal(Error::io(&ctx.tmp_dir, e))),
     };
     let info = match sqlite::capture(&job.path, &image, ctx.sqlite_check, ctx.held.as_deref()) {
-        Ok(info) => info,
+        Ok(info) => {
+            crate::fault::pause("sqlite image written");
+            info
+        }
         Err(why) => {
             ctx.progress.warn(&Warning::new(
                 WarningKind::Other,

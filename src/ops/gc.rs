@@ -200,7 +200,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
         storage.delete(&pack_key(&o.id))?;
     }
     storage.remove_partial()?;
-    remove_stale_images(repo);
+    repo.remove_stale_images();
     storage.flush()?;
     // Snapshot files the committed index no longer names: forgotten ones,
     // and objects of creates that crashed before their commit (their packs
@@ -355,21 +355,6 @@ fn orphan_packs(repo: &Repository, referenced: &HashSet<PackId>) -> Result<Vec<O
         .filter(|(id, _)| !referenced.contains(id))
         .map(|(id, size)| Orphan { id, size })
         .collect())
-}
-
-/// SQLite images a crashed create left in the local tmp/.
-fn remove_stale_images(repo: &Repository) {
-    if let Ok(rd) = std::fs::read_dir(repo.tmp_dir()) {
-        for de in rd.flatten() {
-            if de
-                .file_name()
-                .to_string_lossy()
-                .starts_with(crate::ops::create::TMP_SQLITE_PREFIX)
-            {
-                let _ = std::fs::remove_file(de.path());
-            }
-        }
-    }
 }
 
 /// Remove snapshots by id (no sweep: `gc` reclaims the space). A pinned

@@ -822,3 +822,101 @@ fn a_bucket_snapshot_whose_pack_vanished_is_damage_on_every_client() {
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(stderr.contains("--no-other-writers"), "{stderr}");
 }
+
+/// The files in `dir` whose bytes contain `marker`.
+fn holding(dir: &Path, marker: &[u8]) -> Vec<String> {
+    files_under(dir)
+        .into_iter()
+        .filter(|f| {
+            fs::read(dir.join(f)).is_ok_and(|b| b.windows(marker.len()).any(|w| w == marker))
+        })
+        .collect()
+}
+
+/// Finding 15: the plaintext image of a database a create was capturing
+/// when it was killed does not outlive the next command that takes the
+/// repository's lock; the cache directory is private.
+#[test]
+fn a_killed_capture_leaves_no_plaintext_behind() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::encrypted();
+    let src = env.path("app");
+    write(&src.join("a.txt"), "a");
+    let first = env.create_id(&src);
+    let marker = b"PLAINTEXT-MARKER-ROW";
+    let db = rusqlite::Connection::open(src.join("live.db")).unwrap();
+    db.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT);")
+        .unwrap();
+    for _ in 0..50 {
+        db.execute(
+            "INSERT INTO t VALUES (?1)",
+            [String::from_utf8_lossy(marker)],
+        )
+        .unwrap();
+    }
+    let flag = env.path("pause-flag");
+    let mut child = env
+        .snap_process()
+        .arg("create")
+        .arg(&src)
+        .env("SNAP_PAUSE_AT", "sqlite image written")
+        .env("SNAP_PAUSE_FILE", &flag)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_pause(&flag, "the capture");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let cache = env.cache_dir();
+    assert!(
+        !holding(&cache, marker).is_empty(),
+        "the test needs a plaintext image"
+    );
+    for d in walkdir::WalkDir::new(&cache).into_iter().flatten() {
+        if d.file_type().is_dir() && d.path() != cache {
+            let mode = d.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", d.path().display());
+        }
+    }
+    env.snap()
+        .args(["tag", &first, "--add", "x"])
+        .assert()
+        .success();
+    assert_eq!(holding(&cache, marker), Vec::<String>::new());
+    drop(db);
+}
+
+/// `--cache-dir` puts this machine's index of an encrypted repository
+/// where the user says, private, and nothing in the default cache.
+#[test]
+fn the_cache_dir_is_the_users_choice() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::encrypted();
+    let src = env.path("app");
+    write(&src.join("a.txt"), "a");
+    let chosen = env.path("my-cache");
+    env.snap()
+        .arg("--cache-dir")
+        .arg(&chosen)
+        .arg("create")
+        .arg(&src)
+        .assert()
+        .success();
+    let index = files_under(&chosen)
+        .into_iter()
+        .find(|f| f.ends_with("index.db"))
+        .expect("the index is in the chosen cache");
+    let dir = chosen.join(&index);
+    let dir = dir.parent().unwrap();
+    assert_eq!(fs::metadata(dir).unwrap().permissions().mode() & 0o077, 0);
+    env.snap()
+        .env("SNAP_CACHE_DIR", &chosen)
+        .arg("list")
+        .assert()
+        .success();
+    assert_eq!(
+        env.list().len(),
+        1,
+        "the default cache is rebuilt from the repository"
+    );
+}
