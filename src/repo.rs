@@ -64,6 +64,16 @@ pub fn create_private_dir(path: &Path) -> Result<()> {
         .at(path)
 }
 
+/// Whether this process cannot write in directory `path` (a read-only
+/// mount, or another user's directory): read-only commands then take no
+/// lock and create nothing there.
+pub fn is_read_only_place(path: &Path) -> bool {
+    matches!(
+        rustix::fs::access(path, rustix::fs::Access::WRITE_OK),
+        Err(rustix::io::Errno::ROFS | rustix::io::Errno::ACCESS | rustix::io::Errno::PERM)
+    )
+}
+
 /// Is `path` a directory holding a snap repository?
 pub fn is_repository(path: &Path) -> bool {
     path.join(INDEX_FILE).is_file()
@@ -168,12 +178,17 @@ impl Repository {
                 path: path.to_path_buf(),
             });
         }
+        // A repository this process cannot write is read as it is: no lock
+        // file can be made there, and no writer can run meanwhile.
+        let read_only_place = read_only && is_read_only_place(path);
         let lock = match mode {
+            Some(_) if read_only_place => None,
             Some(m) => Some(RepoLock::acquire(path, m, default_wait())?),
             None => None,
         };
         let access = match (read_only, mode) {
             (false, _) => crate::index::Access::ReadWrite,
+            (true, _) if read_only_place => crate::index::Access::ReadOnlyPlace,
             (true, None) => crate::index::Access::ReadOnly,
             (true, Some(_)) => crate::index::Access::Untouched,
         };

@@ -9,7 +9,7 @@ pub fn run(
     recursive: bool,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let repo = open_repo(&ctx.repo, None)?;
+    let repo = open_repo_read_only(&ctx.repo, None)?;
     let snap = repo.find_snapshot(&id)?;
     let rel = path.unwrap_or_default();
     let rel = rel.strip_prefix("/").unwrap_or(&rel).to_path_buf();

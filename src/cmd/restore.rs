@@ -9,7 +9,13 @@ pub fn run(ctx: &mut Ctx, args: cli::RestoreArgs) -> anyhow::Result<u8> {
     } else {
         LockMode::Exclusive
     };
-    let repo = open_repo(&ctx.repo, Some(mode))?;
+    // A dry run, or a restore into a target from a repository this process
+    // cannot write (a read-only mount), reads the repository only.
+    let repo = if args.dry_run || (args.target.is_some() && repo_place_is_read_only(&ctx.repo)) {
+        open_repo_read_only(&ctx.repo, Some(LockMode::Shared))?
+    } else {
+        open_repo(&ctx.repo, Some(mode))?
+    };
     let known = match &args.target {
         Some(_) => None,
         None => Some(known_sources(ctx, &repo)?),
@@ -42,6 +48,13 @@ pub fn run(ctx: &mut Ctx, args: cli::RestoreArgs) -> anyhow::Result<u8> {
         None => report_plan(ctx, &plan, args.json),
         Some(st) => report_restore(ctx, &repo, &snap, &plan, &st, args.json),
     }
+}
+
+/// Whether the repository is a local directory this process cannot write.
+fn repo_place_is_read_only(cli_repo: &Option<PathBuf>) -> bool {
+    cli_repo
+        .as_deref()
+        .is_some_and(|p| p.is_dir() && snap::repo::is_read_only_place(p))
 }
 
 /// Whether a snapshot spec names a snapshot by its id (`latest` and

@@ -151,6 +151,11 @@ pub enum Access {
     /// `-wal`/`-shm` created): only under the repository lock, which keeps
     /// every writer (and so every checkpoint) out while the index is open.
     Untouched,
+    /// The repository's directory cannot be written (a read-only mount,
+    /// someone else's directory): read as it is, creating nothing, and no
+    /// writer can run meanwhile. A log left in `-wal` is read through
+    /// SQLite's read-only WAL support.
+    ReadOnlyPlace,
 }
 
 /// `path` percent-encoded for an SQLite `file:` URI.
@@ -252,6 +257,13 @@ impl Index {
             Access::ReadWrite => Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
             Access::Untouched if !sidecar("-wal").exists() && !sidecar("-shm").exists() => {
                 // Nothing in a log: read the file as it is, creating nothing.
+                let uri = format!("file:{}?immutable=1", uri_path(path));
+                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+                Self::connect(Path::new(&uri), flags)?
+            }
+            Access::ReadOnlyPlace
+                if std::fs::metadata(sidecar("-wal")).map_or(true, |m| m.len() == 0) =>
+            {
                 let uri = format!("file:{}?immutable=1", uri_path(path));
                 let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
                 Self::connect(Path::new(&uri), flags)?

@@ -920,3 +920,60 @@ fn the_cache_dir_is_the_users_choice() {
         "the default cache is rebuilt from the repository"
     );
 }
+
+/// Finding 16: a repository on a read-only mount can be read: list, ls,
+/// stats, find, diff, dump, check, restore --dry-run and restore --target
+/// all work, and nothing is created in it.
+#[test]
+fn a_read_only_repository_can_be_read() {
+    require_root("a read-only bind mount");
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a.txt"), "a");
+    let first = env.create_id(&src);
+    write(&src.join("b.txt"), "b");
+    let second = env.create_id(&src);
+    let view = env.path("ro-view");
+    let _m = BindMount::new(&env.repo, &view);
+    let st = std::process::Command::new("mount")
+        .args(["-o", "remount,ro,bind"])
+        .arg(&view)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let before = files_under(&view);
+    let target = env.path("restored");
+    let target_s = target.to_str().unwrap().to_string();
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["list"],
+        vec!["ls", &second],
+        vec!["stats"],
+        vec!["find", "*.txt"],
+        vec!["diff", &first, &second],
+        vec!["check", "--read-data"],
+        vec!["restore", &second, "--dry-run", "--target", &target_s],
+        vec!["restore", &second, "--target", &target_s],
+    ];
+    for args in runs {
+        let out = env
+            .snap()
+            .env("SNAP_REPO", &view)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = env
+        .snap()
+        .env("SNAP_REPO", &view)
+        .args(["dump", &second, "b.txt"])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"b");
+    assert_same_tree(&src, &target);
+    assert_eq!(files_under(&view), before, "something was created");
+}
