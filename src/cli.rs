@@ -331,6 +331,11 @@ pub struct SnapshotArgs {
     /// Do not enter directories on other filesystems (stored empty)
     #[arg(long, short = 'x')]
     pub one_file_system: bool,
+    /// Snapshot pseudo-filesystems too (proc, sysfs, ...), whose files are
+    /// made up as they are read; without it they are refused as a source
+    /// and skipped below one
+    #[arg(long)]
+    pub pseudo_filesystems: bool,
     /// Run PRAGMA quick_check on every SQLite database captured
     #[arg(long)]
     pub sqlite_check: bool,

@@ -261,7 +261,7 @@ pub(crate) fn remote_of(path: &Path) -> anyhow::Result<Option<Remote>> {
         && !path.join(snap::repo::INDEX_FILE).exists()
     {
         let local = std::sync::Arc::new(snap::storage::LocalStorage::new(path));
-        if snap::keys::is_encrypted(&*local)? {
+        if snap::objects::holds_a_repository(&*local) && snap::keys::is_encrypted(&*local)? {
             return Ok(Some(Remote {
                 storage: local,
                 cache_base: cache_base()?,
@@ -367,6 +367,7 @@ fn snapshot_options(
         labels,
         sqlite_check: what.sqlite_check,
         one_file_system: what.one_file_system,
+        pseudo_filesystems: what.pseudo_filesystems,
         workers: workers_from_env(),
         ..Default::default()
     })

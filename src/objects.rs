@@ -71,6 +71,17 @@ pub fn read_config_if_exists(storage: &dyn Storage) -> Result<Option<RepoConfig>
     }
 }
 
+/// Whether `storage` holds something of a snap repository: a config that
+/// reads as snap's, key objects or packs. A directory whose only `config`
+/// is some other program's file is no repository (not a damaged one).
+pub fn holds_a_repository(storage: &dyn Storage) -> bool {
+    matches!(read_config_if_exists(storage), Ok(Some(_)))
+        || storage.list("keys/").is_ok_and(|l| !l.is_empty())
+        || storage
+            .list(crate::storage::PACKS_PREFIX)
+            .is_ok_and(|l| !l.is_empty())
+}
+
 fn parse_config(storage: &dyn Storage, bytes: &[u8]) -> Result<RepoConfig> {
     let f: ConfigFile = serde_json::from_slice(bytes).map_err(|e| Error::Damaged {
         path: storage.describe(CONFIG_FILE).into(),

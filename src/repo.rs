@@ -160,12 +160,7 @@ impl Repository {
         read_only: bool,
     ) -> Result<Repository> {
         if !path.join(INDEX_FILE).exists()
-            && (path.join(PACKS_DIR).is_dir()
-                || storage
-                    .size(crate::objects::CONFIG_FILE)
-                    .ok()
-                    .flatten()
-                    .is_some())
+            && (path.join(PACKS_DIR).is_dir() || crate::objects::holds_a_repository(&*storage))
         {
             // Packs without an index: a repository that lost its index.
             return Err(Error::Damaged {

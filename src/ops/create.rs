@@ -65,6 +65,9 @@ pub struct CreateOptions {
     /// Do not descend into directories on another filesystem than their
     /// source's: each is stored as an empty directory (with its metadata).
     pub one_file_system: bool,
+    /// Snapshot pseudo-filesystems (proc, sysfs, ...) too; without it a
+    /// source on one is refused and one met below a source is skipped.
+    pub pseudo_filesystems: bool,
     /// Set from outside (a signal handler) to stop: create then commits
     /// nothing and returns `Error::Interrupted`. [`Progress::cancelled`]
     /// is polled at the same points (each directory, each file).
@@ -152,11 +155,11 @@ pub fn create(
     // What to walk: (name, canonical path, metadata, excludes).
     let mut roots = Vec::new();
     if opts.sources.is_empty() {
-        let (path, md) = source_dir(&opts.source)?;
+        let (path, md) = source_dir(&opts.source, opts.pseudo_filesystems)?;
         roots.push((String::new(), path, md, compile(&opts.exclude)?));
     } else {
         for s in &opts.sources {
-            let (path, md) = source_dir(&s.path)?;
+            let (path, md) = source_dir(&s.path, opts.pseudo_filesystems)?;
             roots.push((s.name.clone(), path, md, compile(&s.exclude)?));
         }
     }
@@ -260,7 +263,7 @@ fn prepare_tmp_dir(repo: &Repository) -> Result<()> {
 }
 
 /// A source directory: its canonical path and metadata, or a clear error.
-fn source_dir(path: &Path) -> Result<(PathBuf, fs::Metadata)> {
+fn source_dir(path: &Path, pseudo_ok: bool) -> Result<(PathBuf, fs::Metadata)> {
     let canon = fs::canonicalize(path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             Error::BadSource {
@@ -278,7 +281,37 @@ fn source_dir(path: &Path) -> Result<(PathBuf, fs::Metadata)> {
             reason: "not a directory".into(),
         });
     }
+    if !pseudo_ok && let Some(kind) = pseudo_filesystem(&canon) {
+        return Err(Error::BadSource {
+            path: path.to_path_buf(),
+            reason: format!(
+                "is on a {kind} filesystem, whose files are made up as they are read (some never end); pass --pseudo-filesystems to snapshot it anyway"
+            ),
+        });
+    }
     Ok((canon, md))
+}
+
+/// The kind of pseudo-filesystem `dir` is on (proc, sysfs, ...), if any.
+pub fn pseudo_filesystem(dir: &Path) -> Option<&'static str> {
+    let st = rustix::fs::statfs(dir).ok()?;
+    // f_type magic numbers, from linux/magic.h.
+    Some(match st.f_type as u64 {
+        0x9fa0 => "proc",
+        0x6265_6572 => "sysfs",
+        0x6462_6720 => "debugfs",
+        0x7472_6163 => "tracefs",
+        0x7363_6673 => "securityfs",
+        0x0027_e0eb => "cgroup",
+        0x6367_7270 => "cgroup2",
+        0x1cd1 => "devpts",
+        0xcafe_4a11 => "bpf",
+        0x6265_6570 => "configfs",
+        0x6573_5543 => "fusectl",
+        0x6165_676c => "pstore",
+        0xde5e_81e4 => "efivarfs",
+        _ => return None,
+    })
 }
 
 fn compile(patterns: &[String]) -> Result<Option<Excludes>> {
@@ -502,6 +535,8 @@ fn run(
             } else {
                 None
             },
+            source_dev: fs::metadata(source).at(source)?.dev(),
+            pseudo_filesystems: opts.pseudo_filesystems,
             dbs: Vec::new(),
             repo_keys,
             start_ns,
@@ -527,9 +562,16 @@ fn run(
             flushed = flushed.and(r);
         }
         let writer_result = writer.join().expect("pack writer thread panicked");
+        if writer_result.is_err() {
+            // The cause (a storage error with its object) went to the pack
+            // channel first: report it, not the writer's summary of it.
+            while let Ok(p) = walk.pack_rx.try_recv() {
+                p?;
+            }
+        }
+        writer_result?;
         result?;
         flushed?;
-        writer_result?;
         // Packs finished after the last file result: record them too.
         walk.drain_packs()?;
         let root = walk.root.expect("walk finished with a root tree");
@@ -548,6 +590,10 @@ struct Walk<'a> {
     excludes: Option<&'a Excludes>,
     /// With --one-file-system: the source's device; other ones are not entered.
     one_fs_dev: Option<u64>,
+    /// The source's device: a directory on another is a mount, checked
+    /// for a pseudo-filesystem (skipped unless `pseudo_filesystems`).
+    source_dev: u64,
+    pseudo_filesystems: bool,
     /// Each SQLite database captured (or reused unchanged), by relative path.
     dbs: Vec<(String, DbInfo)>,
     /// The repository's own directories (`Repository::places`): never read.
@@ -681,6 +727,21 @@ impl Walk<'_> {
             if let Some(ex) = self.excludes
                 && ex.excludes(&child_rel, st.kind() == Kind::Dir)
             {
+                continue;
+            }
+            if st.kind() == Kind::Dir
+                && st.dev != self.source_dev
+                && !self.pseudo_filesystems
+                && let Some(kind) = pseudo_filesystem(&path)
+            {
+                self.progress.warn(&Warning::new(
+                    WarningKind::Skipped,
+                    &path,
+                    format!(
+                        "{}: a {kind} filesystem (made up as it is read); skipped (--pseudo-filesystems takes it)",
+                        path.display()
+                    ),
+                ));
                 continue;
             }
             if st.kind() == Kind::Dir && self.repo_keys.contains(&(st.dev, st.ino)) {

@@ -977,3 +977,69 @@ fn a_read_only_repository_can_be_read() {
     assert_same_tree(&src, &target);
     assert_eq!(files_under(&view), before, "something was created");
 }
+
+/// Finding 18, errors: each gets the exit code and message it should.
+#[test]
+fn errors_say_what_happened_with_the_right_exit_code() {
+    // A directory whose `config` is some other program's: not a
+    // repository, not a damaged one.
+    let env = Env::new();
+    let stray = env.path("stray");
+    write(&stray.join("config"), "title = \"my app settings\"\n");
+    let out = env
+        .snap()
+        .env("SNAP_REPO", &stray)
+        .arg("list")
+        .assert()
+        .failure();
+    assert_ne!(out.get_output().status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("not a snap repository"), "{stderr}");
+
+    // `--path d/e/f` into an existing, empty target makes d/e.
+    let src = env.path("src");
+    write(&src.join("d/e/f"), "deep");
+    let id = env.create_id(&src);
+    let target = env.path("empty-target");
+    fs::create_dir(&target).unwrap();
+    env.snap()
+        .args(["restore", &id, "--path", "d/e/f", "--target"])
+        .arg(&target)
+        .assert()
+        .success();
+    assert_eq!(fs::read(target.join("d/e/f")).unwrap(), b"deep");
+
+    // A pseudo-filesystem is refused as a source, at once.
+    let out = env.snap().args(["create", "/proc"]).assert().failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("proc filesystem"), "{stderr}");
+
+    // A row of the index that is not what snap wrote is damage.
+    let conn = rusqlite::Connection::open(env.repo.join("index.db")).unwrap();
+    conn.execute("UPDATE snapshots SET time_ns = 'not a time'", [])
+        .unwrap();
+    drop(conn);
+    env.snap().arg("list").assert().code(5);
+}
+
+/// Finding 18: an owner of 4294967295 (chown's "unchanged") is damage,
+/// exit 5, not a partial restore.
+#[test]
+fn an_owner_of_minus_one_is_damage() {
+    let env = Env::with_format(4);
+    let src = env.path("src");
+    write(&src.join("a.txt"), "abc");
+    let id = env.create_id(&src);
+    let mut e = file_entry("a.txt", 3, vec![snap::ChunkId::of(b"abc")]);
+    e.uid = u32::MAX;
+    e.gid = u32::MAX;
+    plant_root(&env.repo, &snap::tree::Tree::new(vec![e]));
+    let out = env
+        .snap()
+        .args(["restore", &id, "--target"])
+        .arg(env.path("t"))
+        .assert()
+        .code(5);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("4294967295"), "{stderr}");
+}

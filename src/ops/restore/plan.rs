@@ -120,11 +120,13 @@ fn check_recorded_source(path: &Path, recorded_uid: u32) -> Result<()> {
 }
 
 /// Every directory from `base` down to `target`'s parent must be a real
-/// directory: a restore never follows a symlink inside its target.
-fn check_parents(base: &Path, target: &Path) -> Result<()> {
+/// directory or missing (then made, top down; returned in that order): a
+/// restore never follows a symlink inside its target.
+fn check_parents(base: &Path, target: &Path) -> Result<Vec<PathBuf>> {
     let rel = target.strip_prefix(base).unwrap_or(Path::new(""));
     let mut dir = base.to_path_buf();
     let parents: Vec<_> = rel.components().collect();
+    let mut missing = Vec::new();
     for c in &parents[..parents.len().saturating_sub(1)] {
         dir.push(c);
         match fs::symlink_metadata(&dir) {
@@ -136,15 +138,17 @@ fn check_parents(base: &Path, target: &Path) -> Result<()> {
                         .into(),
                 });
             }
-            _ => {
+            Ok(_) => {
                 return Err(Error::BadSource {
                     path: dir,
-                    reason: "the parent directory of the restored path does not exist".into(),
+                    reason: "is not a directory, but the restored path is below it".into(),
                 });
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(dir.clone()),
+            Err(e) => return Err(Error::io(&dir, e)),
         }
     }
-    Ok(())
+    Ok(missing)
 }
 
 /// The plan of restoring `snap` as `opts` say. `compact`: the plan is
@@ -277,15 +281,11 @@ pub fn plan(
                         p.summary.create_dirs += 1;
                     }
                 } else {
-                    check_parents(&base, &target)?;
-                    if let Some(parent) = between.last()
-                        && !base.join(parent).is_dir()
-                    {
-                        return Err(Error::BadSource {
-                            path: base.join(parent),
-                            reason: "the parent directory of the restored path does not exist"
-                                .into(),
-                        });
+                    // The snapshot's directories down to the path that the
+                    // target lacks are made, as for a new target.
+                    for dir in check_parents(&base, &target)? {
+                        p.steps.push(Step::MakeDir { path: dir });
+                        p.summary.create_dirs += 1;
                     }
                 }
                 let disk = fs::symlink_metadata(&target).ok();
@@ -662,6 +662,8 @@ impl Planner<'_> {
                 && e.kind == Kind::File
                 && e.hardlink_key().is_none()
                 && !e.has_flag(flags::UNREADABLE)
+                && e.uid != u32::MAX
+                && e.gid != u32::MAX
             {
                 self.spend_budget()?;
                 fresh.push(i as u32);
@@ -704,6 +706,17 @@ impl Planner<'_> {
         parent_mount: Option<u64>,
     ) -> Result<bool> {
         self.spend_budget()?;
+        if e.uid == u32::MAX || e.gid == u32::MAX {
+            // To chown, -1 means "leave as it is": no file is owned by it.
+            self.damaged.push((
+                path.to_path_buf(),
+                format!(
+                    "the snapshot records owner {}:{}, which no file can have",
+                    e.uid, e.gid
+                ),
+            ));
+            return Ok(false);
+        }
         if e.has_flag(flags::UNREADABLE) {
             // Never stored: whatever is on disk stays.
             self.not_in_snapshot.push(path.to_path_buf());
