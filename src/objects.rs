@@ -56,7 +56,36 @@ pub fn write_config(storage: &dyn Storage, c: &RepoConfig) -> Result<()> {
         encryption: c.encryption.clone(),
     };
     let json = serde_json::to_vec_pretty(&f).expect("plain data serializes");
+    if storage.id_key().is_some() {
+        // Encrypted: a sealed copy authenticates the plain one, which a
+        // client must read before it has the key (see `check_config`).
+        storage.put(SEALED_CONFIG_FILE, &json)?;
+    }
     storage.put(CONFIG_FILE, &json)
+}
+
+/// The sealed copy of an encrypted repository's config.
+pub const SEALED_CONFIG_FILE: &str = "config.sealed";
+
+/// In an encrypted repository (`storage` sealed with its key), the plain
+/// config must be exactly its sealed copy: the plain one is readable and
+/// writable by anyone who can write the storage, the sealed one only with
+/// the key. An altered chunker, format or id is damage, never obeyed.
+pub fn check_config(storage: &dyn Storage, plain: &RepoConfig) -> Result<()> {
+    let altered = |why: String| Error::Damaged {
+        path: storage.describe(CONFIG_FILE).into(),
+        reason: why,
+    };
+    let bytes = storage.read_if_exists(SEALED_CONFIG_FILE)?.ok_or_else(|| {
+        altered("the encrypted repository has no sealed copy of its config: the plain one cannot be trusted".into())
+    })?;
+    let sealed = parse_config(storage, &bytes)?;
+    if &sealed != plain {
+        return Err(altered(
+            "the config differs from its sealed copy: it was altered; snap keeps to neither".into(),
+        ));
+    }
+    Ok(())
 }
 
 pub fn read_config(storage: &dyn Storage) -> Result<RepoConfig> {

@@ -271,6 +271,9 @@ impl Repository {
             });
         };
         check_sealing(&config, storage)?;
+        if storage.id_key().is_some() {
+            crate::objects::check_config(storage, &config)?;
+        }
         let id = if config.id.is_empty() {
             // Made before repositories had ids: named by where it is.
             blake3::hash(storage.describe("").as_bytes()).to_hex()[..32].to_string()

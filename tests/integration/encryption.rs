@@ -220,7 +220,7 @@ fn every_altered_object_is_found_by_check_read_data() {
             let name = obj.file_name().unwrap().to_string_lossy();
             let stem = name.trim_end_matches(".pack");
             assert!(
-                text.contains(&stem[..16]),
+                text.contains(&stem[..stem.len().min(16)]),
                 "{obj:?} at {at}: not named in {text}"
             );
         }

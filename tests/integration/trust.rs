@@ -1043,3 +1043,30 @@ fn an_owner_of_minus_one_is_damage() {
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(stderr.contains("4294967295"), "{stderr}");
 }
+
+/// Finding 6: every field of an encrypted repository's plain config is
+/// authenticated by its sealed copy; an edited chunker or format is
+/// damage, and the repository is left as it was.
+#[test]
+fn an_encrypted_repositorys_config_is_authenticated() {
+    let env = Env::encrypted();
+    let src = env.path("src");
+    write(&src.join("a.txt"), "a");
+    env.create_id(&src);
+    let config = env.repo.join("config");
+    let good = fs::read(&config).unwrap();
+    for (field, value) in [
+        ("chunk_avg_bytes", serde_json::json!(32768)),
+        ("format_version", serde_json::json!(4)),
+        ("zstd_level", serde_json::json!(19)),
+    ] {
+        let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        v[field] = value;
+        fs::write(&config, serde_json::to_vec(&v).unwrap()).unwrap();
+        let out = env.snap().arg("list").assert().code(5);
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert!(stderr.contains("sealed copy"), "{field}: {stderr}");
+    }
+    fs::write(&config, &good).unwrap();
+    env.snap().args(["check", "--read-data"]).assert().success();
+}
