@@ -1,6 +1,7 @@
-//! Any bytes as a pack object: the footer decoder and the chunk reader
-//! return errors, never panic, and never allocate beyond the limits; any
-//! chunk they do return matches its BLAKE3 id.
+//! Any bytes as a pack object: the footer decoder, the chunk reader and
+//! the salvage of a damaged footer (`repair index`) return errors, never
+//! panic, and never allocate beyond the limits; any chunk they do return,
+//! and any blob salvage keeps, matches its BLAKE3 id.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,8 +16,19 @@ fuzz_target!(|data: &[u8]| {
     let reader = PackReader::open(&storage, &id).unwrap();
     if let Ok(footer) = reader.footer() {
         for e in footer.entries {
-            if let Ok(chunk) = reader.read_chunk(&e.id, e.offset as u64, e.stored_len, e.raw_len, e.codec) {
+            if e.base.is_none()
+                && let Ok(chunk) = reader.read_chunk(&e, None)
+            {
                 assert_eq!(ChunkId::of(&chunk), e.id);
+            }
+        }
+    }
+    if let Ok(salvaged) = reader.salvage() {
+        let max = salvaged.kind.blob_max();
+        for (stored, entries) in &salvaged.frames {
+            for e in entries {
+                let proven = snap::pack::decode_blob(reader.ids(), &id, e, stored, max, None);
+                assert!(proven.is_ok(), "salvage kept a blob that does not prove itself");
             }
         }
     }

@@ -6,7 +6,13 @@
 //! 0: the bytes as a tree that replaces the snapshot's root;
 //! 1: the bytes as a tree, pointed to by a directory entry of the root;
 //! 2: chunk rows overwritten with values from the bytes;
-//! 3: the snapshot's statistics and root metadata from the bytes.
+//! 3: the snapshot's statistics and root metadata from the bytes;
+//! 4: an expanding graph (levels and fan-out from the bytes, every level
+//!    naming the next several times) with statistics claiming 2^62 files;
+//! 5: a chain of nested trees, as deep as the bytes say (up to 50,000).
+//!
+//! Besides the restore, `ls -r` (walk), `diff` and `check` run on it: each
+//! returns, bounded, without a panic or a stack overflow.
 #![no_main]
 
 use std::fs;
@@ -90,9 +96,32 @@ fn u32_at(data: &[u8], i: usize) -> u32 {
     u32::from_le_bytes(b)
 }
 
+/// A directory entry (`sub` given) or an empty file entry (`None`).
+fn dir_entry(name: &[u8], sub: Option<TreeId>) -> Entry {
+    Entry {
+        name: name.to_vec(),
+        kind: if sub.is_some() { Kind::Dir } else { Kind::File },
+        flags: 0,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        size: 0,
+        dev: 0,
+        ino: 0,
+        nlink: 1,
+        payload: match sub {
+            Some(t) => Payload::Subtree(t),
+            None => Payload::Chunks(Vec::new()),
+        },
+        xattrs: Vec::new(),
+    }
+}
+
 fn plant(conn: &rusqlite::Connection, data: &[u8]) {
     let (kind, rest) = match data.split_first() {
-        Some((k, r)) => (k % 4, r),
+        Some((k, r)) => (k % 6, r),
         None => return,
     };
     let put_tree = |enc: &[u8]| -> TreeId {
@@ -144,6 +173,27 @@ fn plant(conn: &rusqlite::Connection, data: &[u8]) {
             )
             .unwrap();
         }
+        4 | 5 => {
+            let leaf = Tree::new(vec![dir_entry(b"f", None)]);
+            let mut t = put_tree(&leaf.encode());
+            let (levels, fanout) = if kind == 4 {
+                (rest.first().copied().unwrap_or(8) as usize % 64, 2 + rest.get(1).copied().unwrap_or(0) as usize % 3)
+            } else {
+                (u32_at(rest, 0) as usize % 50_000, 1)
+            };
+            for _ in 0..levels {
+                let names: Vec<Entry> = (0..fanout)
+                    .map(|i| dir_entry(format!("d{i}").as_bytes(), Some(t)))
+                    .collect();
+                t = put_tree(&Tree::new(names).encode());
+            }
+            let stats = r#"{"files":4611686018427387904,"dirs":4611686018427387904,"symlinks":0,"others":0,"total_bytes":0,"read_bytes":0,"reused_files":0,"new_chunks":0,"new_raw_bytes":0,"new_stored_bytes":0,"new_packs":0,"duration_ms":0}"#;
+            conn.execute(
+                "UPDATE snapshots SET root = ?1, stats = ?2",
+                rusqlite::params![t.as_bytes().to_vec(), stats],
+            )
+            .unwrap();
+        }
         _ => {
             let stats = format!(
                 r#"{{"files":{},"dirs":{},"symlinks":0,"others":0,"total_bytes":0,"read_bytes":0,"reused_files":0,"new_chunks":0,"new_raw_bytes":0,"new_stored_bytes":0,"new_packs":0,"duration_ms":0}}"#,
@@ -185,6 +235,13 @@ fuzz_target!(|data: &[u8]| {
             ..RestoreOptions::default()
         };
         let _ = restore(&repo, &snap, &opts, &NoProgress);
+        let mut seen = 0u64;
+        let _ = snap::ops::ls::walk(&repo, &snap.root, Path::new(""), &mut |_, _| {
+            seen += 1;
+            Ok(())
+        });
+        let _ = snap::ops::diff::diff_source(&repo, &snap, false);
+        let _ = snap::check(&repo, &snap::CheckOptions::default(), &NoProgress);
     }
     assert_eq!(listing(&w.outside), before, "a restore changed something outside its target");
     // Nothing but the target appeared in the sandbox.

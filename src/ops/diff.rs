@@ -133,9 +133,12 @@ fn load_entries(repo: &Repository, t: Option<TreeId>) -> Result<Vec<Entry>> {
     })
 }
 
+/// An entry's name with its old and new entries (either may be absent).
+type Pair = (Vec<u8>, (Option<Entry>, Option<Entry>));
+
 /// One directory being compared: its entries merged by name, and where.
 struct Level {
-    items: std::vec::IntoIter<(Vec<u8>, (Option<Entry>, Option<Entry>))>,
+    items: std::vec::IntoIter<Pair>,
     prefix: PathBuf,
 }
 

@@ -54,15 +54,15 @@ impl Env {
     }
 
     /// A fresh repository in the test S3 server's bucket, encrypted (the
-    /// default there; the password in `SNAP_PASSWORD`), or None (with the
-    /// reason printed) when there is no server.
-    pub fn on_s3(test: &str) -> Option<Env> {
+    /// default there; the password in `SNAP_PASSWORD`). The test fails
+    /// when the server cannot run.
+    pub fn on_s3(test: &str) -> Env {
         Env::on_s3_with(test, true)
     }
 
     /// The same, encrypted or not (`--no-encrypt`).
-    pub fn on_s3_with(test: &str, encrypted: bool) -> Option<Env> {
-        let srv = crate::s3server::server(test)?;
+    pub fn on_s3_with(test: &str, encrypted: bool) -> Env {
+        let srv = crate::s3server::server(test);
         let dir = tempfile::Builder::new()
             .prefix("snap-it-")
             .tempdir()
@@ -82,7 +82,7 @@ impl Env {
             init.arg("--no-encrypt");
         }
         init.assert().success();
-        Some(env)
+        env
     }
 
     /// A fresh encrypted repository in `<dir>/repo`; the password in

@@ -105,13 +105,11 @@ fn an_encrypted_directory_holds_no_content_and_no_plain_id() {
 
 #[test]
 fn an_encrypted_bucket_holds_no_content_and_no_plain_id() {
-    let Some(env) = Env::on_s3("an_encrypted_bucket_holds_no_content") else {
-        return;
-    };
-    let srv = crate::s3server::server("an_encrypted_bucket_holds_no_content").unwrap();
+    let env = Env::on_s3("an_encrypted_bucket_holds_no_content");
+    let srv = crate::s3server::server("an_encrypted_bucket_holds_no_content");
     let objects = srv.object_dir(env.repo.to_str().unwrap());
     back_up_and_look(&env, &objects, true);
-    let plain = Env::on_s3_with("a_plain_bucket_holds_content", false).unwrap();
+    let plain = Env::on_s3_with("a_plain_bucket_holds_content", false);
     let objects = srv.object_dir(plain.repo.to_str().unwrap());
     back_up_and_look(&plain, &objects, false);
 }
@@ -280,10 +278,8 @@ fn init_refuses_an_empty_password_and_a_bucket_is_encrypted_by_default() {
         .assert()
         .failure();
     assert!(!env.repo.join("config").exists());
-    let Some(s3) = Env::on_s3("a_bucket_is_encrypted_by_default") else {
-        return;
-    };
-    let srv = crate::s3server::server("a_bucket_is_encrypted_by_default").unwrap();
+    let s3 = Env::on_s3("a_bucket_is_encrypted_by_default");
+    let srv = crate::s3server::server("a_bucket_is_encrypted_by_default");
     let objects = srv.object_dir(s3.repo.to_str().unwrap());
     let config = fs::read_to_string(objects.join("config")).unwrap();
     assert!(config.contains("\"encryption\""), "{config}");
@@ -292,10 +288,8 @@ fn init_refuses_an_empty_password_and_a_bucket_is_encrypted_by_default() {
 
 #[test]
 fn a_bucket_config_altered_to_say_plain_makes_no_client_write_plain_objects() {
-    let Some(env) = Env::on_s3("a_bucket_config_altered_to_say_plain") else {
-        return;
-    };
-    let srv = crate::s3server::server("a_bucket_config_altered_to_say_plain").unwrap();
+    let env = Env::on_s3("a_bucket_config_altered_to_say_plain");
+    let srv = crate::s3server::server("a_bucket_config_altered_to_say_plain");
     let objects = srv.object_dir(env.repo.to_str().unwrap());
     let src = env.path("app");
     app_with_marker(&src);

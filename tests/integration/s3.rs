@@ -2,9 +2,8 @@
 //! the scenarios of a local repository, plus what only a remote one has
 //! (a cache that can be lost, several clients on one bucket).
 //!
-//! Skipped, with the reason printed, when the server binary is missing;
-//! `.ci/run` builds it and sets SNAP_REQUIRE_S3, which turns a skip into
-//! a failure.
+//! The server binary is built on first use when it is missing (see
+//! `s3server`); a test never passes without running.
 
 use std::fs;
 use std::path::Path;
@@ -34,16 +33,15 @@ fn requests(v: &serde_json::Value) -> &serde_json::Value {
 
 #[test]
 fn an_encrypted_bucket_repository_round_trips_and_losing_the_cache_loses_nothing() {
-    if let Some(env) = Env::on_s3("an_encrypted_bucket_repository_round_trips") {
-        round_trip_and_cache_loss(env);
-    }
+    round_trip_and_cache_loss(Env::on_s3("an_encrypted_bucket_repository_round_trips"));
 }
 
 #[test]
 fn a_plain_bucket_repository_round_trips_and_losing_the_cache_loses_nothing() {
-    if let Some(env) = Env::on_s3_with("a_plain_bucket_repository_round_trips", false) {
-        round_trip_and_cache_loss(env);
-    }
+    round_trip_and_cache_loss(Env::on_s3_with(
+        "a_plain_bucket_repository_round_trips",
+        false,
+    ));
 }
 
 fn round_trip_and_cache_loss(env: Env) {
@@ -119,9 +117,7 @@ fn round_trip_and_cache_loss(env: Env) {
 
 #[test]
 fn in_place_rollback_from_a_bucket_is_exact() {
-    let Some(env) = Env::on_s3("in_place_rollback_from_a_bucket_is_exact") else {
-        return;
-    };
+    let env = Env::on_s3("in_place_rollback_from_a_bucket_is_exact");
     let src = env.path("app");
     app_dir(&src);
     let before = env.path("before");
@@ -142,9 +138,7 @@ fn in_place_rollback_from_a_bucket_is_exact() {
 
 #[test]
 fn guard_rolls_a_failed_migration_back_from_a_bucket() {
-    let Some(env) = Env::on_s3("guard_rolls_a_failed_migration_back_from_a_bucket") else {
-        return;
-    };
+    let env = Env::on_s3("guard_rolls_a_failed_migration_back_from_a_bucket");
     let src = env.path("app");
     app_dir(&src);
     let before = env.path("before");
@@ -165,9 +159,7 @@ fn guard_rolls_a_failed_migration_back_from_a_bucket() {
 
 #[test]
 fn two_clients_share_a_bucket_and_see_each_others_snapshots() {
-    let Some(a) = Env::on_s3("two_clients_share_a_bucket") else {
-        return;
-    };
+    let a = Env::on_s3("two_clients_share_a_bucket");
     // Client b: the same bucket, its own cache and its own data.
     let b = a.another_client();
     let (src_a, src_b) = (a.path("app"), b.path("app"));
@@ -224,15 +216,13 @@ fn gc_json(env: &Env, args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn gc_on_a_bucket_deletes_only_after_the_grace_period() {
-    let Some(env) = Env::on_s3("gc_on_a_bucket_deletes_only_after_the_grace_period") else {
-        return;
-    };
+    let env = Env::on_s3("gc_on_a_bucket_deletes_only_after_the_grace_period");
     let src = env.path("app");
     write(&src.join("big.bin"), noise(1, 3_000_000));
     let old = env.create_id(&src);
     write(&src.join("big.bin"), noise(2, 2_000_000));
     let new = env.create_id(&src);
-    let srv = crate::s3server::server("gc").unwrap();
+    let srv = crate::s3server::server("gc");
     let url = env.repo.to_str().unwrap();
     let packs = || {
         srv.object_keys(url)
@@ -281,9 +271,7 @@ fn gc_on_a_bucket_deletes_only_after_the_grace_period() {
 /// period finds b's snapshot using them and keeps them.
 #[test]
 fn a_pack_condemned_while_another_client_uses_it_is_rescued() {
-    let Some(a) = Env::on_s3("a_pack_condemned_while_another_client_uses_it_is_rescued") else {
-        return;
-    };
+    let a = Env::on_s3("a_pack_condemned_while_another_client_uses_it_is_rescued");
     let b = a.another_client();
     let src = a.path("shared");
     write(&src.join("data.bin"), noise(3, 1_500_000));
@@ -340,9 +328,7 @@ fn a_pack_condemned_while_another_client_uses_it_is_rescued() {
 /// is there.
 #[test]
 fn creates_from_two_clients_while_a_gc_runs_all_restore_exactly() {
-    let Some(a) = Env::on_s3_with("creates_from_two_clients_while_a_gc_runs", false) else {
-        return;
-    };
+    let a = Env::on_s3_with("creates_from_two_clients_while_a_gc_runs", false);
     let (b, c) = (a.another_client(), a.another_client());
     let copies = a.path("copies");
     let rounds = 6;

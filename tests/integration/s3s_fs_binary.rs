@@ -15,10 +15,16 @@ pub fn find_s3s_fs() -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     on_path.or_else(|| {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        let p = cache.join("snap-tools/bin/s3s-fs");
+        let p = tools_dir()?.join("bin/s3s-fs");
         p.is_file().then_some(p)
     })
+}
+
+/// The tools folder: `${XDG_CACHE_HOME:-$HOME/.cache}/snap-tools`.
+#[allow(dead_code)] // the benchmark only finds the binary
+pub fn tools_dir() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(cache.join("snap-tools"))
 }

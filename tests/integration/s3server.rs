@@ -3,9 +3,10 @@
 //!
 //! The binary is found as `$SNAP_S3S_FS`, else `s3s-fs` on PATH, else in
 //! the tools folder `.ci/run` installs it into
-//! (`${XDG_CACHE_HOME:-$HOME/.cache}/snap-tools/bin`). When it is missing
-//! the S3 tests say they were skipped and why, unless `SNAP_REQUIRE_S3` is
-//! set (CI sets it), in which case they fail.
+//! (`${XDG_CACHE_HOME:-$HOME/.cache}/snap-tools/bin`). When it is missing,
+//! the first S3 test builds it there from crates.io (`cargo install`, about
+//! three minutes, once per machine) exactly as `.ci/run` does; if that
+//! fails, every S3 test fails with the reason. No S3 test is skipped.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -26,9 +27,47 @@ pub struct S3Server {
     pub root: PathBuf,
 }
 
+/// Build s3s-fs into the tools folder, as `.ci/run` does (a test server:
+/// no optimisation, which halves the build).
+fn install_s3s_fs() -> Result<PathBuf, String> {
+    let tools = crate::s3s_fs_binary::tools_dir()
+        .ok_or("no home directory for the tools folder; set SNAP_S3S_FS")?;
+    std::fs::create_dir_all(&tools).map_err(|e| format!("{}: {e}", tools.display()))?;
+    eprintln!(
+        "building s3s-fs into {} for the S3 tests (once)",
+        tools.display()
+    );
+    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "install",
+            "s3s-fs@0.14.1",
+            "--features",
+            "binary",
+            "--locked",
+            "--quiet",
+        ])
+        .arg("--root")
+        .arg(&tools)
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "256")
+        .env("CARGO_PROFILE_RELEASE_INCREMENTAL", "false")
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run cargo install: {e}"))?;
+    if !st.success() {
+        return Err(format!(
+            "cargo install s3s-fs failed ({st}); install it with .ci/run, or set SNAP_S3S_FS"
+        ));
+    }
+    crate::s3s_fs_binary::find_s3s_fs().ok_or_else(|| "s3s-fs built but not found".to_string())
+}
+
 fn start() -> Result<S3Server, String> {
-    let bin = crate::s3s_fs_binary::find_s3s_fs()
-        .ok_or("s3s-fs not found (install it with .ci/run, or set SNAP_S3S_FS)")?;
+    let bin = match crate::s3s_fs_binary::find_s3s_fs() {
+        Some(b) => b,
+        None => install_s3s_fs()?,
+    };
     let root = tempfile::Builder::new()
         .prefix("snap-s3-")
         .tempdir()
@@ -82,19 +121,12 @@ fn start() -> Result<S3Server, String> {
     })
 }
 
-/// The process's server, or None (with the reason printed) when the tests
-/// that need it are to be skipped.
-pub fn server(test: &str) -> Option<&'static S3Server> {
+/// The process's server; a test that needs it fails when it cannot run.
+pub fn server(test: &str) -> &'static S3Server {
     static SERVER: OnceLock<Result<S3Server, String>> = OnceLock::new();
     match SERVER.get_or_init(start) {
-        Ok(s) => Some(s),
-        Err(why) if std::env::var_os("SNAP_REQUIRE_S3").is_some() => {
-            panic!("{test}: SNAP_REQUIRE_S3 is set but the S3 server is unavailable: {why}")
-        }
-        Err(why) => {
-            eprintln!("{test}: skipped, no S3 server: {why}");
-            None
-        }
+        Ok(s) => s,
+        Err(why) => panic!("{test}: the S3 server is unavailable: {why}"),
     }
 }
 

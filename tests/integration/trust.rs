@@ -755,8 +755,8 @@ fn key_passwd_revokes_every_object_of_the_old_password() {
 /// asks no password, and uploads nothing.
 #[test]
 fn a_new_client_never_opens_an_encrypted_bucket_as_plain() {
-    let env = Env::on_s3("trust_bucket_downgrade").expect("the S3 server runs");
-    let srv = crate::s3server::server("trust_bucket_downgrade").unwrap();
+    let env = Env::on_s3("trust_bucket_downgrade");
+    let srv = crate::s3server::server("trust_bucket_downgrade");
     let objects = srv.object_dir(env.repo.to_str().unwrap());
     let src = env.path("app");
     write(&src.join("secret.txt"), "bucket secret text");
@@ -782,8 +782,8 @@ fn a_new_client_never_opens_an_encrypted_bucket_as_plain() {
 /// `--no-other-writers`.
 #[test]
 fn a_bucket_snapshot_whose_pack_vanished_is_damage_on_every_client() {
-    let a = Env::on_s3_with("trust_vanished_pack", false).expect("the S3 server runs");
-    let srv = crate::s3server::server("trust_vanished_pack").unwrap();
+    let a = Env::on_s3_with("trust_vanished_pack", false);
+    let srv = crate::s3server::server("trust_vanished_pack");
     let url = a.repo.to_str().unwrap().to_string();
     let src = a.path("app");
     write(&src.join("a.txt"), "first");
