@@ -698,11 +698,13 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// Plan one entry of the snapshot at `path` (`disk`: what is there
+    /// now, not followed). Returns whether anything at or below it changes.
     fn plan_entry(
         &mut self,
         e: &Entry,
         path: &Path,
-        mut disk: Option<Metadata>,
+        disk: Option<Metadata>,
         parent_mount: Option<u64>,
     ) -> Result<bool> {
         self.spend_budget()?;
@@ -722,273 +724,335 @@ impl Planner<'_> {
             self.not_in_snapshot.push(path.to_path_buf());
             return Ok(false);
         }
-        let mut dirty = false;
-        if let Some(m) = &disk {
-            let k = kind_of(m);
-            let wrong_device = matches!(e.kind, Kind::CharDev | Kind::BlockDev)
-                && Some(m.rdev())
-                    != match e.payload {
-                        Payload::Device(r) => Some(r),
-                        _ => None,
-                    };
-            if k != e.kind || wrong_device {
-                let m = m.clone();
-                let mounted = m.is_dir() && parent_mount.is_some_and(|d| d != mount_key(path));
-                if m.is_dir() && (mounted || self.protected.contains(&(m.dev(), m.ino()))) {
-                    let why = if mounted {
-                        "another filesystem is mounted there"
-                    } else {
-                        "it holds the repository"
-                    };
-                    self.refused.push((
-                        path.to_path_buf(),
-                        format!("the snapshot has a {:?} here, but {why}", e.kind).to_lowercase(),
-                    ));
-                    return Ok(false);
+        let Some((disk, dirty)) = self.clear_other_kind(e, path, disk, parent_mount) else {
+            return Ok(false);
+        };
+        match e.kind {
+            Kind::Dir => self.plan_dir_entry(e, path, disk, dirty),
+            Kind::File => Ok(self.plan_file(e, path, disk) | dirty),
+            Kind::Symlink => Ok(self.plan_symlink(e, path, disk) | dirty),
+            Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+                Ok(self.plan_special(e, path, disk) | dirty)
+            }
+        }
+    }
+
+    /// What is on disk at `path` when it is another kind of entry than the
+    /// snapshot's (or another device): planned for deletion. `None` when it
+    /// must stay (a mount point, or what holds the repository); else what
+    /// is left on disk and whether that changed anything.
+    fn clear_other_kind(
+        &mut self,
+        e: &Entry,
+        path: &Path,
+        disk: Option<Metadata>,
+        parent_mount: Option<u64>,
+    ) -> Option<(Option<Metadata>, bool)> {
+        let Some(m) = disk else {
+            return Some((None, false));
+        };
+        let wrong_device = matches!(e.kind, Kind::CharDev | Kind::BlockDev)
+            && Some(m.rdev())
+                != match e.payload {
+                    Payload::Device(r) => Some(r),
+                    _ => None,
+                };
+        if kind_of(&m) == e.kind && !wrong_device {
+            return Some((Some(m), false));
+        }
+        let mounted = m.is_dir() && parent_mount.is_some_and(|d| d != mount_key(path));
+        if m.is_dir() && (mounted || self.protected.contains(&(m.dev(), m.ino()))) {
+            let why = if mounted {
+                "another filesystem is mounted there"
+            } else {
+                "it holds the repository"
+            };
+            self.refused.push((
+                path.to_path_buf(),
+                format!("the snapshot has a {:?} here, but {why}", e.kind).to_lowercase(),
+            ));
+            return None;
+        }
+        self.delete(path, &m);
+        Some((None, true))
+    }
+
+    /// A directory: made when missing, its children planned, its own
+    /// metadata set last (`DirMeta`).
+    fn plan_dir_entry(
+        &mut self,
+        e: &Entry,
+        path: &Path,
+        disk: Option<Metadata>,
+        mut dirty: bool,
+    ) -> Result<bool> {
+        let path_buf = path.to_path_buf();
+            let exists = disk.is_some();
+            if !exists {
+                self.steps.push(Step::MakeDir {
+                    path: path_buf.clone(),
+                });
+                self.summary.create_dirs += 1;
+            }
+            let sub_id = e.subtree().unwrap_or(TreeId([0; 32]));
+            let tree = match e.subtree() {
+                Some(sub) => self.repo.load_tree(&sub),
+                None => Err(Error::Damaged {
+                    path: self.repo.index_path(),
+                    reason: "the directory entry has no tree".into(),
+                }),
+            };
+            let tree = match tree {
+                Ok(t) => t,
+                Err(err) if err.is_damage() => {
+                    // Restore everything else; touch nothing under here.
+                    self.damaged.push((path_buf, err.to_string()));
+                    return Ok(dirty || !exists);
                 }
-                self.delete(path, &m);
-                disk = None;
+                Err(err) => return Err(err),
+            };
+            let child_dirty =
+                self.plan_dir(&tree, sub_id, path, disk.as_ref().map(|_| mount_key(path)))?;
+            let meta_differs = disk.as_ref().is_none_or(|m| !self.meta_equal(e, m, path));
+            if child_dirty || meta_differs {
+                let fix = exists && !child_dirty;
+                if fix {
+                    self.summary.fix_metadata += 1;
+                }
+                self.steps.push(Step::DirMeta {
+                    path: path_buf.clone(),
+                    meta: Meta::of(e),
+                    fix,
+                });
+                dirty = true;
+            }
+        Ok(dirty)
+    }
+
+    /// A regular file: kept, its metadata fixed, rewritten, or linked to
+    /// the first name of its inode. Returns whether it changes.
+    fn plan_file(&mut self, e: &Entry, path: &Path, disk: Option<Metadata>) -> bool {
+        let path_buf = path.to_path_buf();
+        let mut dirty = false;
+        if let Some(key) = e.hardlink_key()
+            && self.leaders.contains_key(&key)
+        {
+            return self.plan_later_name(e, path, disk, key);
+        }
+            enum Act {
+                Keep,
+                Meta,
+                Write,
+            }
+            let act = match &disk {
+                None => Act::Write,
+                Some(m) => {
+                    let same_stat = m.size() == e.size && mtime_ns(m) == e.mtime_ns;
+                    // A file modified within the timestamp tick of its
+                    // snapshot (flagged racy) could have changed again
+                    // without changing size or mtime: compare content.
+                    let same_content = if self.verify || (same_stat && e.has_flag(flags::RACY))
+                    {
+                        m.size() == e.size && self.content_equal(path, e)
+                    } else {
+                        same_stat
+                    };
+                    // Root never chowns or chmods a file that has other
+                    // names the snapshot did not record: someone may have
+                    // linked another user's file here. It is rewritten
+                    // instead (a new inode; the other names keep theirs).
+                    let foreign_links =
+                        self.is_root && m.nlink() > 1 && e.hardlink_key().is_none();
+                    if !same_content {
+                        Act::Write
+                    } else if self.meta_equal(e, m, path) {
+                        Act::Keep
+                    } else if foreign_links {
+                        Act::Write
+                    } else {
+                        Act::Meta
+                    }
+                }
+            };
+            let mut write_step = None;
+            let kept_ino = match act {
+                Act::Keep => {
+                    self.summary.unchanged_files += 1;
+                    self.summary.unchanged_bytes += e.size;
+                    disk.as_ref().map(|m| m.ino())
+                }
+                Act::Meta => {
+                    let m = disk.as_ref().expect("Act::Meta comes of an entry on disk");
+                    self.steps.push(Step::FixMeta {
+                        path: path_buf.clone(),
+                        meta: Meta::of(e),
+                        seen: (m.dev(), m.ino()),
+                    });
+                    self.summary.fix_metadata += 1;
+                    dirty = true;
+                    disk.as_ref().map(|m| m.ino())
+                }
+                Act::Write => {
+                    write_step = Some(self.steps.len());
+                    self.steps.push(Step::Write {
+                        path: path_buf.clone(),
+                        bytes: e.size,
+                        meta: Meta::of(e),
+                    });
+                    self.summary.write_files += 1;
+                    self.summary.write_bytes += e.size;
+                    dirty = true;
+                    None
+                }
+            };
+            if let Some(key) = e.hardlink_key() {
+                self.leaders.insert(
+                    key,
+                    Leader {
+                        path: path_buf,
+                        kept_ino,
+                        write_step,
+                        size: e.size,
+                    },
+                );
+            }
+        dirty
+    }
+
+    /// A later name of an inode the snapshot holds several names of: a
+    /// link to the first name, or, when this name still holds the content
+    /// and the first was to be rewritten, the first linked to this one.
+    fn plan_later_name(
+        &mut self,
+        e: &Entry,
+        path: &Path,
+        disk: Option<Metadata>,
+        key: (u64, u64),
+    ) -> bool {
+        let path_buf = path.to_path_buf();
+        let leader = &self.leaders[&key];
+        let (to, kept_ino, write_step) =
+            (leader.path.clone(), leader.kept_ino, leader.write_step);
+        if let (Some(m), Some(ino)) = (&disk, kept_ino)
+            && m.ino() == ino
+        {
+            self.summary.unchanged_files += 1;
+            return false;
+        }
+        // If this name still holds the right content and the first
+        // name was going to be rewritten, keep this one instead and
+        // link the first name to it: fewer writes, inodes kept.
+        if let (Some(m), Some(idx)) = (&disk, write_step)
+            && m.size() == e.size
+            && mtime_ns(m) == e.mtime_ns
+            && (!self.verify || self.content_equal(path, e))
+        {
+            let m = m.clone();
+            let old_size = self.leaders[&key].size;
+            self.steps[idx] = Step::Link {
+                path: to.clone(),
+                to: path_buf.clone(),
+            };
+            self.steps.push(Step::Delete {
+                path: to.clone(),
+                dir: false,
+            });
+            self.summary.write_files -= 1;
+            self.summary.write_bytes -= old_size;
+            self.summary.links += 1;
+            if self.meta_equal(e, &m, path) {
+                self.summary.unchanged_files += 1;
+                self.summary.unchanged_bytes += e.size;
+            } else {
+                self.steps.push(Step::FixMeta {
+                    path: path_buf.clone(),
+                    meta: Meta::of(e),
+                    seen: (m.dev(), m.ino()),
+                });
+                self.summary.fix_metadata += 1;
+            }
+            self.leaders.insert(
+                key,
+                Leader {
+                    path: path_buf,
+                    kept_ino: Some(m.ino()),
+                    write_step: None,
+                    size: e.size,
+                },
+            );
+            return true;
+        }
+        if let Some(m) = disk.clone() {
+            self.delete(path, &m);
+        }
+        self.steps.push(Step::Link { path: path_buf, to });
+        self.summary.links += 1;
+        true
+    }
+
+    /// A symlink: kept when its target is the snapshot's, else made anew.
+    fn plan_symlink(&mut self, e: &Entry, path: &Path, disk: Option<Metadata>) -> bool {
+        let path_buf = path.to_path_buf();
+        let mut dirty = false;
+            let want = match &e.payload {
+                Payload::Target(t) => t.clone(),
+                _ => Vec::new(),
+            };
+            let same = disk.is_some()
+                && fs::read_link(path)
+                    .map(|t| t.as_os_str().as_bytes() == want.as_slice())
+                    .unwrap_or(false);
+            if same {
+                let m = disk.as_ref().expect("`same` needs an entry on disk");
+                if !self.meta_equal(e, m, path) {
+                    self.steps.push(Step::FixMeta {
+                        path: path_buf.clone(),
+                        meta: Meta::of(e),
+                        seen: (m.dev(), m.ino()),
+                    });
+                    self.summary.fix_metadata += 1;
+                    dirty = true;
+                }
+            } else {
+                if let Some(m) = disk.clone() {
+                    self.delete(path, &m);
+                }
+                self.steps.push(Step::Symlink {
+                    path: path_buf.clone(),
+                    meta: Meta::of(e),
+                });
+                self.summary.symlinks += 1;
+                dirty = true;
+            }
+        dirty
+    }
+
+    /// A FIFO, socket or device node: made when missing.
+    fn plan_special(&mut self, e: &Entry, path: &Path, disk: Option<Metadata>) -> bool {
+        let path_buf = path.to_path_buf();
+        let mut dirty = false;
+        match &disk {
+            Some(m) => {
+                if !self.meta_equal(e, m, path) {
+                    self.steps.push(Step::FixMeta {
+                        path: path_buf.clone(),
+                        meta: Meta::of(e),
+                        seen: (m.dev(), m.ino()),
+                    });
+                    self.summary.fix_metadata += 1;
+                    dirty = true;
+                }
+            }
+            None => {
+                self.steps.push(Step::Special {
+                    path: path_buf.clone(),
+                    meta: Meta::of(e),
+                });
+                self.summary.specials += 1;
                 dirty = true;
             }
         }
-        let path_buf = path.to_path_buf();
-        match e.kind {
-            Kind::Dir => {
-                let exists = disk.is_some();
-                if !exists {
-                    self.steps.push(Step::MakeDir {
-                        path: path_buf.clone(),
-                    });
-                    self.summary.create_dirs += 1;
-                }
-                let sub_id = e.subtree().unwrap_or(TreeId([0; 32]));
-                let tree = match e.subtree() {
-                    Some(sub) => self.repo.load_tree(&sub),
-                    None => Err(Error::Damaged {
-                        path: self.repo.index_path(),
-                        reason: "the directory entry has no tree".into(),
-                    }),
-                };
-                let tree = match tree {
-                    Ok(t) => t,
-                    Err(err) if err.is_damage() => {
-                        // Restore everything else; touch nothing under here.
-                        self.damaged.push((path_buf, err.to_string()));
-                        return Ok(dirty || !exists);
-                    }
-                    Err(err) => return Err(err),
-                };
-                let child_dirty =
-                    self.plan_dir(&tree, sub_id, path, disk.as_ref().map(|_| mount_key(path)))?;
-                let meta_differs = disk.as_ref().is_none_or(|m| !self.meta_equal(e, m, path));
-                if child_dirty || meta_differs {
-                    let fix = exists && !child_dirty;
-                    if fix {
-                        self.summary.fix_metadata += 1;
-                    }
-                    self.steps.push(Step::DirMeta {
-                        path: path_buf.clone(),
-                        meta: Meta::of(e),
-                        fix,
-                    });
-                    dirty = true;
-                }
-            }
-            Kind::File => {
-                if let Some(key) = e.hardlink_key()
-                    && let Some(leader) = self.leaders.get(&key)
-                {
-                    let (to, kept_ino, write_step) =
-                        (leader.path.clone(), leader.kept_ino, leader.write_step);
-                    if let (Some(m), Some(ino)) = (&disk, kept_ino)
-                        && m.ino() == ino
-                    {
-                        self.summary.unchanged_files += 1;
-                        return Ok(dirty);
-                    }
-                    // If this name still holds the right content and the first
-                    // name was going to be rewritten, keep this one instead and
-                    // link the first name to it: fewer writes, inodes kept.
-                    if let (Some(m), Some(idx)) = (&disk, write_step)
-                        && m.size() == e.size
-                        && mtime_ns(m) == e.mtime_ns
-                        && (!self.verify || self.content_equal(path, e))
-                    {
-                        let m = m.clone();
-                        let old_size = self.leaders[&key].size;
-                        self.steps[idx] = Step::Link {
-                            path: to.clone(),
-                            to: path_buf.clone(),
-                        };
-                        self.steps.push(Step::Delete {
-                            path: to.clone(),
-                            dir: false,
-                        });
-                        self.summary.write_files -= 1;
-                        self.summary.write_bytes -= old_size;
-                        self.summary.links += 1;
-                        if self.meta_equal(e, &m, path) {
-                            self.summary.unchanged_files += 1;
-                            self.summary.unchanged_bytes += e.size;
-                        } else {
-                            self.steps.push(Step::FixMeta {
-                                path: path_buf.clone(),
-                                meta: Meta::of(e),
-                                seen: (m.dev(), m.ino()),
-                            });
-                            self.summary.fix_metadata += 1;
-                        }
-                        self.leaders.insert(
-                            key,
-                            Leader {
-                                path: path_buf,
-                                kept_ino: Some(m.ino()),
-                                write_step: None,
-                                size: e.size,
-                            },
-                        );
-                        return Ok(true);
-                    }
-                    if let Some(m) = disk.clone() {
-                        self.delete(path, &m);
-                    }
-                    self.steps.push(Step::Link { path: path_buf, to });
-                    self.summary.links += 1;
-                    return Ok(true);
-                }
-                enum Act {
-                    Keep,
-                    Meta,
-                    Write,
-                }
-                let act = match &disk {
-                    None => Act::Write,
-                    Some(m) => {
-                        let same_stat = m.size() == e.size && mtime_ns(m) == e.mtime_ns;
-                        // A file modified within the timestamp tick of its
-                        // snapshot (flagged racy) could have changed again
-                        // without changing size or mtime: compare content.
-                        let same_content = if self.verify || (same_stat && e.has_flag(flags::RACY))
-                        {
-                            m.size() == e.size && self.content_equal(path, e)
-                        } else {
-                            same_stat
-                        };
-                        // Root never chowns or chmods a file that has other
-                        // names the snapshot did not record: someone may have
-                        // linked another user's file here. It is rewritten
-                        // instead (a new inode; the other names keep theirs).
-                        let foreign_links =
-                            self.is_root && m.nlink() > 1 && e.hardlink_key().is_none();
-                        if !same_content {
-                            Act::Write
-                        } else if self.meta_equal(e, m, path) {
-                            Act::Keep
-                        } else if foreign_links {
-                            Act::Write
-                        } else {
-                            Act::Meta
-                        }
-                    }
-                };
-                let mut write_step = None;
-                let kept_ino = match act {
-                    Act::Keep => {
-                        self.summary.unchanged_files += 1;
-                        self.summary.unchanged_bytes += e.size;
-                        disk.as_ref().map(|m| m.ino())
-                    }
-                    Act::Meta => {
-                        let m = disk.as_ref().expect("Act::Meta comes of an entry on disk");
-                        self.steps.push(Step::FixMeta {
-                            path: path_buf.clone(),
-                            meta: Meta::of(e),
-                            seen: (m.dev(), m.ino()),
-                        });
-                        self.summary.fix_metadata += 1;
-                        dirty = true;
-                        disk.as_ref().map(|m| m.ino())
-                    }
-                    Act::Write => {
-                        write_step = Some(self.steps.len());
-                        self.steps.push(Step::Write {
-                            path: path_buf.clone(),
-                            bytes: e.size,
-                            meta: Meta::of(e),
-                        });
-                        self.summary.write_files += 1;
-                        self.summary.write_bytes += e.size;
-                        dirty = true;
-                        None
-                    }
-                };
-                if let Some(key) = e.hardlink_key() {
-                    self.leaders.insert(
-                        key,
-                        Leader {
-                            path: path_buf,
-                            kept_ino,
-                            write_step,
-                            size: e.size,
-                        },
-                    );
-                }
-            }
-            Kind::Symlink => {
-                let want = match &e.payload {
-                    Payload::Target(t) => t.clone(),
-                    _ => Vec::new(),
-                };
-                let same = disk.is_some()
-                    && fs::read_link(path)
-                        .map(|t| t.as_os_str().as_bytes() == want.as_slice())
-                        .unwrap_or(false);
-                if same {
-                    let m = disk.as_ref().expect("`same` needs an entry on disk");
-                    if !self.meta_equal(e, m, path) {
-                        self.steps.push(Step::FixMeta {
-                            path: path_buf.clone(),
-                            meta: Meta::of(e),
-                            seen: (m.dev(), m.ino()),
-                        });
-                        self.summary.fix_metadata += 1;
-                        dirty = true;
-                    }
-                } else {
-                    if let Some(m) = disk.clone() {
-                        self.delete(path, &m);
-                    }
-                    self.steps.push(Step::Symlink {
-                        path: path_buf.clone(),
-                        meta: Meta::of(e),
-                    });
-                    self.summary.symlinks += 1;
-                    dirty = true;
-                }
-            }
-            Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => match &disk {
-                Some(m) => {
-                    if !self.meta_equal(e, m, path) {
-                        self.steps.push(Step::FixMeta {
-                            path: path_buf.clone(),
-                            meta: Meta::of(e),
-                            seen: (m.dev(), m.ino()),
-                        });
-                        self.summary.fix_metadata += 1;
-                        dirty = true;
-                    }
-                }
-                None => {
-                    self.steps.push(Step::Special {
-                        path: path_buf.clone(),
-                        meta: Meta::of(e),
-                    });
-                    self.summary.specials += 1;
-                    dirty = true;
-                }
-            },
-        }
-        Ok(dirty)
+        dirty
     }
 
     fn content_equal(&self, path: &Path, e: &Entry) -> bool {
