@@ -148,8 +148,49 @@ pub fn check(
     for row in index.integrity_check()? {
         faults.push(Fault::Index(format!("index.db: {row}")));
     }
+    let in_footer = check_packs(repo, opts, &mut report, &mut faults, progress)?;
 
-    // Packs: every row's file exists and holds every chunk row's bytes.
+    // Snapshots: every tree decodes and every chunk has a row.
+    progress.phase("check: snapshots", None);
+    let snapshots = repo.snapshots()?;
+    report.snapshots = snapshots.len() as u64;
+    let walked = index.in_read_transaction(|| {
+        walk_snapshots(repo, &snapshots, &in_footer, &mut faults, progress)
+    })?;
+    let Walked {
+        seen_trees,
+        shapes,
+        chunks_seen,
+    } = walked;
+    check_expansion(&snapshots, &shapes, &mut faults);
+    check_records(repo, &snapshots, &mut report, &mut faults, progress)?;
+    for t in &seen_trees {
+        if !index.chunk_known(&ChunkId(t.0))? {
+            faults.push(Fault::Tree(
+                *t,
+                "has no blob in any tree pack (`snap repair index` could not rebuild it)".into(),
+            ));
+        }
+    }
+    report.trees = seen_trees.len() as u64;
+    report.chunks_referenced = chunks_seen;
+    if !faults.is_empty() {
+        report.problems = attribute(repo, &snapshots, faults)?;
+    }
+    Ok(report)
+}
+
+/// Packs: every row's file exists and holds every chunk row's bytes; with
+/// `--read-data`, every chunk decodes to its id. Returns, with
+/// `--read-data`, the chunks a pack's footer lists that its rows lack.
+fn check_packs(
+    repo: &Repository,
+    opts: &CheckOptions,
+    report: &mut CheckReport,
+    faults: &mut Vec<Fault>,
+    progress: &dyn Progress,
+) -> Result<HashMap<ChunkId, PackId>> {
+    let index = repo.index();
     let packs = index.packs()?;
     let to_read = opts.read_data.then(|| packs.iter().map(|p| p.size).sum());
     progress.phase("check: packs", to_read);
@@ -219,7 +260,7 @@ pub fn check(
                 rows: &rows,
                 reader: &mut reader,
             };
-            let unrowed = check_pack_data(data, &mut report, &mut faults, progress);
+            let unrowed = check_pack_data(data, report, faults, progress);
             in_footer.extend(unrowed.into_iter().map(|c| (c, p.id)));
         }
     }
@@ -230,20 +271,18 @@ pub fn check(
         .filter(|(id, _)| !referenced.contains(id))
         .count() as u64;
 
-    // Snapshots: every tree decodes and every chunk has a row.
-    progress.phase("check: snapshots", None);
-    let snapshots = repo.snapshots()?;
-    report.snapshots = snapshots.len() as u64;
-    let walked = index.in_read_transaction(|| {
-        walk_snapshots(repo, &snapshots, &in_footer, &mut faults, progress)
-    })?;
-    let Walked {
-        seen_trees,
-        shapes,
-        chunks_seen,
-    } = walked;
-    for s in &snapshots {
-        let (entries, depth, distinct) = expansion(&shapes, s.root);
+    Ok(in_footer)
+}
+
+/// Each snapshot's tree graph must expand no more than the distinct trees
+/// read allow, than the snapshot records, and no deeper than restore goes.
+fn check_expansion(
+    snapshots: &[Snapshot],
+    shapes: &HashMap<TreeId, TreeShape>,
+    faults: &mut Vec<Fault>,
+) {
+    for s in snapshots {
+        let (entries, depth, distinct) = expansion(shapes, s.root);
         let budget = entry_budget(s);
         let graph_allows = distinct.saturating_mul(EXPANSION).max(FLOOR);
         if entries > graph_allows {
@@ -263,7 +302,18 @@ pub fn check(
             faults.push(Fault::Snapshot(Box::new(s.clone()), why));
         }
     }
-    // The repository's files must say what the index says.
+}
+
+/// The repository's files must say what the index says; snapshots a
+/// shared repository's sync held back are damage.
+fn check_records(
+    repo: &Repository,
+    snapshots: &[Snapshot],
+    report: &mut CheckReport,
+    faults: &mut Vec<Fault>,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let index = repo.index();
     progress.phase("check: snapshot files", None);
     let records = crate::objects::read_records(&**repo.storage())?;
     for (at, why) in &records.bad {
@@ -278,7 +328,7 @@ pub fn check(
         .count() as u64;
     let on_file: HashMap<SnapshotId, &Snapshot> =
         records.snapshots.iter().map(|s| (s.id, s)).collect();
-    for s in &snapshots {
+    for s in snapshots {
         let why = match on_file.get(&s.id) {
             None => Some(
                 "no snapshot object records it (`snap repair index` could not rebuild it)"
@@ -315,20 +365,7 @@ pub fn check(
         .iter()
         .filter(|s| !listed.contains(&s.id))
         .count() as u64;
-    for t in &seen_trees {
-        if !index.chunk_known(&ChunkId(t.0))? {
-            faults.push(Fault::Tree(
-                *t,
-                "has no blob in any tree pack (`snap repair index` could not rebuild it)".into(),
-            ));
-        }
-    }
-    report.trees = seen_trees.len() as u64;
-    report.chunks_referenced = chunks_seen;
-    if !faults.is_empty() {
-        report.problems = attribute(repo, &snapshots, faults)?;
-    }
-    Ok(report)
+    Ok(())
 }
 
 /// What the walk of every snapshot's trees found.
