@@ -161,60 +161,14 @@ pub fn plan(
     compact: bool,
 ) -> Result<Plan> {
     let opts = &super::resolve_target(opts)?;
-    let mut p = Planner {
-        repo,
-        verify: opts.verify,
-        params: ChunkerParams::from(repo.config()),
-        ids: repo.ids(),
-        is_root: rustix::process::geteuid().is_root(),
-        steps: Vec::new(),
-        summary: PlanSummary::default(),
-        leaders: HashMap::new(),
-        not_in_snapshot: Vec::new(),
-        damaged: Vec::new(),
-        refused: Vec::new(),
-        root: PathBuf::new(),
-        excludes: None,
-        repo_keys: repo.place_keys()?,
-        protected: protected_dirs(repo)?,
-        depth: 0,
-        budget: entry_budget(snap),
-        bounds: crate::ops::bounds::Bounds::new(snap.id.short()),
-        snapshot: snap.id.short(),
-        compact,
-        fresh: Vec::new(),
-    };
+    let mut p = Planner::new(repo, snap, opts.verify, compact)?;
     let sub = match &opts.subpath {
         Some(s) => normalize_subpath(s)?,
         None => None,
     };
     let sub = sub.as_deref();
-    // The sources to restore: a snapshot of one directory has one, unnamed.
-    let one = [SourceRoot {
-        path: snap.source.to_string_lossy().into_owned(),
-        exclude: snap.excludes().to_vec(),
-        ..SourceRoot::default()
-    }];
     let multi = snap.is_multi_source();
-    let sources: Vec<&SourceRoot> = if multi {
-        let first = sub
-            .and_then(|s| s.components().next())
-            .map(|c| c.as_os_str());
-        let picked: Vec<&SourceRoot> = snap
-            .sources
-            .iter()
-            .filter(|s| first.is_none_or(|f| f == OsStr::new(&s.name)))
-            .collect();
-        if picked.is_empty() {
-            return Err(Error::NotInSnapshot {
-                path: sub.unwrap_or(Path::new("")).to_path_buf(),
-                snapshot: snap.id.short(),
-            });
-        }
-        picked
-    } else {
-        vec![&one[0]]
-    };
+    let sources = pick_sources(snap, sub)?;
     let root_tree = if multi {
         Some(repo.load_tree(&snap.root)?)
     } else {
@@ -230,7 +184,7 @@ pub fn plan(
         p.steps.push(Step::MakeDir { path: t.clone() });
         p.summary.create_dirs += 1;
     }
-    for src in sources {
+    for src in &sources {
         let base = source_target(snap, src, opts);
         let (tree, meta) = source_tree(repo, snap, root_tree.as_ref(), src)?;
         if opts.target.is_none() {
@@ -253,59 +207,14 @@ pub fn plan(
         match &rel {
             None => p.plan_root(&tree, meta, &base)?,
             Some(rel) => {
-                let path_in_snapshot = if multi {
-                    Path::new(&src.name).join(rel)
-                } else {
-                    rel.clone()
+                let in_snapshot = |a: &Path| {
+                    if multi {
+                        Path::new(&src.name).join(a)
+                    } else {
+                        a.to_path_buf()
+                    }
                 };
-                let (entry, _) =
-                    lookup(repo, snap, &path_in_snapshot)?.ok_or_else(|| Error::NotInSnapshot {
-                        path: path_in_snapshot.clone(),
-                        snapshot: snap.id.short(),
-                    })?;
-                let target = base.join(rel);
-                // The directories between the target and the path, top down.
-                let between: Vec<&Path> = {
-                    let mut v: Vec<&Path> = rel.ancestors().skip(1).collect();
-                    v.retain(|a| !a.as_os_str().is_empty());
-                    v.reverse();
-                    v
-                };
-                let new_target = !fs::symlink_metadata(&base).is_ok_and(|m| m.is_dir());
-                if new_target {
-                    // A plain restore creates a missing target; so does
-                    // --path, with the snapshot's directories down to it.
-                    p.plan_missing_dirs(&base);
-                    for a in &between {
-                        p.steps.push(Step::MakeDir { path: base.join(a) });
-                        p.summary.create_dirs += 1;
-                    }
-                } else {
-                    // The snapshot's directories down to the path that the
-                    // target lacks are made, as for a new target.
-                    for dir in check_parents(&base, &target)? {
-                        p.steps.push(Step::MakeDir { path: dir });
-                        p.summary.create_dirs += 1;
-                    }
-                }
-                let disk = fs::symlink_metadata(&target).ok();
-                p.plan_entry(&entry, &target, disk, None)?;
-                if new_target {
-                    for a in between.iter().rev() {
-                        let in_snapshot = if multi {
-                            Path::new(&src.name).join(a)
-                        } else {
-                            a.to_path_buf()
-                        };
-                        if let Some((e, _)) = lookup(repo, snap, &in_snapshot)? {
-                            p.steps.push(Step::DirMeta {
-                                path: base.join(a),
-                                meta: Meta::of(&e),
-                                fix: false,
-                            });
-                        }
-                    }
-                }
+                p.plan_subpath(snap, &base, rel, &in_snapshot)?;
             }
         }
         targets.push(match rel {
@@ -333,6 +242,118 @@ pub fn plan(
         damaged: p.damaged,
         refused: p.refused,
     })
+}
+
+/// The sources of `snap` a restore of `sub` covers: the one unnamed source
+/// of a snapshot of one directory, else the named sources `sub` starts
+/// with (all of them without `sub`).
+fn pick_sources(snap: &Snapshot, sub: Option<&Path>) -> Result<Vec<SourceRoot>> {
+    if !snap.is_multi_source() {
+        return Ok(vec![SourceRoot {
+            path: snap.source.to_string_lossy().into_owned(),
+            exclude: snap.excludes().to_vec(),
+            ..SourceRoot::default()
+        }]);
+    }
+    let first = sub
+        .and_then(|s| s.components().next())
+        .map(|c| c.as_os_str());
+    let picked: Vec<SourceRoot> = snap
+        .sources
+        .iter()
+        .filter(|s| first.is_none_or(|f| f == OsStr::new(&s.name)))
+        .cloned()
+        .collect();
+    if picked.is_empty() {
+        return Err(Error::NotInSnapshot {
+            path: sub.unwrap_or(Path::new("")).to_path_buf(),
+            snapshot: snap.id.short(),
+        });
+    }
+    Ok(picked)
+}
+
+impl<'a> Planner<'a> {
+    fn new(repo: &'a Repository, snap: &Snapshot, verify: bool, compact: bool) -> Result<Self> {
+        Ok(Planner {
+            repo,
+            verify,
+            params: ChunkerParams::from(repo.config()),
+            ids: repo.ids(),
+            is_root: rustix::process::geteuid().is_root(),
+            steps: Vec::new(),
+            summary: PlanSummary::default(),
+            leaders: HashMap::new(),
+            not_in_snapshot: Vec::new(),
+            damaged: Vec::new(),
+            refused: Vec::new(),
+            root: PathBuf::new(),
+            excludes: None,
+            repo_keys: repo.place_keys()?,
+            protected: protected_dirs(repo)?,
+            depth: 0,
+            budget: entry_budget(snap),
+            bounds: crate::ops::bounds::Bounds::new(snap.id.short()),
+            snapshot: snap.id.short(),
+            compact,
+            fresh: Vec::new(),
+        })
+    }
+
+    /// `--path`: the entry at `rel` below `base`, and the directories
+    /// between that the target lacks, made with the snapshot's metadata.
+    fn plan_subpath(
+        &mut self,
+        snap: &Snapshot,
+        base: &Path,
+        rel: &Path,
+        in_snapshot: &dyn Fn(&Path) -> PathBuf,
+    ) -> Result<()> {
+        let repo = self.repo;
+        let path_in_snapshot = in_snapshot(rel);
+        let (entry, _) =
+            lookup(repo, snap, &path_in_snapshot)?.ok_or_else(|| Error::NotInSnapshot {
+                path: path_in_snapshot.clone(),
+                snapshot: snap.id.short(),
+            })?;
+        let target = base.join(rel);
+        // The directories between the target and the path, top down.
+        let between: Vec<&Path> = {
+            let mut v: Vec<&Path> = rel.ancestors().skip(1).collect();
+            v.retain(|a| !a.as_os_str().is_empty());
+            v.reverse();
+            v
+        };
+        // Those the restore makes: all of them in a new target (made too,
+        // as a plain restore makes it); in an existing one, those missing.
+        let made: Vec<&Path> = if !fs::symlink_metadata(base).is_ok_and(|m| m.is_dir()) {
+            self.plan_missing_dirs(base);
+            between.clone()
+        } else {
+            let missing = check_parents(base, &target)?;
+            between
+                .iter()
+                .copied()
+                .filter(|a| missing.contains(&base.join(a)))
+                .collect()
+        };
+        for a in &made {
+            self.steps.push(Step::MakeDir { path: base.join(a) });
+            self.summary.create_dirs += 1;
+        }
+        let disk = fs::symlink_metadata(&target).ok();
+        self.plan_entry(&entry, &target, disk, None)?;
+        for a in made.iter().rev() {
+            if let Some((e, _)) = lookup(repo, snap, &in_snapshot(a))? {
+                self.steps.push(Step::DirMeta {
+                    path: base.join(a),
+                    meta: Meta::of(&e),
+                    fix: false,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The tree and directory metadata of one source of `snap`.
