@@ -51,55 +51,7 @@ pub fn gc_command(
         serde_json::to_writer_pretty(&mut *out, &with_requests(&repo, json!(stats)))?;
         writeln!(out)?;
     } else {
-        let verb = if stats.dry_run {
-            "would remove"
-        } else {
-            "removed"
-        };
-        for id in &stats.snapshots_removed {
-            writeln!(out, "{verb} snapshot {id}")?;
-        }
-        writeln!(
-            out,
-            "{}{} {} (kept {}), {} {}, {} {}, {} {}; {} {}",
-            if stats.dry_run { "dry run: " } else { "" },
-            verb,
-            count(stats.snapshots_removed.len() as u64, "snapshot"),
-            stats.snapshots_kept,
-            if stats.dry_run {
-                "would delete"
-            } else {
-                "deleted"
-            },
-            count(stats.packs_deleted, "pack"),
-            if stats.dry_run {
-                "would repack"
-            } else {
-                "repacked"
-            },
-            stats.packs_repacked,
-            if stats.dry_run {
-                "would remove"
-            } else {
-                "removed"
-            },
-            count(stats.orphan_packs_deleted, "orphaned pack"),
-            human_bytes(stats.reclaimed_bytes),
-            if stats.dry_run {
-                "would be reclaimed"
-            } else {
-                "reclaimed"
-            }
-        )?;
-    }
-    if stats.packs_condemned + stats.packs_rescued > 0 && !args.json {
-        writeln!(
-            out,
-            "condemned {} (deleted by a gc after the grace period, {}), kept {} a newer snapshot uses",
-            count(stats.packs_condemned, "pack"),
-            args.grace,
-            count(stats.packs_rescued, "condemned pack"),
-        )?;
+        report_text(&stats, &args.grace, out)?;
     }
     Ok(if stats.did_nothing() {
         exit::NOTHING_TO_DO
@@ -124,4 +76,63 @@ fn grace(s: &str, no_other_writers: bool) -> anyhow::Result<std::time::Duration>
         );
     }
     Ok(d)
+}
+
+/// What gc did (or would do), as text.
+fn report_text(
+    stats: &snap::ops::gc::GcStats,
+    grace: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let verb = if stats.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for id in &stats.snapshots_removed {
+        writeln!(out, "{verb} snapshot {id}")?;
+    }
+    writeln!(
+        out,
+        "{}{} {} (kept {}), {} {}, {} {}, {} {}; {} {}",
+        if stats.dry_run { "dry run: " } else { "" },
+        verb,
+        count(stats.snapshots_removed.len() as u64, "snapshot"),
+        stats.snapshots_kept,
+        if stats.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        },
+        count(stats.packs_deleted, "pack"),
+        if stats.dry_run {
+            "would repack"
+        } else {
+            "repacked"
+        },
+        stats.packs_repacked,
+        if stats.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        },
+        count(stats.orphan_packs_deleted, "orphaned pack"),
+        human_bytes(stats.reclaimed_bytes),
+        if stats.dry_run {
+            "would be reclaimed"
+        } else {
+            "reclaimed"
+        }
+    )?;
+
+    if stats.packs_condemned + stats.packs_rescued > 0 {
+        writeln!(
+            out,
+            "condemned {} (deleted by a gc after the grace period, {}), kept {} a newer snapshot uses",
+            count(stats.packs_condemned, "pack"),
+            grace,
+            count(stats.packs_rescued, "condemned pack"),
+        )?;
+    }
+    Ok(())
 }
