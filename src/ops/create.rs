@@ -152,17 +152,7 @@ pub fn create(
     for t in &opts.tags {
         crate::snapshot::check_tag(t)?;
     }
-    // What to walk: (name, canonical path, metadata, excludes).
-    let mut roots = Vec::new();
-    if opts.sources.is_empty() {
-        let (path, md) = source_dir(&opts.source, opts.pseudo_filesystems)?;
-        roots.push((String::new(), path, md, compile(&opts.exclude)?));
-    } else {
-        for s in &opts.sources {
-            let (path, md) = source_dir(&s.path, opts.pseudo_filesystems)?;
-            roots.push((s.name.clone(), path, md, compile(&s.exclude)?));
-        }
-    }
+    let roots = roots_of(opts)?;
     let key = if opts.sources.is_empty() {
         roots[0].1.clone()
     } else {
@@ -203,40 +193,15 @@ pub fn create(
         }
     };
     stats.duration_ms = started.elapsed().as_millis() as u64;
-    let host = crate::hostname();
     let nonce: u64 = rand::random();
-    let id = Snapshot::compute_id(
-        start_ns,
-        &host,
-        key.as_os_str().as_bytes(),
-        &root,
-        parent.as_ref().map(|p| &p.id),
-        nonce,
-    );
-    let sources = roots
-        .iter()
-        .map(|(name, path, _, ex)| SourceRoot {
-            name: name.clone(),
-            path: path.to_string_lossy().into_owned(),
-            exclude: ex.as_ref().map_or(Vec::new(), |e| e.patterns().to_vec()),
-        })
-        .collect();
-    let snapshot = Snapshot {
-        id,
-        time_ns: start_ns,
-        host,
-        source: key,
+    let walked = Walked {
         root,
-        parent: parent.map(|p| p.id),
-        tags: opts.tags.clone(),
-        labels: with_db_labels(&opts.labels, &dbs),
-        complete: unreadable.is_empty(),
-        pinned: opts.pinned,
-        unreadable,
-        stats,
         root_meta,
-        sources,
+        stats,
+        unreadable,
+        dbs,
     };
+    let snapshot = snapshot_record(opts, &roots, key, parent, walked, start_ns, nonce);
     // The write order: packs (data, then trees) durable, then the snapshot
     // object, then the index commit.
     let commit = repo
@@ -252,6 +217,75 @@ pub fn create(
     }
     progress.finish();
     Ok(snapshot)
+}
+
+/// What to walk: (name, canonical path, metadata, excludes) per source.
+fn roots_of(opts: &CreateOptions) -> Result<Vec<Root>> {
+    if opts.sources.is_empty() {
+        let (path, md) = source_dir(&opts.source, opts.pseudo_filesystems)?;
+        return Ok(vec![(String::new(), path, md, compile(&opts.exclude)?)]);
+    }
+    opts.sources
+        .iter()
+        .map(|s| {
+            let (path, md) = source_dir(&s.path, opts.pseudo_filesystems)?;
+            Ok((s.name.clone(), path, md, compile(&s.exclude)?))
+        })
+        .collect()
+}
+
+/// What the walk of a create's sources made.
+struct Walked {
+    root: TreeId,
+    root_meta: RootMeta,
+    stats: SnapshotStats,
+    unreadable: Vec<(String, String)>,
+    dbs: Vec<(String, DbInfo)>,
+}
+
+/// The snapshot record of a create, its id computed.
+fn snapshot_record(
+    opts: &CreateOptions,
+    roots: &[Root],
+    key: PathBuf,
+    parent: Option<Snapshot>,
+    w: Walked,
+    start_ns: i64,
+    nonce: u64,
+) -> Snapshot {
+    let host = crate::hostname();
+    let id = Snapshot::compute_id(
+        start_ns,
+        &host,
+        key.as_os_str().as_bytes(),
+        &w.root,
+        parent.as_ref().map(|p| &p.id),
+        nonce,
+    );
+    let sources = roots
+        .iter()
+        .map(|(name, path, _, ex)| SourceRoot {
+            name: name.clone(),
+            path: path.to_string_lossy().into_owned(),
+            exclude: ex.as_ref().map_or(Vec::new(), |e| e.patterns().to_vec()),
+        })
+        .collect();
+    Snapshot {
+        id,
+        time_ns: start_ns,
+        host,
+        source: key,
+        root: w.root,
+        parent: parent.map(|p| p.id),
+        tags: opts.tags.clone(),
+        labels: with_db_labels(&opts.labels, &w.dbs),
+        complete: w.unreadable.is_empty(),
+        pinned: opts.pinned,
+        unreadable: w.unreadable,
+        stats: w.stats,
+        root_meta: w.root_meta,
+        sources,
+    }
 }
 
 /// Create tmp/, removing SQLite images an interrupted create left there
