@@ -434,7 +434,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         quiet: cli.quiet,
         out,
     };
-    match cli.command {
+    dispatch(&mut ctx, cli.command)
+}
+
+/// Run one command with its context.
+fn dispatch(ctx: &mut Ctx, command: Command) -> anyhow::Result<u8> {
+    match command {
         Command::Diff(args) => cmd::diff::run(&ctx.repo, args, &mut ctx.out),
         Command::Find(args) => cmd::find::run(&ctx.repo, args, &mut ctx.out),
         Command::Stats { id, json } => cmd::stats::run(&ctx.repo, id, json, &mut ctx.out),
@@ -461,19 +466,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 zstd_level,
                 ..Default::default()
             };
-            cmd::init::run(&mut ctx, path, config, encrypt)
+            cmd::init::run(ctx, path, config, encrypt)
         }
         Command::Key(what) => cmd::key::run(&ctx.repo, what, &mut ctx.out),
-        Command::Create(args) => cmd::create::run(&mut ctx, args),
+        Command::Create(args) => cmd::create::run(ctx, args),
         Command::Guard(args) => {
             let repo = open_repo(&ctx.repo, Some(LockMode::Exclusive))?;
             let picks: Vec<PathBuf> = args.sources.iter().map(PathBuf::from).collect();
             let what = snapshot_options(ctx.cfg.as_ref(), &picks, &args.what)?;
             cmd::guard::run(&repo, what, &args, &ctx.progress, &mut ctx.out)
         }
-        Command::Forget { ids } => cmd::pin::forget_command(&mut ctx, ids),
-        Command::Pin { id } => cmd::pin::pin_command(&mut ctx, id),
-        Command::Unpin { id } => cmd::pin::unpin_command(&mut ctx, id),
+        Command::Forget { ids } => cmd::pin::forget_command(ctx, ids),
+        Command::Pin { id } => cmd::pin::pin_command(ctx, id),
+        Command::Unpin { id } => cmd::pin::unpin_command(ctx, id),
         Command::Gc(args) => cmd::gc::gc_command(
             &ctx.repo,
             ctx.cfg.as_ref(),
@@ -484,33 +489,37 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check { read_data, json } => {
             cmd::check::check_command(&ctx.repo, read_data, json, &ctx.progress, &mut ctx.out)
         }
-        Command::Repair(cli::RepairWhat::Index { json }) => {
-            let path = match &ctx.repo {
-                Some(p) => p.clone(),
-                None => default_repo()?,
-            };
-            let st = match remote_of(&path)? {
-                Some(r) => {
-                    let r = r.unlocked()?;
-                    // This machine's index of it is rebuilt in its cache.
-                    let cache = Repository::cache_dir(&*r.storage, &r.cache_base)?;
-                    snap::repo::create_private_dir(&cache)?;
-                    snap::ops::repair::repair_index_on(r.storage, &cache, &ctx.progress)?
-                }
-                None => snap::ops::repair::repair_index(&path, &ctx.progress)?,
-            };
-            ctx.progress.finish();
-            cmd::repair::repair_report(&st, json, &mut ctx.out)
-        }
-        Command::List { json } => cmd::list::run(&mut ctx, json),
+        Command::Repair(cli::RepairWhat::Index { json }) => repair_index(ctx, json),
+        Command::List { json } => cmd::list::run(ctx, json),
         Command::Ls {
             id,
             path,
             recursive,
             json,
-        } => cmd::ls::run(&mut ctx, id, path, recursive, json),
-        Command::Restore(args) => cmd::restore::run(&mut ctx, args),
+        } => cmd::ls::run(ctx, id, path, recursive, json),
+        Command::Restore(args) => cmd::restore::run(ctx, args),
     }
+}
+
+/// `snap repair index`: the local index, or this machine's cache of a
+/// remote repository, rebuilt from the repository's objects.
+fn repair_index(ctx: &mut Ctx, json: bool) -> anyhow::Result<u8> {
+    let path = match &ctx.repo {
+        Some(p) => p.clone(),
+        None => default_repo()?,
+    };
+    let st = match remote_of(&path)? {
+        Some(r) => {
+            let r = r.unlocked()?;
+            // This machine's index of it is rebuilt in its cache.
+            let cache = Repository::cache_dir(&*r.storage, &r.cache_base)?;
+            snap::repo::create_private_dir(&cache)?;
+            snap::ops::repair::repair_index_on(r.storage, &cache, &ctx.progress)?
+        }
+        None => snap::ops::repair::repair_index(&path, &ctx.progress)?,
+    };
+    ctx.progress.finish();
+    cmd::repair::repair_report(&st, json, &mut ctx.out)
 }
 
 /// `--json` statistics of a command on a remote repository carry the
