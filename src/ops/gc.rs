@@ -15,7 +15,9 @@
 //! never loses a chunk: rows move only after their new pack is durable, and
 //! files are unlinked only after the commit.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use crate::index::PackRow;
 
 use serde::Serialize;
 
@@ -118,22 +120,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     // 2. Decide per pack.
     let liveness = index.pack_liveness()?;
     let packs = index.packs()?;
-    let mut delete = Vec::new();
-    let mut repack = Vec::new();
-    // A dry run on shared storage: condemned packs are not this run's.
-    let condemned: HashSet<i64> = index.condemned_packs()?.iter().map(|c| c.rowid).collect();
-    for p in packs.iter().filter(|p| !condemned.contains(&p.rowid)) {
-        let (live_n, live_bytes) = liveness.get(&p.rowid).copied().unwrap_or((0, 0));
-        if live_n == 0 {
-            delete.push(p.clone());
-        } else {
-            let payload = p.payload();
-            let dead_bytes = payload.saturating_sub(live_bytes);
-            if payload > 0 && dead_bytes as f64 / payload as f64 > opts.repack_dead_share {
-                repack.push(p.clone());
-            }
-        }
-    }
+    let (delete, repack) = decide_packs(repo, opts, &packs, &liveness)?;
     let (dead_chunks, _) = index.dead_chunk_stats()?;
     stats.chunks_removed = dead_chunks;
     stats.trees_removed = index.dead_tree_blobs()?;
@@ -185,8 +172,51 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
 
     // 5. Remove what no row references any more.
     progress.phase("gc: delete", None);
+    stats.orphan_packs_deleted = sweep(repo, delete.iter().chain(&repack))?;
+    stats.reclaimed_bytes = (old_bytes + orphan_bytes).saturating_sub(new_bytes);
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(stats)
+}
+
+/// Which packs gc deletes (nothing live in them) and which it repacks
+/// (more dead than `repack_dead_share`); condemned packs are not this
+/// run's (a dry run on shared storage).
+fn decide_packs(
+    repo: &Repository,
+    opts: &GcOptions,
+    packs: &[PackRow],
+    liveness: &HashMap<i64, (u64, u64)>,
+) -> Result<(Vec<PackRow>, Vec<PackRow>)> {
+    let mut delete = Vec::new();
+    let mut repack = Vec::new();
+    let condemned: HashSet<i64> = repo
+        .index()
+        .condemned_packs()?
+        .iter()
+        .map(|c| c.rowid)
+        .collect();
+    for p in packs.iter().filter(|p| !condemned.contains(&p.rowid)) {
+        let (live_n, live_bytes) = liveness.get(&p.rowid).copied().unwrap_or((0, 0));
+        if live_n == 0 {
+            delete.push(p.clone());
+        } else {
+            let payload = p.payload();
+            let dead_bytes = payload.saturating_sub(live_bytes);
+            if payload > 0 && dead_bytes as f64 / payload as f64 > opts.repack_dead_share {
+                repack.push(p.clone());
+            }
+        }
+    }
+    Ok((delete, repack))
+}
+
+/// After gc's commit: the packs it dropped, the orphans the committed
+/// index names none of, leftovers of interrupted writes, and snapshot
+/// files no snapshot row names. Returns how many orphan packs went.
+fn sweep<'p>(repo: &Repository, gone: impl Iterator<Item = &'p PackRow>) -> Result<u64> {
+    let index = repo.index();
     let storage = repo.storage();
-    for p in delete.iter().chain(&repack) {
+    for p in gone {
         storage.delete(&pack_key(&p.id))?;
         crate::fault::point("gc unlinked a pack");
     }
@@ -195,7 +225,6 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     // orphan left by an earlier crash, and that pack is referenced now.
     let referenced: HashSet<PackId> = index.packs()?.iter().map(|p| p.id).collect();
     let orphans = orphan_packs(repo, &referenced)?;
-    stats.orphan_packs_deleted = orphans.len() as u64;
     for o in &orphans {
         storage.delete(&pack_key(&o.id))?;
     }
@@ -218,9 +247,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
         }
     }
     storage.flush()?;
-    stats.reclaimed_bytes = (old_bytes + orphan_bytes).saturating_sub(new_bytes);
-    stats.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(stats)
+    Ok(orphans.len() as u64)
 }
 
 /// In gc's transaction: the forget records applied, the forgotten
