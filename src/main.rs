@@ -563,7 +563,29 @@ fn labels_line(s: &Snapshot) -> String {
         .join(" ")
 }
 
+/// A path's bytes in hex beside its lossy text, under `path_hex`, when
+/// the path is not UTF-8: JSON readers get the exact name.
+pub(crate) fn with_raw_path(mut v: serde_json::Value, p: &Path) -> serde_json::Value {
+    use std::os::unix::ffi::OsStrExt;
+    if p.to_str().is_none()
+        && let Some(obj) = v.as_object_mut()
+    {
+        let hex: String = p
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        obj.insert("path_hex".into(), json!(hex));
+    }
+    v
+}
+
 fn entry_json(path: &Path, e: &snap::tree::Entry) -> serde_json::Value {
+    with_raw_path(entry_fields(path, e), path)
+}
+
+fn entry_fields(path: &Path, e: &snap::tree::Entry) -> serde_json::Value {
     json!({
         "path": path.to_string_lossy(),
         "kind": format!("{:?}", e.kind).to_lowercase(),

@@ -23,13 +23,16 @@ pub fn run(
         let v: Vec<_> = diffs
             .iter()
             .map(|d| {
-                json!({
-                    "path": super::lossy(&d.path),
-                    "change": d.change,
-                    "kind": format!("{:?}", d.kind).to_lowercase(),
-                    "size_before": d.size_before,
-                    "size_after": d.size_after,
-                })
+                crate::with_raw_path(
+                    json!({
+                        "path": super::lossy(&d.path),
+                        "change": d.change,
+                        "kind": format!("{:?}", d.kind).to_lowercase(),
+                        "size_before": d.size_before,
+                        "size_after": d.size_after,
+                    }),
+                    &d.path,
+                )
             })
             .collect();
         serde_json::to_writer(&mut *out, &v)?;

@@ -26,13 +26,16 @@ pub fn run(
         let v: Vec<_> = found
             .iter()
             .map(|f| {
-                json!({
-                    "snapshot": f.snapshot.id.to_hex(),
-                    "path": super::lossy(&f.path),
-                    "kind": format!("{:?}", f.entry.kind).to_lowercase(),
-                    "size": f.entry.size,
-                    "mtime": snap::snapshot::format_time_ns(f.entry.mtime_ns),
-                })
+                crate::with_raw_path(
+                    json!({
+                        "snapshot": f.snapshot.id.to_hex(),
+                        "path": super::lossy(&f.path),
+                        "kind": format!("{:?}", f.entry.kind).to_lowercase(),
+                        "size": f.entry.size,
+                        "mtime": snap::snapshot::format_time_ns(f.entry.mtime_ns),
+                    }),
+                    &f.path,
+                )
             })
             .collect();
         serde_json::to_writer(&mut *out, &v)?;

@@ -1070,3 +1070,28 @@ fn an_encrypted_repositorys_config_is_authenticated() {
     fs::write(&config, &good).unwrap();
     env.snap().args(["check", "--read-data"]).assert().success();
 }
+
+/// Finding 17, JSON: a name that is not UTF-8 comes with its exact bytes
+/// (`path_hex`) beside the lossy text in `ls`, `find` and `diff`.
+#[test]
+fn json_output_carries_the_bytes_of_names_that_are_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("plain.txt"), "p");
+    let id = env.create_id(&src);
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    write(&src.join(name), "latin-1");
+    let second = env.create_id(&src);
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["ls", &second, "-r", "--json"],
+        vec!["find", "caf*", "--json"],
+        vec!["diff", &id, &second, "--json"],
+    ];
+    for args in runs {
+        let out = env.snap().args(&args).assert().success();
+        let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+        assert!(stdout.contains("\"path_hex\""), "{args:?}: {stdout}");
+        assert!(stdout.contains("636166e92e747874"), "{args:?}: {stdout}");
+    }
+}
