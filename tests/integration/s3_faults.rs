@@ -122,6 +122,11 @@ fn create_with(
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{plan:?}: {err}");
+        // The cause is told, not the pack writer's summary of it.
+        assert!(
+            !err.contains("the pack finisher stopped after an error"),
+            "{plan:?}: the cause is lost: {err}"
+        );
         assert_eq!(
             after, before,
             "{plan:?}: a failed create committed a snapshot"
