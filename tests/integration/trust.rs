@@ -1095,3 +1095,63 @@ fn json_output_carries_the_bytes_of_names_that_are_not_utf8() {
         assert!(stdout.contains("636166e92e747874"), "{args:?}: {stdout}");
     }
 }
+
+/// Finding 18: a bucket that stops answering in the middle of a create of
+/// several packs fails the create with the storage's error (which request,
+/// which object), not "the pack finisher stopped after an error"; and
+/// nothing is committed.
+#[test]
+fn a_bucket_that_stops_mid_create_reports_its_cause() {
+    use crate::faultproxy::{Fault, FaultProxy, Plan};
+    let srv = crate::s3server::server("trust_bucket_stops");
+    let proxy = FaultProxy::start(srv.endpoint.trim_start_matches("http://"));
+    let mut env = Env::on_s3_with("trust_bucket_stops", false);
+    env.repo = std::path::PathBuf::from(srv.fresh_url());
+    for (k, v) in env.vars.iter_mut() {
+        if *k == "AWS_ENDPOINT_URL" {
+            *v = proxy.endpoint.clone();
+        }
+    }
+    env.vars.extend([
+        ("SNAP_S3_RETRIES", "1".to_string()),
+        ("SNAP_S3_RETRY_TIMEOUT", "2".to_string()),
+        ("SNAP_S3_TIMEOUT", "2".to_string()),
+    ]);
+    env.snap()
+        .args(["init", "--no-encrypt", "--pack-size", "1"])
+        .assert()
+        .success();
+    let src = env.path("app");
+    for i in 0..8 {
+        write(
+            &src.join(format!("media/{i}.bin")),
+            noise(100 + i, 1_500_000),
+        );
+    }
+    env.create_id(&src);
+    // Every request from the `at`-th of a create on fails: the sync's
+    // listings are the first few, then the pack uploads, several at once.
+    for at in [10, 12, 14, 16] {
+        for i in 0..8 {
+            write(
+                &src.join(format!("media/{i}.bin")),
+                noise(at * 100 + i, 1_500_000),
+            );
+        }
+        proxy.set(Some(Plan {
+            fault: Fault::Status500,
+            at: at as usize,
+            from_then_on: true,
+        }));
+        let out = env.snap().arg("create").arg(&src).output().unwrap();
+        proxy.set(None);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "at {at}: {err}");
+        assert!(
+            !err.contains("the pack finisher stopped after an error"),
+            "at {at}: the cause is lost: {err}"
+        );
+        assert!(err.contains("500"), "at {at}: no cause: {err}");
+    }
+    assert_eq!(env.list().len(), 1, "a failed create committed a snapshot");
+}
