@@ -555,13 +555,16 @@ fn check_pack_data(
     listed
 }
 
-/// Tie faults to the snapshots and paths they affect.
-fn attribute(
-    repo: &Repository,
-    snapshots: &[Snapshot],
-    faults: Vec<Fault>,
-) -> Result<Vec<Problem>> {
-    const MAX_PATHS: usize = 20;
+/// The problems, one per fault, and which problem each damaged pack,
+/// chunk and tree stands for (to attribute snapshots and paths to it).
+struct Culprits {
+    problems: Vec<Problem>,
+    by_pack: HashMap<PackId, usize>,
+    by_chunk: HashMap<ChunkId, usize>,
+    by_tree: HashMap<TreeId, usize>,
+}
+
+fn problems_of(faults: Vec<Fault>) -> Culprits {
     let mut problems: Vec<Problem> = Vec::new();
     let mut by_pack: HashMap<PackId, usize> = HashMap::new();
     let mut by_chunk: HashMap<ChunkId, usize> = HashMap::new();
@@ -598,6 +601,27 @@ fn attribute(
             }
         }
     }
+    Culprits {
+        problems,
+        by_pack,
+        by_chunk,
+        by_tree,
+    }
+}
+
+/// Tie faults to the snapshots and paths they affect.
+fn attribute(
+    repo: &Repository,
+    snapshots: &[Snapshot],
+    faults: Vec<Fault>,
+) -> Result<Vec<Problem>> {
+    const MAX_PATHS: usize = 20;
+    let Culprits {
+        mut problems,
+        by_pack,
+        by_chunk,
+        by_tree,
+    } = problems_of(faults);
     let mut snaps_of: Vec<BTreeSet<String>> = vec![BTreeSet::new(); problems.len()];
     let mut paths_of: Vec<BTreeMap<String, ()>> = vec![BTreeMap::new(); problems.len()];
     for s in snapshots {
