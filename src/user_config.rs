@@ -87,6 +87,40 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// A TOML error as a config error naming its line and, when the message
+/// names one (`unknown field `x``, `missing field `path``), its key.
+fn toml_error(text: &str, path: &Path, e: &toml::de::Error) -> Error {
+    let line = e.span().map_or(1, |s| line_of(text, s.start));
+    let msg = e.message().trim().to_string();
+    let key = if msg.starts_with("unknown field") || msg.starts_with("missing field") {
+        msg.split('`').nth(1).unwrap_or_default().to_string()
+    } else {
+        String::new()
+    };
+    Error::Config {
+        path: path.to_path_buf(),
+        line,
+        key,
+        reason: msg,
+    }
+}
+
+/// A path the config names: `~/` is the home directory, and a relative
+/// path is relative to the config file's directory `base`.
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let expanded = match p.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(rest))
+            .unwrap_or_else(|| PathBuf::from(p)),
+        None => PathBuf::from(p),
+    };
+    if expanded.is_absolute() {
+        expanded
+    } else {
+        base.join(expanded)
+    }
+}
+
 impl UserConfig {
     /// Read and check a config file.
     pub fn load(path: &Path) -> Result<UserConfig> {
@@ -103,36 +137,9 @@ impl UserConfig {
             key: key.to_string(),
             reason,
         };
-        let raw: Raw = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(1, |s| line_of(text, s.start));
-            // The message names the key (`unknown field `x``, `missing field `path``).
-            let msg = e.message().trim().to_string();
-            let key = if msg.starts_with("unknown field") || msg.starts_with("missing field") {
-                msg.split('`').nth(1).unwrap_or_default().to_string()
-            } else {
-                String::new()
-            };
-            Error::Config {
-                path: path.to_path_buf(),
-                line,
-                key,
-                reason: msg,
-            }
-        })?;
+        let raw: Raw = toml::from_str(text).map_err(|e| toml_error(text, path, &e))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &str| -> PathBuf {
-            let expanded = match p.strip_prefix("~/") {
-                Some(rest) => std::env::var_os("HOME")
-                    .map(|h| PathBuf::from(h).join(rest))
-                    .unwrap_or_else(|| PathBuf::from(p)),
-                None => PathBuf::from(p),
-            };
-            if expanded.is_absolute() {
-                expanded
-            } else {
-                base.join(expanded)
-            }
-        };
+        let resolve = |p: &str| resolve_path(base, p);
         let mut cfg = UserConfig {
             path: path.to_path_buf(),
             ..UserConfig::default()
