@@ -336,6 +336,58 @@ fn copy_from(from: &std::fs::File, to: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Copy every page of `src` into `dst` in one step: one read
+/// transaction, one consistent state; a writer holding its lock is waited
+/// for up to `BUSY_WAIT`.
+fn copy_pages(src: &Connection, dst: &mut Connection) -> Result<(), String> {
+    let backup = Backup::new(src, dst).map_err(|e| format!("backup failed: {e}"))?;
+    let started = Instant::now();
+    loop {
+        match backup.step(-1) {
+            Ok(StepResult::Done) => return Ok(()),
+            Ok(StepResult::More) => {}
+            Ok(StepResult::Busy | StepResult::Locked) if started.elapsed() < BUSY_WAIT => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(_) => return Err("the database stayed locked by a writer".into()),
+            Err(e) => return Err(format!("backup failed: {e}")),
+        }
+    }
+}
+
+/// Give the image the source's change counter, schema cookie and library
+/// version (`src_header`), so that a database nobody was writing is stored
+/// byte for byte as it is on disk; from a private copy (`writable`), kept
+/// only if the image then equals the copied main file `original`.
+fn stamp_header(
+    image: &Path,
+    src_header: &[u8; 100],
+    writable: bool,
+    original: &Path,
+    held: Option<&HeldFiles>,
+) -> Result<(), String> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .map_err(|e| format!("cannot finish the image: {e}"))?;
+    let mut own = [0u8; 100];
+    let fix = |h: &[u8]| {
+        f.write_all_at(&h[24..28], 24)
+            .and_then(|_| f.write_all_at(&h[40..44], 40))
+            .and_then(|_| f.write_all_at(&h[92..100], 92))
+    };
+    f.read_exact_at(&mut own, 0)
+        .and_then(|_| fix(src_header))
+        .and_then(|_| {
+            if writable && !same_bytes(image, original, held)? {
+                fix(&own)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("cannot finish the image: {e}"))
+}
+
 /// The backup itself, from `source` (read-only unless `writable`, for a
 /// private copy that SQLite may need to recover) into `image`. `original`
 /// is the database `source` was copied from (or `source` itself); `held`
@@ -373,22 +425,7 @@ fn backup(
         .and_then(|_| src.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())))
         .map_err(|e| format!("cannot read the database: {e}"))?;
     let mut src_header = [0u8; 100];
-    {
-        let backup = Backup::new(&src, &mut dst).map_err(|e| format!("backup failed: {e}"))?;
-        let started = Instant::now();
-        loop {
-            // All pages in one step: one read transaction, one consistent state.
-            match backup.step(-1) {
-                Ok(StepResult::Done) => break,
-                Ok(StepResult::More) => {}
-                Ok(StepResult::Busy | StepResult::Locked) if started.elapsed() < BUSY_WAIT => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Ok(_) => return Err("the database stayed locked by a writer".into()),
-                Err(e) => return Err(format!("backup failed: {e}")),
-            }
-        }
-    }
+    copy_pages(&src, &mut dst)?;
     // With nothing pending outside the main file, the image holds exactly
     // the main file's pages.
     let quiescent = !has_pending_sidecar(source);
@@ -415,26 +452,7 @@ fn backup(
     // stable, so there the result is compared and the stamp kept only if
     // the image then equals the copied main file.
     if (quiescent || writable) && header_read.is_ok() && is_database_header(&src_header) {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(image)
-            .map_err(|e| format!("cannot finish the image: {e}"))?;
-        let mut own = [0u8; 100];
-        let fix = |h: &[u8]| {
-            f.write_all_at(&h[24..28], 24)
-                .and_then(|_| f.write_all_at(&h[40..44], 40))
-                .and_then(|_| f.write_all_at(&h[92..100], 92))
-        };
-        f.read_exact_at(&mut own, 0)
-            .and_then(|_| fix(&src_header))
-            .and_then(|_| {
-                if writable && !same_bytes(image, original, held)? {
-                    fix(&own)?;
-                }
-                Ok(())
-            })
-            .map_err(|e| format!("cannot finish the image: {e}"))?;
+        stamp_header(image, &src_header, writable, original, held)?;
     }
     Ok(DbInfo {
         user_version,
