@@ -243,13 +243,7 @@ pub fn chmod(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
     }
     // Older kernels: pin the entry itself with O_PATH, check it is no
     // symlink, and change it through its /proc handle (the way systemd does).
-    let fd = rfs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let st = rfs::fstat(&fd)?;
+    let (fd, st) = pin(dir, name)?;
     if FileType::from_raw_mode(st.st_mode as _) == FileType::Symlink {
         return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
     }
@@ -268,6 +262,19 @@ pub fn chmod(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
     .map_err(errno)
 }
 
+/// `dir/name` itself, never through a symlink: an `O_PATH` handle that
+/// keeps naming this inode whatever happens to the name, and its stat.
+fn pin(dir: &OwnedFd, name: &OsStr) -> io::Result<(OwnedFd, Stat)> {
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rfs::fstat(&fd)?;
+    Ok((fd, st))
+}
+
 /// Owner, mode and times of `dir/name`, set only on the inode `seen`
 /// (device, inode) that the plan looked at: the entry is pinned with
 /// `O_PATH|O_NOFOLLOW`, compared, and changed through that handle, so a
@@ -284,14 +291,8 @@ pub fn set_meta_seen(
     lone: bool,
 ) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let fd = rfs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let st = rfs::fstat(&fd)?;
-    if (st.st_dev as u64, st.st_ino as u64) != seen {
+    let (fd, st) = pin(dir, name)?;
+    if (st.st_dev, st.st_ino) != seen {
         return Err(io::Error::other(
             "it is not the entry the plan saw (replaced since): left as it is",
         ));

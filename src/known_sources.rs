@@ -19,6 +19,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
+use crate::objects::{hex, unhex};
 use crate::repo::Repository;
 
 const HEADER: &str = "# snap: directories this client snapshotted into one repository (hex bytes)";
@@ -50,7 +51,7 @@ impl KnownSources {
         match fs::read_to_string(&file) {
             Ok(text) => {
                 for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-                    let bytes = decode_hex(line).ok_or_else(|| Error::Damaged {
+                    let bytes = unhex(line).ok_or_else(|| Error::Damaged {
                         path: file.clone(),
                         reason: format!("not a line of hex: {line:?}"),
                     })?;
@@ -84,9 +85,7 @@ impl KnownSources {
         let mut tmp = tempfile::NamedTempFile::new_in(dir).at(dir)?;
         let mut text = format!("{HEADER}\n");
         for p in &self.paths {
-            for b in p.as_os_str().as_bytes() {
-                text.push_str(&format!("{b:02x}"));
-            }
+            text.push_str(&hex(p.as_os_str().as_bytes()));
             text.push('\n');
         }
         tmp.write_all(text.as_bytes()).at(&self.file)?;
@@ -97,24 +96,14 @@ impl KnownSources {
     }
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::decode_hex;
+    use crate::objects::unhex;
 
     #[test]
     fn hex_lines_decode_and_bad_ones_are_refused() {
-        assert_eq!(decode_hex("2f610a"), Some(b"/a\n".to_vec()));
-        assert_eq!(decode_hex("2f6"), None);
-        assert_eq!(decode_hex("zz"), None);
+        assert_eq!(unhex("2f610a"), Some(b"/a\n".to_vec()));
+        assert_eq!(unhex("2f6"), None);
+        assert_eq!(unhex("zz"), None);
     }
 }

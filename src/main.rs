@@ -570,12 +570,7 @@ pub(crate) fn with_raw_path(mut v: serde_json::Value, p: &Path) -> serde_json::V
     if p.to_str().is_none()
         && let Some(obj) = v.as_object_mut()
     {
-        let hex: String = p
-            .as_os_str()
-            .as_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = snap::objects::hex(p.as_os_str().as_bytes());
         obj.insert("path_hex".into(), json!(hex));
     }
     v

@@ -594,7 +594,8 @@ impl Planner<'_> {
         if self.keep_extra(path, m) {
             return Extra::Kept;
         }
-        if m.is_dir() && parent_mount.is_some_and(|d| d != mount_key(path)) {
+        let mount = m.is_dir().then(|| mount_key(path));
+        if mount.is_some() && parent_mount.is_some() && mount != parent_mount {
             self.refused.push((
                 path.to_path_buf(),
                 "another filesystem is mounted there; not in the snapshot, not deleted".into(),
@@ -609,7 +610,7 @@ impl Planner<'_> {
                 for de in rd.flatten() {
                     let p = de.path();
                     if let Ok(cm) = fs::symlink_metadata(&p) {
-                        match self.plan_extra(&p, &cm, Some(mount_key(path))) {
+                        match self.plan_extra(&p, &cm, mount) {
                             Extra::Removed => any = true,
                             Extra::Partly => (any, whole) = (true, false),
                             Extra::Kept => whole = false,
