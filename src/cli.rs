@@ -77,13 +77,6 @@ pub enum Command {
         /// zstd level for chunks (1 to 19)
         #[arg(long, value_name = "LEVEL", default_value_t = 3)]
         zstd_level: i32,
-        /// Repository format: 5 compresses trees in groups too; 4 is what
-        /// snap before tree groups reads (small chunks in groups); 3 what
-        /// snap before groups reads (deltas of changed database pages); 2
-        /// what snap before deltas reads
-        #[arg(long, value_name = "N", default_value_t = snap::config::FORMAT_VERSION,
-              value_parser = clap::value_parser!(u32).range(2..=5))]
-        format: u32,
         /// Encrypt every object with a key that a password opens (the default for s3:// repositories)
         #[arg(long, conflicts_with = "no_encrypt")]
         encrypt: bool,

@@ -6,16 +6,11 @@
 
 use crate::error::{Error, Result};
 
-/// The repository format this build writes and the newest it can read.
-/// Format 3 adds delta chunks (a changed database page stored as its
-/// difference from the parent snapshot's page) in version 3 packs; format
-/// 4 groups of small chunks compressed as one frame, in version 4 packs;
-/// format 5 groups of trees in tree packs too (version 5 packs), which a
-/// local repository's index no longer copies.
+/// The one repository format this build writes and reads (docs/format.md,
+/// "Compatibility"): delta chunks, groups of small chunks and of trees,
+/// in version 5 packs. Formats 2-4 were development steps that no release
+/// wrote; a repository of one of them is refused with [`Error::OldFormat`].
 pub const FORMAT_VERSION: u32 = 5;
-/// The oldest format this build reads and writes (as that format: a
-/// format-2 repository never gets a delta).
-pub const MIN_FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoConfig {
@@ -57,37 +52,10 @@ impl Default for RepoConfig {
 pub const CHUNK_MAX_LIMIT: u32 = 16 * 1024 * 1024;
 
 impl RepoConfig {
-    /// Whether changed database pages may be stored as deltas.
-    pub fn stores_deltas(&self) -> bool {
-        self.format_version >= 3
-    }
-
-    /// Whether small chunks may be compressed together in groups.
-    pub fn stores_groups(&self) -> bool {
-        self.format_version >= 4
-    }
-
-    /// Whether trees are compressed in groups in tree packs (and, on the
-    /// local filesystem, read from there: the index keeps no copies).
-    pub fn stores_tree_groups(&self) -> bool {
-        self.format_version >= 5
-    }
-
-    /// Whether the index keeps a copy of each tree: where reading a tree
-    /// pack is slow (`remote`: a bucket), and where trees are compressed
-    /// one by one (before format 5).
+    /// Whether the index keeps a copy of each tree: only where reading a
+    /// tree pack is slow (`remote`: a bucket).
     pub fn index_keeps_tree_copies(&self, remote: bool) -> bool {
-        remote || !self.stores_tree_groups()
-    }
-
-    /// The version of the packs this repository's writers make.
-    pub fn pack_version(&self) -> u32 {
-        match self.format_version {
-            ..=2 => crate::pack::PACK_VERSION,
-            3 => crate::pack::PACK_VERSION_DELTAS,
-            4 => crate::pack::PACK_VERSION_GROUPS,
-            _ => crate::pack::PACK_VERSION_TREE_GROUPS,
-        }
+        remote
     }
 
     /// A fresh repository id: 16 random bytes in hex.
@@ -104,9 +72,9 @@ impl RepoConfig {
             self.chunk_max_bytes,
         );
         let bad = |why: &str| Err(Error::BadConfig(why.to_string()));
-        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&self.format_version) {
+        if self.format_version != FORMAT_VERSION {
             return Err(Error::BadConfig(format!(
-                "format version {} (this snap reads {MIN_FORMAT_VERSION} to {FORMAT_VERSION}){}",
+                "format version {} (this snap reads {FORMAT_VERSION}){}",
                 self.format_version,
                 if self.format_version > FORMAT_VERSION {
                     "; upgrade snap"

@@ -28,7 +28,7 @@ pub enum Error {
         supported: u32,
     },
 
-    #[error("{path}: repository format {found} is not read by this snap (it reads format 2, where the repository describes itself; see docs/format.md): restore what you need with the snap that wrote it, then `snap init` a new repository and take new snapshots", path = .path.display())]
+    #[error("{path}: repository format {found} is not read by this snap (it reads format 5, the first released one; see docs/format.md, Compatibility): restore what you need with the snap that wrote it, then `snap init` a new repository and take new snapshots", path = .path.display())]
     OldFormat { path: PathBuf, found: u32 },
 
     #[error("{path}: repository is locked by another process ({holder}); waited {waited_secs} s", path = .path.display())]

@@ -451,7 +451,6 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> anyhow::Result<u8> {
             path,
             pack_size,
             zstd_level,
-            format,
             encrypt,
             no_encrypt,
         } => {
@@ -461,7 +460,6 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> anyhow::Result<u8> {
                 _ => None,
             };
             let config = snap::config::RepoConfig {
-                format_version: format,
                 pack_target_bytes: pack_size.saturating_mul(1024 * 1024),
                 zstd_level,
                 ..Default::default()

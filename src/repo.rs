@@ -420,12 +420,7 @@ impl Repository {
             return Ok(id);
         }
         let writer = slot.get_or_insert_with(|| {
-            TreeWriter::new(
-                self.storage.clone(),
-                self.config.pack_target_bytes,
-                self.config.pack_version(),
-                self.config.stores_tree_groups(),
-            )
+            TreeWriter::new(self.storage.clone(), self.config.pack_target_bytes)
         });
         writer.add(id, &enc, alone)?;
         Ok(id)

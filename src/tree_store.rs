@@ -58,21 +58,20 @@ pub fn compress_tree(enc: &[u8]) -> (Codec, Vec<u8>) {
 pub(crate) struct TreeWriter {
     packer: Packer,
     done: Receiver<Result<FinishedPack>>,
-    /// Trees waiting to be compressed together (format 5), or `None`
-    /// (each tree compressed alone).
-    group: Option<Group>,
+    /// Small trees waiting to be compressed together.
+    group: Group,
     /// Trees added so far: a tree stored twice in one create (two equal
     /// directories) is packed once.
     added: HashSet<TreeId>,
 }
 
 impl TreeWriter {
-    pub fn new(storage: Arc<dyn Storage>, target: u64, version: u32, grouped: bool) -> Self {
+    pub fn new(storage: Arc<dyn Storage>, target: u64) -> Self {
         let (tx, done) = crossbeam_channel::unbounded();
         TreeWriter {
-            packer: Packer::new(storage, PackKind::Tree, target, tx).with_version(version),
+            packer: Packer::new(storage, PackKind::Tree, target, tx),
             done,
-            group: grouped.then(|| Group::with_target(TREE_GROUP_TARGET)),
+            group: Group::with_target(TREE_GROUP_TARGET),
             added: HashSet::new(),
         }
     }
@@ -89,19 +88,16 @@ impl TreeWriter {
             return Ok(());
         }
         let blob = ChunkId(id.0);
-        match &mut self.group {
-            Some(group) if enc.len() <= GROUP_MEMBER_MAX => {
-                group.push(blob, enc);
-                if group.is_full() {
-                    let full = std::mem::replace(group, Group::with_target(TREE_GROUP_TARGET));
-                    self.add_group(full)?;
-                }
+        if enc.len() <= GROUP_MEMBER_MAX {
+            self.group.push(blob, enc);
+            if self.group.is_full() {
+                let full = std::mem::replace(&mut self.group, Group::with_target(TREE_GROUP_TARGET));
+                self.add_group(full)?;
             }
-            _ => {
-                let (codec, data) = alone.unwrap_or_else(|| compress_tree(enc));
-                self.packer
-                    .add(Blob::whole(blob, codec, enc.len() as u32), &data)?;
-            }
+        } else {
+            let (codec, data) = alone.unwrap_or_else(|| compress_tree(enc));
+            self.packer
+                .add(Blob::whole(blob, codec, enc.len() as u32), &data)?;
         }
         Ok(())
     }
@@ -118,7 +114,8 @@ impl TreeWriter {
 
     /// Write what is left and wait for every pack to be durable.
     pub fn finish(mut self) -> Result<Vec<FinishedPack>> {
-        if let Some(group) = self.group.take().filter(|g| !g.is_empty()) {
+        let group = std::mem::take(&mut self.group);
+        if !group.is_empty() {
             self.add_group(group)?;
         }
         self.packer.finish()?;

@@ -102,10 +102,7 @@ impl Index {
             return Ok(Vec::new());
         }
         self.pack_entries(
-            &format!(
-                "SELECT hash, offset, stored_len, raw_len, codec, {}, {} FROM condemned_chunks WHERE pack = ?1 ORDER BY offset",
-                self.base_col, self.inner_col
-            ),
+                            "SELECT hash, offset, stored_len, raw_len, codec, base, inner_offset FROM condemned_chunks WHERE pack = ?1 ORDER BY offset",
             pack_rowid,
         )
     }

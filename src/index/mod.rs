@@ -12,7 +12,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::compress::Codec;
-use crate::config::{FORMAT_VERSION, MIN_FORMAT_VERSION, RepoConfig};
+use crate::config::{FORMAT_VERSION, RepoConfig};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::pack::{FinishedPack, PackEntry, PackKind};
@@ -87,22 +87,16 @@ impl PackRow {
 pub struct Index {
     conn: Connection,
     path: PathBuf,
-    /// What reads a chunk row's base: `base`, or `NULL` in a version 2
-    /// index opened read-only (which holds no deltas).
-    base_col: &'static str,
-    /// What reads a chunk row's inner offset: `inner_offset`, or `0` in an
-    /// index older than version 4 opened read-only (which holds no groups).
-    inner_col: &'static str,
 }
 
 /// The query for a chunk's location in `table`. The pack's id comes from
 /// a subquery, not a join: SQLite re-prepared the join form at every step
 /// (its parser was a fifth of a restore's time), the subquery form it
 /// prepares once, which made a lookup 4x faster.
-fn location_sql(table: &str, base_col: &str, inner_col: &str) -> String {
+fn location_sql(table: &str) -> String {
     format!(
         "SELECT (SELECT hash FROM packs WHERE id = c.pack), c.offset, c.stored_len, c.raw_len,
-                c.codec, {base_col}, {inner_col}
+                c.codec, c.base, c.inner_offset
          FROM {table} c WHERE c.hash = ?1 LIMIT 1"
     )
 }
@@ -198,8 +192,6 @@ impl Index {
         let idx = Index {
             conn,
             path: path.to_path_buf(),
-            base_col: "base",
-            inner_col: "inner_offset",
         };
         idx.conn
             .pragma_update(None, "journal_mode", "WAL")
@@ -270,11 +262,9 @@ impl Index {
             }
             _ => Self::connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
         };
-        let mut idx = Index {
+        let idx = Index {
             conn,
             path: path.to_path_buf(),
-            base_col: "base",
-            inner_col: "inner_offset",
         };
         let not_db = |e: rusqlite::Error| Error::Damaged {
             path: path.to_path_buf(),
@@ -291,10 +281,10 @@ impl Index {
                 supported: SCHEMA_VERSION,
             });
         }
-        if version == 1 {
+        if (1..SCHEMA_VERSION).contains(&version) {
             return Err(Error::OldFormat {
                 path: repo.to_path_buf(),
-                found: 1,
+                found: version,
             });
         }
         if version == 0 {
@@ -323,7 +313,7 @@ impl Index {
                 .map_err(|_| Error::BadConfig(format!("{k} is not a number")))
         };
         let format_version = num("format_version")? as u32;
-        if format_version < MIN_FORMAT_VERSION {
+        if format_version < FORMAT_VERSION {
             return Err(Error::OldFormat {
                 path: repo.to_path_buf(),
                 found: format_version,
@@ -347,64 +337,12 @@ impl Index {
             encryption: get("encryption").map(str::to_string).unwrap_or_default(),
         };
         config.validate()?;
-        if version < SCHEMA_VERSION {
-            match access {
-                Access::ReadWrite => idx.migrate().map_err(|e| idx.err(e))?,
-                _ => {
-                    if version < schema::DELTA_BASES_SINCE {
-                        idx.base_col = "NULL";
-                    }
-                    idx.inner_col = "0";
-                }
-            }
-        }
         if access == Access::ReadWrite {
             idx.conn
                 .execute_batch(schema::CONDEMNED)
                 .map_err(|e| idx.err(e))?;
         }
         Ok((idx, config))
-    }
-
-    /// Schema 2 -> 3: the `base` columns; 3 -> 4: `inner_offset`. Checked
-    /// again under the write lock, so two processes opening one old index
-    /// migrate it once.
-    fn migrate(&self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let r = (|| {
-            let v: u32 = self
-                .conn
-                .pragma_query_value(None, "user_version", |r| r.get(0))?;
-            let condemned = self.has_condemned_tables()?;
-            if v < schema::DELTA_BASES_SINCE {
-                self.conn.execute_batch(
-                    "ALTER TABLE chunks ADD COLUMN base BLOB;
-                     ALTER TABLE packs ADD COLUMN bases INTEGER NOT NULL DEFAULT 0;",
-                )?;
-                if condemned {
-                    self.conn
-                        .execute_batch("ALTER TABLE condemned_chunks ADD COLUMN base BLOB")?;
-                }
-            }
-            if v < schema::GROUPS_SINCE {
-                let add = "ADD COLUMN inner_offset INTEGER NOT NULL DEFAULT 0";
-                self.conn
-                    .execute_batch(&format!("ALTER TABLE chunks {add}"))?;
-                if condemned {
-                    self.conn
-                        .execute_batch(&format!("ALTER TABLE condemned_chunks {add}"))?;
-                }
-            }
-            self.conn
-                .pragma_update(None, "user_version", SCHEMA_VERSION)
-        })();
-        match r {
-            Ok(()) => self.conn.execute_batch("COMMIT"),
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
     }
 
     /// For the one connection that walks and writes during create: a larger
@@ -626,9 +564,6 @@ impl Index {
     /// possible in a damaged index, stops growing there). Returns how many
     /// bases were added.
     pub fn live_add_bases(&self) -> Result<u64> {
-        if self.base_col != "base" {
-            return Ok(0);
-        }
         let condemned = self.has_condemned_tables().map_err(|e| self.err(e))?;
         let sql = if condemned {
             "INSERT OR IGNORE INTO temp.live(hash)
@@ -711,11 +646,8 @@ impl Index {
     /// The live chunks of one pack, in pack order.
     pub fn live_chunks_in_pack(&self, pack_rowid: i64) -> Result<Vec<PackEntry>> {
         self.pack_entries(
-            &format!(
-                "SELECT c.hash, c.offset, c.stored_len, c.raw_len, c.codec, {}, {} FROM chunks c
-                 JOIN temp.live l ON l.hash = c.hash WHERE c.pack = ?1 ORDER BY c.offset",
-                self.base_col, self.inner_col
-            ),
+                            "SELECT c.hash, c.offset, c.stored_len, c.raw_len, c.codec, c.base, c.inner_offset
+                 FROM chunks c JOIN temp.live l ON l.hash = c.hash WHERE c.pack = ?1 ORDER BY c.offset",
             pack_rowid,
         )
     }
@@ -786,16 +718,16 @@ impl Index {
     /// Where a chunk is when a create may use it (dedup, or a delta's
     /// base): its row in `chunks`, never one of a condemned pack.
     pub fn dedup_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
-        self.located(&location_sql("chunks", self.base_col, self.inner_col), id)
+        self.located(&location_sql("chunks"), id)
     }
 
     /// Where a chunk is: its row, else (on shared storage) its row in a
     /// condemned pack, still readable until a gc deletes the pack.
     pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
-        match self.located(&location_sql("chunks", self.base_col, self.inner_col), id)? {
+        match self.located(&location_sql("chunks"), id)? {
             Some(l) => Ok(Some(l)),
             None if self.has_condemned_tables().map_err(|e| self.err(e))? => {
-                self.located(&location_sql("condemned_chunks", self.base_col, self.inner_col), id)
+                self.located(&location_sql("condemned_chunks"), id)
             }
             None => Ok(None),
         }
@@ -829,10 +761,9 @@ impl Index {
 
     pub fn packs(&self) -> Result<Vec<PackRow>> {
         let f = || -> rusqlite::Result<Vec<PackRow>> {
-            let bases = if self.base_col == "base" { "bases" } else { "0" };
-            let mut st = self.conn.prepare(&format!(
-                "SELECT id, hash, size, chunk_count, kind, {bases} FROM packs ORDER BY id"
-            ))?;
+            let mut st = self
+                .conn
+                .prepare("SELECT id, hash, size, chunk_count, kind, bases FROM packs ORDER BY id")?;
             st.query_map([], |r| {
                 Ok(PackRow {
                     rowid: r.get(0)?,
@@ -857,10 +788,7 @@ impl Index {
     /// The chunk rows that point into one pack.
     pub fn chunks_in_pack(&self, pack_rowid: i64) -> Result<Vec<PackEntry>> {
         self.pack_entries(
-            &format!(
-                "SELECT hash, offset, stored_len, raw_len, codec, {}, {} FROM chunks WHERE pack = ?1 ORDER BY offset",
-                self.base_col, self.inner_col
-            ),
+                            "SELECT hash, offset, stored_len, raw_len, codec, base, inner_offset FROM chunks WHERE pack = ?1 ORDER BY offset",
             pack_rowid,
         )
     }

@@ -3,17 +3,6 @@
 
 pub const SCHEMA_VERSION: u32 = 4;
 
-/// Version 3 adds `base` to the chunk rows: the chunk a delta (codec 2) is
-/// a difference from; and `bases` to the pack rows: how many base records
-/// the pack's footer holds (its size, less header, footer and frames). Indexes of version 2 gain it on a read-write open;
-/// read-only opens of them read NULL (no deltas before version 3).
-pub const DELTA_BASES_SINCE: u32 = 3;
-
-/// Version 4 adds `inner_offset` to the chunk rows: where a grouped chunk
-/// (codec 3) starts in its frame's content. Indexes of version 3 or older
-/// gain it (0) on a read-write open; read-only opens read 0.
-pub const GROUPS_SINCE: u32 = 4;
-
 pub const CREATE: &str = r#"
 CREATE TABLE config (
     key   TEXT PRIMARY KEY,

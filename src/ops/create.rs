@@ -499,14 +499,13 @@ fn run(
     let params = ChunkerParams::from(repo.config());
     let level = repo.config().zstd_level;
     let target = repo.config().pack_target_bytes;
-    let version = repo.config().pack_version();
     // Reads the bases of deltas, shared by the workers.
     let reader = ChunkReader::new(repo.storage().clone());
 
     std::thread::scope(|scope| {
         let writer = {
             let storage = repo.storage().clone();
-            scope.spawn(move || pack_writer(chunk_rx, pack_tx, storage, target, version))
+            scope.spawn(move || pack_writer(chunk_rx, pack_tx, storage, target))
         };
         let mut handles = Vec::new();
         for _ in 0..workers {
@@ -519,11 +518,8 @@ fn run(
                 params,
                 ids: repo.ids(),
                 level,
-                reader: repo.config().stores_deltas().then(|| reader.clone()),
-                group: repo
-                    .config()
-                    .stores_groups()
-                    .then(|| RefCell::new(Group::default())),
+                reader: Some(reader.clone()),
+                group: Some(RefCell::new(Group::default())),
                 chunk_tx: chunk_tx.clone(),
                 cancel: cancel.clone(),
                 progress,
@@ -853,8 +849,7 @@ impl Walk<'_> {
                             ino: st.ino,
                             base_pages: old_entry
                                 .filter(|o| {
-                                    self.repo.config().stores_deltas()
-                                        && o.kind == Kind::File
+                                    o.kind == Kind::File
                                         && o.has_flag(flags::SQLITE_IMAGE)
                                 })
                                 .map(|o| o.chunks().to_vec()),
@@ -1614,10 +1609,8 @@ fn pack_writer(
     done: Sender<Result<FinishedPack>>,
     storage: Arc<dyn Storage>,
     target: u64,
-    version: u32,
 ) -> Result<()> {
-    let mut packer =
-        Some(Packer::new(storage, PackKind::Data, target, done.clone()).with_version(version));
+    let mut packer = Some(Packer::new(storage, PackKind::Data, target, done.clone()));
     let mut failed: Option<String> = None;
     for batch in rx {
         let Some(p) = packer.as_mut() else { continue };

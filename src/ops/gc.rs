@@ -332,9 +332,7 @@ pub(crate) fn repack_live(
     let index = repo.index();
     let (tx, rx) = crossbeam_channel::unbounded();
     let target = repo.config().pack_target_bytes;
-    let version = repo.config().pack_version();
-    let new_packer =
-        |kind| Packer::new(repo.storage().clone(), kind, target, tx.clone()).with_version(version);
+    let new_packer = |kind| Packer::new(repo.storage().clone(), kind, target, tx.clone());
     let mut packers = [new_packer(PackKind::Data), new_packer(PackKind::Tree)];
     let mut reader = ChunkReader::new(repo.storage().clone());
     for p in repack {

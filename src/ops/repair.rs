@@ -198,7 +198,7 @@ fn salvage_pack(
             return Ok(());
         }
     };
-    let mut w = PackWriter::create_version(storage, salvaged.kind, salvaged.version)?;
+    let mut w = PackWriter::create(storage, salvaged.kind)?;
     let mut kept = 0u64;
     for (stored, entries) in &salvaged.frames {
         let blobs: Vec<Blob> = entries.iter().map(Blob::from).collect();

@@ -3,12 +3,12 @@
 //! Layout (all integers little-endian; docs/format.md is the reference):
 //!
 //! ```text
-//! header   16 bytes   "SNAPPACK" | version u32 (2, 3 or 4) | kind u32 (0 data, 1 trees)
+//! header   16 bytes   "SNAPPACK" | version u32 (5) | kind u32 (0 data, 1 trees)
 //! frames   ...        each chunk's stored bytes, or a group's frame, back to back
 //! footer   48 * N     per chunk: id [32] | offset u32 | stored_len u32 | raw_len u32 | codec u8 | inner u24
-//!                     (a grouped chunk, version 4: where it starts in its frame's content; else 0)
-//! bases    32 * D     version 3: the base id of each delta entry (codec 2), in entry order
-//! trailer  48 bytes   N u32 | D u32 (version 2: 0) | BLAKE3(footer and bases) [32] | "SNAPEND1"
+//!                     (a grouped chunk: where it starts in its frame's content; else 0)
+//! bases    32 * D     the base id of each delta entry (codec 2), in entry order
+//! trailer  48 bytes   N u32 | D u32 | BLAKE3(footer and bases) [32] | "SNAPEND1"
 //! ```
 //!
 //! A pack's id is the BLAKE3 of its footer entries and bases (the hash the
@@ -30,26 +30,12 @@ use crate::id::{ChunkId, PackId};
 
 pub const HEADER_MAGIC: &[u8; 8] = b"SNAPPACK";
 pub const TRAILER_MAGIC: &[u8; 8] = b"SNAPEND1";
-/// Packs of format-2 repositories: no deltas.
-pub const PACK_VERSION: u32 = 2;
-/// Packs of format-3 repositories: a table of delta bases after the entries.
-pub const PACK_VERSION_DELTAS: u32 = 3;
-/// Length of one base record in a version-3 footer.
+/// The one pack version (format 5): a table of delta bases after the
+/// entries, and groups of small chunks or of trees compressed as one frame
+/// ([`Codec::Grouped`]) in data and tree packs.
+pub const PACK_VERSION: u32 = 5;
+/// Length of one base record in a footer.
 pub const BASE_LEN: u64 = 32;
-/// Packs of format-4 repositories: deltas, and groups of small chunks
-/// compressed as one frame ([`Codec::Grouped`]).
-pub const PACK_VERSION_GROUPS: u32 = 4;
-/// Packs of format-5 repositories: as version 4, and tree packs hold
-/// groups of trees too.
-pub const PACK_VERSION_TREE_GROUPS: u32 = 5;
-
-/// Whether a pack of `version` and `kind` may hold grouped blobs.
-pub fn holds_groups(version: u32, kind: PackKind) -> bool {
-    match kind {
-        PackKind::Data => version >= PACK_VERSION_GROUPS,
-        PackKind::Tree => version >= PACK_VERSION_TREE_GROUPS,
-    }
-}
 
 /// What a pack holds. Trees live in packs of their own, so that metadata is
 /// read without reading data (repair, check, a future remote cache).
@@ -142,10 +128,10 @@ impl PackEntry {
     }
 }
 
-pub fn encode_header(kind: PackKind, version: u32) -> [u8; HEADER_LEN as usize] {
+pub fn encode_header(kind: PackKind) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(HEADER_MAGIC);
-    h[8..12].copy_from_slice(&version.to_le_bytes());
+    h[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&(kind as u32).to_le_bytes());
     h
 }

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::{
-    BASE_LEN, ENTRY_LEN, HEADER_LEN, HEADER_MAGIC, PACK_VERSION, PACK_VERSION_TREE_GROUPS, PackEntry, PackKind, TRAILER_LEN, TRAILER_MAGIC,
+    BASE_LEN, ENTRY_LEN, HEADER_LEN, HEADER_MAGIC, PACK_VERSION, PackEntry, PackKind, TRAILER_LEN, TRAILER_MAGIC,
 };
 use crate::compress::{Codec, GROUP_RAW_MAX, decompress, decompress_group, delta_decompress};
 use crate::config::CHUNK_MAX_LIMIT;
@@ -182,7 +182,7 @@ impl PackReader {
             return Err(bad("bad pack header magic".into()));
         }
         let version = u32::from_le_bytes(header[8..12].try_into().unwrap());
-        if !(PACK_VERSION..=PACK_VERSION_TREE_GROUPS).contains(&version) {
+        if version != PACK_VERSION {
             return Err(bad(format!("unknown pack version {version}")));
         }
         let kind = PackKind::from_u32(u32::from_le_bytes(header[12..16].try_into().unwrap()))
@@ -193,9 +193,6 @@ impl PackReader {
         }
         let count = u32::from_le_bytes(trailer[..4].try_into().unwrap()) as u64;
         let bases = u32::from_le_bytes(trailer[4..8].try_into().unwrap()) as u64;
-        if version == PACK_VERSION && bases != 0 {
-            return Err(bad("a version 2 pack with delta bases".into()));
-        }
         let footer_len = count * ENTRY_LEN + bases * BASE_LEN;
         if HEADER_LEN + footer_len + TRAILER_LEN > size {
             return Err(bad(format!("footer claims {count} chunks, more than fit")));
@@ -225,8 +222,7 @@ impl PackReader {
                 )));
             }
             if e.codec == Codec::Grouped
-                && (!super::holds_groups(version, kind)
-                    || e.inner as usize + e.raw_len as usize > GROUP_RAW_MAX)
+                && e.inner as usize + e.raw_len as usize > GROUP_RAW_MAX
             {
                 return Err(bad(format!(
                     "grouped chunk {} out of place or out of bounds",
@@ -260,8 +256,7 @@ impl PackReader {
     /// proven: its footer entries read without the checksum, each blob
     /// (raw, compressed, or a member of a group frame) kept only where it
     /// decodes to bytes whose hash is its id. Deltas cannot be proven
-    /// without their bases and are not kept. Returns the pack's version
-    /// and kind, the frames kept (stored bytes with the entries they
+    /// without their bases and are not kept. Returns the pack's kind, the frames kept (stored bytes with the entries they
     /// hold) and how many entries could not be proven.
     pub fn salvage(&self) -> Result<Salvaged> {
         let size = self.obj.size();
@@ -276,7 +271,7 @@ impl PackReader {
         let version = u32::from_le_bytes(all[8..12].try_into().unwrap());
         let kind = PackKind::from_u32(u32::from_le_bytes(all[12..16].try_into().unwrap()))
             .ok_or_else(|| bad("unknown pack kind".into()))?;
-        if !(PACK_VERSION..=PACK_VERSION_TREE_GROUPS).contains(&version) {
+        if version != PACK_VERSION {
             return Err(bad(format!("unknown pack version {version}")));
         }
         let trailer = &all[all.len() - TRAILER_LEN as usize..];
@@ -303,7 +298,6 @@ impl PackReader {
             let stored = &all[e.offset as usize..end.min(all.len() as u64) as usize];
             let proven = fits
                 && e.codec != Codec::Delta
-                && (e.codec != Codec::Grouped || super::holds_groups(version, kind))
                 && decode_blob(self.ids, &self.id, &e, stored, max, None).is_ok();
             if proven {
                 frames.entry((e.offset, e.stored_len)).or_default().push(e);
@@ -319,7 +313,6 @@ impl PackReader {
             })
             .collect();
         Ok(Salvaged {
-            version,
             kind,
             frames,
             lost,
@@ -375,7 +368,6 @@ impl PackReader {
 
 /// What [`PackReader::salvage`] proved of a damaged pack.
 pub struct Salvaged {
-    pub version: u32,
     pub kind: PackKind,
     /// Stored bytes of a frame, with the entries it holds.
     pub frames: Vec<(Vec<u8>, Vec<PackEntry>)>,

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Sender, bounded};
 
 use super::{
-    HEADER_LEN, MAX_PACK_BLOBS, PACK_VERSION, PACK_VERSION_DELTAS, PackEntry,
+    HEADER_LEN, MAX_PACK_BLOBS, PackEntry,
     PackKind, encode_footer, encode_header, footer_id,
 };
 use crate::compress::Codec;
@@ -23,7 +23,6 @@ pub struct PackWriter {
     entries: Vec<PackEntry>,
     len: u64,
     kind: PackKind,
-    version: u32,
 }
 
 /// What a pack records of a blob besides its stored bytes.
@@ -83,21 +82,15 @@ pub struct FinishedPack {
 }
 
 impl PackWriter {
-    /// A version 2 pack (format-2 repositories: no deltas).
+    /// A new pack of `kind` in `storage`'s packs/.
     pub fn create(storage: &dyn Storage, kind: PackKind) -> Result<Self> {
-        Self::create_version(storage, kind, PACK_VERSION)
-    }
-
-    /// A pack of `version` (2, or 3: deltas allowed).
-    pub fn create_version(storage: &dyn Storage, kind: PackKind, version: u32) -> Result<Self> {
         let mut w = PackWriter {
             out: storage.create("packs")?,
             entries: Vec::new(),
             len: 0,
             kind,
-            version,
         };
-        w.write(&encode_header(kind, version))?;
+        w.write(&encode_header(kind))?;
         debug_assert_eq!(w.len, HEADER_LEN);
         Ok(w)
     }
@@ -109,13 +102,13 @@ impl PackWriter {
     }
 
     /// Append one blob; a [`Codec::Delta`] one names its base, which only
-    /// a version 3 data pack can record.
+    /// only a data pack can record.
     pub fn add(&mut self, blob: Blob, stored: &[u8]) -> Result<()> {
         self.add_frame(std::slice::from_ref(&blob), stored)
     }
 
     /// Append stored bytes once with the blobs they hold: one blob, or
-    /// the members of a group frame (version 4 data packs only).
+    /// the members of a group frame.
     pub fn add_frame(&mut self, blobs: &[Blob], stored: &[u8]) -> Result<()> {
         for blob in blobs {
             self.check(blob, blobs.len())?;
@@ -137,23 +130,18 @@ impl PackWriter {
 
     /// A blob this pack can record, in a frame of `members` blobs.
     fn check(&self, blob: &Blob, members: usize) -> Result<()> {
-        let data = self.kind == PackKind::Data;
-        let delta_ok = self.version >= PACK_VERSION_DELTAS && data;
-        let group_ok = super::holds_groups(self.version, self.kind);
+        let delta_ok = self.kind == PackKind::Data;
         let bad = |why: &str| Err(Error::Invalid(format!("chunk {}: {why}", blob.id.short())));
         if (blob.codec == Codec::Delta) != blob.base.is_some()
             || (blob.base.is_some() && (!delta_ok || blob.base == Some(blob.id)))
         {
-            return bad("a delta needs a base, and a pack of version 3 holding data");
+            return bad("a delta needs a base, and a pack holding data");
         }
         let grouped = blob.codec == Codec::Grouped;
         if grouped
-            && (!group_ok
-                || blob.inner as usize + blob.raw_len as usize > crate::compress::GROUP_RAW_MAX)
+            && blob.inner as usize + blob.raw_len as usize > crate::compress::GROUP_RAW_MAX
         {
-            return bad(
-                "a grouped blob needs a version 4 data pack or a version 5 pack, and a bounded group",
-            );
+            return bad("a grouped blob must lie within a bounded group");
         }
         if !grouped && (members > 1 || blob.inner != 0) {
             return bad("only grouped chunks share a frame or start inside one");
@@ -226,7 +214,6 @@ pub struct Packer {
     storage: Arc<dyn Storage>,
     kind: PackKind,
     target: u64,
-    version: u32,
     current: Option<PackWriter>,
     sealed: Option<Sender<SealedPack>>,
     finisher: Option<JoinHandle<()>>,
@@ -255,17 +242,10 @@ impl Packer {
             storage,
             kind,
             target,
-            version: PACK_VERSION,
             current: None,
             sealed: Some(tx),
             finisher: Some(finisher),
         }
-    }
-
-    /// Write packs of `version` (3 in a repository that stores deltas).
-    pub fn with_version(mut self, version: u32) -> Packer {
-        self.version = version;
-        self
     }
 
     /// Append one blob's stored bytes.
@@ -284,11 +264,7 @@ impl Packer {
             self.send(w)?;
         }
         if self.current.is_none() {
-            self.current = Some(PackWriter::create_version(
-                &*self.storage,
-                self.kind,
-                self.version,
-            )?);
+            self.current = Some(PackWriter::create(&*self.storage, self.kind)?);
         }
         let w = self.current.as_mut().expect("just created");
         w.add_frame(blobs, stored)?;

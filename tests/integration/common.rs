@@ -33,9 +33,30 @@ impl Env {
         Env::initialised(&[])
     }
 
-    /// As `new`, a repository of format `format`.
-    pub fn with_format(format: u32) -> Env {
-        Env::initialised(&["--format", &format.to_string()])
+    /// As `new`, with a copy of every snapshot's trees in the index, as
+    /// a bucket's repository keeps them (a local one reads its trees from
+    /// tree packs): the copies are what tests damage or forge. A copy is
+    /// read before the tree pack.
+    pub fn with_tree_copies(&self) {
+        let repo = snap::Repository::open(&self.repo, Some(snap::LockMode::Exclusive)).unwrap();
+        let conn = rusqlite::Connection::open(self.repo.join("index.db")).unwrap();
+        // Oldest snapshot first, each tree before its subtrees.
+        for snapshot in repo.snapshots().unwrap() {
+            let mut todo = std::collections::VecDeque::from([snapshot.root]);
+            while let Some(id) = todo.pop_front() {
+                let tree = repo.load_tree(&id).unwrap();
+                for e in &tree.entries {
+                    if let snap::tree::Payload::Subtree(sub) = e.payload {
+                        todo.push_back(sub);
+                    }
+                }
+                conn.execute(
+                    "INSERT OR IGNORE INTO trees(hash, codec, data) VALUES (?1, 0, ?2)",
+                    rusqlite::params![id.as_bytes().to_vec(), tree.encode()],
+                )
+                .unwrap();
+            }
+        }
     }
 
     fn initialised(init_args: &[&str]) -> Env {

@@ -19,11 +19,11 @@ enum Place {
     ChunkFrame,
     /// Inside the footer of that pack.
     PackFooter,
-    /// The index's copy of the victim directory's tree (a format-4
-    /// repository: format 5 keeps no copies in a local index).
+    /// The index's copy of the victim directory's tree (as a bucket's
+    /// repository keeps them; see `Env::with_tree_copies`).
     Tree,
     /// The tree pack holding the victim directory's tree, grouped with the
-    /// new root's (format 5).
+    /// new root's.
     TreePack,
     /// index.db, in its page structure.
     Index,
@@ -71,10 +71,7 @@ struct Fixture {
 }
 
 fn fixture(place: Place) -> Fixture {
-    let env = match place {
-        Place::Tree => Env::with_format(4),
-        _ => Env::new(),
-    };
+    let env = Env::new();
     let src = env.path("src");
     write(&src.join("keep/a.txt"), "unaffected text\n".repeat(500));
     write(&src.join("keep/b.bin"), noise(11, 300_000));
@@ -82,6 +79,9 @@ fn fixture(place: Place) -> Fixture {
     let before: HashSet<PathBuf> = all_packs(&env.repo).into_iter().collect();
     write(&src.join("victim/v.bin"), noise(12, 300_000));
     let new = env.create_id(&src);
+    if place == Place::Tree {
+        env.with_tree_copies();
+    }
     let (added, trees): (Vec<PathBuf>, Vec<PathBuf>) = all_packs(&env.repo)
         .into_iter()
         .filter(|p| !before.contains(p))

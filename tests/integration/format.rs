@@ -129,12 +129,12 @@ fn an_index_that_is_not_a_database_is_reported() {
 }
 
 #[test]
-fn format_2_golden_bytes() {
+fn golden_bytes() {
     use snap::snapshot::{RootMeta, Snapshot, SnapshotStats};
     // A tree pack's header names its kind.
     assert_eq!(
-        snap::pack::encode_header(PackKind::Tree, 2),
-        *b"SNAPPACK\x02\x00\x00\x00\x01\x00\x00\x00"
+        snap::pack::encode_header(PackKind::Tree),
+        *b"SNAPPACK\x05\x00\x00\x00\x01\x00\x00\x00"
     );
     // How a snapshot id is computed, frozen.
     let root = snap::TreeId::of(b"root");
@@ -182,10 +182,10 @@ fn format_2_golden_bytes() {
     assert_eq!(snap::objects::decode_snapshot(&enc).unwrap().id, id);
 }
 
-/// Format 3: a version 3 pack holds a delta and names its base in the
-/// table after the entries; the pack id covers both.
+/// A data pack holds a delta and names its base in the table after the
+/// entries; the pack id covers both.
 #[test]
-fn a_version_3_pack_names_each_delta_base_after_its_entries() {
+fn a_pack_names_each_delta_base_after_its_entries() {
     let dir = tempfile::tempdir().unwrap();
     let storage = LocalStorage::new(dir.path());
     let base_page = noise(1, 4096);
@@ -197,8 +197,8 @@ fn a_version_3_pack_names_each_delta_base_after_its_entries() {
     assert!(delta.len() < 200, "{} bytes", delta.len());
     let (base_id, page_id) = (ChunkId::of(&base_page), ChunkId::of(&page));
 
-    // A version 2 pack cannot hold a delta; a delta needs a base.
-    let mut v2 = PackWriter::create(&storage, PackKind::Data).unwrap();
+    // A tree pack cannot hold a delta; a delta needs a base.
+    let mut trees = PackWriter::create(&storage, PackKind::Tree).unwrap();
     let as_delta = Blob {
         id: page_id,
         codec: Codec::Delta,
@@ -206,8 +206,8 @@ fn a_version_3_pack_names_each_delta_base_after_its_entries() {
         base: Some(base_id),
         inner: 0,
     };
-    assert!(v2.add(as_delta, &delta).is_err());
-    let mut w = PackWriter::create_version(&storage, PackKind::Data, 3).unwrap();
+    assert!(trees.add(as_delta, &delta).is_err());
+    let mut w = PackWriter::create(&storage, PackKind::Data).unwrap();
     let no_base = Blob {
         base: None,
         ..as_delta
@@ -219,7 +219,7 @@ fn a_version_3_pack_names_each_delta_base_after_its_entries() {
     let f = w.finish().unwrap();
 
     let bytes = std::fs::read(dir.path().join(pack_key(&f.id))).unwrap();
-    assert_eq!(&bytes[..16], b"SNAPPACK\x03\x00\x00\x00\x00\x00\x00\x00");
+    assert_eq!(&bytes[..16], b"SNAPPACK\x05\x00\x00\x00\x00\x00\x00\x00");
     let n = bytes.len();
     // Trailer: 2 entries, 1 base; the base table is the 32 bytes before it.
     assert_eq!(&bytes[n - 48..n - 40], &[2, 0, 0, 0, 1, 0, 0, 0]);
@@ -244,22 +244,25 @@ fn a_version_3_pack_names_each_delta_base_after_its_entries() {
     assert!(read(None).is_err());
     assert!(read(Some(&noise(2, 4096))).is_err());
 
-    // The same footer under a version 2 header is refused.
-    let mut v2_header = bytes.clone();
-    v2_header[8] = 2;
-    std::fs::write(dir.path().join(pack_key(&f.id)), &v2_header).unwrap();
-    let err = PackReader::open(&storage, &f.id)
-        .unwrap()
-        .footer()
-        .unwrap_err();
-    assert!(err.to_string().contains("version 2"), "{err}");
+    // The same pack under the header of an unreleased older format is
+    // refused, never read with other rules.
+    for old in [2u8, 3, 4] {
+        let mut old_header = bytes.clone();
+        old_header[8] = old;
+        std::fs::write(dir.path().join(pack_key(&f.id)), &old_header).unwrap();
+        let err = PackReader::open(&storage, &f.id)
+            .unwrap()
+            .footer()
+            .unwrap_err();
+        assert!(err.to_string().contains(&format!("pack version {old}")), "{err}");
+    }
 }
 
-/// A version 4 pack: a group's members share one frame, each entry says
-/// where its chunk starts in the frame's content; a hostile entry (outside
-/// the content, a frame too large, a group in an older pack) is damage.
+/// A group's members share one frame, each entry says where its chunk
+/// starts in the frame's content; a hostile entry (outside the content, a
+/// frame too large) is damage.
 #[test]
-fn version_4_and_5_packs_hold_groups_and_refuse_hostile_ones() {
+fn packs_hold_groups_and_refuse_hostile_ones() {
     let dir = tempfile::tempdir().unwrap();
     let storage = LocalStorage::new(dir.path());
     let pages: Vec<Vec<u8>> = (0..5u32)
@@ -281,13 +284,11 @@ fn version_4_and_5_packs_hold_groups_and_refuse_hostile_ones() {
         })
         .collect();
 
-    // Only a data pack of version 4 or later, or a tree pack of version
-    // 5, takes a group.
-    for (version, kind) in [(3, PackKind::Data), (4, PackKind::Tree)] {
-        let mut w = PackWriter::create_version(&storage, kind, version).unwrap();
-        assert!(w.add_frame(&blobs, &frame).is_err(), "version {version}");
-    }
-    let mut w = PackWriter::create_version(&storage, PackKind::Tree, 5).unwrap();
+    // A group that runs past the bound of a group's content is refused.
+    let mut w = PackWriter::create(&storage, PackKind::Data).unwrap();
+    let past = Blob::grouped(ChunkId::of(b"x"), 10, (1 << 20) - 5);
+    assert!(w.add_frame(&[past], &frame).is_err());
+    let mut w = PackWriter::create(&storage, PackKind::Tree).unwrap();
     w.add_frame(&blobs, &frame).unwrap();
     let trees = w.finish().unwrap();
     let r = PackReader::open(&storage, &trees.id).unwrap();
@@ -296,17 +297,7 @@ fn version_4_and_5_packs_hold_groups_and_refuse_hostile_ones() {
     for (e, p) in entries.iter().zip(&pages) {
         assert_eq!(&r.read_chunk(e, None).unwrap(), p);
     }
-    // The same tree pack under a version 4 header is refused.
-    let path = dir.path().join(pack_key(&trees.id));
-    let mut v4 = std::fs::read(&path).unwrap();
-    v4[8] = 4;
-    std::fs::write(&path, &v4).unwrap();
-    let err = PackReader::open(&storage, &trees.id)
-        .unwrap()
-        .footer()
-        .unwrap_err();
-    assert!(err.to_string().contains("grouped chunk"), "{err}");
-    let mut w = PackWriter::create_version(&storage, PackKind::Data, 4).unwrap();
+    let mut w = PackWriter::create(&storage, PackKind::Data).unwrap();
     let loose = noise(9, 3000);
     w.add(Blob::whole(ChunkId::of(&loose), Codec::Raw, 3000), &loose)
         .unwrap();
@@ -343,7 +334,7 @@ fn version_4_and_5_packs_hold_groups_and_refuse_hostile_ones() {
     assert!(r.read_chunk(&e, None).unwrap_err().is_damage());
     // A frame that claims more content than a group may hold.
     let big = zstd::bulk::compress(&vec![7u8; (1 << 20) + 1], 3).unwrap();
-    let mut w = PackWriter::create_version(&storage, PackKind::Data, 4).unwrap();
+    let mut w = PackWriter::create(&storage, PackKind::Data).unwrap();
     let one = Blob::grouped(ChunkId::of(&[7u8; 10]), 10, 0);
     w.add_frame(&[one, Blob::grouped(ChunkId::of(&[7u8; 11]), 11, 10)], &big)
         .unwrap();
@@ -356,14 +347,4 @@ fn version_4_and_5_packs_hold_groups_and_refuse_hostile_ones() {
         err.is_damage() && err.to_string().contains("larger than a group"),
         "{err}"
     );
-    // The same footer under a version 3 header is refused.
-    let path = dir.path().join(pack_key(&f.id));
-    let mut v3 = std::fs::read(&path).unwrap();
-    v3[8] = 3;
-    std::fs::write(&path, &v3).unwrap();
-    let err = PackReader::open(&storage, &f.id)
-        .unwrap()
-        .footer()
-        .unwrap_err();
-    assert!(err.to_string().contains("grouped chunk"), "{err}");
 }

@@ -113,45 +113,6 @@ fn assert_lists_and_restores(env: &Env, expected: &BTreeMap<String, (String, Vec
     }
 }
 
-#[test]
-fn the_frozen_format_2_repository_opens_checks_and_restores() {
-    opens_checks_and_restores(2);
-}
-
-/// Format 3: its second snapshot stores the database's changed pages as
-/// deltas of the first's.
-#[test]
-fn the_frozen_format_3_repository_opens_checks_and_restores() {
-    let deltas: i64 = rusqlite::Connection::open(frozen_root(3).join("index.db"))
-        .unwrap()
-        .query_row("SELECT count(*) FROM chunks WHERE codec = 2", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert!(deltas > 0, "the frozen format-3 repository holds deltas");
-    opens_checks_and_restores(3);
-}
-
-/// Format 4: small chunks (database pages, small files) compressed in
-/// groups; the second snapshot's changed pages are deltas, some of them
-/// of grouped pages.
-#[test]
-fn the_frozen_format_4_repository_opens_checks_and_restores() {
-    let count = |codec: u8| -> i64 {
-        rusqlite::Connection::open(frozen_root(4).join("index.db"))
-            .unwrap()
-            .query_row(
-                "SELECT count(*) FROM chunks WHERE codec = ?1",
-                [codec],
-                |r| r.get(0),
-            )
-            .unwrap()
-    };
-    assert!(count(3) > 1, "the frozen format-4 repository holds groups");
-    assert!(count(2) > 0, "the frozen format-4 repository holds deltas");
-    opens_checks_and_restores(4);
-}
-
 /// Format 5: trees grouped in tree packs, and no copy of them in the
 /// (local) index, before and after `repair index`.
 #[test]
@@ -176,64 +137,48 @@ fn the_frozen_format_5_repository_opens_checks_and_restores() {
     opens_checks_and_restores(5);
 }
 
-/// A write to an older repository migrates its index to the current
-/// schema (the new columns), and keeps writing its own format: no group
-/// goes into a format-2 or format-3 repository, no delta into format 2,
-/// no group of trees into format 4 (whose index keeps copying trees).
+/// A repository of an older, unreleased format (2-4: development steps
+/// no release wrote) is refused with a message that names it and says
+/// what to do, and is left byte for byte as it was.
 #[test]
-fn older_repositories_gain_the_new_index_columns_and_keep_their_format() {
-    for format in [2u32, 3, 4] {
-        let expected = read_manifest(format);
-        let env = frozen_copy(format);
-        let src = env.path("more");
-        for i in 0..50u32 {
-            write(
-                &src.join(format!("{i}.txt")),
-                format!("note {i} ").repeat(100),
-            );
-        }
-        sqlite_db(&src.join("app.db"), 500);
-        env.create(&src);
-        let conn = rusqlite::Connection::open(env.repo.join("index.db")).unwrap();
-        let schema: u32 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(schema, 4, "format {format}: the current index schema");
-        let newest: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM chunks WHERE codec >= ?1",
-                [format],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(newest, 0, "format {format} got a codec it cannot hold");
-        let q = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
-        let grouped_trees = q("SELECT count(*) FROM chunks c JOIN packs p ON c.pack = p.id
-                               WHERE p.kind = 1 AND c.codec = 3");
-        assert_eq!(grouped_trees, 0, "format {format} got grouped trees");
-        let blobs =
-            q("SELECT count(*) FROM chunks c JOIN packs p ON c.pack = p.id WHERE p.kind = 1");
-        let copies = q("SELECT count(*) FROM trees");
-        assert!(
-            copies >= blobs && blobs > 0,
-            "format {format}: trees copied ({copies} of {blobs})"
-        );
-        // Every pack still carries the repository's version.
-        for pack in walkdir::WalkDir::new(env.repo.join("packs"))
-            .into_iter()
-            .map(|e| e.unwrap().path().to_path_buf())
-            .filter(|p| p.extension().is_some_and(|x| x == "pack"))
-        {
-            let bytes = fs::read(&pack).unwrap();
-            assert_eq!(bytes[8] as u32, format, "{}", pack.display());
-        }
-        env.snap().args(["check", "--read-data"]).assert().success();
-        for (id, (_, entries)) in &expected {
-            let target = env.path(&format!("again-{}", &id[..8]));
-            env.restore_to(id, &target);
-            assert_eq!(&manifest_of(&target), entries);
-        }
+fn an_older_unreleased_format_is_refused_and_left_untouched() {
+    let env = frozen_copy(5);
+    let conn = rusqlite::Connection::open(env.repo.join("index.db")).unwrap();
+    conn.execute(
+        "UPDATE config SET value = '4' WHERE key = 'format_version'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    // What a refused open may leave: the lock file and SQLite's sidecars
+    // (empty); everything the repository holds stays as it was.
+    let held = |root: &Path| {
+        let mut l = listing(root);
+        l.retain(|p, _| !["lock", "index.db-wal", "index.db-shm"].contains(&p.to_str().unwrap()));
+        l.remove(Path::new(""));
+        l
+    };
+    let before = held(&env.repo);
+    for args in [&["list"][..], &["check"], &["restore", "latest", "--dry-run"]] {
+        let out = env.snap().args(args).assert().failure();
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert!(stderr.contains("repository format 4"), "{args:?}: {stderr}");
+        assert!(stderr.contains("snap init"), "{args:?}: {stderr}");
     }
+    assert_eq!(held(&env.repo), before, "the repository was changed");
+    // A pack of an older version is damage, not read with other rules.
+    let env = frozen_copy(5);
+    let pack = walkdir::WalkDir::new(env.repo.join("packs"))
+        .into_iter()
+        .map(|e| e.unwrap().path().to_path_buf())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[8] = 4;
+    fs::write(&pack, bytes).unwrap();
+    let out = env.snap().args(["check", "--read-data"]).assert().code(5);
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(stdout.contains("unknown pack version 4"), "{stdout}");
 }
 
 fn opens_checks_and_restores(format: u32) {
@@ -247,7 +192,7 @@ fn opens_checks_and_restores(format: u32) {
         let _ = fs::remove_file(env.repo.join(f));
     }
     env.snap().args(["repair", "index"]).assert().success();
-    if format >= 5 {
+    {
         let copies: i64 = rusqlite::Connection::open(env.repo.join("index.db"))
             .unwrap()
             .query_row("SELECT count(*) FROM trees", [], |r| r.get(0))
@@ -261,7 +206,7 @@ fn opens_checks_and_restores(format: u32) {
 /// Not a test: `SNAP_FROZEN_OUT=DIR SNAP_FROZEN_FORMAT=N cargo test --test
 /// integration write_a_frozen -- --ignored` writes DIR/format-N and its
 /// manifest, to be copied under tests/frozen/ once per format version
-/// (format-2 was written before the database migration step existed).
+/// (the current format only: snap writes no other).
 #[test]
 #[ignore]
 fn write_a_frozen_repository() {
@@ -273,10 +218,7 @@ fn write_a_frozen_repository() {
         dir: scratch,
         vars: Vec::new(),
     };
-    env.snap()
-        .args(["init", "--format", &format])
-        .assert()
-        .success();
+    env.snap().arg("init").assert().success();
     let src = env.path("app");
     write(&src.join("prefs.json"), br#"{"theme":"dark"}"#);
     write(&src.join("notes/readme.txt"), "small text\n".repeat(50));

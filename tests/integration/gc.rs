@@ -312,13 +312,14 @@ fn restore_of_a_damaged_snapshot_restores_the_rest_and_reports() {
 
 #[test]
 fn a_damaged_tree_is_found_and_named_and_its_restore_fails_cleanly() {
-    // Format 4: its index copies trees, and the copy is what is damaged
-    // (format 5's tree packs: the damage matrix, place TreePack).
-    let env = Env::with_format(4);
+    // The index's copy of a tree (as a bucket's repository keeps them) is
+    // what is damaged (tree packs: the damage matrix, place TreePack).
+    let env = Env::new();
     let src = env.path("src");
     write(&src.join("docs/a.txt"), b"alpha");
     write(&src.join("b.txt"), b"beta");
     let id = env.create_id(&src);
+    env.with_tree_copies();
     // Flip a byte in the stored tree of docs/.
     let conn = rusqlite::Connection::open(env.repo.join("index.db")).unwrap();
     let (hash, mut data): (Vec<u8>, Vec<u8>) = conn

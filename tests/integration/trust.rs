@@ -325,7 +325,8 @@ fn an_encrypted_repository_is_not_downgraded_by_its_config() {
     }
 }
 
-/// Plant a root tree (a tree copy in a format-4 index) for every snapshot.
+/// Plant a root tree (a tree copy in the index, read before the tree
+/// pack) for every snapshot.
 fn plant_root(repo: &Path, tree: &snap::tree::Tree) {
     let enc = tree.encode();
     let id = snap::tree::Tree::id_of_encoding(&enc);
@@ -364,7 +365,7 @@ fn file_entry(name: &str, size: u64, chunks: Vec<snap::ChunkId>) -> snap::tree::
 /// names such as `../../escaped.txt` included): it is damage, exit 5.
 #[test]
 fn dump_refuses_an_entry_whose_chunks_hold_another_length() {
-    let env = Env::with_format(4);
+    let env = Env::new();
     let src = env.path("src");
     let body = vec![b'x'; 1536];
     write(&src.join("a.bin"), &body);
@@ -506,7 +507,7 @@ fn dir_entry(name: &str, sub: snap::TreeId) -> snap::tree::Entry {
     e
 }
 
-/// Store `tree` as a tree copy in a format-4 index; its id.
+/// Store `tree` as a tree copy in the index; its id.
 fn put_tree(conn: &rusqlite::Connection, tree: &snap::tree::Tree) -> snap::TreeId {
     let enc = tree.encode();
     let id = snap::tree::Tree::id_of_encoding(&enc);
@@ -518,13 +519,13 @@ fn put_tree(conn: &rusqlite::Connection, tree: &snap::tree::Tree) -> snap::TreeI
     id
 }
 
-/// A format-4 repository whose snapshot's root is the last tree `build`
+/// A repository whose snapshot's root is the last tree `build`
 /// makes, with statistics claiming `files` files.
 fn hostile_graph(
     build: impl Fn(&rusqlite::Connection) -> snap::TreeId,
     files: u64,
 ) -> (Env, String) {
-    let env = Env::with_format(4);
+    let env = Env::new();
     let src = env.path("src");
     write(&src.join("leaf.txt"), "leaf");
     let id = env.create_id(&src);
@@ -1026,7 +1027,7 @@ fn errors_say_what_happened_with_the_right_exit_code() {
 /// exit 5, not a partial restore.
 #[test]
 fn an_owner_of_minus_one_is_damage() {
-    let env = Env::with_format(4);
+    let env = Env::new();
     let src = env.path("src");
     write(&src.join("a.txt"), "abc");
     let id = env.create_id(&src);
@@ -1057,7 +1058,7 @@ fn an_encrypted_repositorys_config_is_authenticated() {
     let good = fs::read(&config).unwrap();
     for (field, value) in [
         ("chunk_avg_bytes", serde_json::json!(32768)),
-        ("format_version", serde_json::json!(4)),
+        ("pack_target_bytes", serde_json::json!(2 << 20)),
         ("zstd_level", serde_json::json!(19)),
     ] {
         let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
