@@ -25,9 +25,12 @@ pub struct RepoConfig {
     /// repository keep their cache under it.
     pub id: String,
     /// How objects are sealed: empty (not encrypted) or
-    /// [`crate::keys::SCHEME`].
+    /// [`SCHEME`].
     pub encryption: String,
 }
+
+/// The `encryption` value of an encrypted repository's config.
+pub const SCHEME: &str = "xchacha20poly1305-argon2id-1";
 
 impl Default for RepoConfig {
     /// Sizes chosen for application data (see docs/design.md, "Chunk sizes"):
@@ -87,11 +90,11 @@ impl RepoConfig {
         if self.id.len() > 64 || !self.id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return bad("the repository id must be at most 64 hex digits");
         }
-        if !self.encryption.is_empty() && self.encryption != crate::keys::SCHEME {
+        if !self.encryption.is_empty() && self.encryption != SCHEME {
             return Err(Error::BadConfig(format!(
                 "unknown encryption {:?} (this snap knows {:?}); upgrade snap",
                 self.encryption,
-                crate::keys::SCHEME
+                SCHEME
             )));
         }
         if !(64..=1_048_576).contains(&min) {

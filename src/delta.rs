@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use crate::compress::Codec;
 use crate::error::Result;
 use crate::id::ChunkId;
-use crate::index::{ChunkLocation, Index};
+use crate::pack::ChunkLocation;
 
 /// Longest chain of deltas: a page is stored whole again after this many.
 /// A reader refuses a longer one (a damaged or hostile repository could
@@ -30,18 +30,6 @@ const CLEARLY_SMALLER_EIGHTHS: usize = 2;
 /// before parallel work starts (an index connection is one thread's).
 pub trait Locate {
     fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>>;
-}
-
-impl Locate for Index {
-    fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
-        self.chunk_location(id)
-    }
-}
-
-impl Locate for crate::repo::Repository {
-    fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
-        self.chunk_location(id)
-    }
 }
 
 impl Locate for HashMap<ChunkId, ChunkLocation> {

@@ -84,9 +84,9 @@ pub struct Ids(Option<[u8; 32]>);
 impl Ids {
     pub const PLAIN: Ids = Ids(None);
 
-    /// The ids of the repository in `storage`.
-    pub fn of_storage(storage: &dyn crate::storage::Storage) -> Ids {
-        Ids(storage.id_key())
+    /// Ids keyed with `key` (an encrypted repository's), or plain.
+    pub fn with_key(key: Option<[u8; 32]>) -> Ids {
+        Ids(key)
     }
 
     pub fn is_keyed(&self) -> bool {

@@ -12,7 +12,7 @@
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use std::sync::Arc;
 
@@ -21,37 +21,9 @@ use crate::error::{Error, Result};
 use crate::objects::{CONFIG_FILE, hex, unhex};
 use crate::storage::{SealedStorage, Storage};
 
-pub const KEYS_DIR: &str = "keys";
+pub use crate::storage::{KEYS_DIR, MasterKey};
 
-/// The `encryption` value of an encrypted repository's config.
-pub const SCHEME: &str = "xchacha20poly1305-argon2id-1";
-
-/// The repository secret everything else is derived from.
-#[derive(Clone)]
-pub struct MasterKey([u8; 32]);
-
-impl Drop for MasterKey {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
-impl MasterKey {
-    pub fn random() -> MasterKey {
-        MasterKey(rand::random())
-    }
-
-    /// The key objects are sealed with (a key per purpose, derived with
-    /// BLAKE3's key derivation mode, so one never doubles as another).
-    pub(crate) fn sealing_key(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(blake3::derive_key("snap 2026-12 object sealing", &self.0))
-    }
-
-    /// The key of chunk and tree ids (BLAKE3 keyed mode).
-    pub(crate) fn id_key(&self) -> [u8; 32] {
-        blake3::derive_key("snap 2026-12 content ids", &self.0)
-    }
-}
+pub use crate::config::SCHEME;
 
 /// argon2id's cost parameters, stored in each key object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +100,7 @@ pub fn add_key(
         .encrypt(
             &XNonce::from(nonce),
             Payload {
-                msg: &master.0,
+                msg: master.expose(),
                 aad: &aad,
             },
         )
@@ -368,7 +340,7 @@ fn open_key_object(o: &KeyObject, repo_id: &str, password: &[u8]) -> Result<Opti
         return Ok(None);
     };
     let plain = Zeroizing::new(plain);
-    Ok(Some(MasterKey(plain[..].try_into().expect("32 bytes"))))
+    Ok(Some(MasterKey::from_bytes(plain[..].try_into().expect("32 bytes"))))
 }
 
 /// Replace every key object `old_password` opens by one `new_password`
@@ -456,74 +428,6 @@ pub fn refuse_plain_with_keys(storage: &dyn Storage) -> Result<()> {
 pub fn is_encrypted(storage: &dyn Storage) -> Result<bool> {
     let said = crate::objects::read_config_if_exists(storage)?.is_some_and(|c| !c.encryption.is_empty());
     Ok(said || !key_names(storage)?.is_empty())
-}
-
-/// An encrypted repository in a local directory, unlocked once (the key
-/// derivation is deliberately slow) and opened as often as needed. Its
-/// index is this app's cache of it, under `cache_base/<repository id>/`.
-pub struct UnlockedRepository {
-    storage: Arc<dyn Storage>,
-    cache_base: std::path::PathBuf,
-}
-
-impl UnlockedRepository {
-    /// Unlock the encrypted repository in `path` with `password`. A
-    /// wrong one is `Error::WrongPassword` (exit code 10); a repository
-    /// that is not encrypted is refused.
-    pub fn unlock(path: &std::path::Path, password: &str, cache_base: &std::path::Path) -> Result<Self> {
-        let base: Arc<dyn Storage> = Arc::new(crate::storage::LocalStorage::new(path));
-        if !is_encrypted(&*base)? {
-            return Err(Error::Invalid(format!(
-                "{}: not an encrypted repository",
-                path.display()
-            )));
-        }
-        let pw = Zeroizing::new(password.to_string());
-        Ok(UnlockedRepository {
-            storage: unlocked(base, || Ok(pw))?,
-            cache_base: cache_base.to_path_buf(),
-        })
-    }
-
-    /// Create an encrypted repository in `path` (new or empty) that opens
-    /// with `password`.
-    pub fn create(
-        path: &std::path::Path,
-        password: &str,
-        cache_base: &std::path::Path,
-        config: &RepoConfig,
-    ) -> Result<Self> {
-        let non_empty = std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some());
-        if non_empty {
-            return Err(Error::InitNonEmpty {
-                path: path.to_path_buf(),
-            });
-        }
-        crate::repo::create_private_dir(path)?;
-        let base: Arc<dyn Storage> = Arc::new(crate::storage::LocalStorage::new(path));
-        let (config, storage) = prepare_encrypted(base, config, password.as_bytes())?;
-        crate::repo::Repository::init_remote(storage.clone(), cache_base, &config)?;
-        Ok(UnlockedRepository {
-            storage,
-            cache_base: cache_base.to_path_buf(),
-        })
-    }
-
-    /// Open it for one operation (its cache brought up to date first).
-    pub fn open(
-        &self,
-        mode: Option<crate::LockMode>,
-        read_only: bool,
-    ) -> Result<crate::repo::Repository> {
-        let (repo, _) = crate::repo::Repository::open_remote(
-            self.storage.clone(),
-            &self.cache_base,
-            mode,
-            read_only,
-            &crate::NoProgress,
-        )?;
-        Ok(repo)
-    }
 }
 
 #[cfg(test)]

@@ -52,6 +52,7 @@ internal!(
     delta,
     error,
     exclude,
+    grouping,
     fault,
     held,
     id,
@@ -82,7 +83,7 @@ pub use config::RepoConfig;
 pub use error::{Error, Result};
 pub use held::HeldFiles;
 pub use id::{ChunkId, PackId, SnapshotId, TreeId};
-pub use keys::UnlockedRepository;
+pub use ops::unlock::UnlockedRepository;
 pub use lock::{LockMode, set_default_wait as set_lock_wait};
 pub use ops::check::{CheckOptions, CheckReport, check};
 pub use ops::create::{CreateOptions, SourceSpec, create};

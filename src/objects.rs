@@ -25,7 +25,7 @@ use crate::id::{SnapshotId, TreeId};
 use crate::snapshot::{RootMeta, Snapshot, SnapshotStats, SourceRoot};
 use crate::storage::Storage;
 
-pub const CONFIG_FILE: &str = "config";
+pub use crate::storage::CONFIG_FILE;
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 pub const CHANGES_DIR: &str = "changes";
 pub const CONDEMNED_DIR: &str = "condemned";

@@ -31,6 +31,10 @@ pub const INDEX_FILE: &str = "index.db";
 pub const TMP_DIR: &str = "tmp";
 pub const PACKS_DIR: &str = "packs";
 
+/// Temporary SQLite images in the repository's tmp/ (removed by gc if a
+/// crash leaves one).
+pub const TMP_SQLITE_PREFIX: &str = ".tmp-sqlite-";
+
 pub struct Repository {
     root: PathBuf,
     storage: Arc<dyn Storage>,
@@ -48,7 +52,7 @@ pub struct Repository {
     held: Option<Arc<HeldFiles>>,
     /// Other clients may write to the storage too (opened by
     /// `open_remote`): gc deletes in two phases.
-    remote: bool,
+    pub(crate) remote: bool,
     /// How chunk and tree ids are computed (keyed when encrypted).
     ids: Ids,
 }
@@ -200,7 +204,7 @@ impl Repository {
         let tree_reader = ChunkReader::new(storage.clone());
         let repo = Repository {
             root: path.to_path_buf(),
-            ids: Ids::of_storage(&*storage),
+            ids: Ids::with_key(storage.id_key()),
             storage,
             index,
             config,
@@ -241,25 +245,6 @@ impl Repository {
         }
         Self::init_on(storage, &cache, &config)?;
         Ok(cache)
-    }
-
-    /// Open a repository that other clients may write to (a bucket): its
-    /// objects are the truth, and this client's index, in its cache
-    /// directory under `cache_base`, is brought up to date with them
-    /// first (built from them when missing, as `repair index` does).
-    pub fn open_remote(
-        storage: Arc<dyn Storage>,
-        cache_base: &Path,
-        mode: Option<LockMode>,
-        read_only: bool,
-        progress: &dyn crate::progress::Progress,
-    ) -> Result<(Repository, crate::ops::sync::SyncStats)> {
-        let cache = Self::cache_dir(&*storage, cache_base)?;
-        create_private_dir(&cache)?;
-        let stats = crate::ops::sync::sync_index(&storage, &cache, progress)?;
-        let mut repo = Self::open_on(storage, &cache, mode, read_only)?;
-        repo.remote = true;
-        Ok((repo, stats))
     }
 
     /// Where a client keeps its index of the repository in `storage`:
@@ -343,7 +328,7 @@ impl Repository {
             let name = de.file_name();
             if name
                 .to_string_lossy()
-                .starts_with(crate::ops::create::TMP_SQLITE_PREFIX)
+                .starts_with(TMP_SQLITE_PREFIX)
             {
                 let _ = fs::remove_file(de.path());
             }
@@ -854,5 +839,11 @@ impl ChunkReader {
         }
         cache.insert(*id, hit.clone());
         Ok(hit)
+    }
+}
+
+impl Locate for Repository {
+    fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        self.chunk_location(id)
     }
 }

@@ -19,7 +19,7 @@ use crate::compress::{Codec, GROUP_MEMBER_MAX, decompress, decompress_group};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, Ids, PackId, TreeId};
 use crate::index::{ChunkLocation, Index};
-use crate::ops::grouping::Group;
+use crate::grouping::Group;
 use crate::pack::{Blob, FinishedPack, PackKind, Packer, decode_blob};
 use crate::repo::ChunkReader;
 use crate::storage::Storage;

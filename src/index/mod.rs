@@ -20,45 +20,11 @@ use crate::snapshot::{RootRecord, Snapshot, SnapshotStats};
 
 pub use schema::SCHEMA_VERSION;
 
-/// Where a chunk lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkLocation {
-    pub pack: PackId,
-    pub offset: u32,
-    pub stored_len: u32,
-    pub raw_len: u32,
-    pub codec: Codec,
-    /// A delta's base chunk.
-    pub base: Option<ChunkId>,
-    /// A grouped chunk's start in its frame's content.
-    pub inner: u32,
-}
+pub use crate::pack::ChunkLocation;
 
-impl ChunkLocation {
-    /// The footer entry this location stands for.
-    pub fn entry(&self, id: &ChunkId) -> PackEntry {
-        PackEntry {
-            id: *id,
-            offset: self.offset,
-            stored_len: self.stored_len,
-            raw_len: self.raw_len,
-            codec: self.codec,
-            base: self.base,
-            inner: self.inner,
-        }
-    }
-
-    /// Where a footer entry of `pack` says its chunk is.
-    pub fn of(pack: PackId, e: &PackEntry) -> ChunkLocation {
-        ChunkLocation {
-            pack,
-            offset: e.offset,
-            stored_len: e.stored_len,
-            raw_len: e.raw_len,
-            codec: e.codec,
-            base: e.base,
-            inner: e.inner,
-        }
+impl crate::delta::Locate for Index {
+    fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        self.chunk_location(id)
     }
 }
 

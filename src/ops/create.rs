@@ -33,7 +33,7 @@ use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::index::{ChunkLocation, Index};
 use crate::config::CHUNK_MAX_LIMIT;
 use crate::delta::Stored;
-use crate::ops::grouping::{Frame, Group, groupable};
+use crate::grouping::{Frame, Group, groupable};
 use crate::pack::{Blob, FinishedPack, PackKind, Packer};
 use crate::progress::{Progress, Warning, WarningKind};
 use crate::repo::{ChunkReader, Repository};
@@ -92,9 +92,7 @@ const RACY_WINDOW_NS: i64 = 2_000_000_000;
 const BATCH_BYTES: usize = 4 << 20;
 /// A file that keeps changing is read at most this many times.
 const READ_ATTEMPTS: usize = 3;
-/// Temporary SQLite images in the repository's tmp/ (removed by gc if a
-/// crash leaves one).
-pub const TMP_SQLITE_PREFIX: &str = ".tmp-sqlite-";
+pub use crate::repo::TMP_SQLITE_PREFIX;
 
 struct FileJob {
     node: usize,

@@ -39,6 +39,28 @@ use crate::progress::Progress;
 use crate::repo::{INDEX_FILE, list_packs};
 use crate::storage::{Storage, pack_key};
 
+impl crate::repo::Repository {
+    /// Open a repository that other clients may write to (a bucket): its
+    /// objects are the truth, and this client's index, in its cache
+    /// directory under `cache_base`, is brought up to date with them
+    /// first (built from them when missing, as `repair index` does).
+    pub fn open_remote(
+        storage: Arc<dyn Storage>,
+        cache_base: &Path,
+        mode: Option<LockMode>,
+        read_only: bool,
+        progress: &dyn crate::progress::Progress,
+    ) -> Result<(crate::repo::Repository, SyncStats)> {
+        let cache = Self::cache_dir(&*storage, cache_base)?;
+        crate::repo::create_private_dir(&cache)?;
+        let stats = sync_index(&storage, &cache, progress)?;
+        let mut repo = Self::open_on(storage, &cache, mode, read_only)?;
+        repo.remote = true;
+        Ok((repo, stats))
+    }
+
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncStats {
     pub new_snapshots: u64,

@@ -37,6 +37,48 @@ pub const PACK_VERSION: u32 = 5;
 /// Length of one base record in a footer.
 pub const BASE_LEN: u64 = 32;
 
+/// Where a chunk lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub pack: PackId,
+    pub offset: u32,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+    /// A delta's base chunk.
+    pub base: Option<ChunkId>,
+    /// A grouped chunk's start in its frame's content.
+    pub inner: u32,
+}
+
+impl ChunkLocation {
+    /// The footer entry this location stands for.
+    pub fn entry(&self, id: &ChunkId) -> PackEntry {
+        PackEntry {
+            id: *id,
+            offset: self.offset,
+            stored_len: self.stored_len,
+            raw_len: self.raw_len,
+            codec: self.codec,
+            base: self.base,
+            inner: self.inner,
+        }
+    }
+
+    /// Where a footer entry of `pack` says its chunk is.
+    pub fn of(pack: PackId, e: &PackEntry) -> ChunkLocation {
+        ChunkLocation {
+            pack,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            codec: e.codec,
+            base: e.base,
+            inner: e.inner,
+        }
+    }
+}
+
 /// What a pack holds. Trees live in packs of their own, so that metadata is
 /// read without reading data (repair, check, a future remote cache).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

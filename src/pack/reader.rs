@@ -116,7 +116,7 @@ impl PackReader {
         Ok(PackReader {
             id: *id,
             obj,
-            ids: Ids::of_storage(storage),
+            ids: Ids::with_key(storage.id_key()),
             remote: storage.is_remote(),
         })
     }

@@ -51,7 +51,7 @@ use std::path::Path;
 pub use faulty::{Fault, FaultyStorage};
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
-pub use sealed::SealedStorage;
+pub use sealed::{MasterKey, SealedStorage};
 #[cfg(feature = "s3")]
 pub use s3::{S3Options, S3Storage, S3Url};
 
@@ -247,6 +247,12 @@ pub fn check_key(key: &str) -> Result<()> {
     }
 }
 
+/// The repository's config object: plain in every repository (sealed
+/// storage passes it through), so that a reader learns how to open it.
+pub const CONFIG_FILE: &str = "config";
+/// Where the key objects of an encrypted repository are (plain: each is
+/// sealed by its own password).
+pub const KEYS_DIR: &str = "keys";
 pub const PACKS_PREFIX: &str = "packs/";
 
 /// The key of a pack: `packs/<2 hex>/<id>.pack`.

@@ -26,8 +26,46 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use super::{ObjectInfo, ObjectReader, ObjectWriter, RequestCounts, Storage};
 use crate::error::{Error, Result};
-use crate::keys::{KEYS_DIR, MasterKey};
-use crate::objects::CONFIG_FILE;
+use super::{CONFIG_FILE, KEYS_DIR};
+use zeroize::{Zeroize, Zeroizing};
+
+/// The repository secret everything else is derived from.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl Drop for MasterKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl MasterKey {
+    pub fn random() -> MasterKey {
+        MasterKey(rand::random())
+    }
+
+    /// The secret itself, for sealing it into a key object.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The key a key object holds, once opened.
+    pub fn from_bytes(bytes: [u8; 32]) -> MasterKey {
+        MasterKey(bytes)
+    }
+
+    /// The key objects are sealed with (a key per purpose, derived with
+    /// BLAKE3's key derivation mode, so one never doubles as another).
+    pub fn sealing_key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key("snap 2026-12 object sealing", &self.0))
+    }
+
+    /// The key of chunk and tree ids (BLAKE3 keyed mode).
+    pub fn id_key(&self) -> [u8; 32] {
+        blake3::derive_key("snap 2026-12 content ids", &self.0)
+    }
+}
+
 
 /// Plain bytes per segment.
 pub const SEGMENT: u64 = 64 * 1024;
