@@ -254,7 +254,10 @@ fn a_pack_names_each_delta_base_after_its_entries() {
             .unwrap()
             .footer()
             .unwrap_err();
-        assert!(err.to_string().contains(&format!("pack version {old}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("pack version {old}")),
+            "{err}"
+        );
     }
 }
 

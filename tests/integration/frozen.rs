@@ -159,7 +159,11 @@ fn an_older_unreleased_format_is_refused_and_left_untouched() {
         l
     };
     let before = held(&env.repo);
-    for args in [&["list"][..], &["check"], &["restore", "latest", "--dry-run"]] {
+    for args in [
+        &["list"][..],
+        &["check"],
+        &["restore", "latest", "--dry-run"],
+    ] {
         let out = env.snap().args(args).assert().failure();
         let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
         assert!(stderr.contains("repository format 4"), "{args:?}: {stderr}");

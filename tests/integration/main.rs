@@ -17,6 +17,7 @@ mod frozen;
 mod gc;
 mod guard;
 mod hostile;
+mod layers;
 mod library;
 mod model;
 mod readme;

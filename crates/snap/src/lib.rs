@@ -43,19 +43,18 @@ macro_rules! internal {
     };
 }
 
+// The layers below, as the modules they were: `crate::id` and the others
+// resolve to them inside this crate, and users of the internals name them
+// as before.
+pub use snap_format::{chunker, compress, config, delta, error, grouping, id, snapshot, tree};
+pub use snap_storage as storage;
+pub use snap_storage::fault;
+
 internal!(
-    chunker,
     claims,
-    compress,
-    config,
     confined,
-    delta,
-    error,
     exclude,
-    grouping,
-    fault,
     held,
-    id,
     index,
     keys,
     known_sources,
@@ -65,12 +64,9 @@ internal!(
     pack,
     repo,
     retention,
-    snapshot,
     source,
     spec,
     sqlite,
-    storage,
-    tree,
     tree_store,
     user_config,
     xattr,
@@ -83,7 +79,6 @@ pub use config::RepoConfig;
 pub use error::{Error, Result};
 pub use held::HeldFiles;
 pub use id::{ChunkId, PackId, SnapshotId, TreeId};
-pub use ops::unlock::UnlockedRepository;
 pub use lock::{LockMode, set_default_wait as set_lock_wait};
 pub use ops::check::{CheckOptions, CheckReport, check};
 pub use ops::create::{CreateOptions, SourceSpec, create};
@@ -96,6 +91,7 @@ pub use ops::repair::{RepairStats, repair_index};
 pub use ops::restore::{
     Plan, PlanSummary, RestoreOptions, RestoreStats, Step, execute_restore, plan_restore, restore,
 };
+pub use ops::unlock::UnlockedRepository;
 pub use progress::{NoProgress, Progress, Warning, WarningKind};
 pub use repo::{Repository, is_repository};
 pub use retention::{Policy, parse_duration};

@@ -1,4 +1,5 @@
-//! Pack files: immutable containers of compressed chunks.
+//! Pack files: immutable containers of compressed chunks (the layout;
+//! reading and writing them through a storage is the library's `pack`).
 //!
 //! Layout (all integers little-endian; docs/format.md is the reference):
 //!
@@ -16,14 +17,6 @@
 //! lengths, and every delta by its base.
 //! The footer alone lists every chunk, so the index can be rebuilt from the
 //! packs, and a damaged footer is detected by its hash.
-
-mod reader;
-mod writer;
-
-pub use reader::{
-    Footer, PackReader, Salvaged, damaged, decode_blob, decode_chunk, for_each_footer,
-};
-pub use writer::{Blob, FinishedPack, PackWriter, Packer, SealedPack};
 
 use crate::compress::Codec;
 use crate::id::{ChunkId, PackId};
@@ -202,4 +195,51 @@ pub fn encode_footer(entries: &[PackEntry]) -> Vec<u8> {
     out.extend_from_slice(hash.as_bytes());
     out.extend_from_slice(TRAILER_MAGIC);
     out
+}
+
+/// What a pack records of a blob besides its stored bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blob {
+    pub id: ChunkId,
+    pub codec: Codec,
+    pub raw_len: u32,
+    pub base: Option<ChunkId>,
+    /// A grouped chunk's start in its frame's content (0 otherwise).
+    pub inner: u32,
+}
+
+impl Blob {
+    /// A blob that is not a delta.
+    pub fn whole(id: ChunkId, codec: Codec, raw_len: u32) -> Blob {
+        Blob {
+            id,
+            codec,
+            raw_len,
+            base: None,
+            inner: 0,
+        }
+    }
+
+    /// A chunk of a group frame, starting at `inner` in its content.
+    pub fn grouped(id: ChunkId, raw_len: u32, inner: u32) -> Blob {
+        Blob {
+            id,
+            codec: Codec::Grouped,
+            raw_len,
+            base: None,
+            inner,
+        }
+    }
+}
+
+impl From<&PackEntry> for Blob {
+    fn from(e: &PackEntry) -> Blob {
+        Blob {
+            id: e.id,
+            codec: e.codec,
+            raw_len: e.raw_len,
+            base: e.base,
+            inner: e.inner,
+        }
+    }
 }

@@ -9,12 +9,11 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Sender, bounded};
 
 use super::{
-    HEADER_LEN, MAX_PACK_BLOBS, PackEntry,
-    PackKind, encode_footer, encode_header, footer_id,
+    Blob, HEADER_LEN, MAX_PACK_BLOBS, PackEntry, PackKind, encode_footer, encode_header, footer_id,
 };
 use crate::compress::Codec;
 use crate::error::{Error, Result};
-use crate::id::{ChunkId, PackId};
+use crate::id::PackId;
 use crate::storage::{ObjectWriter, Storage, pack_key};
 
 /// A pack being written. Dropping it without `seal` discards it.
@@ -23,53 +22,6 @@ pub struct PackWriter {
     entries: Vec<PackEntry>,
     len: u64,
     kind: PackKind,
-}
-
-/// What a pack records of a blob besides its stored bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Blob {
-    pub id: ChunkId,
-    pub codec: Codec,
-    pub raw_len: u32,
-    pub base: Option<ChunkId>,
-    /// A grouped chunk's start in its frame's content (0 otherwise).
-    pub inner: u32,
-}
-
-impl Blob {
-    /// A blob that is not a delta.
-    pub fn whole(id: ChunkId, codec: Codec, raw_len: u32) -> Blob {
-        Blob {
-            id,
-            codec,
-            raw_len,
-            base: None,
-            inner: 0,
-        }
-    }
-
-    /// A chunk of a group frame, starting at `inner` in its content.
-    pub fn grouped(id: ChunkId, raw_len: u32, inner: u32) -> Blob {
-        Blob {
-            id,
-            codec: Codec::Grouped,
-            raw_len,
-            base: None,
-            inner,
-        }
-    }
-}
-
-impl From<&PackEntry> for Blob {
-    fn from(e: &PackEntry) -> Blob {
-        Blob {
-            id: e.id,
-            codec: e.codec,
-            raw_len: e.raw_len,
-            base: e.base,
-            inner: e.inner,
-        }
-    }
 }
 
 /// A pack that is durable under its key.
@@ -367,7 +319,7 @@ mod tests {
         let n = MAX_PACK_BLOBS + 10;
         for i in 0..n as u32 {
             let data = i.to_le_bytes();
-            let blob = Blob::whole(ChunkId::of(&data), Codec::Raw, 4);
+            let blob = Blob::whole(crate::id::ChunkId::of(&data), Codec::Raw, 4);
             packer.add(blob, &data).unwrap();
         }
         packer.finish().unwrap();

@@ -93,8 +93,7 @@ impl RepoConfig {
         if !self.encryption.is_empty() && self.encryption != SCHEME {
             return Err(Error::BadConfig(format!(
                 "unknown encryption {:?} (this snap knows {:?}); upgrade snap",
-                self.encryption,
-                SCHEME
+                self.encryption, SCHEME
             )));
         }
         if !(64..=1_048_576).contains(&min) {

@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex};
 use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload, Tag};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
+use super::{CONFIG_FILE, KEYS_DIR};
 use super::{ObjectInfo, ObjectReader, ObjectWriter, RequestCounts, Storage};
 use crate::error::{Error, Result};
-use super::{CONFIG_FILE, KEYS_DIR};
 use zeroize::{Zeroize, Zeroizing};
 
 /// The repository secret everything else is derived from.
@@ -66,7 +66,6 @@ impl MasterKey {
     }
 }
 
-
 /// Plain bytes per segment.
 pub const SEGMENT: u64 = 64 * 1024;
 const OBJECT_ID: usize = 16;
@@ -91,7 +90,11 @@ impl SealedStorage {
         }
     }
 
-    fn sealed_reader(&self, key: &str, inner: Box<dyn ObjectReader>) -> Result<Box<dyn ObjectReader>> {
+    fn sealed_reader(
+        &self,
+        key: &str,
+        inner: Box<dyn ObjectReader>,
+    ) -> Result<Box<dyn ObjectReader>> {
         let stored = inner.size();
         let size = plain_size(stored).ok_or_else(|| damaged(&*self.inner, key, "its size"))?;
         Ok(Box::new(SealedReader {
@@ -171,7 +174,14 @@ fn seal_all(cipher: &XChaCha20Poly1305, plain: &[u8]) -> Result<Vec<u8>> {
         let start = i * SEGMENT as usize;
         let end = (start + SEGMENT as usize).min(plain.len());
         let last = i + 1 == segments;
-        seal_segment(cipher, &object_id, i as u64, last, &plain[start..end], &mut out)?;
+        seal_segment(
+            cipher,
+            &object_id,
+            i as u64,
+            last,
+            &plain[start..end],
+            &mut out,
+        )?;
     }
     Ok(out)
 }
@@ -391,7 +401,9 @@ impl SealedReader {
             let seg_end = (seg_start + full).min(buf.len());
             let seg = &mut buf[seg_start..seg_end];
             if seg.len() < OVERHEAD as usize {
-                return Err(self.bad(format!("segment {index} is shorter than its header and tag")));
+                return Err(self.bad(format!(
+                    "segment {index} is shorter than its header and tag"
+                )));
             }
             let id: [u8; OBJECT_ID] = seg[..OBJECT_ID].try_into().expect("segment length");
             {
@@ -482,7 +494,7 @@ impl ObjectReader for SealedReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::MemoryStorage;
+    use crate::MemoryStorage;
 
     fn sealed() -> (Arc<MemoryStorage>, SealedStorage) {
         let inner = Arc::new(MemoryStorage::new());
@@ -492,14 +504,33 @@ mod tests {
 
     #[test]
     fn sizes_map_both_ways_at_segment_edges() {
-        for plain in [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT, 5 * SEGMENT + 7] {
-            let stored = seal_all(&XChaCha20Poly1305::new(&[7u8; 32].into()), &vec![1; plain as usize])
-                .unwrap()
-                .len() as u64;
+        for plain in [
+            0,
+            1,
+            SEGMENT - 1,
+            SEGMENT,
+            SEGMENT + 1,
+            3 * SEGMENT,
+            5 * SEGMENT + 7,
+        ] {
+            let stored = seal_all(
+                &XChaCha20Poly1305::new(&[7u8; 32].into()),
+                &vec![1; plain as usize],
+            )
+            .unwrap()
+            .len() as u64;
             assert_eq!(plain_size(stored), Some(plain), "plain {plain}");
         }
         assert_eq!(plain_size(OVERHEAD - 1), None);
-        for plain in [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT, 5 * SEGMENT + 7] {
+        for plain in [
+            0,
+            1,
+            SEGMENT - 1,
+            SEGMENT,
+            SEGMENT + 1,
+            3 * SEGMENT,
+            5 * SEGMENT + 7,
+        ] {
             assert_eq!(plain_size(stored_size(plain)), Some(plain), "{plain}");
         }
         assert_eq!(plain_size(0), None);
@@ -508,7 +539,9 @@ mod tests {
     #[test]
     fn range_reads_across_segments_return_the_plain_bytes_and_hide_them() {
         let (inner, s) = sealed();
-        let data: Vec<u8> = (0..3 * SEGMENT as usize + 100).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..3 * SEGMENT as usize + 100)
+            .map(|i| (i % 251) as u8)
+            .collect();
         let mut w = s.create("packs").unwrap();
         for piece in data.chunks(10_000) {
             w.write(piece).unwrap();
@@ -517,8 +550,16 @@ mod tests {
         s.put("snapshots/a", b"marker text").unwrap();
         assert_eq!(s.size("packs/ab/x.pack").unwrap(), Some(data.len() as u64));
         let r = s.open("packs/ab/x.pack").unwrap();
-        for (o, l) in [(0, 10), (SEGMENT - 5, 10), (100, 2 * SEGMENT), (data.len() as u64 - 1, 1)] {
-            assert_eq!(r.read_at(o, l).unwrap(), &data[o as usize..(o + l) as usize]);
+        for (o, l) in [
+            (0, 10),
+            (SEGMENT - 5, 10),
+            (100, 2 * SEGMENT),
+            (data.len() as u64 - 1, 1),
+        ] {
+            assert_eq!(
+                r.read_at(o, l).unwrap(),
+                &data[o as usize..(o + l) as usize]
+            );
         }
         assert!(r.read_at(data.len() as u64, 1).is_err());
         assert_eq!(s.read("snapshots/a").unwrap(), b"marker text");

@@ -181,7 +181,10 @@ pub const GROUP_RAW_MAX: usize = 1 << 20;
 
 /// Run `f` with this thread's compressor at `level` (one zstd context per
 /// thread, reused between chunks and groups).
-fn with_compressor<T>(level: i32, f: impl FnOnce(&mut Compressor) -> io::Result<T>) -> io::Result<T> {
+fn with_compressor<T>(
+    level: i32,
+    f: impl FnOnce(&mut Compressor) -> io::Result<T>,
+) -> io::Result<T> {
     thread_local! {
         static COMPRESSOR: std::cell::RefCell<Option<(i32, Compressor)>> =
             const { std::cell::RefCell::new(None) };
@@ -298,8 +301,10 @@ mod tests {
             assert_eq!(delta_decompress(&delta, base, page.len()).unwrap(), page);
             // Against another base it does not decode to the page.
             let other = vec![0u8; 4096];
-            assert!(delta_decompress(&delta, &other, page.len()).is_ok_and(|d| d != page)
-                || delta_decompress(&delta, &other, page.len()).is_err());
+            assert!(
+                delta_decompress(&delta, &other, page.len()).is_ok_and(|d| d != page)
+                    || delta_decompress(&delta, &other, page.len()).is_err()
+            );
         }
         assert!(decompress(Codec::Delta, b"x", 1).is_err());
         assert!(delta_decompress(b"garbage", &base, 4096).is_err());

@@ -24,8 +24,8 @@
 
 use std::io;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,7 +37,10 @@ use object_store::{
 };
 
 use super::read_windows::{ReadWindows, Window};
-use super::{RequestCounts, ObjectInfo, ObjectReader, ObjectWriter, Storage, check_key, short_object, split_key};
+use super::{
+    ObjectInfo, ObjectReader, ObjectWriter, RequestCounts, Storage, check_key, short_object,
+    split_key,
+};
 use crate::error::{Error, Result};
 
 /// Bytes fetched by one range GET at least (when the object has them).
@@ -183,9 +186,7 @@ impl S3Storage {
             .with_bucket_name(&url.bucket)
             .with_region(opts.region.as_deref().unwrap_or("us-east-1"));
         if let Some(e) = &opts.endpoint {
-            b = b
-                .with_endpoint(e)
-                .with_virtual_hosted_style_request(false);
+            b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
         }
         if let Some(k) = &opts.access_key_id {
             b = b.with_access_key_id(k);
@@ -207,7 +208,10 @@ impl S3Storage {
         };
         // The client options replace the builder's, so allow_http is set
         // here (an http:// endpoint is a server on this host or network).
-        let http = opts.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+        let http = opts
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
         let client = ClientOptions::new()
             .with_allow_http(http)
             .with_timeout(opts.request_timeout.unwrap_or(Duration::from_secs(60)))
@@ -421,10 +425,8 @@ impl Storage for S3Storage {
             .filter_map(|m| {
                 let key = m.location.as_ref().strip_prefix(&strip)?.to_string();
                 let name = split_key(&key).1;
-                (key.starts_with(prefix) && !name.starts_with('.')).then_some(ObjectInfo {
-                    key,
-                    size: m.size,
-                })
+                (key.starts_with(prefix) && !name.starts_with('.'))
+                    .then_some(ObjectInfo { key, size: m.size })
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -434,11 +436,7 @@ impl Storage for S3Storage {
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.inner.path(key)?;
         self.inner.counters.delete.fetch_add(1, Ordering::Relaxed);
-        match self
-            .inner
-            .runtime
-            .block_on(self.inner.store.delete(&path))
-        {
+        match self.inner.runtime.block_on(self.inner.store.delete(&path)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.inner.error(key, e)),
         }
@@ -546,7 +544,10 @@ impl ObjectReader for S3Reader {
         let (first, last) = (offset / READ_WINDOW, (end - 1) / READ_WINDOW);
         if (last - first + 1) as usize > self.inner.windows.budget() / 2 {
             // A read larger than half the budget: one GET, not kept.
-            return Ok(self.inner.get_range(&self.key, &self.path, offset..end)?.into());
+            return Ok(self
+                .inner
+                .get_range(&self.key, &self.path, offset..end)?
+                .into());
         }
         // A small read far from this object's last one (a chunk that
         // dedups against old data) fetches just its bytes; a second read
@@ -555,7 +556,10 @@ impl ObjectReader for S3Reader {
         let far = near == u64::MAX || first > near + 1 || first + 1 < near;
         let held = (first..=last).any(|k| self.inner.windows.holds(&self.key, k * READ_WINDOW));
         if far && !held && len < READ_WINDOW / 8 {
-            return Ok(self.inner.get_range(&self.key, &self.path, offset..end)?.into());
+            return Ok(self
+                .inner
+                .get_range(&self.key, &self.path, offset..end)?
+                .into());
         }
         let parts: Vec<_> = (first..=last).map(|k| self.window(k)).collect();
         // Read ahead: the next window arrives while this one is used.
@@ -566,11 +570,14 @@ impl ObjectReader for S3Reader {
         }
         let mut out = Vec::with_capacity(len as usize);
         for (k, w) in (first..=last).zip(parts) {
-            let bytes = w.wait().map_err(|e| {
-                Error::io(self.inner.describe(&self.key), io::Error::other(e))
-            })?;
+            let bytes = w
+                .wait()
+                .map_err(|e| Error::io(self.inner.describe(&self.key), io::Error::other(e)))?;
             let start = k * READ_WINDOW;
-            let (from, to) = (offset.max(start) - start, end.min(start + READ_WINDOW) - start);
+            let (from, to) = (
+                offset.max(start) - start,
+                end.min(start + READ_WINDOW) - start,
+            );
             let piece = bytes.get(from as usize..to as usize).ok_or_else(|| {
                 short_object(self.inner.describe(&self.key), offset, len, self.size)
             })?;
@@ -585,7 +592,10 @@ impl ObjectReader for S3Reader {
                 if len == 0 {
                     return Ok(Vec::new());
                 }
-                Ok(self.inner.get_range(&self.key, &self.path, offset..end)?.into())
+                Ok(self
+                    .inner
+                    .get_range(&self.key, &self.path, offset..end)?
+                    .into())
             }
             _ => Err(short_object(
                 self.inner.describe(&self.key),
@@ -606,10 +616,23 @@ mod tests {
         let u = |s: &str| S3Url::parse(s).unwrap().unwrap();
         assert_eq!(u("s3://backups").prefix, "");
         let p = u("s3://my.bucket-1/laptop/app/");
-        assert_eq!((p.bucket.as_str(), p.prefix.as_str()), ("my.bucket-1", "laptop/app"));
+        assert_eq!(
+            (p.bucket.as_str(), p.prefix.as_str()),
+            ("my.bucket-1", "laptop/app")
+        );
         assert_eq!(p.to_string(), "s3://my.bucket-1/laptop/app");
-        assert!(S3Url::parse("/var/backups").is_none(), "a path is not a URL");
-        for bad in ["s3://", "s3://ab", "s3://Upper", "s3://b_x/p", "s3://bucket/a//b", "s3://bucket/../x"] {
+        assert!(
+            S3Url::parse("/var/backups").is_none(),
+            "a path is not a URL"
+        );
+        for bad in [
+            "s3://",
+            "s3://ab",
+            "s3://Upper",
+            "s3://b_x/p",
+            "s3://bucket/a//b",
+            "s3://bucket/../x",
+        ] {
             assert!(S3Url::parse(bad).unwrap().is_err(), "{bad} accepted");
         }
     }

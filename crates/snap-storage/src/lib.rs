@@ -38,22 +38,25 @@
 //!   object may reappear, so deletes must be safe to repeat (gc's are).
 //! - **Listings are of committed objects only**, sorted by key.
 
+pub mod fault;
 mod faulty;
 pub mod local;
 mod memory;
 #[cfg(feature = "s3")]
 mod read_windows;
-pub mod sealed;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod sealed;
 
-use std::path::Path;
 pub use faulty::{Fault, FaultyStorage};
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
-pub use sealed::{MasterKey, SealedStorage};
 #[cfg(feature = "s3")]
 pub use s3::{S3Options, S3Storage, S3Url};
+pub use sealed::{MasterKey, SealedStorage};
+use std::path::Path;
+
+use snap_format::{error, id};
 
 use crate::error::{Error, Result};
 use crate::id::PackId;
@@ -154,7 +157,7 @@ pub trait Storage: Send + Sync {
 }
 
 /// An object already read whole, opened again from memory.
-pub(crate) struct BytesReader {
+pub struct BytesReader {
     pub describe: String,
     pub bytes: Vec<u8>,
 }
@@ -270,7 +273,7 @@ pub fn pack_of_key(key: &str) -> Option<PackId> {
 }
 
 /// The error for a read past the end of an object.
-pub(crate) fn short_object(what: String, offset: u64, len: u64, size: u64) -> Error {
+pub fn short_object(what: String, offset: u64, len: u64, size: u64) -> Error {
     Error::Damaged {
         path: what.into(),
         reason: format!("object is {size} bytes, too short for {len} bytes at offset {offset}"),

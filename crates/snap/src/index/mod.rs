@@ -50,6 +50,28 @@ impl PackRow {
     }
 }
 
+/// An index (SQLite) error: the library's error type carries no
+/// rusqlite type, only what it said and whether the file is damaged.
+pub(crate) fn sql_error(path: impl Into<PathBuf>, e: rusqlite::Error) -> Error {
+    // SQLite's own verdict on the file, or a row whose values are not
+    // what snap wrote (a wrong type, out of range, not UTF-8): damage.
+    let corrupt = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    ) || matches!(
+        e,
+        rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::Utf8Error(..)
+    );
+    Error::Index {
+        path: path.into(),
+        message: e.to_string(),
+        corrupt,
+    }
+}
+
 pub struct Index {
     conn: Connection,
     path: PathBuf,
@@ -134,18 +156,18 @@ fn uri_path(path: &Path) -> String {
 
 impl Index {
     fn err(&self, source: rusqlite::Error) -> Error {
-        Error::index(&self.path, source)
+        sql_error(&self.path, source)
     }
 
     fn connect(path: &Path, flags: OpenFlags) -> Result<Connection> {
         let conn = Connection::open_with_flags(path, flags)
-            .map_err(|source| Error::index(path, source))?;
+            .map_err(|source| sql_error(path, source))?;
         conn.busy_timeout(Duration::from_secs(30))
             .and_then(|_| conn.pragma_update(None, "foreign_keys", "ON"))
             // Small by default: create runs one connection per reader thread,
             // and peak memory must stay well under 100 MB.
             .and_then(|_| conn.pragma_update(None, "cache_size", -4096))
-            .map_err(|source| Error::index(path, source))?;
+            .map_err(|source| sql_error(path, source))?;
         Ok(conn)
     }
 

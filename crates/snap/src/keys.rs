@@ -447,7 +447,7 @@ mod tests {
         let master = MasterKey::random();
         add_key(&s, "aa", &master, b"right", FAST).unwrap();
         let (back, _) = unlock(&s, "aa", b"right").unwrap();
-        assert_eq!(back.0, master.0);
+        assert_eq!(back.expose(), master.expose());
         assert!(matches!(unlock(&s, "aa", b"wrong"), Err(Error::WrongPassword { .. })));
         assert!(matches!(unlock(&s, "bb", b"right"), Err(Error::WrongPassword { .. })));
     }
@@ -459,7 +459,7 @@ mod tests {
         add_key(&s, "aa", &master, b"old", FAST).unwrap();
         change_password(&s, "aa", b"old", b"new").unwrap();
         assert_eq!(key_names(&s).unwrap().len(), 1);
-        assert_eq!(unlock(&s, "aa", b"new").unwrap().0.0, master.0);
+        assert_eq!(unlock(&s, "aa", b"new").unwrap().0.expose(), master.expose());
         assert!(matches!(unlock(&s, "aa", b"old"), Err(Error::WrongPassword { .. })));
     }
 }

@@ -64,7 +64,10 @@ impl Snapshot {
     /// directory, or each of its named sources' directories.
     pub fn source_paths(&self) -> Vec<PathBuf> {
         if self.is_multi_source() {
-            self.sources.iter().map(|s| PathBuf::from(&s.path)).collect()
+            self.sources
+                .iter()
+                .map(|s| PathBuf::from(&s.path))
+                .collect()
         } else {
             vec![self.source.clone()]
         }
@@ -211,11 +214,7 @@ impl Snapshot {
 /// bytes, no control characters (a newline would forge a row of `list`)
 /// and no comma (`list` joins tags with commas).
 pub fn check_tag(tag: &str) -> crate::error::Result<()> {
-    let bad = |why: &str| {
-        Err(crate::error::Error::Invalid(format!(
-            "tag {tag:?}: {why}"
-        )))
-    };
+    let bad = |why: &str| Err(crate::error::Error::Invalid(format!("tag {tag:?}: {why}")));
     if tag.is_empty() {
         return bad("is empty");
     }

@@ -21,7 +21,7 @@ use crate::pack::Blob;
 /// pack. One buffer either way: a group of a thousand tiny chunks sent
 /// as a thousand buffers held 8 MB more in the writer's queue at a
 /// million files.
-pub(crate) struct Frame {
+pub struct Frame {
     pub blobs: Vec<Blob>,
     pub data: Vec<u8>,
 }
@@ -54,13 +54,13 @@ impl Frame {
 
 /// Whether a chunk is compressed in a group rather than alone: small
 /// enough, and not one of those zstd would not shrink anyway.
-pub(crate) fn groupable(data: &[u8]) -> bool {
+pub fn groupable(data: &[u8]) -> bool {
     data.len() <= GROUP_MEMBER_MAX && !looks_incompressible(data)
 }
 
 /// New chunks waiting to be compressed together: their raw bytes back to
 /// back, and each one's id and length.
-pub(crate) struct Group {
+pub struct Group {
     raw: Vec<u8>,
     members: Vec<(ChunkId, u32)>,
     /// Raw bytes at which the group is full (at most `GROUP_TARGET`).
@@ -87,7 +87,8 @@ impl Group {
         if self.raw.capacity() == 0 {
             // A group of tiny chunks closes at GROUP_MEMBERS_MAX long before
             // its target: start small, grow only when the chunks are large.
-            self.raw.reserve(self.target.min(128 << 10) + GROUP_MEMBER_MAX);
+            self.raw
+                .reserve(self.target.min(128 << 10) + GROUP_MEMBER_MAX);
         }
         self.raw.extend_from_slice(data);
         self.members.push((id, data.len() as u32));
@@ -103,7 +104,10 @@ impl Group {
 
     /// Append `chunks` to this group; the groups they filled are returned,
     /// the rest stays here.
-    pub fn fill<'a>(&mut self, chunks: impl IntoIterator<Item = (ChunkId, &'a [u8])>) -> Vec<Group> {
+    pub fn fill<'a>(
+        &mut self,
+        chunks: impl IntoIterator<Item = (ChunkId, &'a [u8])>,
+    ) -> Vec<Group> {
         let mut full = Vec::new();
         for (id, data) in chunks {
             self.push(id, data);

@@ -112,7 +112,11 @@ impl Ids {
 impl fmt::Debug for Ids {
     /// Never prints the key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.is_keyed() { "Ids(keyed)" } else { "Ids(plain)" })
+        f.write_str(if self.is_keyed() {
+            "Ids(keyed)"
+        } else {
+            "Ids(plain)"
+        })
     }
 }
 

@@ -61,7 +61,10 @@ impl ReadWindows {
     pub fn get(&self, key: &str, start: u64) -> (Arc<Window>, bool) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = slots.iter().position(|(k, s, _)| *s == start && k == key) {
-            let failed = matches!(&*slots[i].2.data.lock().unwrap_or_else(|e| e.into_inner()), Some(Err(_)));
+            let failed = matches!(
+                &*slots[i].2.data.lock().unwrap_or_else(|e| e.into_inner()),
+                Some(Err(_))
+            );
             let slot = slots.remove(i).expect("found");
             if !failed {
                 let w = slot.2.clone();

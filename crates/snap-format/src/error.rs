@@ -105,28 +105,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// An index (SQLite) error: the library's error type carries no
-    /// rusqlite type, only what it said and whether the file is damaged.
-    pub(crate) fn index(path: impl Into<PathBuf>, e: rusqlite::Error) -> Self {
-        // SQLite's own verdict on the file, or a row whose values are not
-        // what snap wrote (a wrong type, out of range, not UTF-8): damage.
-        let corrupt = matches!(
-            e.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
-        ) || matches!(
-            e,
-            rusqlite::Error::InvalidColumnType(..)
-                | rusqlite::Error::FromSqlConversionFailure(..)
-                | rusqlite::Error::IntegralValueOutOfRange(..)
-                | rusqlite::Error::Utf8Error(..)
-        );
-        Error::Index {
-            path: path.into(),
-            message: e.to_string(),
-            corrupt,
-        }
-    }
-
     /// Attach a path to an io::Error; used through `IoContext`.
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
