@@ -422,7 +422,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         && !matches!(cli.command, Command::Init { .. })
         && remote_of(p)?.is_none()
         && !snap::repo::is_repository(p)
-        && std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())
+        && snap::local_dir::is_empty_dir(p).unwrap_or(true)
     {
         Repository::init(p, &Default::default())?;
         eprintln!("created repository {}", p.display());

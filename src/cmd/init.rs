@@ -46,7 +46,7 @@ pub fn run(
 
 /// An encrypted repository goes into a new or empty directory only.
 fn refuse_non_empty(path: &Path) -> anyhow::Result<()> {
-    let non_empty = std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some());
+    let non_empty = snap::local_dir::is_empty_dir(path).is_ok_and(|empty| !empty);
     if non_empty {
         return Err(Error::InitNonEmpty {
             path: path.to_path_buf(),

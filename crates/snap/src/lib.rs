@@ -58,6 +58,7 @@ internal!(
     index,
     keys,
     known_sources,
+    local_dir,
     lock,
     objects,
     ops,
@@ -69,6 +70,7 @@ internal!(
     sqlite,
     tree_store,
     user_config,
+    write,
     xattr,
 );
 

@@ -23,17 +23,13 @@ use crate::index::{ChunkLocation, Index};
 use crate::lock::{LockMode, RepoLock, default_wait};
 use crate::pack::PackReader;
 use crate::snapshot::Snapshot;
-use crate::storage::{LocalStorage, Storage, local::sync_dir};
+use crate::storage::{LocalStorage, Storage};
 use crate::tree::Tree;
 use crate::tree_store::{TreeFrames, TreeSource, TreeWriter, compress_tree};
 
-pub const INDEX_FILE: &str = "index.db";
-pub const TMP_DIR: &str = "tmp";
+pub use crate::local_dir::{INDEX_FILE, TMP_DIR, TMP_SQLITE_PREFIX, create_private_dir};
+use crate::local_dir::LocalDir;
 pub const PACKS_DIR: &str = "packs";
-
-/// Temporary SQLite images in the repository's tmp/ (removed by gc if a
-/// crash leaves one).
-pub const TMP_SQLITE_PREFIX: &str = ".tmp-sqlite-";
 
 pub struct Repository {
     root: PathBuf,
@@ -59,15 +55,6 @@ pub struct Repository {
 
 /// Create a repository directory (and missing parents) readable by its
 /// owner only: the repository holds every name and every chunk hash.
-pub fn create_private_dir(path: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .at(path)
-}
-
 /// Whether this process cannot write in directory `path` (a read-only
 /// mount, or another user's directory): read-only commands then take no
 /// lock and create nothing there.
@@ -93,9 +80,9 @@ impl Repository {
                 path.display()
             )));
         }
-        match fs::read_dir(path) {
-            Ok(mut rd) => {
-                if rd.next().is_some() {
+        match crate::local_dir::is_empty_dir(path) {
+            Ok(empty) => {
+                if !empty {
                     return Err(Error::InitNonEmpty {
                         path: path.to_path_buf(),
                     });
@@ -129,14 +116,10 @@ impl Repository {
         }
         crate::objects::write_config(&*storage, config)?;
         // The index is written last: its presence is what makes a repository.
-        let tmp_index = path.join(".index.db.init");
-        let _ = fs::remove_file(&tmp_index);
-        Index::create(&tmp_index, config)?;
-        // SQLite gives the -wal and -shm files the database file's mode.
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&tmp_index, fs::Permissions::from_mode(0o600)).at(&tmp_index)?;
-        fs::rename(&tmp_index, path.join(INDEX_FILE)).at(path)?;
-        sync_dir(path)?;
+        let local = LocalDir::new(path);
+        let staged = local.staged_index(".index.db.init");
+        drop(Index::create(&staged, config)?);
+        local.install_index(&staged)?;
         drop(lock);
         Ok(())
     }
@@ -321,18 +304,12 @@ impl Repository {
     /// in `tmp/`. Only under the exclusive lock: a running create's are
     /// the same files.
     pub fn remove_stale_images(&self) {
-        let Ok(rd) = fs::read_dir(self.tmp_dir()) else {
-            return;
-        };
-        for de in rd.flatten() {
-            let name = de.file_name();
-            if name
-                .to_string_lossy()
-                .starts_with(TMP_SQLITE_PREFIX)
-            {
-                let _ = fs::remove_file(de.path());
-            }
-        }
+        self.local_dir().remove_stale_images()
+    }
+
+    /// The repository's local directory (index, lock, tmp/).
+    pub fn local_dir(&self) -> LocalDir {
+        LocalDir::new(&self.root)
     }
 
     /// How this repository computes chunk and tree ids.
@@ -350,13 +327,13 @@ impl Repository {
     }
 
     pub fn index_path(&self) -> PathBuf {
-        self.root.join(INDEX_FILE)
+        self.local_dir().index_path()
     }
 
-    /// Scratch space for SQLite images being captured (same filesystem as
-    /// the packs, so a large database does not fill a small /tmp).
+    /// Scratch space for SQLite images being captured (see
+    /// [`LocalDir::tmp_dir`]).
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join(TMP_DIR)
+        self.local_dir().tmp_dir()
     }
 
     /// Every pack object by id, with its size.
@@ -386,7 +363,7 @@ impl Repository {
     /// it, from which `repair index` rebuilds the index), and a copy in the
     /// index where it keeps them. Call inside the transaction that commits
     /// the snapshot, and `flush_trees` before the commit.
-    pub fn store_tree(&self, tree: &Tree) -> Result<TreeId> {
+    pub(crate) fn store_tree(&self, tree: &Tree) -> Result<TreeId> {
         let enc = tree.encode();
         let id = self.ids.tree(&enc);
         // The tree compressed alone: the index's copy, and the blob too
@@ -412,7 +389,7 @@ impl Repository {
     }
 
     /// Make the trees stored so far durable in tree packs and index them.
-    pub fn flush_trees(&self) -> Result<()> {
+    pub(crate) fn flush_trees(&self) -> Result<()> {
         let slot = self
             .tree_writer
             .lock()
@@ -427,7 +404,7 @@ impl Repository {
     }
 
     /// Forget trees stored by a create that did not commit.
-    pub fn discard_trees(&self) {
+    pub(crate) fn discard_trees(&self) {
         self.tree_writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -513,16 +490,10 @@ impl Repository {
             return Ok(false);
         }
         let name = crate::objects::record_change(&*self.storage, id, change.clone())?;
-        self.index.begin()?;
-        let r =
-            apply_to_index(&self.index, id, &change).and_then(|_| self.index.mark_applied(&name));
-        match r {
-            Ok(()) => self.index.commit()?,
-            Err(e) => {
-                let _ = self.index.rollback();
-                return Err(e);
-            }
-        }
+        let session = self.write()?;
+        apply_to_index(session.index(), id, &change)?;
+        session.index().mark_applied(&name)?;
+        session.commit()?;
         Ok(true)
     }
 
@@ -540,7 +511,7 @@ impl Repository {
 
     /// Record that snapshots are forgotten (before the index drops them);
     /// the caller marks the returned records applied in that transaction.
-    pub fn record_forgotten(&self, ids: &[SnapshotId]) -> Result<Vec<String>> {
+    pub(crate) fn record_forgotten(&self, ids: &[SnapshotId]) -> Result<Vec<String>> {
         let mut names = Vec::new();
         for id in ids {
             let change = crate::objects::Change {
@@ -559,18 +530,12 @@ impl Repository {
         if pending.is_empty() {
             return Ok(());
         }
-        self.index.begin()?;
-        let r = pending.iter().try_for_each(|(id, c)| {
-            apply_to_index(&self.index, id, c)?;
-            self.index.mark_applied(&c.name)
-        });
-        match r {
-            Ok(()) => self.index.commit(),
-            Err(e) => {
-                let _ = self.index.rollback();
-                Err(e)
-            }
+        let session = self.write()?;
+        for (id, c) in &pending {
+            apply_to_index(session.index(), id, c)?;
+            session.index().mark_applied(&c.name)?;
         }
+        session.commit()
     }
 
     pub fn latest_snapshot_of(&self, source: &Path) -> Result<Option<Snapshot>> {
@@ -578,7 +543,7 @@ impl Repository {
     }
 
     /// The index, for operations in this crate and its tests.
-    pub fn index(&self) -> &Index {
+    pub(crate) fn index(&self) -> &Index {
         &self.index
     }
 

@@ -36,6 +36,7 @@ use crate::delta::Stored;
 use crate::grouping::{Frame, Group, groupable};
 use crate::pack::{Blob, FinishedPack, PackKind, Packer};
 use crate::progress::{Progress, Warning, WarningKind};
+use crate::write::WriteSession;
 use crate::repo::{ChunkReader, Repository};
 use crate::snapshot::{RootMeta, Snapshot, SnapshotStats, SourceRoot};
 use crate::source::{entry_from_metadata, entry_from_stat, lstat_at, unchanged};
@@ -170,22 +171,20 @@ pub fn create(
     // bytes read plus the bytes of unchanged files reused).
     progress.phase("create", parent.as_ref().map(|p| p.stats.total_bytes));
     repo.index.tune_for_create()?;
-    repo.index.begin()?;
+    let session = repo.write()?;
     crate::fault::pause("create started");
-    let result = walk_roots(
-        repo,
+    let ctx = RunCtx {
+        session: &session,
         opts,
-        &roots,
-        parent.as_ref(),
-        &repo_keys,
+        repo_keys: &repo_keys,
         start_ns,
         progress,
-    );
+    };
+    let result = walk_roots(&ctx, &roots, parent.as_ref());
     let (root, root_meta, mut stats, unreadable, dbs) = match result {
         Ok(r) => r,
         Err(e) => {
-            repo.discard_trees();
-            let _ = repo.index.rollback();
+            drop(session);
             progress.finish();
             return Err(e);
         }
@@ -200,21 +199,9 @@ pub fn create(
         dbs,
     };
     let snapshot = snapshot_record(opts, &roots, key, parent, walked, start_ns, nonce);
-    // The write order: packs (data, then trees) durable, then the snapshot
-    // object, then the index commit.
-    let commit = repo
-        .flush_trees()
-        .and_then(|_| crate::objects::write_snapshot(&**repo.storage(), &snapshot, nonce))
-        .and_then(|_| repo.index.insert_snapshot(&snapshot))
-        .and_then(|_| repo.index.commit());
-    if let Err(e) = commit {
-        repo.discard_trees();
-        let _ = repo.index.rollback();
-        progress.finish();
-        return Err(e);
-    }
+    let commit = session.commit_snapshots(&[(&snapshot, nonce)]);
     progress.finish();
-    Ok(snapshot)
+    commit.map(|()| snapshot)
 }
 
 /// What to walk: (name, canonical path, metadata, excludes) per source.
@@ -289,8 +276,9 @@ fn snapshot_record(
 /// Create tmp/, removing SQLite images an interrupted create left there
 /// (create runs under the exclusive lock, so none is in use).
 fn prepare_tmp_dir(repo: &Repository) -> Result<()> {
-    crate::repo::create_private_dir(&repo.tmp_dir())?;
-    repo.remove_stale_images();
+    let local = repo.local_dir();
+    local.prepare_tmp()?;
+    local.remove_stale_images();
     Ok(())
 }
 
@@ -373,29 +361,13 @@ type WalkOutput = (
 
 /// Walk each root; one root is the snapshot's root, several become the
 /// named directories of a new root tree.
-fn walk_roots(
-    repo: &Repository,
-    opts: &CreateOptions,
-    roots: &[Root],
-    parent: Option<&Snapshot>,
-    repo_keys: &[(u64, u64)],
-    start_ns: i64,
-    progress: &dyn Progress,
-) -> Result<WalkOutput> {
+fn walk_roots(ctx: &RunCtx, roots: &[Root], parent: Option<&Snapshot>) -> Result<WalkOutput> {
+    let (repo, start_ns) = (ctx.session.repo(), ctx.start_ns);
     if let [(name, path, md, ex)] = roots
         && name.is_empty()
     {
         let parent_root = parent.filter(|p| !p.is_multi_source()).map(|p| p.root);
-        let (tree, stats, unreadable, dbs) = run(
-            repo,
-            opts,
-            path,
-            ex.as_ref(),
-            parent_root,
-            repo_keys,
-            start_ns,
-            progress,
-        )?;
+        let (tree, stats, unreadable, dbs) = run(ctx, path, ex.as_ref(), parent_root)?;
         return Ok((tree, root_meta_of(md), stats, unreadable, dbs));
     }
     let parent_tree = match parent.filter(|p| p.is_multi_source()) {
@@ -412,16 +384,7 @@ fn walk_roots(
             .and_then(|t| t.get(name.as_bytes()))
             .filter(|e| e.kind == Kind::Dir)
             .and_then(|e| e.subtree());
-        let (tree, s, u, d) = run(
-            repo,
-            opts,
-            path,
-            ex.as_ref(),
-            old,
-            repo_keys,
-            start_ns,
-            progress,
-        )?;
+        let (tree, s, u, d) = run(ctx, path, ex.as_ref(), old)?;
         let mut e = entry_from_metadata(name.as_bytes().to_vec(), md);
         e.payload = Payload::Subtree(tree);
         entries.push(e);
@@ -429,7 +392,7 @@ fn walk_roots(
         unreadable.extend(u.into_iter().map(|(p, why)| (format!("{name}/{p}"), why)));
         dbs.extend(d.into_iter().map(|(p, info)| (format!("{name}/{p}"), info)));
     }
-    let root = repo.store_tree(&Tree::new(entries))?;
+    let root = ctx.session.store_tree(&Tree::new(entries))?;
     let meta = RootMeta {
         mode: 0o755,
         uid: 0,
@@ -472,17 +435,23 @@ type RunOutput = (
     Vec<(String, DbInfo)>,
 );
 
-#[allow(clippy::too_many_arguments)]
+/// What every walk of one create shares.
+struct RunCtx<'a> {
+    session: &'a WriteSession<'a>,
+    opts: &'a CreateOptions,
+    /// The repository's own directories (`Repository::places`): never read.
+    repo_keys: &'a [(u64, u64)],
+    start_ns: i64,
+    progress: &'a dyn Progress,
+}
+
 fn run(
-    repo: &Repository,
-    opts: &CreateOptions,
+    rc: &RunCtx,
     source: &Path,
     excludes: Option<&Excludes>,
     parent_root: Option<TreeId>,
-    repo_keys: &[(u64, u64)],
-    start_ns: i64,
-    progress: &dyn Progress,
 ) -> Result<RunOutput> {
+    let (repo, opts, progress) = (rc.session.repo(), rc.opts, rc.progress);
     let workers: usize = opts
         .workers
         .filter(|&n| n > 0)
@@ -555,6 +524,7 @@ fn run(
 
         let mut walk = Walk {
             repo,
+            session: rc.session,
             force: opts.force,
             sqlite_check: opts.sqlite_check,
             excludes,
@@ -566,8 +536,8 @@ fn run(
             source_dev: fs::metadata(source).at(source)?.dev(),
             pseudo_filesystems: opts.pseudo_filesystems,
             dbs: Vec::new(),
-            repo_keys,
-            start_ns,
+            repo_keys: rc.repo_keys,
+            start_ns: rc.start_ns,
             progress,
             nodes: HashMap::new(),
             next_node: 0,
@@ -613,6 +583,8 @@ type DirVisit = (PathBuf, PathBuf, Option<TreeId>, Option<(usize, usize)>);
 
 struct Walk<'a> {
     repo: &'a Repository,
+    /// Where the walk's trees and packs go.
+    session: &'a WriteSession<'a>,
     force: bool,
     sqlite_check: bool,
     excludes: Option<&'a Excludes>,
@@ -690,7 +662,7 @@ impl Walk<'_> {
             }
             self.record_unreadable(rel, &e.to_string());
             let (pn, pe) = slot.unwrap();
-            let empty = self.repo.store_tree(&Tree::default())?;
+            let empty = self.session.store_tree(&Tree::default())?;
             let parent = self.nodes.get_mut(&pn).expect("parent node");
             parent.entries[pe].flags |= flags::UNREADABLE;
             parent.entries[pe].payload = Payload::Subtree(empty);
@@ -798,7 +770,7 @@ impl Walk<'_> {
                             path.display()
                         ),
                     ));
-                    entry.payload = Payload::Subtree(self.repo.store_tree(&Tree::default())?);
+                    entry.payload = Payload::Subtree(self.session.store_tree(&Tree::default())?);
                     self.stats.dirs += 1;
                 }
                 Kind::Dir => {
@@ -976,7 +948,7 @@ impl Walk<'_> {
     }
 
     fn record_pack(&mut self, pack: FinishedPack) -> Result<()> {
-        self.repo.index.insert_pack(&pack)?;
+        self.session.add_pack(&pack)?;
         self.stats.new_packs += 1;
         self.stats.new_chunks += pack.entries.len() as u64;
         for e in &pack.entries {
@@ -1079,7 +1051,7 @@ impl Walk<'_> {
             let tree = Tree::new(entries);
             let id = match &node.old {
                 Some((old_id, old_tree)) if *old_tree == tree => *old_id,
-                _ => self.repo.store_tree(&tree)?,
+                _ => self.session.store_tree(&tree)?,
             };
             match node.parent {
                 None => {

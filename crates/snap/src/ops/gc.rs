@@ -161,14 +161,14 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
 
     // 4. One transaction, after the repository's files record the forgets.
     let records = repo.record_forgotten(&dead_snaps.iter().map(|s| s.id).collect::<Vec<_>>())?;
-    index.in_transaction(|| {
-        commit_forgets_and_moves(repo, &records, &dead_snaps, &moved)?;
-        index.delete_dead_chunks()?;
-        for p in delete.iter().chain(&repack) {
-            index.delete_pack(p.rowid)?;
-        }
-        delete_dead_trees(repo, &live_trees)
-    })?;
+    let session = repo.write()?;
+    commit_forgets_and_moves(repo, &records, &dead_snaps, &moved)?;
+    session.index().delete_dead_chunks()?;
+    for p in delete.iter().chain(&repack) {
+        session.index().delete_pack(p.rowid)?;
+    }
+    delete_dead_trees(repo, &live_trees)?;
+    session.commit()?;
 
     // 5. Remove what no row references any more.
     progress.phase("gc: delete", None);
@@ -385,7 +385,6 @@ fn orphan_packs(repo: &Repository, referenced: &HashSet<PackId>) -> Result<Vec<O
 /// Remove snapshots by id (no sweep: `gc` reclaims the space). A pinned
 /// snapshot is refused, and then nothing is forgotten.
 pub fn forget(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
-    let index = repo.index();
     for id in ids {
         match repo.snapshot_by_id(id)? {
             None => return Err(Error::NoSuchSnapshot(id.to_hex())),
@@ -400,17 +399,16 @@ pub fn forget(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
         }
     }
     let records = repo.record_forgotten(ids)?;
-    index.begin()?;
+    let session = repo.write()?;
     for name in &records {
-        index.mark_applied(name)?;
+        session.index().mark_applied(name)?;
     }
     for id in ids {
-        if !index.delete_snapshot(id)? {
-            let _ = index.rollback();
+        if !session.index().delete_snapshot(id)? {
             return Err(Error::NoSuchSnapshot(id.to_hex()));
         }
     }
-    index.commit()
+    session.commit()
 }
 
 pub fn set_pinned(repo: &Repository, id: &SnapshotId, pinned: bool) -> Result<()> {

@@ -91,18 +91,18 @@ pub(crate) fn gc_shared(
     };
     let dead_ids: Vec<SnapshotId> = dead_snaps.iter().map(|s| s.id).collect();
     let forgets = repo.record_forgotten(&dead_ids)?;
-    index.in_transaction(|| {
-        commit_forgets_and_moves(repo, &forgets, dead_snaps, &moved)?;
-        if let Some(name) = &record {
-            for p in delete.iter().chain(&repack) {
-                index.condemn_pack(p.rowid, name)?;
-            }
-            index.mark_applied(&record_mark(name))?;
+    let session = repo.write()?;
+    commit_forgets_and_moves(repo, &forgets, dead_snaps, &moved)?;
+    if let Some(name) = &record {
+        for p in delete.iter().chain(&repack) {
+            session.index().condemn_pack(p.rowid, name)?;
         }
-        // Dead chunk rows of packs that stay are kept: a create on another
-        // client may have used them since this client's sync.
-        delete_dead_trees(repo, &live_trees)
-    })?;
+        session.index().mark_applied(&record_mark(name))?;
+    }
+    // Dead chunk rows of packs that stay are kept: a create on another
+    // client may have used them since this client's sync.
+    delete_dead_trees(repo, &live_trees)?;
+    session.commit()?;
     remove_forgotten_objects(repo, &dead_ids)?;
     stats.reclaimed_bytes = stats
         .reclaimed_bytes
@@ -157,15 +157,15 @@ fn finish_condemned(
             }
             crate::fault::point("gc deleted a condemned pack");
         }
-        index.in_transaction(|| {
-            for &r in &rescued {
-                index.rescue_pack(r)?;
-            }
-            for &r in &gone {
-                index.delete_pack(r)?;
-            }
-            index.unmark_applied(&record_mark(&name))
-        })?;
+        let session = repo.write()?;
+        for &r in &rescued {
+            session.index().rescue_pack(r)?;
+        }
+        for &r in &gone {
+            session.index().delete_pack(r)?;
+        }
+        session.index().unmark_applied(&record_mark(&name))?;
+        session.commit()?;
         storage.delete(&format!("{}/{name}", objects::CONDEMNED_DIR))?;
         stats.packs_deleted += gone.len() as u64;
         stats.packs_rescued += rescued.len() as u64;

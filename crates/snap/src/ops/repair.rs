@@ -10,13 +10,12 @@
 //! silently dropped.
 
 use std::collections::HashSet;
-use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::id::{ChunkId, TreeId};
 use crate::index::Index;
 use crate::lock::{LockMode, RepoLock, default_wait};
@@ -24,9 +23,10 @@ use crate::pack::{
     Blob, FinishedPack, PackKind, PackReader, PackWriter, decode_blob, for_each_footer,
 };
 use crate::progress::Progress;
-use crate::repo::{ChunkReader, INDEX_FILE, list_packs};
+use crate::local_dir::LocalDir;
+use crate::repo::{ChunkReader, list_packs};
 use crate::tree_store::compress_tree;
-use crate::storage::{LocalStorage, Storage, local::sync_dir, pack_key};
+use crate::storage::{LocalStorage, Storage, pack_key};
 use crate::tree::{Kind, Tree};
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -79,10 +79,8 @@ pub fn repair_index_on(
     }
     let _lock = RepoLock::acquire(root, LockMode::Exclusive, default_wait())?;
     let config = crate::objects::read_config(&*storage)?;
-    let tmp = root.join(TMP_INDEX);
-    for f in [TMP_INDEX, ".index.db.repair-wal", ".index.db.repair-shm"] {
-        let _ = fs::remove_file(root.join(f));
-    }
+    let local = LocalDir::new(root);
+    let tmp = local.staged_index(TMP_INDEX);
     let mut stats = RepairStats::default();
     {
         let index = Index::create(&tmp, &config)?;
@@ -103,20 +101,7 @@ pub fn repair_index_on(
         index.commit()?;
     }
     crate::fault::point("repaired index written");
-    // Replace the old index: its -wal and -shm go first, so SQLite never
-    // applies an old log to the new file.
-    for f in ["index.db-wal", "index.db-shm"] {
-        match fs::remove_file(root.join(f)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io(root.join(f), e));
-            }
-            _ => {}
-        }
-    }
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).at(&tmp)?;
-    fs::rename(&tmp, root.join(INDEX_FILE)).at(root.join(INDEX_FILE))?;
-    sync_dir(root)?;
+    local.install_index(&tmp)?;
     crate::fault::point("repaired index in place");
     stats.duration_ms = started.elapsed().as_millis() as u64;
     Ok(stats)

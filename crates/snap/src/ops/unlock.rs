@@ -45,7 +45,7 @@ impl UnlockedRepository {
         cache_base: &std::path::Path,
         config: &RepoConfig,
     ) -> Result<Self> {
-        let non_empty = std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some());
+        let non_empty = crate::local_dir::is_empty_dir(path).is_ok_and(|empty| !empty);
         if non_empty {
             return Err(Error::InitNonEmpty {
                 path: path.to_path_buf(),

@@ -462,7 +462,7 @@ fn safety_snapshot(
 ) -> Result<Option<Snapshot>> {
     let non_empty = |d: &Path| -> Result<bool> {
         let is_dir = fs::symlink_metadata(d).is_ok_and(|m| m.is_dir());
-        Ok(is_dir && fs::read_dir(d).at(d)?.next().is_some())
+        Ok(is_dir && !crate::local_dir::is_empty_dir(d).at(d)?)
     };
     let mut co = CreateOptions {
         tags: vec![crate::spec::SAFETY_TAG.to_string()],
