@@ -110,13 +110,8 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("snap: error: {}", error_text(&err));
-            if err
-                .downcast_ref::<Error>()
-                .is_some_and(|e| e.is_index_damage())
-            {
-                eprintln!(
-                    "snap: the index is damaged; `snap repair index` rebuilds it from the repository's files"
-                );
+            if let Some(remedy) = err.downcast_ref::<Error>().and_then(Error::remedy) {
+                eprintln!("snap: {remedy}");
             }
             let code = match err.downcast_ref::<Error>() {
                 Some(e) => exit::of(e),

@@ -56,8 +56,9 @@ struct Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let mut message = e.to_string();
-        if e.is_index_damage() {
-            message.push_str("; repair it with `snap repair index`");
+        if let Some(remedy) = e.remedy() {
+            message.push_str("; ");
+            message.push_str(remedy);
         }
         Failure {
             code: exit::of(&e),

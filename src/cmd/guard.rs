@@ -74,7 +74,7 @@ pub fn run(
         Err(e) => {
             // Nothing ran, so nothing changed: the snapshot stays, unpinned.
             let _ = repo.set_pinned(&snap.id, false);
-            return Err(Error::Invalid(format!(
+            return Err(Error::usage(format!(
                 "cannot run {}: {e}; nothing was changed (snapshot {} kept)",
                 program.to_string_lossy(),
                 snap.id.short()

@@ -22,11 +22,11 @@ pub fn set_file(path: Option<PathBuf>) {
 fn read_file(path: &Path) -> snap::Result<Zeroizing<String>> {
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
     let text = std::str::from_utf8(&bytes)
-        .map_err(|_| Error::Invalid(format!("{}: the password is not UTF-8", path.display())))?;
+        .map_err(|_| Error::usage(format!("{}: the password is not UTF-8", path.display())))?;
     let text = text.strip_suffix('\n').unwrap_or(text);
     let text = text.strip_suffix('\r').unwrap_or(text);
     if text.is_empty() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::usage(format!(
             "{}: the password file is empty",
             path.display()
         )));
@@ -52,9 +52,9 @@ fn from_sources(
     if let Some(pw) = std::env::var_os(var) {
         let pw = pw
             .into_string()
-            .map_err(|_| Error::Invalid(format!("{var} is not UTF-8")))?;
+            .map_err(|_| Error::usage(format!("{var} is not UTF-8")))?;
         if pw.is_empty() {
-            return Err(Error::Invalid(format!("{var} is empty")));
+            return Err(Error::usage(format!("{var} is empty")));
         }
         return Ok(Zeroizing::new(pw));
     }
@@ -69,10 +69,10 @@ fn from_sources(
     }
     let pw = prompt(&format!("{what} for {repo}: "))?;
     if pw.is_empty() {
-        return Err(Error::Invalid("the password is empty".into()));
+        return Err(Error::usage("the password is empty"));
     }
     if confirm && *prompt(&format!("{what} again: "))? != *pw {
-        return Err(Error::Invalid("the two passwords differ".into()));
+        return Err(Error::usage("the two passwords differ"));
     }
     Ok(pw)
 }

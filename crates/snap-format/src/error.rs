@@ -1,4 +1,15 @@
-//! The library's one error type. Every variant that concerns a file names it.
+//! The library's one error type. Its rules:
+//!
+//! - The variant says who must act: the caller (input to change:
+//!   [`Error::Usage`], a missing repository, a lock held elsewhere, a
+//!   password), the repository's data (damage, with where it is: a file or
+//!   object by path, a pack by id, the index by path), the system (I/O, with
+//!   the path), or snap itself ([`Error::Internal`], with the operation).
+//! - Every variant that concerns a file or object names it.
+//! - What to do about an error follows from its variant, never from its
+//!   text: [`Error::remedy`] for the CLI and the C ABI, [`Error::is_damage`]
+//!   for exit code 5.
+//! - Messages are one line, lower case, and say what was being done.
 
 use std::io;
 use std::path::PathBuf;
@@ -85,8 +96,32 @@ pub enum Error {
     #[error("invalid repository config: {0}")]
     BadConfig(String),
 
-    #[error("{0}")]
-    Invalid(String),
+    /// The index's own content is damaged or missing (its file by path):
+    /// `snap repair index` rebuilds it from the repository's files.
+    #[error("{path}: damaged: {reason}", path = .path.display())]
+    IndexDamaged { path: PathBuf, reason: String },
+
+    /// Input the caller must change: an argument or option, a name, a
+    /// password, a pattern, or a state the command cannot start from (the
+    /// message names which and why).
+    #[error("{reason}")]
+    Usage { reason: String },
+
+    /// snap itself failed during `operation` (a worker stopped, compression
+    /// failed, a thread panicked): not the caller's input, not the data.
+    #[error("{operation}: internal error: {reason}")]
+    Internal {
+        operation: &'static str,
+        reason: String,
+    },
+
+    /// Making written files durable (syncfs) failed: the files may not
+    /// survive a crash.
+    #[error("making the written files durable failed: {source}")]
+    SyncFailed {
+        #[source]
+        source: io::Error,
+    },
 
     #[error("the safety snapshot {snapshot} could not read {}: a restore would change what it cannot bring back, so nothing was changed; make them readable, or pass --force to restore anyway and lose them", .paths.join(", "))]
     SafetySnapshotIncomplete {
@@ -105,6 +140,35 @@ pub enum Error {
 }
 
 impl Error {
+    /// Input the caller must change; see [`Error::Usage`].
+    pub fn usage(reason: impl Into<String>) -> Self {
+        Error::Usage {
+            reason: reason.into(),
+        }
+    }
+
+    /// snap failed in `operation`; see [`Error::Internal`].
+    pub fn internal(operation: &'static str, reason: impl Into<String>) -> Self {
+        Error::Internal {
+            operation,
+            reason: reason.into(),
+        }
+    }
+
+    /// What the one who sees this error can do about it, when there is
+    /// one thing to say.
+    pub fn remedy(&self) -> Option<&'static str> {
+        match self {
+            _ if self.is_index_damage() => {
+                Some("`snap repair index` rebuilds the index from the repository's files")
+            }
+            Error::Internal { .. } => {
+                Some("this is a bug in snap; please report it with the command that failed")
+            }
+            _ => None,
+        }
+    }
+
     /// Attach a path to an io::Error; used through `IoContext`.
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
@@ -116,14 +180,10 @@ impl Error {
     /// True when the damage is in `index.db` itself (which `snap repair
     /// index` rebuilds), not in the repository's files.
     pub fn is_index_damage(&self) -> bool {
-        let names_index = |p: &std::path::Path| p.file_name().is_some_and(|n| n == "index.db");
-        match self {
-            Error::Index { path, .. } => self.is_damage() && names_index(path),
-            Error::Damaged { path, reason } => {
-                names_index(path) && !reason.contains("snap repair index")
-            }
-            _ => false,
-        }
+        matches!(
+            self,
+            Error::IndexDamaged { .. } | Error::Index { corrupt: true, .. }
+        )
     }
 
     /// True for a storage object (or file) that is not there.
@@ -135,6 +195,7 @@ impl Error {
     pub fn is_damage(&self) -> bool {
         match self {
             Error::Damaged { .. }
+            | Error::IndexDamaged { .. }
             | Error::PackDamaged { .. }
             | Error::MissingChunk { .. }
             | Error::MissingTree { .. } => true,

@@ -214,7 +214,7 @@ impl Snapshot {
 /// bytes, no control characters (a newline would forge a row of `list`)
 /// and no comma (`list` joins tags with commas).
 pub fn check_tag(tag: &str) -> crate::error::Result<()> {
-    let bad = |why: &str| Err(crate::error::Error::Invalid(format!("tag {tag:?}: {why}")));
+    let bad = |why: &str| Err(crate::error::Error::usage(format!("tag {tag:?}: {why}")));
     if tag.is_empty() {
         return bad("is empty");
     }

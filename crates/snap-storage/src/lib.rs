@@ -246,7 +246,10 @@ pub fn check_key(key: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("not a valid object key: {key:?}")))
+        Err(Error::internal(
+            "storage",
+            format!("not a valid object key: {key:?}"),
+        ))
     }
 }
 

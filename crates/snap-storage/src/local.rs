@@ -255,10 +255,10 @@ impl ObjectWriter for LocalWriter {
     fn commit(self: Box<Self>, key: &str) -> Result<()> {
         check_key(key)?;
         if !lies_under(key, &self.dir) {
-            return Err(Error::Invalid(format!(
-                "object {key:?} committed outside {:?}",
-                self.dir
-            )));
+            return Err(Error::internal(
+                "storage",
+                format!("object {key:?} committed outside {:?}", self.dir),
+            ));
         }
         let me = *self;
         let tmp = me

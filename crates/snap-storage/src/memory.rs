@@ -107,10 +107,10 @@ impl ObjectWriter for MemoryWriter {
     fn commit(self: Box<Self>, key: &str) -> Result<()> {
         check_key(key)?;
         if !super::local::lies_under(key, &self.dir) {
-            return Err(Error::Invalid(format!(
-                "object {key:?} committed outside {:?}",
-                self.dir
-            )));
+            return Err(Error::internal(
+                "storage",
+                format!("object {key:?} committed outside {:?}", self.dir),
+            ));
         }
         self.objects
             .lock()

@@ -126,7 +126,7 @@ impl S3Url {
         let rest = s.strip_prefix("s3://")?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let prefix = prefix.trim_end_matches('/');
-        let bad = |why: &str| Some(Err(Error::Invalid(format!("{s}: {why}"))));
+        let bad = |why: &str| Some(Err(Error::usage(format!("{s}: {why}"))));
         let bucket_ok = (3..=63).contains(&bucket.len())
             && bucket
                 .bytes()
@@ -220,7 +220,7 @@ impl S3Storage {
             .with_retry(retry)
             .with_client_options(client)
             .build()
-            .map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
+            .map_err(|e| Error::usage(format!("{url}: {e}")))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("snap-s3")
@@ -481,10 +481,10 @@ impl ObjectWriter for S3Writer {
 
     fn commit(self: Box<Self>, key: &str) -> Result<()> {
         if !super::local::lies_under(key, &self.dir) {
-            return Err(Error::Invalid(format!(
-                "object key {key:?} is not under {:?}",
-                self.dir
-            )));
+            return Err(Error::internal(
+                "storage",
+                format!("object key {key:?} is not under {:?}", self.dir),
+            ));
         }
         self.inner.put(key, Bytes::from(self.buf))
     }

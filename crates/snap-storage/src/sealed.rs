@@ -158,7 +158,7 @@ fn seal_segment(
                 aad: &aad(object_id, index, last),
             },
         )
-        .map_err(|_| Error::Invalid("sealing an object failed".into()))?;
+        .map_err(|_| Error::internal("object sealing", "sealing an object failed"))?;
     out.extend_from_slice(object_id);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&sealed);

@@ -165,7 +165,7 @@ fn open_spill(dir: &std::path::Path, prefix: &str) -> Result<(Connection, TempPa
         Ok(db)
     };
     let db = open().map_err(|e| {
-        Error::Invalid(format!(
+        Error::internal("create", format!(
             "{}: the temporary set of chunks new in this run: {e}",
             path.display()
         ))
@@ -174,7 +174,7 @@ fn open_spill(dir: &std::path::Path, prefix: &str) -> Result<(Connection, TempPa
 }
 
 fn spill_error(e: rusqlite::Error) -> Error {
-    Error::Invalid(format!(
+    Error::internal("create", format!(
         "the temporary set of chunks new in this run failed: {e}"
     ))
 }
@@ -217,7 +217,7 @@ mod tests {
         let stored = id(1);
         assert_eq!(claims.claim(&ids, |c| Ok(*c == stored)).unwrap(), vec![0, 2, 3]);
         let err = claims
-            .claim(&[id(9)], |_| Err(Error::Invalid("index gone".into())))
+            .claim(&[id(9)], |_| Err(Error::usage("index gone")))
             .unwrap_err();
         assert!(err.to_string().contains("index gone"), "{err}");
         assert_eq!(claims.len().unwrap(), 3);

@@ -89,7 +89,7 @@ pub fn add_key(
     params: KdfParams,
 ) -> Result<String> {
     if password.is_empty() {
-        return Err(Error::Invalid("the password is empty".into()));
+        return Err(Error::usage("the password is empty"));
     }
     let salt: [u8; 16] = rand::random();
     let nonce: [u8; 24] = rand::random();
@@ -104,7 +104,7 @@ pub fn add_key(
                 aad: &aad,
             },
         )
-        .map_err(|_| Error::Invalid("sealing the master key failed".into()))?;
+        .map_err(|_| Error::internal("key sealing", "sealing the master key failed"))?;
     let obj = KeyObject {
         kdf: "argon2id".into(),
         params,
@@ -263,7 +263,7 @@ pub fn add_password(
 ) -> Result<String> {
     let (master, _) = open_with(storage, repo_id, password, true)?;
     if key_names(storage)?.len() >= MAX_KEY_OBJECTS {
-        return Err(Error::Invalid(format!(
+        return Err(Error::usage(format!(
             "the repository has {MAX_KEY_OBJECTS} key objects already, as many as an unlock tries"
         )));
     }
@@ -276,15 +276,15 @@ pub fn remove_key(storage: &dyn Storage, repo_id: &str, password: &[u8], name: &
     let (_, opened) = open_with(storage, repo_id, password, false)?;
     let names = key_names(storage)?;
     if !names.iter().any(|n| n == name) {
-        return Err(Error::Invalid(format!("no key object named {name}")));
+        return Err(Error::usage(format!("no key object named {name}")));
     }
     if names.len() == 1 {
-        return Err(Error::Invalid(format!(
+        return Err(Error::usage(format!(
             "{name} is the repository's only key object: removing it would lock everyone out"
         )));
     }
     if opened.len() == 1 && opened[0] == name {
-        return Err(Error::Invalid(format!(
+        return Err(Error::usage(format!(
             "{name} is the only key object your password opens; change it with `snap key passwd`"
         )));
     }
@@ -372,7 +372,7 @@ pub fn prepare_encrypted(
     password: &[u8],
 ) -> Result<(RepoConfig, Arc<dyn Storage>)> {
     if base.size(CONFIG_FILE)?.is_some() || !key_names(&*base)?.is_empty() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::usage(format!(
             "{}: already holds a repository",
             base.describe("").trim_end_matches('/')
         )));

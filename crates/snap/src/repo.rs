@@ -75,7 +75,7 @@ impl Repository {
     pub fn init(path: &Path, config: &RepoConfig) -> Result<()> {
         config.validate()?;
         if is_repository(path) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::usage(format!(
                 "{}: already a snap repository",
                 path.display()
             )));
@@ -109,7 +109,7 @@ impl Repository {
         create_private_dir(path)?;
         let lock = RepoLock::acquire(path, LockMode::Exclusive, default_wait())?;
         if is_repository(path) || storage.size(crate::objects::CONFIG_FILE)?.is_some() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::usage(format!(
                 "{}: already holds a snap repository",
                 storage.describe(crate::objects::CONFIG_FILE)
             )));
@@ -150,9 +150,9 @@ impl Repository {
             && (path.join(PACKS_DIR).is_dir() || crate::objects::holds_a_repository(&*storage))
         {
             // Packs without an index: a repository that lost its index.
-            return Err(Error::Damaged {
+            return Err(Error::IndexDamaged {
                 path: path.join(INDEX_FILE),
-                reason: "the index is missing; the packs are still there: run `snap repair index` to rebuild it from them".into(),
+                reason: "the index is missing; the packs are still there".into(),
             });
         }
         if !path.is_dir() || !is_repository(path) {
@@ -563,7 +563,7 @@ fn check_sealing(config: &RepoConfig, storage: &dyn Storage) -> Result<()> {
             repo: storage.describe("").trim_end_matches('/').to_string(),
             why: "it must be opened with its key".into(),
         }),
-        (true, true) => Err(Error::Invalid(format!(
+        (true, true) => Err(Error::usage(format!(
             "{}: the repository is not encrypted, but a key was given",
             storage.describe("").trim_end_matches('/')
         ))),

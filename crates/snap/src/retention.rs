@@ -39,7 +39,7 @@ impl Policy {
 /// minutes is ambiguous: snap reads `m` as months, `min` as minutes).
 pub fn parse_duration(s: &str) -> Result<SignedDuration> {
     let bad = || {
-        Error::Invalid(format!(
+        Error::usage(format!(
             "{s:?}: not a duration (examples: 7d, 2w, 36h, 6m, 1y)"
         ))
     };

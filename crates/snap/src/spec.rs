@@ -62,7 +62,7 @@ pub fn resolve(all: &[Snapshot], spec: &str, source: Option<&Path>) -> Result<Sn
         .collect();
     let at = line.iter().position(|s| s.id == found.id).ok_or_else(no)?;
     let want = at.checked_sub(back).ok_or_else(|| {
-        Error::Invalid(format!(
+        Error::usage(format!(
             "{spec}: snapshot {} has only {at} snapshot{} of {} before it",
             found.id.short(),
             if at == 1 { "" } else { "s" },

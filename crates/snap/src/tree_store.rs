@@ -105,7 +105,7 @@ impl TreeWriter {
     fn add_group(&mut self, group: Group) -> Result<()> {
         let frame = group
             .into_frame(TREE_LEVEL)
-            .map_err(|e| Error::Invalid(format!("compression of trees failed: {e}")))?;
+            .map_err(|e| Error::internal("compression", format!("compression of trees failed: {e}")))?;
         for (blobs, data) in frame.parts() {
             self.packer.add_frame(blobs, data)?;
         }
@@ -166,18 +166,28 @@ impl TreeSource<'_> {
     /// Load and verify a tree: from the index's copy if it has one, else
     /// from its blob.
     pub fn load(&self, id: &TreeId) -> Result<Tree> {
-        let enc = match self.index.tree_data(id)? {
-            Some((codec, data)) => self.decode_copy(id, codec, data)?,
-            None => self.read_blob(id)?,
+        // Where the bytes came from names the damage: the index's copy
+        // (which `repair index` rebuilds) or a tree pack (which it cannot).
+        let (enc, pack) = match self.index.tree_data(id)? {
+            Some((codec, data)) => (self.decode_copy(id, codec, data)?, None),
+            None => {
+                let (enc, pack) = self.read_blob(id)?;
+                (enc, Some(pack))
+            }
+        };
+        let damaged = |reason: String| match &pack {
+            Some(p) => crate::pack::damaged(p, reason),
+            None => self.damaged(reason),
         };
         if self.ids.tree(&enc) != *id {
-            return Err(self.damaged(format!("tree {} fails its BLAKE3 check", id.short())));
+            return Err(damaged(format!("tree {} fails its BLAKE3 check", id.short())));
         }
-        Tree::decode(&enc).map_err(|e| self.damaged(format!("tree {}: {e}", id.short())))
+        Tree::decode(&enc).map_err(|e| damaged(format!("tree {}: {e}", id.short())))
     }
 
+    /// Damage of the index's copy of a tree.
     fn damaged(&self, reason: String) -> Error {
-        Error::Damaged {
+        Error::IndexDamaged {
             path: self.index_path.to_path_buf(),
             reason,
         }
@@ -210,7 +220,7 @@ impl TreeSource<'_> {
 
     /// A tree's encoding from its blob in a tree pack (not yet verified
     /// against the tree id when it comes from a cached group).
-    fn read_blob(&self, id: &TreeId) -> Result<Vec<u8>> {
+    fn read_blob(&self, id: &TreeId) -> Result<(Vec<u8>, PackId)> {
         let blob = ChunkId(id.0);
         let loc = self
             .index
@@ -221,7 +231,8 @@ impl TreeSource<'_> {
         let max = PackKind::Tree.blob_max();
         if loc.codec != Codec::Grouped {
             let stored = pack.read_stored_max(loc.offset as u64, loc.stored_len, max)?;
-            return decode_blob(pack.ids(), &loc.pack, &loc.entry(&blob), &stored, max, None);
+            let enc = decode_blob(pack.ids(), &loc.pack, &loc.entry(&blob), &stored, max, None)?;
+            return Ok((enc, loc.pack));
         }
         let key = (loc.pack, loc.offset, loc.stored_len);
         let content = match self.frames.get(&key) {
@@ -238,7 +249,7 @@ impl TreeSource<'_> {
         let (start, end) = (loc.inner as usize, loc.inner as usize + loc.raw_len as usize);
         content
             .get(start..end)
-            .map(<[u8]>::to_vec)
+            .map(|enc| (enc.to_vec(), loc.pack))
             .ok_or_else(|| pack_damage(&loc, format!("tree {} lies outside its group", id.short())))
     }
 }

@@ -242,8 +242,8 @@ pub fn select(
     let mut all_configured = false;
     if picks.is_empty() {
         let cfg = cfg.filter(|c| !c.sources.is_empty()).ok_or_else(|| {
-            Error::Invalid(
-                "no directory given and no sources configured (give a PATH, or name sources in snap.toml; see README, \"Config file\")".into(),
+            Error::usage(
+                "no directory given and no sources configured (give a PATH, or name sources in snap.toml; see README, \"Config file\")",
             )
         })?;
         specs = cfg.sources.clone();
@@ -275,7 +275,7 @@ pub fn select(
                 }
             };
             if specs.iter().any(|s| s.name == spec.name) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::usage(format!(
                     "two sources would be named {:?} in one snapshot",
                     spec.name
                 )));

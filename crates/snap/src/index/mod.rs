@@ -228,68 +228,90 @@ impl Index {
 
     /// Open with `access`; see [`Access::Untouched`].
     pub fn open_as(path: &Path, repo: &Path, access: Access) -> Result<(Index, RepoConfig)> {
+        let idx = Index {
+            conn: Self::connect_as(path, access)?,
+            path: path.to_path_buf(),
+        };
+        idx.check_schema(repo)?;
+        let config = idx.read_config(repo)?;
+        if access == Access::ReadWrite {
+            // The one schema change on open: tables added since schema 4
+            // was first written (docs/format.md, "Versions").
+            idx.conn
+                .execute_batch(schema::CONDEMNED)
+                .map_err(|e| idx.err(e))?;
+        }
+        Ok((idx, config))
+    }
+
+    /// The connection `access` asks for.
+    fn connect_as(path: &Path, access: Access) -> Result<Connection> {
         let sidecar = |s: &str| {
             let mut p = path.as_os_str().to_owned();
             p.push(s);
             std::path::PathBuf::from(p)
         };
-        let conn = match access {
-            Access::ReadWrite => Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
+        let immutable = || {
+            let uri = format!("file:{}?immutable=1", uri_path(path));
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+            Self::connect(Path::new(&uri), flags)
+        };
+        match access {
+            Access::ReadWrite => Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE),
+            // Nothing in a log: read the file as it is, creating nothing.
             Access::Untouched if !sidecar("-wal").exists() && !sidecar("-shm").exists() => {
-                // Nothing in a log: read the file as it is, creating nothing.
-                let uri = format!("file:{}?immutable=1", uri_path(path));
-                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
-                Self::connect(Path::new(&uri), flags)?
+                immutable()
             }
             Access::ReadOnlyPlace
                 if std::fs::metadata(sidecar("-wal")).map_or(true, |m| m.len() == 0) =>
             {
-                let uri = format!("file:{}?immutable=1", uri_path(path));
-                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
-                Self::connect(Path::new(&uri), flags)?
+                immutable()
             }
-            _ => Self::connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
-        };
-        let idx = Index {
-            conn,
-            path: path.to_path_buf(),
-        };
-        let not_db = |e: rusqlite::Error| Error::Damaged {
-            path: path.to_path_buf(),
+            _ => Self::connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY),
+        }
+    }
+
+    fn not_db(&self, e: rusqlite::Error) -> Error {
+        Error::IndexDamaged {
+            path: self.path.clone(),
             reason: format!("not a readable snap index ({e})"),
-        };
-        let version: u32 = idx
+        }
+    }
+
+    /// The schema version is this snap's (`repo` names the repository).
+    fn check_schema(&self, repo: &Path) -> Result<()> {
+        let version: u32 = self
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(not_db)?;
-        if version > SCHEMA_VERSION {
-            return Err(Error::NewerFormat {
-                path: repo.to_path_buf(),
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        if (1..SCHEMA_VERSION).contains(&version) {
-            return Err(Error::OldFormat {
-                path: repo.to_path_buf(),
-                found: version,
-            });
-        }
-        if version == 0 {
-            return Err(Error::Damaged {
-                path: path.to_path_buf(),
+            .map_err(|e| self.not_db(e))?;
+        match version {
+            0 => Err(Error::IndexDamaged {
+                path: self.path.clone(),
                 reason: "not a snap index (schema version 0)".into(),
-            });
+            }),
+            v if v > SCHEMA_VERSION => Err(Error::NewerFormat {
+                path: repo.to_path_buf(),
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            v if v < SCHEMA_VERSION => Err(Error::OldFormat {
+                path: repo.to_path_buf(),
+                found: v,
+            }),
+            _ => Ok(()),
         }
-        let map: BTreeMap<String, String> = {
-            let mut st = idx
-                .conn
-                .prepare("SELECT key, value FROM config")
-                .map_err(not_db)?;
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .and_then(|rows| rows.collect())
-                .map_err(not_db)?
-        };
+    }
+
+    /// The repository config the index holds, checked.
+    fn read_config(&self, repo: &Path) -> Result<RepoConfig> {
+        let map: BTreeMap<String, String> = self
+            .conn
+            .prepare("SELECT key, value FROM config")
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .and_then(|rows| rows.collect())
+            })
+            .map_err(|e| self.not_db(e))?;
         let get = |k: &str| -> Result<&str> {
             map.get(k)
                 .map(|s| s.as_str())
@@ -325,12 +347,7 @@ impl Index {
             encryption: get("encryption").map(str::to_string).unwrap_or_default(),
         };
         config.validate()?;
-        if access == Access::ReadWrite {
-            idx.conn
-                .execute_batch(schema::CONDEMNED)
-                .map_err(|e| idx.err(e))?;
-        }
-        Ok((idx, config))
+        Ok(config)
     }
 
     /// For the one connection that walks and writes during create: a larger

@@ -259,7 +259,7 @@ pub fn diff_source(repo: &Repository, s: &Snapshot, verify: bool) -> Result<Vec<
             .first()
             .map(|r| r.exclude.clone())
             .unwrap_or_default();
-        let ex = Excludes::new(&patterns).map_err(Error::Invalid)?;
+        let ex = Excludes::new(&patterns).map_err(Error::usage)?;
         ctx.dir(
             Some(s.root),
             Some(&s.source),
@@ -271,7 +271,7 @@ pub fn diff_source(repo: &Repository, s: &Snapshot, verify: bool) -> Result<Vec<
         return Ok(out);
     }
     for r in &s.sources {
-        let ex = Excludes::new(&r.exclude).map_err(Error::Invalid)?;
+        let ex = Excludes::new(&r.exclude).map_err(Error::usage)?;
         let entry = root.get(r.name.as_bytes());
         let dir = PathBuf::from(&r.path);
         let on_disk = fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());

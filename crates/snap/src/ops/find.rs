@@ -19,7 +19,7 @@ pub struct Found {
 /// Every entry of `snapshots` whose path matches one of `patterns` (the
 /// rules of excludes: a pattern without `/` matches a name at any depth).
 pub fn find(repo: &Repository, snapshots: &[Snapshot], patterns: &[String]) -> Result<Vec<Found>> {
-    let m = Excludes::new(patterns).map_err(|e| Error::Invalid(e.replace("exclude ", "")))?;
+    let m = Excludes::new(patterns).map_err(|e| Error::usage(e.replace("exclude ", "")))?;
     let mut out = Vec::new();
     for s in snapshots {
         walk(repo, &s.root, std::path::Path::new(""), &mut |p, e| {

@@ -389,7 +389,7 @@ pub fn forget(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
         match repo.snapshot_by_id(id)? {
             None => return Err(Error::NoSuchSnapshot(id.to_hex())),
             Some(s) if s.pinned => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::usage(format!(
                     "snapshot {} is pinned; `snap unpin {}` first",
                     s.id.short(),
                     s.id.short()

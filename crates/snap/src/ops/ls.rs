@@ -20,7 +20,7 @@ pub fn lookup(repo: &Repository, snap: &Snapshot, rel: &Path) -> Result<Option<(
             Component::Normal(n) => n.as_bytes(),
             Component::CurDir => continue,
             _ => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::usage(format!(
                     "{}: path inside a snapshot must be relative and without `..`",
                     rel.display()
                 )));

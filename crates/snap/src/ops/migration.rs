@@ -95,7 +95,7 @@ fn refuse_unfinished(repo: &Repository, what: &CreateOptions) -> Result<()> {
         .find(|s| keys.contains(&s.source) && is_unfinished(s));
     match stuck {
         None => Ok(()),
-        Some(s) => Err(Error::Invalid(format!(
+        Some(s) => Err(Error::usage(format!(
             "{}: an earlier migration session did not finish (snapshot {} from {}, still pinned); the directory may be half-migrated. Roll it back with `snap restore {id}` then `snap unpin {id}`, or keep it as it is with `snap unpin {id}`",
             keys[0].display(),
             s.id.short(),
@@ -121,7 +121,7 @@ pub fn begin_migration(
     let snap = create(repo, &co, progress)?;
     if !snap.complete {
         repo.set_pinned(&snap.id, false)?;
-        return Err(Error::Invalid(format!(
+        return Err(Error::usage(format!(
             "the pre-migration snapshot {} is incomplete ({} path(s) unreadable: {}); a rollback could not restore them, so the migration must not run",
             snap.id.short(),
             snap.unreadable.len(),
@@ -149,7 +149,7 @@ pub fn finish_migration(
         .snapshot_by_id(id)?
         .ok_or_else(|| Error::NoSuchSnapshot(id.to_hex()))?;
     if !is_unfinished(&snap) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::usage(format!(
             "snapshot {} is not an unfinished migration session (it must be pinned and tagged only {TAG_PRE})",
             snap.id.short()
         )));

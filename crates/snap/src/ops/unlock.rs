@@ -25,7 +25,7 @@ impl UnlockedRepository {
     pub fn unlock(path: &std::path::Path, password: &str, cache_base: &std::path::Path) -> Result<Self> {
         let base: Arc<dyn Storage> = Arc::new(crate::storage::LocalStorage::new(path));
         if !is_encrypted(&*base)? {
-            return Err(Error::Invalid(format!(
+            return Err(Error::usage(format!(
                 "{}: not an encrypted repository",
                 path.display()
             )));

@@ -66,7 +66,7 @@ impl PackWriter {
             self.check(blob, blobs.len())?;
         }
         let offset =
-            u32::try_from(self.len).map_err(|_| Error::Invalid("pack larger than 4 GiB".into()))?;
+            u32::try_from(self.len).map_err(|_| Error::internal("pack writing", "pack larger than 4 GiB"))?;
         self.write(stored)?;
         self.entries.extend(blobs.iter().map(|blob| PackEntry {
             id: blob.id,
@@ -83,7 +83,7 @@ impl PackWriter {
     /// A blob this pack can record, in a frame of `members` blobs.
     fn check(&self, blob: &Blob, members: usize) -> Result<()> {
         let delta_ok = self.kind == PackKind::Data;
-        let bad = |why: &str| Err(Error::Invalid(format!("chunk {}: {why}", blob.id.short())));
+        let bad = |why: &str| Err(Error::internal("pack writing", format!("chunk {}: {why}", blob.id.short())));
         if (blob.codec == Codec::Delta) != blob.base.is_some()
             || (blob.base.is_some() && (!delta_ok || blob.base == Some(blob.id)))
         {
@@ -233,7 +233,7 @@ impl Packer {
             .as_ref()
             .expect("open until finish")
             .send(sealed)
-            .map_err(|_| Error::Invalid("the pack finisher stopped after an error".into()))
+            .map_err(|_| Error::internal("pack writing", "the pack finisher stopped after an error"))
     }
 
     /// Seal the last pack and wait until every pack is committed (their
@@ -268,7 +268,7 @@ fn finish_in_order(rx: crossbeam_channel::Receiver<SealedPack>, done: Sender<Res
     let report = |h: JoinHandle<Result<FinishedPack>>, failed: &mut bool| {
         let r = h
             .join()
-            .unwrap_or_else(|_| Err(Error::Invalid("a pack commit panicked".into())));
+            .unwrap_or_else(|_| Err(Error::internal("pack writing", "a pack commit panicked")));
         if !*failed {
             *failed = r.is_err();
             let _ = done.send(r);

@@ -484,7 +484,7 @@ impl Exec<'_> {
     fn rename_into_place(&mut self, p: Pending) -> Result<()> {
         p.barrier
             .join()
-            .unwrap_or_else(|_| Err(Error::Invalid("sync panicked".into())))?;
+            .unwrap_or_else(|_| Err(Error::internal("restore", "sync panicked")))?;
         crate::fault::point("restore temporaries durable");
         for (job, tmp) in p.jobs.iter().zip(p.renames) {
             let Some(tmp) = tmp else { continue };
@@ -508,7 +508,7 @@ impl Exec<'_> {
             .values()
             .map(|f| {
                 f.try_clone()
-                    .map_err(|e| Error::Invalid(format!("sync failed: {e}")))
+                    .map_err(|e| Error::internal("restore", format!("a handle for sync: {e}")))
             })
             .collect()
     }
@@ -664,7 +664,7 @@ struct Pending<'s> {
 /// One sync per filesystem.
 fn sync_filesystems(files: &[File]) -> Result<()> {
     for f in files {
-        confined::sync_filesystem(f).map_err(|e| Error::Invalid(format!("sync failed: {e}")))?;
+        confined::sync_filesystem(f).map_err(|e| Error::SyncFailed { source: e })?;
     }
     Ok(())
 }

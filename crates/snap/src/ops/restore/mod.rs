@@ -278,7 +278,7 @@ fn normalize_subpath(sub: &Path) -> Result<Option<PathBuf>> {
             Component::Normal(n) => out.push(n),
             Component::CurDir => {}
             _ => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::usage(format!(
                     "{}: --path must be relative to the snapshot root, without `..`",
                     sub.display()
                 )));
@@ -389,7 +389,7 @@ pub fn execute_restore(
 ) -> Result<RestoreStats> {
     let started = Instant::now();
     if plan.snapshot != snap.id.to_hex() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::usage(format!(
             "the plan is for snapshot {}, not {}",
             plan.snapshot,
             snap.id.short()

@@ -195,7 +195,7 @@ pub fn plan(
         p.excludes = if src.exclude.is_empty() {
             None
         } else {
-            Some(Excludes::new(&src.exclude).map_err(Error::Invalid)?)
+            Some(Excludes::new(&src.exclude).map_err(Error::usage)?)
         };
         // The part of the snapshot under this source, relative to its root.
         let rel: Option<PathBuf> = match (multi, sub) {
