@@ -28,6 +28,7 @@ use crate::pack::{Blob, FinishedPack, PackKind, Packer};
 use crate::progress::Progress;
 use crate::repo::{ChunkReader, Repository};
 use crate::retention::{Policy, kept};
+use crate::snapshot::Snapshot;
 use crate::storage::pack_key;
 use crate::tree::Kind;
 
@@ -92,65 +93,123 @@ impl GcStats {
     }
 }
 
+/// What a gc does, decided before it changes anything (what `--dry-run`
+/// reports). On storage other clients write to, the same plan is carried
+/// out by condemning instead of deleting (`gc_shared`).
+pub(crate) struct GcPlan<'s> {
+    pub live: Vec<&'s Snapshot>,
+    pub dead: Vec<&'s Snapshot>,
+    /// The trees the kept snapshots reach; the index's live set holds
+    /// their chunks (after `mark`).
+    pub live_trees: HashSet<TreeId>,
+    /// Packs with nothing live in them.
+    pub delete: Vec<PackRow>,
+    /// Packs with more dead bytes than `repack_dead_share`.
+    pub repack: Vec<PackRow>,
+    /// Bytes still live in `repack`.
+    pub repack_live_bytes: u64,
+    /// Pack objects no index row names (on shared storage: nor any
+    /// condemned record), with their sizes.
+    pub orphans: Vec<Orphan>,
+}
+
+/// Decide: which snapshots the policy keeps, what they reach (marked in
+/// the index's live set), and what happens to each pack.
+pub(crate) fn plan<'s>(
+    repo: &Repository,
+    opts: &GcOptions,
+    all: &'s [Snapshot],
+    shared: bool,
+    progress: &dyn Progress,
+) -> Result<GcPlan<'s>> {
+    progress.phase("gc: mark", None);
+    let keep: HashSet<SnapshotId> = if opts.policy.is_empty() {
+        all.iter().map(|s| s.id).collect()
+    } else {
+        kept(all, &opts.policy, &opts.time_zone)
+    };
+    let (live, dead): (Vec<_>, Vec<_>) = all.iter().partition(|s| keep.contains(&s.id));
+    let live_trees = mark(repo, &live, progress)?;
+    let index = repo.index();
+    let liveness = index.pack_liveness()?;
+    let packs = index.packs()?;
+    let (delete, repack) = decide_packs(repo, opts, &packs, &liveness)?;
+    let repack_live_bytes = repack
+        .iter()
+        .map(|p| liveness.get(&p.rowid).map_or(0, |l| l.1))
+        .sum();
+    let orphans = if shared {
+        crate::ops::gc_shared::unrecorded_orphans(repo, &packs)?
+    } else {
+        let referenced: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
+        orphan_packs(repo, &referenced)?
+    };
+    Ok(GcPlan {
+        live,
+        dead,
+        live_trees,
+        delete,
+        repack,
+        repack_live_bytes,
+        orphans,
+    })
+}
+
 pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Result<GcStats> {
     let started = std::time::Instant::now();
-    let index = repo.index();
     let mut stats = GcStats {
         dry_run: opts.dry_run,
         ..GcStats::default()
     };
-    progress.phase("gc: mark", None);
     let all = repo.snapshots()?;
-    let keep: HashSet<SnapshotId> = if opts.policy.is_empty() {
-        all.iter().map(|s| s.id).collect()
-    } else {
-        kept(&all, &opts.policy, &opts.time_zone)
-    };
-    let (live_snaps, dead_snaps): (Vec<_>, Vec<_>) = all.iter().partition(|s| keep.contains(&s.id));
-    stats.snapshots_kept = live_snaps.len() as u64;
-    stats.snapshots_removed = dead_snaps.iter().map(|s| s.id.to_hex()).collect();
-
-    if repo.is_remote() && !opts.dry_run {
-        return crate::ops::gc_shared::gc_shared(repo, opts, &live_snaps, &dead_snaps, stats, progress);
+    let shared = repo.is_remote() && !opts.dry_run;
+    if shared {
+        // Condemnations of earlier runs come first: their grace period is
+        // judged against every snapshot the synced index knows.
+        let all: Vec<&Snapshot> = all.iter().collect();
+        stats.reclaimed_bytes =
+            crate::ops::gc_shared::finish_condemned(repo, &all, opts.grace, &mut stats, progress)?;
     }
-
-    // 1. Mark.
-    let live_trees = mark(repo, &live_snaps, progress)?;
-
-    // 2. Decide per pack.
-    let liveness = index.pack_liveness()?;
-    let packs = index.packs()?;
-    let (delete, repack) = decide_packs(repo, opts, &packs, &liveness)?;
-    let (dead_chunks, _) = index.dead_chunk_stats()?;
-    stats.chunks_removed = dead_chunks;
-    stats.trees_removed = index.dead_tree_blobs()?;
-    stats.packs_deleted = delete.len() as u64;
-    stats.packs_repacked = repack.len() as u64;
-    let old_bytes: u64 = delete.iter().chain(&repack).map(|p| p.size).sum();
-
-    let referenced: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
-    let orphans = orphan_packs(repo, &referenced)?;
-    stats.orphan_packs_deleted = orphans.len() as u64;
-    let orphan_bytes: u64 = orphans.iter().map(|o| o.size).sum();
-
+    let plan = plan(repo, opts, &all, shared, progress)?;
+    stats.snapshots_kept = plan.live.len() as u64;
+    stats.snapshots_removed = plan.dead.iter().map(|s| s.id.to_hex()).collect();
+    stats.packs_repacked = plan.repack.len() as u64;
+    if shared {
+        return crate::ops::gc_shared::execute(repo, plan, stats, started, progress);
+    }
+    stats.chunks_removed = repo.index().dead_chunk_stats()?.0;
+    stats.trees_removed = repo.index().dead_tree_blobs()?;
+    stats.packs_deleted = plan.delete.len() as u64;
+    stats.orphan_packs_deleted = plan.orphans.len() as u64;
     if opts.dry_run {
         // Estimate: repacked packs keep their live bytes.
-        let live_in_repacked: u64 = repack
-            .iter()
-            .map(|p| liveness.get(&p.rowid).map_or(0, |l| l.1))
-            .sum();
-        stats.reclaimed_bytes = (old_bytes + orphan_bytes).saturating_sub(live_in_repacked);
-        stats.duration_ms = started.elapsed().as_millis() as u64;
-        return Ok(stats);
+        stats.reclaimed_bytes = plan.freed_bytes().saturating_sub(plan.repack_live_bytes);
+    } else {
+        execute(repo, &plan, &mut stats, progress)?;
     }
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(stats)
+}
 
-    // 3. Repack: new packs durable before any row points at them.
-    let live_bytes: u64 = repack
-        .iter()
-        .map(|p| liveness.get(&p.rowid).map_or(0, |l| l.1))
-        .sum();
-    progress.phase("gc: repack", Some(live_bytes));
-    let moved = repack_live(repo, &repack, progress)?;
+impl GcPlan<'_> {
+    /// Bytes of the packs the plan removes (deleted, repacked, orphans).
+    fn freed_bytes(&self) -> u64 {
+        let packs: u64 = self.delete.iter().chain(&self.repack).map(|p| p.size).sum();
+        packs + self.orphans.iter().map(|o| o.size).sum::<u64>()
+    }
+}
+
+/// Carry out a plan on storage only this client writes: repack, one
+/// transaction, then remove what no row references.
+fn execute(
+    repo: &Repository,
+    plan: &GcPlan,
+    stats: &mut GcStats,
+    progress: &dyn Progress,
+) -> Result<()> {
+    // Repack: new packs durable before any row points at them.
+    progress.phase("gc: repack", Some(plan.repack_live_bytes));
+    let moved = repack_live(repo, &plan.repack, progress)?;
     // The last point where stopping leaves everything as it was (new packs
     // nothing points at are orphans the next gc removes).
     if progress.cancelled() {
@@ -159,23 +218,22 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &dyn Progress) -> Resul
     let new_bytes: u64 = moved.iter().map(|f| f.size).sum();
     stats.packs_written = moved.len() as u64;
 
-    // 4. One transaction, after the repository's files record the forgets.
-    let records = repo.record_forgotten(&dead_snaps.iter().map(|s| s.id).collect::<Vec<_>>())?;
+    // One transaction, after the repository's files record the forgets.
+    let records = repo.record_forgotten(&plan.dead.iter().map(|s| s.id).collect::<Vec<_>>())?;
     let session = repo.write()?;
-    commit_forgets_and_moves(repo, &records, &dead_snaps, &moved)?;
+    commit_forgets_and_moves(repo, &records, &plan.dead, &moved)?;
     session.index().delete_dead_chunks()?;
-    for p in delete.iter().chain(&repack) {
+    for p in plan.delete.iter().chain(&plan.repack) {
         session.index().delete_pack(p.rowid)?;
     }
-    delete_dead_trees(repo, &live_trees)?;
+    delete_dead_trees(repo, &plan.live_trees)?;
     session.commit()?;
 
-    // 5. Remove what no row references any more.
+    // Remove what no row references any more.
     progress.phase("gc: delete", None);
-    stats.orphan_packs_deleted = sweep(repo, delete.iter().chain(&repack))?;
-    stats.reclaimed_bytes = (old_bytes + orphan_bytes).saturating_sub(new_bytes);
-    stats.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(stats)
+    stats.orphan_packs_deleted = sweep(repo, plan.delete.iter().chain(&plan.repack))?;
+    stats.reclaimed_bytes = plan.freed_bytes().saturating_sub(new_bytes);
+    Ok(())
 }
 
 /// Which packs gc deletes (nothing live in them) and which it repacks
@@ -368,9 +426,9 @@ pub(crate) fn repack_live(
 
 /// A pack object no index row references: renamed into place by an
 /// interrupted create or gc. Safe to delete only under the exclusive lock.
-struct Orphan {
-    id: PackId,
-    size: u64,
+pub(crate) struct Orphan {
+    pub id: PackId,
+    pub size: u64,
 }
 
 fn orphan_packs(repo: &Repository, referenced: &HashSet<PackId>) -> Result<Vec<Orphan>> {

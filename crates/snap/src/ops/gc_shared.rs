@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::id::{PackId, SnapshotId};
 use crate::objects;
 use crate::ops::gc::{
-    GcOptions, GcStats, commit_forgets_and_moves, delete_dead_trees, mark, repack_live,
+    GcPlan, GcStats, Orphan, commit_forgets_and_moves, delete_dead_trees, mark, repack_live,
 };
 use crate::ops::sync::record_mark;
 use crate::progress::Progress;
@@ -31,39 +31,19 @@ use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::storage::pack_key;
 
-pub(crate) fn gc_shared(
+/// Carry out `plan` on shared storage: repack, then condemn what the plan
+/// deletes, repacks and finds orphaned (deleted by a later gc after the
+/// grace period), in one transaction after the condemned record is
+/// durable; then remove forgotten snapshot objects.
+pub(crate) fn execute(
     repo: &Repository,
-    opts: &GcOptions,
-    live_snaps: &[&Snapshot],
-    dead_snaps: &[&Snapshot],
+    plan: GcPlan,
     mut stats: GcStats,
+    started: std::time::Instant,
     progress: &dyn Progress,
 ) -> Result<GcStats> {
-    let started = std::time::Instant::now();
-    progress.phase("gc: finish condemned packs", None);
-    let all: Vec<&Snapshot> = live_snaps.iter().chain(dead_snaps).copied().collect();
-    stats.reclaimed_bytes = finish_condemned(repo, &all, opts.grace, &mut stats, progress)?;
-
-    progress.phase("gc: mark", None);
-    let live_trees = mark(repo, live_snaps, progress)?;
-    let index = repo.index();
-    let condemned: HashSet<i64> = index.condemned_packs()?.iter().map(|c| c.rowid).collect();
-    let liveness = index.pack_liveness()?;
-    let packs = index.packs()?;
-    let (mut delete, mut repack) = (Vec::new(), Vec::new());
-    for p in packs.iter().filter(|p| !condemned.contains(&p.rowid)) {
-        let (live_n, live_bytes) = liveness.get(&p.rowid).copied().unwrap_or((0, 0));
-        let payload = p.payload();
-        let dead_bytes = payload.saturating_sub(live_bytes);
-        if live_n == 0 {
-            delete.push(p.clone());
-        } else if payload > 0 && dead_bytes as f64 / payload as f64 > opts.repack_dead_share {
-            repack.push(p.clone());
-        }
-    }
-    let orphans = unrecorded_orphans(repo, &packs)?;
-    progress.phase("gc: repack", None);
-    let moved = repack_live(repo, &repack, progress)?;
+    progress.phase("gc: repack", Some(plan.repack_live_bytes));
+    let moved = repack_live(repo, &plan.repack, progress)?;
     if progress.cancelled() {
         return Err(Error::Interrupted);
     }
@@ -71,16 +51,18 @@ pub(crate) fn gc_shared(
     // (indexed since by a sync, with no rows, or not): it holds the moved
     // chunks now, and is neither deleted nor condemned.
     let written: HashSet<PackId> = moved.iter().map(|f| f.id).collect();
+    let mut delete = plan.delete.clone();
     delete.retain(|p| !written.contains(&p.id));
-    let orphans: Vec<PackId> = orphans
-        .into_iter()
+    let orphans: Vec<PackId> = plan
+        .orphans
+        .iter()
+        .map(|o| o.id)
         .filter(|id| !written.contains(id))
         .collect();
-    stats.packs_repacked = repack.len() as u64;
     stats.packs_written = moved.len() as u64;
     let doomed: Vec<PackId> = delete
         .iter()
-        .chain(&repack)
+        .chain(&plan.repack)
         .map(|p| p.id)
         .chain(orphans.iter().copied())
         .collect();
@@ -89,19 +71,19 @@ pub(crate) fn gc_shared(
         true => None,
         false => Some(objects::write_condemned(&**repo.storage(), &doomed)?),
     };
-    let dead_ids: Vec<SnapshotId> = dead_snaps.iter().map(|s| s.id).collect();
+    let dead_ids: Vec<SnapshotId> = plan.dead.iter().map(|s| s.id).collect();
     let forgets = repo.record_forgotten(&dead_ids)?;
     let session = repo.write()?;
-    commit_forgets_and_moves(repo, &forgets, dead_snaps, &moved)?;
+    commit_forgets_and_moves(repo, &forgets, &plan.dead, &moved)?;
     if let Some(name) = &record {
-        for p in delete.iter().chain(&repack) {
+        for p in delete.iter().chain(&plan.repack) {
             session.index().condemn_pack(p.rowid, name)?;
         }
         session.index().mark_applied(&record_mark(name))?;
     }
     // Dead chunk rows of packs that stay are kept: a create on another
     // client may have used them since this client's sync.
-    delete_dead_trees(repo, &live_trees)?;
+    delete_dead_trees(repo, &plan.live_trees)?;
     session.commit()?;
     remove_forgotten_objects(repo, &dead_ids)?;
     stats.reclaimed_bytes = stats
@@ -112,7 +94,7 @@ pub(crate) fn gc_shared(
 }
 
 /// Step 1; returns the bytes of the packs deleted.
-fn finish_condemned(
+pub(crate) fn finish_condemned(
     repo: &Repository,
     all: &[&Snapshot],
     grace: Duration,
@@ -176,7 +158,10 @@ fn finish_condemned(
 
 /// Pack objects no index row names and no condemned record lists yet:
 /// uploads of a create that has not committed (or never will).
-fn unrecorded_orphans(repo: &Repository, packs: &[crate::index::PackRow]) -> Result<Vec<PackId>> {
+pub(crate) fn unrecorded_orphans(
+    repo: &Repository,
+    packs: &[crate::index::PackRow],
+) -> Result<Vec<Orphan>> {
     let storage = repo.storage();
     let mut known: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
     for (name, _) in objects::condemned_records(&**storage)? {
@@ -185,8 +170,8 @@ fn unrecorded_orphans(repo: &Repository, packs: &[crate::index::PackRow]) -> Res
     Ok(repo
         .pack_objects()?
         .into_iter()
-        .map(|(id, _)| id)
-        .filter(|id| !known.contains(id))
+        .filter(|(id, _)| !known.contains(id))
+        .map(|(id, size)| Orphan { id, size })
         .collect())
 }
 
