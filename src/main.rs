@@ -3,6 +3,8 @@
 
 mod cli;
 mod cmd;
+mod known_sources;
+mod user_config;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 
+use crate::user_config::UserConfig;
 use cli::{Cli, Command, TermProgress, count, human_bytes};
 use snap::lock::LockMode;
 use snap::ops::create::{CreateOptions, create};
@@ -21,7 +24,6 @@ use snap::ops::restore::{RestoreOptions, Step, restore};
 use snap::progress::Progress;
 use snap::snapshot::{Snapshot, format_time_local};
 use snap::tree::{Kind, Payload};
-use snap::user_config::{self, UserConfig};
 use snap::{Error, Repository};
 
 use snap::exit;
@@ -177,7 +179,7 @@ pub(crate) fn record_sources(repo: &Repository, opts: &CreateOptions) {
         .into_iter()
         .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
     let r = state_dir().and_then(|d| {
-        let mut known = snap::known_sources::KnownSources::load(&d, repo)?;
+        let mut known = crate::known_sources::KnownSources::load(&d, repo)?;
         known.add(paths)?;
         Ok(())
     });

@@ -51,27 +51,8 @@ pub use snap_storage as storage;
 pub use snap_storage::fault;
 
 internal!(
-    claims,
-    confined,
-    exclude,
-    held,
-    index,
-    keys,
-    known_sources,
-    local_dir,
-    lock,
-    objects,
-    ops,
-    pack,
-    repo,
-    retention,
-    source,
-    spec,
-    sqlite,
-    tree_store,
-    user_config,
-    write,
-    xattr,
+    claims, confined, exclude, held, index, keys, local_dir, lock, objects, ops, pack, repo,
+    retention, source, spec, sqlite, tree_store, write, xattr,
 );
 
 pub mod exit;

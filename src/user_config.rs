@@ -31,10 +31,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::error::{Error, Result};
-use crate::exclude::Excludes;
-use crate::ops::create::SourceSpec;
-use crate::retention::{Policy, parse_duration};
+use snap::exclude::Excludes;
+use snap::{Error, Policy, Result, SourceSpec, parse_duration};
 
 pub const FILE_NAME: &str = "snap.toml";
 

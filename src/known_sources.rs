@@ -18,9 +18,9 @@ use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, IoContext, Result};
-use crate::objects::{hex, unhex};
-use crate::repo::Repository;
+use snap::error::IoContext;
+use snap::objects::{hex, unhex};
+use snap::{Error, Repository, Result};
 
 const HEADER: &str = "# snap: directories this client snapshotted into one repository (hex bytes)";
 
@@ -50,7 +50,10 @@ impl KnownSources {
         let mut paths = BTreeSet::new();
         match fs::read_to_string(&file) {
             Ok(text) => {
-                for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+                for line in text
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.is_empty())
+                {
                     let bytes = unhex(line).ok_or_else(|| Error::Damaged {
                         path: file.clone(),
                         reason: format!("not a line of hex: {line:?}"),
@@ -62,10 +65,6 @@ impl KnownSources {
             Err(e) => return Err(Error::io(&file, e)),
         }
         Ok(KnownSources { file, paths })
-    }
-
-    pub fn contains(&self, path: &Path) -> bool {
-        self.paths.contains(path)
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
@@ -81,7 +80,7 @@ impl KnownSources {
             return Ok(());
         }
         let dir = self.file.parent().expect("the record is in a directory");
-        crate::repo::create_private_dir(dir)?;
+        snap::repo::create_private_dir(dir)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir).at(dir)?;
         let mut text = format!("{HEADER}\n");
         for p in &self.paths {
@@ -98,7 +97,7 @@ impl KnownSources {
 
 #[cfg(test)]
 mod tests {
-    use crate::objects::unhex;
+    use snap::objects::unhex;
 
     #[test]
     fn hex_lines_decode_and_bad_ones_are_refused() {
