@@ -240,3 +240,69 @@ fn the_cycle_check_finds_a_cycle() {
         .collect();
     assert!(long_cycles(&pair).is_empty());
 }
+
+/// The CLI is a thin layer over the library: it names the root API and the
+/// layers meant for tools, never the index, pack files, SQLite capture or
+/// the encodings (those are reached through operations). The library's
+/// private modules it cannot name at all (the compiler refuses).
+#[test]
+fn the_cli_uses_only_the_librarys_api_for_tools() {
+    let allowed: BTreeSet<&str> = [
+        // the library's layers for tools
+        "ops",
+        "repo",
+        "local_dir",
+        "lock",
+        "keys",
+        "objects",
+        "spec",
+        "retention",
+        "exclude",
+        "exit",
+        "progress",
+        // the crates below, as the library re-exports them
+        "error",
+        "tree",
+        "snapshot",
+        "config",
+        "storage",
+        "fault",
+    ]
+    .into();
+    let lib = code(&fs::read_to_string(root().join("crates/snap/src/lib.rs")).unwrap());
+    let mut used = BTreeMap::<String, BTreeSet<String>>::new();
+    for f in rs_files(&root().join("src")) {
+        let text = code(&fs::read_to_string(&f).unwrap());
+        for (i, _) in text.match_indices("snap::") {
+            if i > 0 && text[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            let rest = &text[i + 6..];
+            let names: Vec<&str> = match rest.strip_prefix('{') {
+                Some(g) => g[..g.find('}').unwrap()]
+                    .split(',')
+                    .map(str::trim)
+                    .collect(),
+                None => vec![rest],
+            };
+            for n in names {
+                let id: String = n
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                // Types and functions of the root API, and `self`.
+                let at_root = id.starts_with(char::is_uppercase)
+                    || lib.contains(&format!(" {id},"))
+                    || lib.contains(&format!(" {id}}}"))
+                    || lib.contains(&format!("pub fn {id}("));
+                if !id.is_empty() && !at_root && !allowed.contains(id.as_str()) {
+                    used.entry(id).or_default().insert(f.display().to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        used.is_empty(),
+        "the CLI reaches past the library's API: {used:?}"
+    );
+}

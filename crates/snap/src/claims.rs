@@ -88,7 +88,8 @@ impl Claims {
         Ok(fresh)
     }
 
-    /// Ids claimed so far (for tests and statistics).
+    /// Ids claimed so far.
+    #[cfg(test)]
     pub fn len(&self) -> Result<u64> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let on_disk = match &inner.spilled {
@@ -100,11 +101,8 @@ impl Claims {
         Ok(inner.recent.len() as u64 + on_disk)
     }
 
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
-    }
-
     /// Whether some ids live on disk.
+    #[cfg(test)]
     pub fn spilled(&self) -> bool {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.spilled.is_some()
@@ -165,18 +163,22 @@ fn open_spill(dir: &std::path::Path, prefix: &str) -> Result<(Connection, TempPa
         Ok(db)
     };
     let db = open().map_err(|e| {
-        Error::internal("create", format!(
-            "{}: the temporary set of chunks new in this run: {e}",
-            path.display()
-        ))
+        Error::internal(
+            "create",
+            format!(
+                "{}: the temporary set of chunks new in this run: {e}",
+                path.display()
+            ),
+        )
     })?;
     Ok((db, path))
 }
 
 fn spill_error(e: rusqlite::Error) -> Error {
-    Error::internal("create", format!(
-        "the temporary set of chunks new in this run failed: {e}"
-    ))
+    Error::internal(
+        "create",
+        format!("the temporary set of chunks new in this run failed: {e}"),
+    )
 }
 
 #[cfg(test)]
@@ -192,8 +194,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let claims = Claims::with_limit(dir.path().into(), ".tmp-", 5);
         let first: Vec<ChunkId> = (0..12).map(id).collect();
-        assert_eq!(claims.claim(&first, |_| Ok(false)).unwrap(), (0..12).collect::<Vec<_>>());
-        assert!(claims.spilled(), "12 ids over a limit of 5 must reach the disk");
+        assert_eq!(
+            claims.claim(&first, |_| Ok(false)).unwrap(),
+            (0..12).collect::<Vec<_>>()
+        );
+        assert!(
+            claims.spilled(),
+            "12 ids over a limit of 5 must reach the disk"
+        );
         assert_eq!(claims.len().unwrap(), 12);
         // Old ids (on disk and in memory) are not claimed again, new ones
         // are, and a repeat inside one batch counts once.
@@ -215,7 +223,10 @@ mod tests {
         let claims = Claims::with_limit(dir.path().into(), ".tmp-", 2);
         let ids: Vec<ChunkId> = (0..4).map(id).collect();
         let stored = id(1);
-        assert_eq!(claims.claim(&ids, |c| Ok(*c == stored)).unwrap(), vec![0, 2, 3]);
+        assert_eq!(
+            claims.claim(&ids, |c| Ok(*c == stored)).unwrap(),
+            vec![0, 2, 3]
+        );
         let err = claims
             .claim(&[id(9)], |_| Err(Error::usage("index gone")))
             .unwrap_err();

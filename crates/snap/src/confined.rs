@@ -150,12 +150,6 @@ pub fn symlink(target: &OsStr, dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
     rfs::symlinkat(target, dir, name).map_err(errno)
 }
 
-pub fn read_link(dir: &OwnedFd, name: &OsStr) -> io::Result<Vec<u8>> {
-    rfs::readlinkat(dir, name, Vec::new())
-        .map(|c| c.into_bytes())
-        .map_err(errno)
-}
-
 /// A hard link `dir/name` to `from_dir/from` (a symlink there is linked
 /// itself, never followed).
 pub fn hard_link(from_dir: &OwnedFd, from: &OsStr, dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
@@ -317,7 +311,13 @@ pub fn set_meta_seen(
     if let Some(mode) = mode {
         rfs::chmod(proc.as_str(), Mode::from_raw_mode(mode as _)).map_err(errno)?;
     }
-    rfs::utimensat(rfs::CWD, proc.as_str(), &timestamps(mtime_ns), AtFlags::empty()).map_err(errno)
+    rfs::utimensat(
+        rfs::CWD,
+        proc.as_str(),
+        &timestamps(mtime_ns),
+        AtFlags::empty(),
+    )
+    .map_err(errno)
 }
 
 /// Owner, mode and times of an open file or directory.
@@ -407,7 +407,12 @@ pub fn mount_id(dir: impl AsFd, name: &OsStr) -> io::Result<u64> {
     if name.is_empty() {
         flags |= AtFlags::EMPTY_PATH;
     }
-    let st = statx(dir, name, flags, StatxFlags::MNT_ID | StatxFlags::BASIC_STATS)?;
+    let st = statx(
+        dir,
+        name,
+        flags,
+        StatxFlags::MNT_ID | StatxFlags::BASIC_STATS,
+    )?;
     if st.stx_mask & StatxFlags::MNT_ID.bits() != 0 {
         Ok(st.stx_mnt_id)
     } else {

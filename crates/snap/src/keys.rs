@@ -70,7 +70,9 @@ fn wrapping_key(password: &[u8], salt: &[u8], p: &KdfParams) -> Result<Zeroizing
         argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32)).map_err(bad)?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut out = Zeroizing::new([0u8; 32]);
-    argon.hash_password_into(password, salt, &mut *out).map_err(bad)?;
+    argon
+        .hash_password_into(password, salt, &mut *out)
+        .map_err(bad)?;
     Ok(out)
 }
 
@@ -221,9 +223,16 @@ fn open_with(
 
 /// The master key, from a key object `password` opens, and that object's
 /// name. No object opening it is `Error::WrongPassword`.
-pub fn unlock(storage: &dyn Storage, repo_id: &str, password: &[u8]) -> Result<(MasterKey, String)> {
+pub fn unlock(
+    storage: &dyn Storage,
+    repo_id: &str,
+    password: &[u8],
+) -> Result<(MasterKey, String)> {
     let (master, names) = open_with(storage, repo_id, password, true)?;
-    Ok((master, names.into_iter().next().expect("opened by one at least")))
+    Ok((
+        master,
+        names.into_iter().next().expect("opened by one at least"),
+    ))
 }
 
 /// A key object as `snap key list` shows it.
@@ -267,7 +276,13 @@ pub fn add_password(
             "the repository has {MAX_KEY_OBJECTS} key objects already, as many as an unlock tries"
         )));
     }
-    add_key(storage, repo_id, &master, new_password, KdfParams::default())
+    add_key(
+        storage,
+        repo_id,
+        &master,
+        new_password,
+        KdfParams::default(),
+    )
 }
 
 /// Remove key object `name`, proven by `password`; never the last one,
@@ -340,7 +355,9 @@ fn open_key_object(o: &KeyObject, repo_id: &str, password: &[u8]) -> Result<Opti
         return Ok(None);
     };
     let plain = Zeroizing::new(plain);
-    Ok(Some(MasterKey::from_bytes(plain[..].try_into().expect("32 bytes"))))
+    Ok(Some(MasterKey::from_bytes(
+        plain[..].try_into().expect("32 bytes"),
+    )))
 }
 
 /// Replace every key object `old_password` opens by one `new_password`
@@ -353,7 +370,13 @@ pub fn change_password(
     new_password: &[u8],
 ) -> Result<(String, usize)> {
     let (master, old) = open_with(storage, repo_id, old_password, false)?;
-    let name = add_key(storage, repo_id, &master, new_password, KdfParams::default())?;
+    let name = add_key(
+        storage,
+        repo_id,
+        &master,
+        new_password,
+        KdfParams::default(),
+    )?;
     // Every object the old password opens goes: afterwards it opens none.
     for o in &old {
         storage.delete(&format!("{KEYS_DIR}/{o}"))?;
@@ -426,7 +449,8 @@ pub fn refuse_plain_with_keys(storage: &dyn Storage) -> Result<()> {
 /// Is the repository in `storage` encrypted: its config says so, or it
 /// holds key objects (whatever the config says)?
 pub fn is_encrypted(storage: &dyn Storage) -> Result<bool> {
-    let said = crate::objects::read_config_if_exists(storage)?.is_some_and(|c| !c.encryption.is_empty());
+    let said =
+        crate::objects::read_config_if_exists(storage)?.is_some_and(|c| !c.encryption.is_empty());
     Ok(said || !key_names(storage)?.is_empty())
 }
 
@@ -448,8 +472,14 @@ mod tests {
         add_key(&s, "aa", &master, b"right", FAST).unwrap();
         let (back, _) = unlock(&s, "aa", b"right").unwrap();
         assert_eq!(back.expose(), master.expose());
-        assert!(matches!(unlock(&s, "aa", b"wrong"), Err(Error::WrongPassword { .. })));
-        assert!(matches!(unlock(&s, "bb", b"right"), Err(Error::WrongPassword { .. })));
+        assert!(matches!(
+            unlock(&s, "aa", b"wrong"),
+            Err(Error::WrongPassword { .. })
+        ));
+        assert!(matches!(
+            unlock(&s, "bb", b"right"),
+            Err(Error::WrongPassword { .. })
+        ));
     }
 
     #[test]
@@ -459,7 +489,13 @@ mod tests {
         add_key(&s, "aa", &master, b"old", FAST).unwrap();
         change_password(&s, "aa", b"old", b"new").unwrap();
         assert_eq!(key_names(&s).unwrap().len(), 1);
-        assert_eq!(unlock(&s, "aa", b"new").unwrap().0.expose(), master.expose());
-        assert!(matches!(unlock(&s, "aa", b"old"), Err(Error::WrongPassword { .. })));
+        assert_eq!(
+            unlock(&s, "aa", b"new").unwrap().0.expose(),
+            master.expose()
+        );
+        assert!(matches!(
+            unlock(&s, "aa", b"old"),
+            Err(Error::WrongPassword { .. })
+        ));
     }
 }

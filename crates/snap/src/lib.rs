@@ -24,36 +24,48 @@
 //! [`HeldFiles`]). The library reads no environment variable and prints
 //! nothing. Exit codes for a CLI or a C ABI are in [`exit`].
 //!
-//! The other modules are snap's internals (the binary, the benchmarks and
-//! the white-box tests use them, through the default feature `internals`);
-//! embedders build without default features and see only this API.
+//! # Layers for tools
+//!
+//! Below that API the library's layers are public modules, for tools built
+//! on snap (its own CLI, benchmarks and tests): [`ops`] (every operation,
+//! with its options and statistics), [`repo`] and [`local_dir`] (opening
+//! and creating repositories), [`lock`], [`keys`], [`objects`] (the
+//! repository's own records), [`pack`], [`index`], [`spec`] (snapshot
+//! ids), [`retention`], [`exclude`] and [`sqlite`]; and the crates below,
+//! re-exported as the modules they are (`id`, `tree`, `snapshot`,
+//! `config`, `compress`, `chunker`, `delta`, `grouping`, `error`, and
+//! `storage` with its `fault` points). Only the root API is kept stable
+//! between versions (docs/format.md, "Compatibility"). The modules that
+//! implement them (the claimed-chunk set, confined writes, held files,
+//! source metadata, tree storage, the write session, xattrs) are private:
+//! nothing outside the crate reaches them.
 
-#![cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
-
-/// A module that is public only with the `internals` feature.
-macro_rules! internal {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[cfg(feature = "internals")]
-            #[doc(hidden)]
-            pub mod $name;
-            #[cfg(not(feature = "internals"))]
-            mod $name;
-        )*
-    };
-}
-
-// The layers below, as the modules they were: `crate::id` and the others
-// resolve to them inside this crate, and users of the internals name them
-// as before.
+// The layers below, as the modules they are: `crate::id` and the others
+// resolve to them inside this crate, and tools name them `snap::id`.
 pub use snap_format::{chunker, compress, config, delta, error, grouping, id, snapshot, tree};
 pub use snap_storage as storage;
 pub use snap_storage::fault;
 
-internal!(
-    claims, confined, exclude, held, index, keys, local_dir, lock, objects, ops, pack, repo,
-    retention, source, spec, sqlite, tree_store, write, xattr,
-);
+pub mod exclude;
+pub mod index;
+pub mod keys;
+pub mod local_dir;
+pub mod lock;
+pub mod objects;
+pub mod ops;
+pub mod pack;
+pub mod repo;
+pub mod retention;
+pub mod spec;
+pub mod sqlite;
+
+mod claims;
+mod confined;
+mod held;
+mod source;
+mod tree_store;
+mod write;
+mod xattr;
 
 pub mod exit;
 pub mod progress;

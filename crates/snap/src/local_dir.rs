@@ -71,7 +71,11 @@ impl LocalDir {
             return;
         };
         for de in rd.flatten() {
-            if de.file_name().to_string_lossy().starts_with(TMP_SQLITE_PREFIX) {
+            if de
+                .file_name()
+                .to_string_lossy()
+                .starts_with(TMP_SQLITE_PREFIX)
+            {
                 let _ = fs::remove_file(de.path());
             }
         }

@@ -27,8 +27,8 @@ use crate::storage::{LocalStorage, Storage};
 use crate::tree::Tree;
 use crate::tree_store::{TreeFrames, TreeSource, TreeWriter, compress_tree};
 
-pub use crate::local_dir::{INDEX_FILE, TMP_DIR, TMP_SQLITE_PREFIX, create_private_dir};
 use crate::local_dir::LocalDir;
+pub use crate::local_dir::{INDEX_FILE, TMP_DIR, TMP_SQLITE_PREFIX, create_private_dir};
 pub const PACKS_DIR: &str = "packs";
 
 pub struct Repository {
@@ -356,7 +356,8 @@ impl Repository {
     /// Whether the index keeps a copy of each tree (see `crate::tree_store`):
     /// on a bucket, and in formats that compress trees one by one.
     pub fn keeps_tree_copies(&self) -> bool {
-        self.config.index_keeps_tree_copies(self.storage.is_remote())
+        self.config
+            .index_keeps_tree_copies(self.storage.is_remote())
     }
 
     /// Store a tree: a blob in a tree pack (the repository's own record of
@@ -580,7 +581,11 @@ pub fn list_packs(storage: &dyn Storage) -> Result<Vec<(PackId, u64)>> {
         .collect())
 }
 
-pub(crate) fn apply_to_index(index: &Index, id: &SnapshotId, c: &crate::objects::Change) -> Result<()> {
+pub(crate) fn apply_to_index(
+    index: &Index,
+    id: &SnapshotId,
+    c: &crate::objects::Change,
+) -> Result<()> {
     if c.forgotten {
         index.delete_snapshot(id)?;
         return Ok(());
@@ -593,7 +598,6 @@ pub(crate) fn apply_to_index(index: &Index, id: &SnapshotId, c: &crate::objects:
     }
     Ok(())
 }
-
 
 /// Reads chunks from packs, keeping recently used packs open. Clones
 /// share the open packs (and, on object storage, the windows each pack

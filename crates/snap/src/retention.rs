@@ -208,8 +208,18 @@ mod tests {
     #[test]
     fn safety_snapshots_are_counted_apart() {
         let mut h = history();
-        h.push(snap(9, "2024-04-03T12:00:00Z", &[crate::spec::SAFETY_TAG], false));
-        h.push(snap(10, "2024-04-03T12:05:00Z", &[crate::spec::SAFETY_TAG], false));
+        h.push(snap(
+            9,
+            "2024-04-03T12:00:00Z",
+            &[crate::spec::SAFETY_TAG],
+            false,
+        ));
+        h.push(snap(
+            10,
+            "2024-04-03T12:05:00Z",
+            &[crate::spec::SAFETY_TAG],
+            false,
+        ));
         let one = Policy {
             keep_last: Some(1),
             ..Default::default()

@@ -242,9 +242,15 @@ type Stamp = Option<(u64, i64, i64, i64, i64)>;
 fn stamps(source: &Path) -> [Stamp; 4] {
     use std::os::unix::fs::MetadataExt;
     ["", "-wal", "-journal", "-shm"].map(|s| {
-        std::fs::symlink_metadata(sidecar(source, s))
-            .ok()
-            .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+        std::fs::symlink_metadata(sidecar(source, s)).ok().map(|m| {
+            (
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            )
+        })
     })
 }
 
@@ -538,7 +544,11 @@ mod tests {
         assert_eq!(bytes, std::fs::read(&path).unwrap());
         assert_eq!(info.user_version, 3);
         let names = |d: &Path| std::fs::read_dir(d).unwrap().count();
-        assert_eq!(names(dir.path()), 1, "the read created files next to the database");
+        assert_eq!(
+            names(dir.path()),
+            1,
+            "the read created files next to the database"
+        );
 
         // A writer that opens, commits, checkpoints and closes during the
         // read leaves no sidecar behind, but the main file's stamps moved.

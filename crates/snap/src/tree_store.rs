@@ -17,9 +17,9 @@ use crossbeam_channel::Receiver;
 
 use crate::compress::{Codec, GROUP_MEMBER_MAX, decompress, decompress_group};
 use crate::error::{Error, Result};
+use crate::grouping::Group;
 use crate::id::{ChunkId, Ids, PackId, TreeId};
 use crate::index::{ChunkLocation, Index};
-use crate::grouping::Group;
 use crate::pack::{Blob, FinishedPack, PackKind, Packer, decode_blob};
 use crate::repo::ChunkReader;
 use crate::storage::Storage;
@@ -91,7 +91,8 @@ impl TreeWriter {
         if enc.len() <= GROUP_MEMBER_MAX {
             self.group.push(blob, enc);
             if self.group.is_full() {
-                let full = std::mem::replace(&mut self.group, Group::with_target(TREE_GROUP_TARGET));
+                let full =
+                    std::mem::replace(&mut self.group, Group::with_target(TREE_GROUP_TARGET));
                 self.add_group(full)?;
             }
         } else {
@@ -103,9 +104,9 @@ impl TreeWriter {
     }
 
     fn add_group(&mut self, group: Group) -> Result<()> {
-        let frame = group
-            .into_frame(TREE_LEVEL)
-            .map_err(|e| Error::internal("compression", format!("compression of trees failed: {e}")))?;
+        let frame = group.into_frame(TREE_LEVEL).map_err(|e| {
+            Error::internal("compression", format!("compression of trees failed: {e}"))
+        })?;
         for (blobs, data) in frame.parts() {
             self.packer.add_frame(blobs, data)?;
         }
@@ -180,7 +181,10 @@ impl TreeSource<'_> {
             None => self.damaged(reason),
         };
         if self.ids.tree(&enc) != *id {
-            return Err(damaged(format!("tree {} fails its BLAKE3 check", id.short())));
+            return Err(damaged(format!(
+                "tree {} fails its BLAKE3 check",
+                id.short()
+            )));
         }
         Tree::decode(&enc).map_err(|e| damaged(format!("tree {}: {e}", id.short())))
     }
@@ -196,10 +200,9 @@ impl TreeSource<'_> {
     /// A tree's copy in the index.
     fn decode_copy(&self, id: &TreeId, codec: Codec, data: Vec<u8>) -> Result<Vec<u8>> {
         match codec {
-            Codec::Delta | Codec::Grouped => Err(self.damaged(format!(
-                "tree {} claims a delta or a group",
-                id.short()
-            ))),
+            Codec::Delta | Codec::Grouped => {
+                Err(self.damaged(format!("tree {} claims a delta or a group", id.short())))
+            }
             Codec::Raw => Ok(data),
             Codec::Zstd => {
                 // The frame records its content size; refuse absurd ones.
@@ -240,13 +243,19 @@ impl TreeSource<'_> {
             None => {
                 let stored = pack.read_stored_max(loc.offset as u64, loc.stored_len, max)?;
                 let c = Arc::new(decompress_group(&stored).map_err(|e| {
-                    pack_damage(&loc, format!("the group of tree {} does not decompress: {e}", id.short()))
+                    pack_damage(
+                        &loc,
+                        format!("the group of tree {} does not decompress: {e}", id.short()),
+                    )
                 })?);
                 self.frames.put(key, c.clone());
                 c
             }
         };
-        let (start, end) = (loc.inner as usize, loc.inner as usize + loc.raw_len as usize);
+        let (start, end) = (
+            loc.inner as usize,
+            loc.inner as usize + loc.raw_len as usize,
+        );
         content
             .get(start..end)
             .map(|enc| (enc.to_vec(), loc.pack))

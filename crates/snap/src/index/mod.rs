@@ -160,8 +160,8 @@ impl Index {
     }
 
     fn connect(path: &Path, flags: OpenFlags) -> Result<Connection> {
-        let conn = Connection::open_with_flags(path, flags)
-            .map_err(|source| sql_error(path, source))?;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|source| sql_error(path, source))?;
         conn.busy_timeout(Duration::from_secs(30))
             .and_then(|_| conn.pragma_update(None, "foreign_keys", "ON"))
             // Small by default: create runs one connection per reader thread,
@@ -453,7 +453,9 @@ impl Index {
                 return Ok(Vec::new());
             }
             let mut st = self.conn.prepare("SELECT hash, reason FROM held_back")?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)))?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+            })?;
             let mut out = Vec::new();
             for row in rows {
                 let (hash, why) = row?;
@@ -766,9 +768,9 @@ impl Index {
 
     pub fn packs(&self) -> Result<Vec<PackRow>> {
         let f = || -> rusqlite::Result<Vec<PackRow>> {
-            let mut st = self
-                .conn
-                .prepare("SELECT id, hash, size, chunk_count, kind, bases FROM packs ORDER BY id")?;
+            let mut st = self.conn.prepare(
+                "SELECT id, hash, size, chunk_count, kind, bases FROM packs ORDER BY id",
+            )?;
             st.query_map([], |r| {
                 Ok(PackRow {
                     rowid: r.get(0)?,

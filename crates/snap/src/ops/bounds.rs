@@ -43,7 +43,13 @@ impl Bounds {
     }
 
     /// Tree `id`, of `entries` entries, is entered `depth` levels down.
-    pub fn enter(&mut self, repo: &Repository, id: &TreeId, entries: usize, depth: usize) -> Result<()> {
+    pub fn enter(
+        &mut self,
+        repo: &Repository,
+        id: &TreeId,
+        entries: usize,
+        depth: usize,
+    ) -> Result<()> {
         let damaged = |reason: String| Error::Damaged {
             path: repo.index_path(),
             reason,

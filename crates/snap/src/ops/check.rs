@@ -8,11 +8,11 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
+use crate::index::ChunkLocation;
 use crate::ops::bounds::{EXPANSION, FLOOR};
 use crate::ops::restore::{MAX_DEPTH, entry_budget};
 use crate::pack::{HEADER_LEN, TRAILER_LEN, decode_chunk};
 use crate::progress::Progress;
-use crate::index::ChunkLocation;
 use crate::repo::{ChunkReader, Repository};
 use crate::snapshot::Snapshot;
 use crate::tree::Kind;

@@ -129,13 +129,17 @@ impl Read for Exactly<'_> {
             let mut probe = [0u8; 1];
             return match self.inner.read(&mut probe)? {
                 0 => Ok(0),
-                _ => Err(io::Error::other("the chunks hold more bytes than the entry lists")),
+                _ => Err(io::Error::other(
+                    "the chunks hold more bytes than the entry lists",
+                )),
             };
         }
         let want = out.len().min(self.left as usize);
         let n = self.inner.read(&mut out[..want])?;
         if n == 0 {
-            return Err(io::Error::other("the chunks hold fewer bytes than the entry lists"));
+            return Err(io::Error::other(
+                "the chunks hold fewer bytes than the entry lists",
+            ));
         }
         self.left -= n as u64;
         Ok(n)

@@ -4,8 +4,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::ops::bounds::Bounds;
 use crate::id::TreeId;
+use crate::ops::bounds::Bounds;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Entry, Kind, Tree};

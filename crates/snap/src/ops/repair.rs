@@ -18,16 +18,16 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, TreeId};
 use crate::index::Index;
+use crate::local_dir::LocalDir;
 use crate::lock::{LockMode, RepoLock, default_wait};
 use crate::pack::{
     Blob, FinishedPack, PackKind, PackReader, PackWriter, decode_blob, for_each_footer,
 };
 use crate::progress::Progress;
-use crate::local_dir::LocalDir;
 use crate::repo::{ChunkReader, list_packs};
-use crate::tree_store::compress_tree;
 use crate::storage::{LocalStorage, Storage, pack_key};
 use crate::tree::{Kind, Tree};
+use crate::tree_store::compress_tree;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RepairStats {

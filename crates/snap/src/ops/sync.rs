@@ -58,7 +58,6 @@ impl crate::repo::Repository {
         repo.remote = true;
         Ok((repo, stats))
     }
-
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -216,12 +215,7 @@ pub fn sync_index(
 }
 
 /// Apply the difference in one transaction.
-fn apply(
-    index: &Index,
-    storage: &Arc<dyn Storage>,
-    d: &Diff,
-    stats: &mut SyncStats,
-) -> Result<()> {
+fn apply(index: &Index, storage: &Arc<dyn Storage>, d: &Diff, stats: &mut SyncStats) -> Result<()> {
     for &(rowid, _) in &d.gone_packs {
         index.delete_pack(rowid)?;
         stats.gone_packs += 1;

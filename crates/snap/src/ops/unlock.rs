@@ -22,7 +22,11 @@ impl UnlockedRepository {
     /// Unlock the encrypted repository in `path` with `password`. A
     /// wrong one is `Error::WrongPassword` (exit code 10); a repository
     /// that is not encrypted is refused.
-    pub fn unlock(path: &std::path::Path, password: &str, cache_base: &std::path::Path) -> Result<Self> {
+    pub fn unlock(
+        path: &std::path::Path,
+        password: &str,
+        cache_base: &std::path::Path,
+    ) -> Result<Self> {
         let base: Arc<dyn Storage> = Arc::new(crate::storage::LocalStorage::new(path));
         if !is_encrypted(&*base)? {
             return Err(Error::usage(format!(
@@ -77,4 +81,3 @@ impl UnlockedRepository {
         Ok(repo)
     }
 }
-

@@ -5,7 +5,8 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::{
-    BASE_LEN, ENTRY_LEN, HEADER_LEN, HEADER_MAGIC, PACK_VERSION, PackEntry, PackKind, TRAILER_LEN, TRAILER_MAGIC,
+    BASE_LEN, ENTRY_LEN, HEADER_LEN, HEADER_MAGIC, PACK_VERSION, PackEntry, PackKind, TRAILER_LEN,
+    TRAILER_MAGIC,
 };
 use crate::compress::{Codec, GROUP_RAW_MAX, decompress, decompress_group, delta_decompress};
 use crate::config::CHUNK_MAX_LIMIT;
@@ -221,9 +222,7 @@ impl PackReader {
                     e.id.short()
                 )));
             }
-            if e.codec == Codec::Grouped
-                && e.inner as usize + e.raw_len as usize > GROUP_RAW_MAX
-            {
+            if e.codec == Codec::Grouped && e.inner as usize + e.raw_len as usize > GROUP_RAW_MAX {
                 return Err(bad(format!(
                     "grouped chunk {} out of place or out of bounds",
                     e.id.short()
@@ -281,7 +280,9 @@ impl PackReader {
             .checked_mul(ENTRY_LEN)
             .and_then(|n| n.checked_add(bases.checked_mul(BASE_LEN)?))
             .filter(|n| HEADER_LEN + n + TRAILER_LEN <= size)
-            .ok_or_else(|| bad("its trailer's counts do not fit: nothing can be salvaged".into()))?;
+            .ok_or_else(
+                || bad("its trailer's counts do not fit: nothing can be salvaged".into()),
+            )?;
         let footer_start = (size - TRAILER_LEN - footer_len) as usize;
         let entry_bytes = &all[footer_start..footer_start + (count * ENTRY_LEN) as usize];
         let max = kind.blob_max();
@@ -312,11 +313,7 @@ impl PackReader {
                 (stored, entries)
             })
             .collect();
-        Ok(Salvaged {
-            kind,
-            frames,
-            lost,
-        })
+        Ok(Salvaged { kind, frames, lost })
     }
 
     /// The header, and the pack's last bytes from the returned offset on.
@@ -327,7 +324,11 @@ impl PackReader {
         if !self.remote {
             let tail_start = size - TRAILER_LEN;
             let header = self.read_exact(0, HEADER_LEN)?;
-            return Ok((header, self.read_exact(tail_start, TRAILER_LEN)?, tail_start));
+            return Ok((
+                header,
+                self.read_exact(tail_start, TRAILER_LEN)?,
+                tail_start,
+            ));
         }
         let tail_start = size - REMOTE_TAIL.min(size - HEADER_LEN);
         std::thread::scope(|s| {
@@ -445,7 +446,10 @@ fn group_member(ids: Ids, pack: &PackId, e: &PackEntry, stored: &[u8]) -> Result
             let c = Arc::new(decompress_group(stored).map_err(|err| {
                 damaged(
                     pack,
-                    format!("the group of chunk {} does not decompress: {err}", e.id.short()),
+                    format!(
+                        "the group of chunk {} does not decompress: {err}",
+                        e.id.short()
+                    ),
                 )
             })?);
             LAST_GROUP.with(|slot| *slot.borrow_mut() = Some((key, c.clone())));

@@ -65,8 +65,8 @@ impl PackWriter {
         for blob in blobs {
             self.check(blob, blobs.len())?;
         }
-        let offset =
-            u32::try_from(self.len).map_err(|_| Error::internal("pack writing", "pack larger than 4 GiB"))?;
+        let offset = u32::try_from(self.len)
+            .map_err(|_| Error::internal("pack writing", "pack larger than 4 GiB"))?;
         self.write(stored)?;
         self.entries.extend(blobs.iter().map(|blob| PackEntry {
             id: blob.id,
@@ -83,16 +83,19 @@ impl PackWriter {
     /// A blob this pack can record, in a frame of `members` blobs.
     fn check(&self, blob: &Blob, members: usize) -> Result<()> {
         let delta_ok = self.kind == PackKind::Data;
-        let bad = |why: &str| Err(Error::internal("pack writing", format!("chunk {}: {why}", blob.id.short())));
+        let bad = |why: &str| {
+            Err(Error::internal(
+                "pack writing",
+                format!("chunk {}: {why}", blob.id.short()),
+            ))
+        };
         if (blob.codec == Codec::Delta) != blob.base.is_some()
             || (blob.base.is_some() && (!delta_ok || blob.base == Some(blob.id)))
         {
             return bad("a delta needs a base, and a pack holding data");
         }
         let grouped = blob.codec == Codec::Grouped;
-        if grouped
-            && blob.inner as usize + blob.raw_len as usize > crate::compress::GROUP_RAW_MAX
-        {
+        if grouped && blob.inner as usize + blob.raw_len as usize > crate::compress::GROUP_RAW_MAX {
             return bad("a grouped blob must lie within a bounded group");
         }
         if !grouped && (members > 1 || blob.inner != 0) {
@@ -233,7 +236,9 @@ impl Packer {
             .as_ref()
             .expect("open until finish")
             .send(sealed)
-            .map_err(|_| Error::internal("pack writing", "the pack finisher stopped after an error"))
+            .map_err(|_| {
+                Error::internal("pack writing", "the pack finisher stopped after an error")
+            })
     }
 
     /// Seal the last pack and wait until every pack is committed (their
@@ -262,7 +267,10 @@ const PUBLISHING: usize = 3;
 /// the first error) on `done` in the order they were sealed. After an
 /// error no new commit starts; the ones under way finish (a committed
 /// pack nothing refers to is an orphan gc removes).
-fn finish_in_order(rx: crossbeam_channel::Receiver<SealedPack>, done: Sender<Result<FinishedPack>>) {
+fn finish_in_order(
+    rx: crossbeam_channel::Receiver<SealedPack>,
+    done: Sender<Result<FinishedPack>>,
+) {
     let mut under_way = std::collections::VecDeque::new();
     let mut failed = false;
     let report = |h: JoinHandle<Result<FinishedPack>>, failed: &mut bool| {
@@ -328,7 +336,10 @@ mod tests {
         assert_eq!(counts, vec![MAX_PACK_BLOBS, 10]);
         // Each reads back with every blob in its footer.
         for p in &packs {
-            let footer = PackReader::open(&*storage, &p.id).unwrap().footer().unwrap();
+            let footer = PackReader::open(&*storage, &p.id)
+                .unwrap()
+                .footer()
+                .unwrap();
             assert_eq!(footer.entries, p.entries);
         }
     }

@@ -93,7 +93,8 @@ pub(super) fn store_batch(
             .chain(full.into_iter().map(|g| g.into_frame(level)))
             .collect()
     };
-    let new = frames.map_err(|e| ReadError::Fatal(Error::internal("compression", e.to_string())))?;
+    let new =
+        frames.map_err(|e| ReadError::Fatal(Error::internal("compression", e.to_string())))?;
     if !new.is_empty() && ctx.chunk_tx.send(new).is_err() {
         return Err(ReadError::Fatal(Error::internal(
             "create",

@@ -16,8 +16,8 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Select, Sender, bounded, unbounded};
@@ -26,23 +26,23 @@ use rayon::prelude::*;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::claims::Claims;
 use crate::compress::{Codec, compress_with};
+use crate::config::CHUNK_MAX_LIMIT;
+use crate::delta::Stored;
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
+use crate::grouping::{Frame, Group, groupable};
 use crate::held::HeldFiles;
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::index::{ChunkLocation, Index};
-use crate::config::CHUNK_MAX_LIMIT;
-use crate::delta::Stored;
-use crate::grouping::{Frame, Group, groupable};
 use crate::pack::{Blob, FinishedPack, PackKind, Packer};
 use crate::progress::{Progress, Warning, WarningKind};
-use crate::write::WriteSession;
 use crate::repo::{ChunkReader, Repository};
 use crate::snapshot::{RootMeta, Snapshot, SnapshotStats, SourceRoot};
 use crate::source::{Stat, entry_from_metadata, entry_from_stat, lstat_at, unchanged};
 use crate::sqlite::{self, DbInfo};
 use crate::storage::Storage;
 use crate::tree::{Entry, Kind, Payload, Tree, flags};
+use crate::write::WriteSession;
 
 mod capture;
 mod chunks;
@@ -138,7 +138,6 @@ struct FileResult {
     rel: PathBuf,
     outcome: FileOutcome,
 }
-
 
 /// A directory whose tree is not yet complete.
 struct Node {

@@ -17,14 +17,11 @@ pub(super) fn pack_writer(
     let mut failed: Option<String> = None;
     for batch in rx {
         let Some(p) = packer.as_mut() else { continue };
-        if let Err(e) = batch
-            .into_iter()
-            .try_for_each(|f| {
-                f.parts()
-                    .into_iter()
-                    .try_for_each(|(blobs, data)| p.add_frame(blobs, data))
-            })
-        {
+        if let Err(e) = batch.into_iter().try_for_each(|f| {
+            f.parts()
+                .into_iter()
+                .try_for_each(|(blobs, data)| p.add_frame(blobs, data))
+        }) {
             failed = Some(e.to_string());
             packer = None;
             let _ = done.send(Err(e));
@@ -37,7 +34,10 @@ pub(super) fn pack_writer(
         let _ = done.send(Err(e));
     }
     match failed {
-        Some(msg) => Err(Error::internal("create", format!("pack writer failed: {msg}"))),
+        Some(msg) => Err(Error::internal(
+            "create",
+            format!("pack writer failed: {msg}"),
+        )),
         None => Ok(()),
     }
 }

@@ -5,7 +5,11 @@ use super::*;
 
 /// A reader thread: read each job's file, send its result, and at the end
 /// put what this thread's last group holds in a pack too.
-pub(super) fn read_files(ctx: &WorkerCtx, jobs: Receiver<FileJob>, results: Sender<FileResult>) -> Result<()> {
+pub(super) fn read_files(
+    ctx: &WorkerCtx,
+    jobs: Receiver<FileJob>,
+    results: Sender<FileResult>,
+) -> Result<()> {
     for job in jobs {
         if ctx.progress.cancelled() {
             ctx.cancel.store(true, Ordering::Relaxed);
@@ -27,7 +31,6 @@ pub(super) fn read_files(ctx: &WorkerCtx, jobs: Receiver<FileJob>, results: Send
     }
     flush_group(ctx)
 }
-
 
 pub(super) struct WorkerCtx<'a> {
     pub(super) index: Index,

@@ -275,7 +275,10 @@ impl<'a> Walk<'a> {
     /// (unless asked for), or one of the repository's own directories.
     pub(super) fn leaves_out(&self, path: &Path, child_rel: &Path, st: &Stat) -> bool {
         let is_dir = st.kind() == Kind::Dir;
-        if self.excludes.is_some_and(|ex| ex.excludes(child_rel, is_dir)) {
+        if self
+            .excludes
+            .is_some_and(|ex| ex.excludes(child_rel, is_dir))
+        {
             return true;
         }
         if is_dir

@@ -18,11 +18,11 @@ use super::{Meta, Plan, PlanSummary, RestoreOptions, Step, normalize_subpath, so
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
+use crate::id::TreeId;
 use crate::ops::ls::lookup;
 use crate::repo::Repository;
 use crate::snapshot::{RootMeta, Snapshot, SourceRoot};
 use crate::source::kind_of;
-use crate::id::TreeId;
 use crate::tree::{Entry, Kind, Payload, Tree, flags};
 
 /// Deepest nesting of directories a restore follows (PATH_MAX of 4096
@@ -809,45 +809,45 @@ impl Planner<'_> {
         mut dirty: bool,
     ) -> Result<bool> {
         let path_buf = path.to_path_buf();
-            let exists = disk.is_some();
-            if !exists {
-                self.steps.push(Step::MakeDir {
-                    path: path_buf.clone(),
-                });
-                self.summary.create_dirs += 1;
+        let exists = disk.is_some();
+        if !exists {
+            self.steps.push(Step::MakeDir {
+                path: path_buf.clone(),
+            });
+            self.summary.create_dirs += 1;
+        }
+        let sub_id = e.subtree().unwrap_or(TreeId([0; 32]));
+        let tree = match e.subtree() {
+            Some(sub) => self.repo.load_tree(&sub),
+            None => Err(Error::Damaged {
+                path: self.repo.index_path(),
+                reason: "the directory entry has no tree".into(),
+            }),
+        };
+        let tree = match tree {
+            Ok(t) => t,
+            Err(err) if err.is_damage() => {
+                // Restore everything else; touch nothing under here.
+                self.damaged.push((path_buf, err.to_string()));
+                return Ok(dirty || !exists);
             }
-            let sub_id = e.subtree().unwrap_or(TreeId([0; 32]));
-            let tree = match e.subtree() {
-                Some(sub) => self.repo.load_tree(&sub),
-                None => Err(Error::Damaged {
-                    path: self.repo.index_path(),
-                    reason: "the directory entry has no tree".into(),
-                }),
-            };
-            let tree = match tree {
-                Ok(t) => t,
-                Err(err) if err.is_damage() => {
-                    // Restore everything else; touch nothing under here.
-                    self.damaged.push((path_buf, err.to_string()));
-                    return Ok(dirty || !exists);
-                }
-                Err(err) => return Err(err),
-            };
-            let child_dirty =
-                self.plan_dir(&tree, sub_id, path, disk.as_ref().map(|_| mount_key(path)))?;
-            let meta_differs = disk.as_ref().is_none_or(|m| !self.meta_equal(e, m, path));
-            if child_dirty || meta_differs {
-                let fix = exists && !child_dirty;
-                if fix {
-                    self.summary.fix_metadata += 1;
-                }
-                self.steps.push(Step::DirMeta {
-                    path: path_buf.clone(),
-                    meta: Meta::of(e),
-                    fix,
-                });
-                dirty = true;
+            Err(err) => return Err(err),
+        };
+        let child_dirty =
+            self.plan_dir(&tree, sub_id, path, disk.as_ref().map(|_| mount_key(path)))?;
+        let meta_differs = disk.as_ref().is_none_or(|m| !self.meta_equal(e, m, path));
+        if child_dirty || meta_differs {
+            let fix = exists && !child_dirty;
+            if fix {
+                self.summary.fix_metadata += 1;
             }
+            self.steps.push(Step::DirMeta {
+                path: path_buf.clone(),
+                meta: Meta::of(e),
+                fix,
+            });
+            dirty = true;
+        }
         Ok(dirty)
     }
 
@@ -861,83 +861,81 @@ impl Planner<'_> {
         {
             return self.plan_later_name(e, path, disk, key);
         }
-            enum Act {
-                Keep,
-                Meta,
-                Write,
+        enum Act {
+            Keep,
+            Meta,
+            Write,
+        }
+        let act = match &disk {
+            None => Act::Write,
+            Some(m) => {
+                let same_stat = m.size() == e.size && mtime_ns(m) == e.mtime_ns;
+                // A file modified within the timestamp tick of its
+                // snapshot (flagged racy) could have changed again
+                // without changing size or mtime: compare content.
+                let same_content = if self.verify || (same_stat && e.has_flag(flags::RACY)) {
+                    m.size() == e.size && self.content_equal(path, e)
+                } else {
+                    same_stat
+                };
+                // Root never chowns or chmods a file that has other
+                // names the snapshot did not record: someone may have
+                // linked another user's file here. It is rewritten
+                // instead (a new inode; the other names keep theirs).
+                let foreign_links = self.is_root && m.nlink() > 1 && e.hardlink_key().is_none();
+                if !same_content {
+                    Act::Write
+                } else if self.meta_equal(e, m, path) {
+                    Act::Keep
+                } else if foreign_links {
+                    Act::Write
+                } else {
+                    Act::Meta
+                }
             }
-            let act = match &disk {
-                None => Act::Write,
-                Some(m) => {
-                    let same_stat = m.size() == e.size && mtime_ns(m) == e.mtime_ns;
-                    // A file modified within the timestamp tick of its
-                    // snapshot (flagged racy) could have changed again
-                    // without changing size or mtime: compare content.
-                    let same_content = if self.verify || (same_stat && e.has_flag(flags::RACY))
-                    {
-                        m.size() == e.size && self.content_equal(path, e)
-                    } else {
-                        same_stat
-                    };
-                    // Root never chowns or chmods a file that has other
-                    // names the snapshot did not record: someone may have
-                    // linked another user's file here. It is rewritten
-                    // instead (a new inode; the other names keep theirs).
-                    let foreign_links =
-                        self.is_root && m.nlink() > 1 && e.hardlink_key().is_none();
-                    if !same_content {
-                        Act::Write
-                    } else if self.meta_equal(e, m, path) {
-                        Act::Keep
-                    } else if foreign_links {
-                        Act::Write
-                    } else {
-                        Act::Meta
-                    }
-                }
-            };
-            let mut write_step = None;
-            let kept_ino = match act {
-                Act::Keep => {
-                    self.summary.unchanged_files += 1;
-                    self.summary.unchanged_bytes += e.size;
-                    disk.as_ref().map(|m| m.ino())
-                }
-                Act::Meta => {
-                    let m = disk.as_ref().expect("Act::Meta comes of an entry on disk");
-                    self.steps.push(Step::FixMeta {
-                        path: path_buf.clone(),
-                        meta: Meta::of(e),
-                        seen: (m.dev(), m.ino()),
-                    });
-                    self.summary.fix_metadata += 1;
-                    dirty = true;
-                    disk.as_ref().map(|m| m.ino())
-                }
-                Act::Write => {
-                    write_step = Some(self.steps.len());
-                    self.steps.push(Step::Write {
-                        path: path_buf.clone(),
-                        bytes: e.size,
-                        meta: Meta::of(e),
-                    });
-                    self.summary.write_files += 1;
-                    self.summary.write_bytes += e.size;
-                    dirty = true;
-                    None
-                }
-            };
-            if let Some(key) = e.hardlink_key() {
-                self.leaders.insert(
-                    key,
-                    Leader {
-                        path: path_buf,
-                        kept_ino,
-                        write_step,
-                        size: e.size,
-                    },
-                );
+        };
+        let mut write_step = None;
+        let kept_ino = match act {
+            Act::Keep => {
+                self.summary.unchanged_files += 1;
+                self.summary.unchanged_bytes += e.size;
+                disk.as_ref().map(|m| m.ino())
             }
+            Act::Meta => {
+                let m = disk.as_ref().expect("Act::Meta comes of an entry on disk");
+                self.steps.push(Step::FixMeta {
+                    path: path_buf.clone(),
+                    meta: Meta::of(e),
+                    seen: (m.dev(), m.ino()),
+                });
+                self.summary.fix_metadata += 1;
+                dirty = true;
+                disk.as_ref().map(|m| m.ino())
+            }
+            Act::Write => {
+                write_step = Some(self.steps.len());
+                self.steps.push(Step::Write {
+                    path: path_buf.clone(),
+                    bytes: e.size,
+                    meta: Meta::of(e),
+                });
+                self.summary.write_files += 1;
+                self.summary.write_bytes += e.size;
+                dirty = true;
+                None
+            }
+        };
+        if let Some(key) = e.hardlink_key() {
+            self.leaders.insert(
+                key,
+                Leader {
+                    path: path_buf,
+                    kept_ino,
+                    write_step,
+                    size: e.size,
+                },
+            );
+        }
         dirty
     }
 
@@ -953,8 +951,7 @@ impl Planner<'_> {
     ) -> bool {
         let path_buf = path.to_path_buf();
         let leader = &self.leaders[&key];
-        let (to, kept_ino, write_step) =
-            (leader.path.clone(), leader.kept_ino, leader.write_step);
+        let (to, kept_ino, write_step) = (leader.path.clone(), leader.kept_ino, leader.write_step);
         if let (Some(m), Some(ino)) = (&disk, kept_ino)
             && m.ino() == ino
         {
@@ -1016,36 +1013,36 @@ impl Planner<'_> {
     fn plan_symlink(&mut self, e: &Entry, path: &Path, disk: Option<Metadata>) -> bool {
         let path_buf = path.to_path_buf();
         let mut dirty = false;
-            let want = match &e.payload {
-                Payload::Target(t) => t.clone(),
-                _ => Vec::new(),
-            };
-            let same = disk.is_some()
-                && fs::read_link(path)
-                    .map(|t| t.as_os_str().as_bytes() == want.as_slice())
-                    .unwrap_or(false);
-            if same {
-                let m = disk.as_ref().expect("`same` needs an entry on disk");
-                if !self.meta_equal(e, m, path) {
-                    self.steps.push(Step::FixMeta {
-                        path: path_buf.clone(),
-                        meta: Meta::of(e),
-                        seen: (m.dev(), m.ino()),
-                    });
-                    self.summary.fix_metadata += 1;
-                    dirty = true;
-                }
-            } else {
-                if let Some(m) = disk.clone() {
-                    self.delete(path, &m);
-                }
-                self.steps.push(Step::Symlink {
+        let want = match &e.payload {
+            Payload::Target(t) => t.clone(),
+            _ => Vec::new(),
+        };
+        let same = disk.is_some()
+            && fs::read_link(path)
+                .map(|t| t.as_os_str().as_bytes() == want.as_slice())
+                .unwrap_or(false);
+        if same {
+            let m = disk.as_ref().expect("`same` needs an entry on disk");
+            if !self.meta_equal(e, m, path) {
+                self.steps.push(Step::FixMeta {
                     path: path_buf.clone(),
                     meta: Meta::of(e),
+                    seen: (m.dev(), m.ino()),
                 });
-                self.summary.symlinks += 1;
+                self.summary.fix_metadata += 1;
                 dirty = true;
             }
+        } else {
+            if let Some(m) = disk.clone() {
+                self.delete(path, &m);
+            }
+            self.steps.push(Step::Symlink {
+                path: path_buf.clone(),
+                meta: Meta::of(e),
+            });
+            self.summary.symlinks += 1;
+            dirty = true;
+        }
         dirty
     }
 
