@@ -7,6 +7,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// What every argument that names a snapshot takes (crates/snap/src/spec.rs).
+pub const ID_HELP: &str = "A snapshot: its id or a unique prefix, `latest` (the newest that is not a safety snapshot), or `tag:NAME` (the newest with that tag); each may end in `~N`, the Nth snapshot of the same source before it";
+
 #[derive(Parser)]
 #[command(
     name = "snap",
@@ -94,7 +97,7 @@ pub enum Command {
     },
     /// List the entries of a snapshot, like `ls -l`
     Ls {
-        /// Snapshot id, unique prefix, or `latest`
+        #[arg(help = ID_HELP)]
         id: String,
         /// Path inside the snapshot
         path: Option<PathBuf>,
@@ -109,14 +112,19 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Remove snapshots (run `snap gc` to reclaim their space)
     Forget {
-        /// Snapshot ids or unique prefixes
-        #[arg(required = true)]
+        #[arg(required = true, help = ID_HELP)]
         ids: Vec<String>,
     },
     /// Keep a snapshot whatever the retention policy says
-    Pin { id: String },
+    Pin {
+        #[arg(help = ID_HELP)]
+        id: String,
+    },
     /// Let the retention policy remove a snapshot again
-    Unpin { id: String },
+    Unpin {
+        #[arg(help = ID_HELP)]
+        id: String,
+    },
     /// Apply a retention policy (if given), then delete unused data
     Gc(GcArgs),
     /// Snapshot, run a migration, and roll back if it fails
@@ -133,7 +141,7 @@ pub enum Command {
     Find(FindArgs),
     /// Sizes: of the repository (logical, unique, stored, ratios), or of one snapshot
     Stats {
-        /// Snapshot id, unique prefix, `latest`, `tag:NAME`, each with `~N`
+        #[arg(help = ID_HELP)]
         id: Option<String>,
         /// Print the statistics as one JSON object
         #[arg(long)]
@@ -141,9 +149,9 @@ pub enum Command {
     },
     /// Write a file of a snapshot to stdout, or a directory as a tar stream
     Dump {
-        /// Snapshot id, unique prefix, `latest`, `tag:NAME`, each with `~N`
+        #[arg(help = ID_HELP)]
         id: String,
-        /// Path inside the snapshot (`.` for all of it)
+        /// Path inside the snapshot (`.` or `/` for all of it)
         path: std::path::PathBuf,
     },
     /// Add or remove tags of a snapshot
@@ -168,7 +176,7 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct DiffArgs {
-    /// The snapshot to compare from
+    /// The snapshot to compare from (an id or prefix, `latest`, `tag:NAME`, each with `~N`)
     pub from: String,
     /// The snapshot to compare to [default: the source directories as they are now]
     pub to: Option<String>,
@@ -195,7 +203,7 @@ pub struct FindArgs {
 
 #[derive(Args)]
 pub struct TagArgs {
-    /// Snapshot id, unique prefix, `latest`, `tag:NAME`, each with `~N`
+    #[arg(help = ID_HELP)]
     pub id: String,
     /// Add this tag (repeatable)
     #[arg(long, value_name = "TAG")]
@@ -366,7 +374,7 @@ pub struct GuardArgs {
 
 #[derive(Args)]
 pub struct RestoreArgs {
-    /// Snapshot id, unique prefix, or `latest`
+    #[arg(help = ID_HELP)]
     pub id: String,
     /// Restore into DIR instead of the snapshot's source directory
     #[arg(long, value_name = "DIR")]
@@ -390,6 +398,10 @@ pub struct RestoreArgs {
     /// Print the result (or the plan) as JSON
     #[arg(long)]
     pub json: bool,
+    /// Do not ask before a --target restore deletes what the snapshot
+    /// lacks (it asks only at a terminal)
+    #[arg(long, short)]
+    pub yes: bool,
 }
 
 /// Progress on stderr when it is a terminal.

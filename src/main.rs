@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::user_config::UserConfig;
 use cli::{Cli, Command, TermProgress, count, human_bytes};
+use snap::error::Remedy;
 use snap::lock::LockMode;
 use snap::ops::create::{CreateOptions, create};
 use snap::ops::gc::{forget, set_pinned};
@@ -112,8 +113,14 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("snap: error: {}", error_text(&err));
-            if let Some(remedy) = err.downcast_ref::<Error>().and_then(Error::remedy) {
-                eprintln!("snap: {remedy}");
+            match err.downcast_ref::<Error>().and_then(Error::remedy) {
+                Some(Remedy::RepairIndex) => eprintln!(
+                    "snap: the index is damaged; `snap repair index` rebuilds it from the repository's files"
+                ),
+                Some(Remedy::ReportBug) => eprintln!(
+                    "snap: this is a bug in snap; please report it with the command that failed"
+                ),
+                None => {}
             }
             let code = match err.downcast_ref::<Error>() {
                 Some(e) => exit::of(e),
@@ -402,7 +409,6 @@ struct Ctx<'a> {
     repo: Option<PathBuf>,
     cfg: Option<UserConfig>,
     progress: TermProgress,
-    quiet: bool,
     out: std::io::StdoutLock<'a>,
 }
 
@@ -428,7 +434,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         repo: repo_path,
         cfg,
         progress,
-        quiet: cli.quiet,
         out,
     };
     dispatch(&mut ctx, cli.command)
@@ -613,6 +618,20 @@ fn print_entry(out: &mut impl Write, path: &Path, e: &snap::tree::Entry) -> std:
         line.push_str(&format!(" -> {}", escape(t)));
     }
     writeln!(out, "{line}")
+}
+
+/// A path as a shell word: as it is when it holds only characters no shell
+/// reads specially, else in single quotes (a quote inside as `'\''`).
+/// Control characters and bytes that are not UTF-8 are escaped as
+/// [`escape`] does, so the command is still one line (and then names the
+/// path only for a reader, not for a shell).
+pub(crate) fn shell_quote(p: &Path) -> String {
+    let text = escape_path(p);
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@%=".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        return text;
+    }
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// A path for text output, through [`escape`]: one path, one line.

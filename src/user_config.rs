@@ -241,7 +241,7 @@ pub fn select(
     if picks.is_empty() {
         let cfg = cfg.filter(|c| !c.sources.is_empty()).ok_or_else(|| {
             Error::usage(
-                "no directory given and no sources configured (give a PATH, or name sources in snap.toml; see README, \"Config file\")",
+                "no directory given and no sources configured: name one (`snap create DIR`, `snap guard --source DIR -- MIGRATION`), or name sources in snap.toml (see README, \"Config file\")",
             )
         })?;
         specs = cfg.sources.clone();

@@ -157,7 +157,8 @@ int32_t snap_migration_end(struct SnapRepo *repo,
                            int32_t succeeded,
                            char **result_json);
 
-// Why the last call on this thread failed, or NULL if it succeeded.
+// Why the last call on this thread returned nonzero (a failure, or 7:
+// the migration was rolled back), or NULL if it returned 0.
 // Valid until the next snap call on this thread; do not free it.
 const char *snap_last_error(void);
 

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
 use snap::{
-    Error, GcOptions, HeldFiles, LockMode, Outcome, Repository, RestoreOptions, begin_migration,
-    exit, finish_migration, gc, restore,
+    Error, GcOptions, HeldFiles, LockMode, Outcome, Remedy, Repository, RestoreOptions,
+    begin_migration, exit, finish_migration, gc, restore,
 };
 
 use events::EventSink;
@@ -56,9 +56,14 @@ struct Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let mut message = e.to_string();
-        if let Some(remedy) = e.remedy() {
-            message.push_str("; ");
-            message.push_str(remedy);
+        match e.remedy() {
+            Some(Remedy::RepairIndex) => message.push_str(
+                "; the index can be rebuilt from the repository's files (no data is lost)",
+            ),
+            Some(Remedy::ReportBug) => {
+                message.push_str("; this is a bug in snap, please report it")
+            }
+            None => {}
         }
         Failure {
             code: exit::of(&e),
@@ -123,7 +128,13 @@ fn call(out: *mut *mut c_char, f: impl FnOnce() -> Result<Done, Failure>) -> i32
                 unsafe { *out = to_c_string(text) };
             }
             if d.code != 0 {
-                set_last_error(d.result["error"].as_str().map(str::to_string));
+                // Every nonzero return says why (snap.h); a result without
+                // an `error` still names its code.
+                let why = d.result["error"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("returned {}", d.code));
+                set_last_error(Some(why));
             }
             d.code as i32
         }
@@ -509,7 +520,12 @@ pub unsafe extern "C" fn snap_migration_end(
         let mut v = serde_json::to_value(&end).map_err(|e| invalid(e.to_string()))?;
         let code = match end.outcome {
             Outcome::Migrated => 0,
-            Outcome::RolledBack => exit::ROLLED_BACK,
+            Outcome::RolledBack => {
+                // Not a failure of the call, but not 0: snap_last_error
+                // says what happened, as for every nonzero return.
+                v["error"] = json!("the migration failed and its sources were rolled back exactly");
+                exit::ROLLED_BACK
+            }
             Outcome::RollbackIncomplete => {
                 v["error"] =
                     json!("the rollback could not restore every entry; see restore.failed");
@@ -520,7 +536,8 @@ pub unsafe extern "C" fn snap_migration_end(
     })
 }
 
-/// Why the last call on this thread failed, or NULL if it succeeded.
+/// Why the last call on this thread returned nonzero (a failure, or 7:
+/// the migration was rolled back), or NULL if it returned 0.
 /// Valid until the next snap call on this thread; do not free it.
 #[unsafe(no_mangle)]
 pub extern "C" fn snap_last_error() -> *const c_char {

@@ -39,11 +39,8 @@ pub fn run(
         serde_json::to_writer_pretty(&mut ctx.out, &v)?;
         writeln!(ctx.out)?;
     } else {
-        // The snapshot's labels head a listing of its root, on
-        // stderr: stdout holds one line per entry, for scripts.
-        if rel.as_os_str().is_empty() && !snap.labels.is_empty() && !ctx.quiet {
-            eprintln!("labels: {}", labels_line(&snap));
-        }
+        // One line per entry, for scripts: the snapshot's labels are in
+        // `list` and in `ls --json`.
         for (p, e) in &entries {
             print_entry(&mut ctx.out, p, e)?;
         }

@@ -42,12 +42,54 @@ pub fn run(ctx: &mut Ctx, args: cli::RestoreArgs) -> anyhow::Result<u8> {
         force: args.force,
         known_sources: known,
     };
+    if !args.dry_run && !args.yes && !confirmed(&repo, &snap, &opts, &ctx.progress)? {
+        eprintln!("snap: nothing was changed");
+        return Ok(exit::NOTHING_TO_DO);
+    }
     let (plan, stats) = restore(&repo, &snap, &opts, &ctx.progress)?;
     ctx.progress.finish();
     match stats {
         None => report_plan(ctx, &plan, args.json),
-        Some(st) => report_restore(ctx, &repo, &snap, &plan, &st, args.json),
+        Some(st) => report_restore(ctx, &repo, &snap, &plan, &st, &args),
     }
+}
+
+/// A restore into a `--target` that deletes what the snapshot lacks asks
+/// first, when a person is at a terminal (stdin and stderr): the summary
+/// of the plan, then `y` to go on. Anything else (no terminal, an
+/// in-place restore, nothing to delete) goes on without asking.
+fn confirmed(
+    repo: &Repository,
+    snap: &Snapshot,
+    opts: &RestoreOptions,
+    progress: &TermProgress,
+) -> anyhow::Result<bool> {
+    use std::io::IsTerminal;
+    let Some(target) = &opts.target else {
+        return Ok(true);
+    };
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(true);
+    }
+    let dry = RestoreOptions {
+        dry_run: true,
+        ..opts.clone()
+    };
+    let (plan, _) = restore(repo, snap, &dry, progress)?;
+    progress.finish();
+    let deletes = plan.summary.delete_entries;
+    if deletes == 0 {
+        return Ok(true);
+    }
+    eprint!(
+        "restore {} into {} deletes {} the snapshot lacks (a safety snapshot of it is taken first: the undo); go on? [y/N] ",
+        snap.id.short(),
+        crate::escape_path(target),
+        count(deletes, "entry"),
+    );
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 /// Whether the repository is a local directory this process cannot write.
@@ -138,6 +180,21 @@ fn report_plan(ctx: &mut Ctx, plan: &Plan, json: bool) -> anyhow::Result<u8> {
     })
 }
 
+/// The command that puts back what a restore replaced: the safety
+/// snapshot, restored where this restore wrote (the same `--target`, as
+/// an absolute path, and `--path`).
+fn undo_command(safety: &str, args: &cli::RestoreArgs) -> String {
+    let mut cmd = format!("snap restore {safety}");
+    if let Some(t) = &args.target {
+        let abs = std::path::absolute(t).unwrap_or_else(|_| t.clone());
+        cmd.push_str(&format!(" --target {}", crate::shell_quote(&abs)));
+    }
+    if let Some(p) = &args.path {
+        cmd.push_str(&format!(" --path {}", crate::shell_quote(p)));
+    }
+    cmd
+}
+
 /// What a restore did, as text or JSON, then what it could not do.
 fn report_restore(
     ctx: &mut Ctx,
@@ -145,9 +202,9 @@ fn report_restore(
     snap: &Snapshot,
     plan: &Plan,
     st: &RestoreStats,
-    json: bool,
+    args: &cli::RestoreArgs,
 ) -> anyhow::Result<u8> {
-    if json {
+    if args.json {
         let mut v = serde_json::to_value(st)?;
         v["snapshot"] = json!(snap.id.to_hex());
         v["target"] = json!(plan.target.to_string_lossy());
@@ -158,8 +215,8 @@ fn report_restore(
         if let Some(id) = &st.safety_snapshot {
             writeln!(
                 ctx.out,
-                "safety snapshot {id} (undo this restore with `snap restore {}`)",
-                &id[..8]
+                "safety snapshot {id} (undo this restore with `{}`)",
+                undo_command(&id[..8], args)
             )?;
         }
         writeln!(

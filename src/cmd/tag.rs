@@ -24,6 +24,13 @@ pub fn run(
     }
     let repo = crate::open_repo(repo, Some(LockMode::Exclusive))?;
     let s = repo.find_snapshot(&args.id)?;
+    for t in args.remove.iter().filter(|t| !s.tags.contains(t)) {
+        eprintln!(
+            "snap: warning: snapshot {} has no tag {}; nothing to remove",
+            s.id.short(),
+            crate::escape(t.as_bytes())
+        );
+    }
     let mut tags = s.tags.clone();
     tags.retain(|t| !args.remove.contains(t));
     for t in &args.add {

@@ -108,18 +108,18 @@ fn create_snapshots_every_source_into_one_snapshot_without_the_excludes() {
         names(&out),
         vec!["db", "db/main.db", "docs", "docs/notes.txt", "docs/sub"]
     );
-    // In list and ls, text and JSON.
+    // In list (text and JSON) and `ls --json`; `ls` prints one line per
+    // entry on stdout and nothing on stderr (`ls | wc -l`).
     let list = a.snap().arg("list").assert().success();
     let text = String::from_utf8_lossy(&list.get_output().stdout).to_string();
-    assert!(text.contains("app_version=2.3.0"), "{text}");
+    assert!(text.contains("app=notes app_version=2.3.0"), "{text}");
+    let ls = a.snap().args(["ls", id, "--json"]).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&ls.get_output().stdout).unwrap();
+    assert_eq!(v["snapshot"]["labels"]["app_version"], "2.3.0", "{v}");
     let ls = a.snap().args(["ls", id]).assert().success();
     let text = String::from_utf8_lossy(&ls.get_output().stdout).to_string();
     let err = String::from_utf8_lossy(&ls.get_output().stderr).to_string();
-    // Labels on stderr; stdout is one line per entry (`ls | wc -l`).
-    assert!(
-        err.starts_with("labels: app=notes app_version=2.3.0"),
-        "{err}"
-    );
+    assert_eq!(err, "", "ls writes nothing to stderr");
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.contains(" db\n") && text.contains(" docs\n"), "{text}");
 }

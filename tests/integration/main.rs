@@ -20,6 +20,7 @@ mod hostile;
 mod layers;
 mod library;
 mod model;
+mod newuser;
 mod readme;
 mod repair;
 mod restore_in_place;

@@ -156,15 +156,12 @@ impl Error {
     }
 
     /// What the one who sees this error can do about it, when there is
-    /// one thing to say.
-    pub fn remedy(&self) -> Option<&'static str> {
+    /// one thing to say; each front end words it in its own terms (the
+    /// CLI names a command, the C ABI does not).
+    pub fn remedy(&self) -> Option<Remedy> {
         match self {
-            _ if self.is_index_damage() => {
-                Some("`snap repair index` rebuilds the index from the repository's files")
-            }
-            Error::Internal { .. } => {
-                Some("this is a bug in snap; please report it with the command that failed")
-            }
+            _ if self.is_index_damage() => Some(Remedy::RepairIndex),
+            Error::Internal { .. } => Some(Remedy::ReportBug),
             _ => None,
         }
     }
@@ -204,6 +201,16 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// What can be done about an error (see [`Error::remedy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remedy {
+    /// The index is damaged or missing: rebuild it from the repository's
+    /// own files (no data is lost).
+    RepairIndex,
+    /// snap failed: a bug to report.
+    ReportBug,
 }
 
 /// `.at(path)` turns an `io::Result` into a `Result` that names the path.

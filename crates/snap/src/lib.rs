@@ -71,7 +71,7 @@ pub mod exit;
 pub mod progress;
 
 pub use config::RepoConfig;
-pub use error::{Error, Result};
+pub use error::{Error, Remedy, Result};
 pub use held::HeldFiles;
 pub use id::{ChunkId, PackId, SnapshotId, TreeId};
 pub use lock::{LockMode, set_default_wait as set_lock_wait};

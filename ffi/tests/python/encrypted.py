@@ -54,6 +54,14 @@ try:
     check(False, "an encrypted repository opened without a cache_dir")
 except SnapError as e:
     check("cache_dir" in e.message, f"no cache_dir: {e.message}")
+# Without any options: the repository is encrypted and needs its password,
+# said in the ABI's own terms (never a CLI command, never "damaged").
+for options in ({}, None):
+    r = snap.lib.snap_open(repo_path.encode(), None if options is None else b"{}")
+    check(not r, "an encrypted repository opened without its password")
+    msg = snap.last_error()
+    check("encrypted" in msg and "password" in msg, f"no password: {msg}")
+    check("damaged" not in msg and "snap " not in msg, f"no password, in CLI terms: {msg}")
 
 repo = snap.open(repo_path, password="app secret", cache_dir=cache)
 _, listed = snap.call(snap.lib.snap_list, repo)

@@ -10,7 +10,9 @@ use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Entry, Kind, Tree};
 
-/// Find the entry at `rel` (relative to the snapshot root). `None` for the root.
+/// Find the entry at `rel`, a path inside the snapshot: relative to its
+/// root, or starting with `/`, which is the snapshot's root (`/` and `.`
+/// name the root itself). `None` for the root.
 pub fn lookup(repo: &Repository, snap: &Snapshot, rel: &Path) -> Result<Option<(Entry, PathBuf)>> {
     let mut tree_id: TreeId = snap.root;
     let mut found: Option<Entry> = None;
@@ -18,10 +20,10 @@ pub fn lookup(repo: &Repository, snap: &Snapshot, rel: &Path) -> Result<Option<(
     for comp in rel.components() {
         let name = match comp {
             Component::Normal(n) => n.as_bytes(),
-            Component::CurDir => continue,
+            Component::CurDir | Component::RootDir => continue,
             _ => {
                 return Err(Error::usage(format!(
-                    "{}: path inside a snapshot must be relative and without `..`",
+                    "{}: a path inside a snapshot has no `..`",
                     rel.display()
                 )));
             }
