@@ -162,6 +162,9 @@ pub enum Command {
     Man {
         /// A command, e.g. `restore`
         command: Option<String>,
+        /// Write every page (snap.1 and snap-COMMAND.1) into DIR
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        dir: Option<PathBuf>,
     },
     /// Check the repository's consistency; --read-data also verifies every chunk
     Check {

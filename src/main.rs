@@ -448,7 +448,9 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Dump { id, path } => cmd::dump::run(&ctx.repo, &id, &path, &mut ctx.out),
         Command::Tag(args) => cmd::tag::run(&ctx.repo, args, &mut ctx.out),
         Command::Completions { shell } => cmd::docs::completions(shell, &mut ctx.out),
-        Command::Man { command } => cmd::docs::man(command.as_deref(), &mut ctx.out),
+        Command::Man { command, dir } => {
+            cmd::docs::man(command.as_deref(), dir.as_deref(), &mut ctx.out)
+        }
         Command::Init {
             path,
             pack_size,

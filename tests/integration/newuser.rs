@@ -234,3 +234,57 @@ fn a_target_restore_that_deletes_asks_at_a_terminal() {
     assert!(!target.join("extra.txt").exists());
     assert!(target.join("a.txt").exists());
 }
+
+/// Finding 3: `snap man --dir DIR` writes every page the top page refers
+/// to, each with EXIT STATUS (7: rolled back) and ENVIRONMENT; `man`
+/// renders them.
+#[test]
+fn every_man_page_is_written_with_exit_status_and_environment() {
+    let env = Env::new();
+    let dir = env.path("man1");
+    env.snap()
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .assert()
+        .success();
+    let top = fs::read_to_string(dir.join("snap.1")).unwrap();
+    let mut referred = std::collections::BTreeSet::new();
+    for (i, _) in top.match_indices("snap\\-") {
+        let name: String = top[i + 6..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase())
+            .collect();
+        referred.insert(name);
+    }
+    assert!(referred.len() >= 19, "{referred:?}");
+    for name in &referred {
+        let page = dir.join(format!("snap-{name}.1"));
+        let text = fs::read_to_string(&page)
+            .unwrap_or_else(|_| panic!("snap.1 refers to snap-{name}(1), not written"));
+        for part in [
+            ".SH \"EXIT STATUS\"",
+            "rolled back exactly",
+            ".SH \"ENVIRONMENT\"",
+            "SNAP_REPO",
+        ] {
+            assert!(text.contains(part), "snap-{name}.1 lacks {part}");
+        }
+    }
+    let rendered = std::process::Command::new("man")
+        .arg("-l")
+        .arg(dir.join("snap-restore.1"))
+        .env("MANWIDTH", "80")
+        .output();
+    if let Ok(out) = rendered {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("EXIT STATUS") && text.contains("ENVIRONMENT"),
+            "{text}"
+        );
+    }
+}
