@@ -415,8 +415,10 @@ pub struct TermProgress {
 }
 
 const SPINNER: &str = "{spinner} {msg} {binary_bytes} [{elapsed}]";
+/// The bar takes what the terminal's width leaves (indicatif measures it
+/// at each draw), so the line never wraps in an 80-column terminal.
 const WITH_TOTAL: &str =
-    "{spinner} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {percent}%, ETA {eta}";
+    "{spinner} {msg} {binary_bytes}/{binary_total_bytes} {percent}% ETA {eta} [{wide_bar}]";
 
 impl TermProgress {
     pub fn new(quiet: bool) -> Self {
