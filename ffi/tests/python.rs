@@ -43,3 +43,40 @@ fn snap_create_in_the_apps_process_keeps_the_apps_sqlite_locks() {
 fn an_encrypted_repository_works_through_the_c_abi() {
     run_script("encrypted.py");
 }
+
+/// docs/embedding.md's Python example, run as written: the block after
+/// `<!-- example: python -->`.
+#[test]
+fn the_python_example_in_the_docs_runs_as_written() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/embedding.md"))
+            .unwrap();
+    let at = doc
+        .find("<!-- example: python -->")
+        .expect("the example's marker in docs/embedding.md");
+    let body = &doc[at..];
+    let start = body
+        .find("```python\n")
+        .expect("a python block after the marker")
+        + 10;
+    let code = &body[start..start + body[start..].find("```").unwrap()];
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("example.py");
+    std::fs::write(&script, code).unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(support::library_dir().join("libsnap_ffi.so"))
+        .arg(&work)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.ends_with("ok\n"),
+        "the example failed ({}):\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("rolled back:"), "{stdout}");
+}
