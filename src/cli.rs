@@ -362,9 +362,12 @@ pub struct GuardArgs {
     /// A shell command that must succeed after the migration, or it is rolled back
     #[arg(long, value_name = "CMD")]
     pub check: Option<String>,
-    /// After a success, keep only the newest N `migrated` snapshots of these sources
+    /// After a success, keep only the newest N kept sessions (`migration-kept`) of these sources
     #[arg(long, value_name = "N")]
     pub keep: Option<usize>,
+    /// After a success, also snapshot the migrated state (tagged `migrated`)
+    #[arg(long)]
+    pub snapshot_after: bool,
     #[command(flatten)]
     pub what: SnapshotArgs,
     /// Print the outcome as JSON

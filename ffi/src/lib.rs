@@ -493,7 +493,8 @@ pub unsafe extern "C" fn snap_migration_begin(
 
 /// End the migration begun with `snapshot` (the id snap_migration_begin
 /// returned). `succeeded` nonzero: the changes stay, the snapshot is
-/// unpinned and tagged `migrated`; returns 0. Zero: the sources are put
+/// unpinned and tagged `migration-kept` (it keeps `pre-migration`: it
+/// holds the state before); returns 0. Zero: the sources are put
 /// back exactly as they were (close the databases first), the snapshot is
 /// tagged `rolled-back`; returns 7, or 8 when some entries could not be
 /// rolled back (the result lists them). Result: `{"outcome": "migrated" |

@@ -77,7 +77,7 @@ fn the_upgrade_scenario_runs_from_c() {
             "first",
             "pre-migration,rolled-back",
             "pre-restore",
-            "migrated"
+            "pre-migration,migration-kept"
         ],
         "tags of the snapshots, oldest first"
     );

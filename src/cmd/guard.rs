@@ -22,7 +22,9 @@ use signal_hook::iterator::exfiltrator::WithOrigin;
 
 use crate::cli::{GuardArgs, count};
 use snap::ops::create::CreateOptions;
-use snap::ops::migration::{Outcome, begin_migration, finish_migration};
+use snap::ops::migration::{
+    LABEL_RUN, Outcome, begin_migration, finish_migration, snapshot_migrated,
+};
 use snap::ops::restore::RestoreStats;
 use snap::progress::Progress;
 use snap::{Error, Repository};
@@ -45,8 +47,12 @@ pub struct GuardReport {
     /// What the rollback changed back: `"<verb> <path>"`, at most 100.
     pub rolled_back: Vec<String>,
     pub rolled_back_more: usize,
-    /// Older `migrated` snapshots forgotten because of `keep`.
+    /// Older kept sessions' snapshots forgotten because of `keep`.
     pub forgotten: Vec<String>,
+    /// With `--snapshot-after`: the snapshot of the migrated state.
+    pub migrated_snapshot: Option<String>,
+    /// The id every snapshot of this run carries as its `migration:run` label.
+    pub run: Option<String>,
     pub duration_ms: u64,
 }
 
@@ -104,6 +110,14 @@ pub fn run(
         )));
     }
     let end = finish_migration(repo, &snap.id, failure.is_none(), args.keep, progress)?;
+    let migrated_snapshot = match end.outcome {
+        Outcome::Migrated if args.snapshot_after => Some(
+            snapshot_migrated(repo, &snap.id, &what, progress)?
+                .id
+                .to_hex(),
+        ),
+        _ => None,
+    };
     progress.finish();
     let report = GuardReport {
         outcome: end.outcome,
@@ -116,6 +130,8 @@ pub fn run(
         rolled_back: end.rolled_back,
         rolled_back_more: end.rolled_back_more,
         forgotten: end.forgotten.iter().map(|i| i.to_hex()).collect(),
+        migrated_snapshot,
+        run: snap.labels.get(LABEL_RUN).cloned(),
         duration_ms: started.elapsed().as_millis() as u64,
     };
     print(out, &report, args.json)?;
@@ -207,8 +223,15 @@ fn print(out: &mut impl Write, r: &GuardReport, json: bool) -> anyhow::Result<()
         Outcome::Migrated => {
             writeln!(
                 out,
-                "migration succeeded; snapshot {short} kept (tagged migrated; `snap restore {short}` goes back)"
+                "migration succeeded; snapshot {short} holds the state before it (tagged pre-migration,migration-kept; `snap restore {short}` goes back)"
             )?;
+            if let Some(after) = &r.migrated_snapshot {
+                writeln!(
+                    out,
+                    "snapshot {} holds the migrated state (tagged migrated)",
+                    &after[..8]
+                )?;
+            }
             for id in &r.forgotten {
                 writeln!(out, "forgot older guard snapshot {}", &id[..8])?;
             }

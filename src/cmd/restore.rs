@@ -41,6 +41,7 @@ pub fn run(ctx: &mut Ctx, args: cli::RestoreArgs) -> anyhow::Result<u8> {
         safety_snapshot: !args.no_safety_snapshot,
         force: args.force,
         known_sources: known,
+        safety_labels: Default::default(),
     };
     if !args.dry_run && !args.yes && !confirmed(&repo, &snap, &opts, &ctx.progress)? {
         eprintln!("snap: nothing was changed");

@@ -193,7 +193,10 @@ fn a_successful_migration_keeps_its_changes_and_its_snapshot() {
     assert_eq!(user_version(&s.src.join("data/app.db")), 2);
     let id = r["snapshot"].as_str().unwrap();
     let snap = snapshot(&s.env, id);
-    assert_eq!(snap["tags"], serde_json::json!(["migrated"]));
+    assert_eq!(
+        snap["tags"],
+        serde_json::json!(["pre-migration", "migration-kept"])
+    );
     assert_eq!(snap["pinned"], false);
     // The kept snapshot is the state before the migration.
     let out = s.env.path("out");
@@ -473,4 +476,54 @@ fn a_migration_that_replaces_the_source_with_a_symlink_is_rolled_back() {
         b"not ours to touch"
     );
     assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 1);
+}
+
+/// Every snapshot of one guard run is named for what it holds and carries
+/// the run's labels and id: the pre-migration snapshot (`pre-migration`
+/// plus the outcome), a rollback's safety snapshot (`pre-restore`), and
+/// with `--snapshot-after` the migrated state (`migrated`, restoring to
+/// exactly what the migration left).
+#[test]
+fn each_snapshot_of_a_run_is_named_for_what_it_holds_and_carries_its_labels() {
+    let s = setup();
+    let failed = report(&s.guard(&["--label", "release=2.0"], "1").code(7));
+    let run = failed["run"].as_str().expect("the run id").to_string();
+    let pre = snapshot(&s.env, failed["snapshot"].as_str().unwrap());
+    let safety = s
+        .env
+        .list()
+        .into_iter()
+        .find(|x| x["tags"] == serde_json::json!(["pre-restore"]))
+        .expect("the rollback's safety snapshot");
+    for x in [&pre, &safety] {
+        assert_eq!(x["labels"]["release"], "2.0", "{x}");
+        assert_eq!(x["labels"]["migration:run"], run.as_str(), "{x}");
+    }
+    assert_eq!(
+        pre["tags"],
+        serde_json::json!(["pre-migration", "rolled-back"])
+    );
+
+    let kept = report(
+        &s.guard(&["--label", "release=2.1", "--snapshot-after"], "0")
+            .success(),
+    );
+    assert_ne!(kept["run"], run.as_str(), "each run has its own id");
+    let after_id = kept["migrated_snapshot"]
+        .as_str()
+        .expect("the after snapshot");
+    let after = snapshot(&s.env, after_id);
+    assert_eq!(after["tags"], serde_json::json!(["migrated"]));
+    assert_eq!(after["labels"]["release"], "2.1");
+    assert_eq!(after["labels"]["migration:run"], kept["run"]);
+    let pre = snapshot(&s.env, kept["snapshot"].as_str().unwrap());
+    assert_eq!(
+        pre["tags"],
+        serde_json::json!(["pre-migration", "migration-kept"])
+    );
+    let migrated = s.env.path("migrated");
+    cp_a(&s.src, &migrated);
+    let out = s.env.path("out-after");
+    s.env.restore_to(after_id, &out);
+    assert_same_tree(&migrated, &out);
 }

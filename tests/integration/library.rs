@@ -144,7 +144,7 @@ fn a_failed_migration_session_rolls_back_and_a_good_one_stays() {
     assert_eq!(end.outcome, Outcome::Migrated);
     assert_eq!(std::fs::read(src.join("migrated-marker")).unwrap(), b"done");
     let kept = repo.snapshot_by_id(&pre.id).unwrap().unwrap();
-    assert!(!kept.pinned && kept.tags.contains(&"migrated".to_string()));
+    assert!(!kept.pinned && kept.tags.contains(&"migration-kept".to_string()));
 }
 
 #[test]

@@ -86,7 +86,7 @@ fn the_readme_upgrade_example_runs_as_written() {
             .any(|s| s["tags"].as_array().unwrap().iter().any(|x| x == t))
     };
     assert!(
-        tagged("migrated") && tagged("rolled-back") && tagged("pre-restore"),
+        tagged("migration-kept") && tagged("rolled-back") && tagged("pre-restore"),
         "{snaps}"
     );
 }

@@ -146,17 +146,17 @@ impl Repository {
         mode: Option<LockMode>,
         read_only: bool,
     ) -> Result<Repository> {
-        // An encrypted repository opened without its key: its index is in
-        // the opener's cache, not here, and nothing here can be read.
-        if storage.id_key().is_none() && crate::keys::is_encrypted(&*storage)? {
-            return Err(Error::NoPassword {
-                repo: storage.describe("").trim_end_matches('/').to_string(),
-                why: "it must be unlocked with its password first (UnlockedRepository; through the C ABI, options {\"password\", \"cache_dir\"})".into(),
-            });
-        }
         if !path.join(INDEX_FILE).exists()
             && (path.join(PACKS_DIR).is_dir() || crate::objects::holds_a_repository(&*storage))
         {
+            // An encrypted repository opened without its key: its index is
+            // in the opener's cache, not here, and nothing here is readable.
+            if storage.id_key().is_none() && crate::keys::is_encrypted(&*storage)? {
+                return Err(Error::NoPassword {
+                    repo: storage.describe("").trim_end_matches('/').to_string(),
+                    why: "it must be unlocked with its password first (UnlockedRepository; through the C ABI, options {\"password\", \"cache_dir\"})".into(),
+                });
+            }
             // Packs without an index: a repository that lost its index.
             return Err(Error::IndexDamaged {
                 path: path.join(INDEX_FILE),

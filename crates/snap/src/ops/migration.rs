@@ -26,9 +26,20 @@ use crate::progress::{Progress, Warning, WarningKind};
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 
+/// The snapshot a session takes before the migration (it always holds the
+/// state before, whatever the outcome adds).
 pub const TAG_PRE: &str = "pre-migration";
-pub const TAG_MIGRATED: &str = "migrated";
+/// Added to the pre-migration snapshot when the migration succeeded and
+/// its changes stayed.
+pub const TAG_KEPT: &str = "migration-kept";
+/// Added to it when the migration failed and was rolled back.
 pub const TAG_ROLLED_BACK: &str = "rolled-back";
+/// The snapshot of the migrated state ([`snapshot_migrated`]).
+pub const TAG_MIGRATED: &str = "migrated";
+/// The label tying every snapshot of one session together (the
+/// pre-migration snapshot, a rollback's safety snapshot, the migrated
+/// state): a random id. snap's own label: its key holds a `:`.
+pub const LABEL_RUN: &str = "migration:run";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,10 +72,7 @@ pub struct MigrationEnd {
 pub fn is_unfinished(s: &Snapshot) -> bool {
     s.pinned
         && s.tags.iter().any(|t| t == TAG_PRE)
-        && !s
-            .tags
-            .iter()
-            .any(|t| t == TAG_MIGRATED || t == TAG_ROLLED_BACK)
+        && !s.tags.iter().any(|t| t == TAG_KEPT || t == TAG_ROLLED_BACK)
 }
 
 /// The keys a session of `what` is recorded under: the source as named,
@@ -118,6 +126,9 @@ pub fn begin_migration(
     co.tags.retain(|t| t != TAG_PRE);
     co.tags.push(TAG_PRE.to_string());
     co.pinned = true;
+    let run: [u8; 8] = rand::random();
+    co.labels
+        .insert(LABEL_RUN.to_string(), crate::objects::hex(&run));
     let snap = create(repo, &co, progress)?;
     if !snap.complete {
         repo.set_pinned(&snap.id, false)?;
@@ -162,17 +173,13 @@ pub fn finish_migration(
         rolled_back_more: 0,
         forgotten: Vec::new(),
     };
-    let mut tags: Vec<String> = snap
-        .tags
-        .iter()
-        .filter(|t| *t != TAG_PRE)
-        .cloned()
-        .collect();
+    // The snapshot keeps `pre-migration` (it holds that state) and gains
+    // the outcome.
+    let mut tags = snap.tags.clone();
     if succeeded {
-        tags.push(TAG_MIGRATED.to_string());
+        tags.push(TAG_KEPT.to_string());
     } else {
         roll_back(repo, &snap, &mut end, progress)?;
-        tags.push(TAG_PRE.to_string());
         tags.push(TAG_ROLLED_BACK.to_string());
     }
     repo.set_tags(&snap.id, &tags)?;
@@ -181,7 +188,7 @@ pub fn finish_migration(
         let mut old: Vec<_> = repo
             .snapshots()?
             .into_iter()
-            .filter(|s| s.source == snap.source && s.tags.iter().any(|t| t == TAG_MIGRATED))
+            .filter(|s| s.source == snap.source && s.tags.iter().any(|t| t == TAG_KEPT))
             .filter(|s| !s.pinned)
             .collect();
         old.sort_by_key(|s| std::cmp::Reverse(s.time_ns));
@@ -192,6 +199,42 @@ pub fn finish_migration(
         }
     }
     Ok(end)
+}
+
+/// After a session that kept its changes: a snapshot of the migrated
+/// state, of the same sources with the same excludes, tagged `migrated`
+/// and carrying the session's labels (its run id among them).
+pub fn snapshot_migrated(
+    repo: &Repository,
+    pre: &SnapshotId,
+    what: &CreateOptions,
+    progress: &dyn Progress,
+) -> Result<Snapshot> {
+    let snap = repo
+        .snapshot_by_id(pre)?
+        .ok_or_else(|| Error::NoSuchSnapshot(pre.to_hex()))?;
+    if !snap.tags.iter().any(|t| t == TAG_KEPT) {
+        return Err(Error::usage(format!(
+            "snapshot {} is not a migration that kept its changes",
+            snap.id.short()
+        )));
+    }
+    let mut co = what.clone();
+    co.tags = vec![TAG_MIGRATED.to_string()];
+    co.labels = session_labels(&snap);
+    co.pinned = false;
+    co.parent = Some(snap.id);
+    create(repo, &co, progress)
+}
+
+/// The labels every snapshot of a session carries: the user's and the run
+/// id (not the ones snap derives from each snapshot's databases).
+fn session_labels(pre: &Snapshot) -> std::collections::BTreeMap<String, String> {
+    pre.labels
+        .iter()
+        .filter(|(k, _)| !k.contains(':') || k.as_str() == LABEL_RUN)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn roll_back(
@@ -206,6 +249,8 @@ fn roll_back(
         snap,
         &RestoreOptions {
             safety_snapshot: true,
+            // The safety snapshot is part of the session: its labels too.
+            safety_labels: session_labels(snap),
             // The rollback is the point: what the failed migration left
             // unreadable is named by the warning, not a reason to stop.
             force: true,

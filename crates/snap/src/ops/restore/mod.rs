@@ -22,6 +22,7 @@ mod execute;
 mod fill;
 mod plan;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
@@ -90,6 +91,9 @@ pub struct RestoreOptions {
     /// them is refused and needs `target`. `None`: the caller vouches for
     /// the snapshot (it took it, as a migration session does).
     pub known_sources: Option<Vec<PathBuf>>,
+    /// Labels the safety snapshot carries besides its tag (a migration's
+    /// rollback gives it the session's labels).
+    pub safety_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -466,6 +470,7 @@ fn safety_snapshot(
     };
     let mut co = CreateOptions {
         tags: vec![crate::spec::SAFETY_TAG.to_string()],
+        labels: opts.safety_labels.clone(),
         ..CreateOptions::default()
     };
     if snap.is_multi_source() {
