@@ -120,6 +120,16 @@ fn main() -> ExitCode {
                 Some(Remedy::ReportBug) => eprintln!(
                     "snap: this is a bug in snap; please report it with the command that failed"
                 ),
+                Some(Remedy::EndMigration) => {
+                    if let Some(Error::UnfinishedMigration { snapshot, .. }) =
+                        err.downcast_ref::<Error>()
+                    {
+                        let id = &snapshot[..8.min(snapshot.len())];
+                        eprintln!(
+                            "snap: roll it back with `snap restore {id}` then `snap unpin {id}`, or keep it as it is with `snap unpin {id}`"
+                        );
+                    }
+                }
                 None => {}
             }
             let code = match err.downcast_ref::<Error>() {

@@ -141,6 +141,20 @@ int32_t snap_gc(struct SnapRepo *repo, const char *request_json, char **result_j
 // As for snap_create.
 int32_t snap_migration_begin(struct SnapRepo *repo, const char *request_json, char **result_json);
 
+// The migration session of the sources (request: as for snap_create)
+// that was begun and never ended, because the app died during it:
+// snap_migration_begin refuses (1) until it is ended. Result:
+// `{"snapshot": "<id>" | null, "time": ..., ...}` (the rest of the
+// snapshot, as snap_list gives it). End it with snap_migration_end on
+// that id: `succeeded` 0 rolls back what the dead session left (returns
+// 7), 1 keeps it (returns 0). Returns 0, or 6 when there is none.
+//
+// # Safety
+// As for snap_create.
+int32_t snap_migration_unfinished(struct SnapRepo *repo,
+                                  const char *request_json,
+                                  char **result_json);
+
 // End the migration begun with `snapshot` (the id snap_migration_begin
 // returned). `succeeded` nonzero: the changes stay, the snapshot is
 // unpinned and tagged `migration-kept` (it keeps `pre-migration`: it

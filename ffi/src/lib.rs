@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::{Value, json};
 use snap::{
     Error, GcOptions, HeldFiles, LockMode, Outcome, Remedy, Repository, RestoreOptions,
-    begin_migration, exit, finish_migration, gc, restore,
+    begin_migration, exit, finish_migration, gc, restore, unfinished_session,
 };
 
 use events::EventSink;
@@ -63,6 +63,9 @@ impl From<Error> for Failure {
             Some(Remedy::ReportBug) => {
                 message.push_str("; this is a bug in snap, please report it")
             }
+            Some(Remedy::EndMigration) => message.push_str(
+                "; end it first: snap_migration_unfinished gives its snapshot, then snap_migration_end with succeeded 0 rolls back what it left, 1 keeps it",
+            ),
             None => {}
         }
         Failure {
@@ -488,6 +491,43 @@ pub unsafe extern "C" fn snap_migration_begin(
         let mut v = snap.to_json();
         v["snapshot"] = json!(snap.id.to_hex());
         Ok(done(v))
+    })
+}
+
+/// The migration session of the sources (request: as for snap_create)
+/// that was begun and never ended, because the app died during it:
+/// snap_migration_begin refuses (1) until it is ended. Result:
+/// `{"snapshot": "<id>" | null, "time": ..., ...}` (the rest of the
+/// snapshot, as snap_list gives it). End it with snap_migration_end on
+/// that id: `succeeded` 0 rolls back what the dead session left (returns
+/// 7), 1 keeps it (returns 0). Returns 0, or 6 when there is none.
+///
+/// # Safety
+/// As for snap_create.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn snap_migration_unfinished(
+    repo: *mut SnapRepo,
+    request_json: *const c_char,
+    result_json: *mut *mut c_char,
+) -> i32 {
+    call(result_json, || {
+        // SAFETY: forwarded from the caller.
+        let (r, req): (&SnapRepo, CreateRequest) =
+            unsafe { (repo_arg(repo)?, json_arg(request_json, "request_json")?) };
+        r.start();
+        let opts = req.to_options()?;
+        let repo = r.open(LockMode::Shared)?;
+        Ok(match unfinished_session(&repo, &opts)? {
+            Some(s) => {
+                let mut v = s.to_json();
+                v["snapshot"] = json!(s.id.to_hex());
+                done(v)
+            }
+            None => Done {
+                code: exit::NOTHING_TO_DO,
+                result: json!({ "snapshot": null }),
+            },
+        })
     })
 }
 

@@ -80,3 +80,8 @@ fn the_python_example_in_the_docs_runs_as_written() {
     );
     assert!(stdout.contains("rolled back:"), "{stdout}");
 }
+
+#[test]
+fn an_app_killed_during_a_migration_recovers_through_the_c_abi() {
+    run_script("recover.py");
+}

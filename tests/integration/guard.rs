@@ -390,7 +390,12 @@ fn a_guard_whose_snap_was_killed_blocks_the_next_until_resolved() {
         .assert()
         .code(1)
         .stderr(
-            predicate::str::contains(&stuck[..8]).and(predicate::str::contains("did not finish")),
+            predicate::str::contains(&stuck[..8])
+                .and(predicate::str::contains("did not finish"))
+                .and(predicate::str::contains(format!(
+                    "snap unpin {}",
+                    &stuck[..8]
+                ))),
         );
     // Roll back by hand, release the snapshot: the next guard runs.
     s.env.snap().args(["restore", &stuck]).assert().success();

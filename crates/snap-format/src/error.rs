@@ -137,6 +137,16 @@ pub enum Error {
 
     #[error("interrupted")]
     Interrupted,
+
+    /// A migration session of `source` was begun and never ended (its
+    /// process died): the directory may be half-migrated. End it first,
+    /// rolling back or keeping what it left (`Remedy::EndMigration`).
+    #[error("{dir}: an earlier migration session did not finish (snapshot {short} from {time}, still pinned); the directory may be half-migrated", dir = .dir.display(), short = &.snapshot[..8.min(.snapshot.len())])]
+    UnfinishedMigration {
+        dir: PathBuf,
+        snapshot: String,
+        time: String,
+    },
 }
 
 impl Error {
@@ -162,6 +172,7 @@ impl Error {
         match self {
             _ if self.is_index_damage() => Some(Remedy::RepairIndex),
             Error::Internal { .. } => Some(Remedy::ReportBug),
+            Error::UnfinishedMigration { .. } => Some(Remedy::EndMigration),
             _ => None,
         }
     }
@@ -211,6 +222,9 @@ pub enum Remedy {
     RepairIndex,
     /// snap failed: a bug to report.
     ReportBug,
+    /// An unfinished migration session must be ended first: rolled back
+    /// (restore its snapshot, unpin it) or kept (unpin it).
+    EndMigration,
 }
 
 /// `.at(path)` turns an `io::Result` into a `Result` that names the path.

@@ -80,7 +80,7 @@ pub use ops::create::{CreateOptions, SourceSpec, create};
 pub use ops::gc::{GcOptions, GcStats, forget, gc, set_pinned};
 pub use ops::migration::{
     MigrationEnd, Outcome, TAG_MIGRATED, TAG_PRE, TAG_ROLLED_BACK, begin_migration,
-    finish_migration, is_unfinished,
+    finish_migration, is_unfinished, unfinished_session,
 };
 pub use ops::repair::{RepairStats, repair_index};
 pub use ops::restore::{

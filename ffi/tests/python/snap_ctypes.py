@@ -30,6 +30,7 @@ class Snap:
             "snap_gc": (ctypes.c_int32, [vp, cp, out]),
             "snap_migration_begin": (ctypes.c_int32, [vp, cp, out]),
             "snap_migration_end": (ctypes.c_int32, [vp, cp, ctypes.c_int32, out]),
+            "snap_migration_unfinished": (ctypes.c_int32, [vp, cp, out]),
             "snap_last_error": (cp, []),
             "snap_free": (None, [vp]),
             "snap_version": (cp, []),

@@ -95,21 +95,26 @@ fn source_keys(what: &CreateOptions) -> Vec<PathBuf> {
         .collect()
 }
 
-fn refuse_unfinished(repo: &Repository, what: &CreateOptions) -> Result<()> {
+/// The session of `what`'s sources that was begun and never ended (the
+/// process that ran it died): its pinned pre-migration snapshot. End it
+/// with [`finish_migration`]: `succeeded` false rolls back what the dead
+/// session left, true keeps it.
+pub fn unfinished_session(repo: &Repository, what: &CreateOptions) -> Result<Option<Snapshot>> {
     let keys = source_keys(what);
-    let stuck = repo
+    Ok(repo
         .snapshots()?
         .into_iter()
-        .find(|s| keys.contains(&s.source) && is_unfinished(s));
-    match stuck {
+        .find(|s| keys.contains(&s.source) && is_unfinished(s)))
+}
+
+fn refuse_unfinished(repo: &Repository, what: &CreateOptions) -> Result<()> {
+    match unfinished_session(repo, what)? {
         None => Ok(()),
-        Some(s) => Err(Error::usage(format!(
-            "{}: an earlier migration session did not finish (snapshot {} from {}, still pinned); the directory may be half-migrated. Roll it back with `snap restore {id}` then `snap unpin {id}`, or keep it as it is with `snap unpin {id}`",
-            keys[0].display(),
-            s.id.short(),
-            s.time_string(),
-            id = s.id.short()
-        ))),
+        Some(s) => Err(Error::UnfinishedMigration {
+            dir: source_keys(what).swap_remove(0),
+            snapshot: s.id.to_hex(),
+            time: s.time_string(),
+        }),
     }
 }
 
