@@ -148,6 +148,15 @@ fn call(out: *mut *mut c_char, f: impl FnOnce() -> Result<Done, Failure>) -> i32
     }
 }
 
+/// A snapshot as every call returns it (ffi/schemas/snapshot.schema.json):
+/// its fields, and `snapshot`, its id, as the key every result names a
+/// snapshot by.
+fn snapshot_json(s: &snap::Snapshot) -> Value {
+    let mut v = s.to_json();
+    v["snapshot"] = json!(s.id.to_hex());
+    v
+}
+
 /// A C string argument as UTF-8.
 ///
 /// SAFETY: `p` is NULL or a NUL-terminated string valid for this call.
@@ -335,7 +344,7 @@ pub unsafe extern "C" fn snap_create(
         let snap = snap?;
         Ok(Done {
             code: if snap.complete { 0 } else { exit::PARTIAL },
-            result: snap.to_json(),
+            result: snapshot_json(&snap),
         })
     })
 }
@@ -422,7 +431,7 @@ pub unsafe extern "C" fn snap_list(repo: *mut SnapRepo, result_json: *mut *mut c
         let r = unsafe { repo_arg(repo)? };
         r.start();
         let repo = r.open_read_only(None)?;
-        let list: Vec<Value> = repo.snapshots()?.iter().map(|s| s.to_json()).collect();
+        let list: Vec<Value> = repo.snapshots()?.iter().map(snapshot_json).collect();
         Ok(done(Value::Array(list)))
     })
 }
@@ -488,9 +497,7 @@ pub unsafe extern "C" fn snap_migration_begin(
         let repo = r.open(LockMode::Exclusive)?;
         let sink = EventSink::new(None, std::ptr::null_mut(), &r.cancel);
         let snap = begin_migration(&repo, &opts, &sink)?;
-        let mut v = snap.to_json();
-        v["snapshot"] = json!(snap.id.to_hex());
-        Ok(done(v))
+        Ok(done(snapshot_json(&snap)))
     })
 }
 
@@ -518,11 +525,7 @@ pub unsafe extern "C" fn snap_migration_unfinished(
         let opts = req.to_options()?;
         let repo = r.open(LockMode::Shared)?;
         Ok(match unfinished_session(&repo, &opts)? {
-            Some(s) => {
-                let mut v = s.to_json();
-                v["snapshot"] = json!(s.id.to_hex());
-                done(v)
-            }
+            Some(s) => done(snapshot_json(&s)),
             None => Done {
                 code: exit::NOTHING_TO_DO,
                 result: json!({ "snapshot": null }),

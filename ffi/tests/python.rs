@@ -85,3 +85,10 @@ fn the_python_example_in_the_docs_runs_as_written() {
 fn an_app_killed_during_a_migration_recovers_through_the_c_abi() {
     run_script("recover.py");
 }
+
+/// Every result and event of the snapshot calls has the shape its schema
+/// in ffi/schemas states.
+#[test]
+fn results_and_events_have_their_documented_shapes() {
+    run_script("schemas.py");
+}
