@@ -14,7 +14,7 @@ from snap_ctypes import Snap, req
 lib_path, work = sys.argv[1], sys.argv[2]
 here = os.path.dirname(os.path.abspath(__file__))
 schemas = {}
-for name in ("snapshot", "event", "migration_end"):
+for name in ("snapshot", "event", "migration_end", "restore", "gc"):
     with open(os.path.join(here, "..", "..", "schemas", f"{name}.schema.json")) as f:
         schemas[name] = json.load(f)
 
@@ -54,6 +54,18 @@ check(events, "create sent events")
 for e in events:
     valid(e, "event")
 
+target = os.path.join(work, "t")
+what = req({"snapshot": created["snapshot"], "target": target, "dry_run": True})
+_, plan = snap.call(snap.lib.snap_restore, repo, what, cb, None)
+valid(plan, "restore")
+check(plan["steps"] and "written_files" not in plan, f"a plan: {plan}")
+what = req({"snapshot": created["snapshot"], "target": target})
+_, done = snap.call(snap.lib.snap_restore, repo, what, cb, None)
+valid(done, "restore")
+check(done["written_files"] > 0, f"what was done: {done}")
+for e in events:
+    valid(e, "event")
+
 _, listed = snap.call(snap.lib.snap_list, repo)
 for s in listed:
     valid(s, "snapshot")
@@ -71,5 +83,11 @@ _, kept_begun = snap.call(snap.lib.snap_migration_begin, repo, req({"sources": d
 _, kept = snap.call(snap.lib.snap_migration_end, repo, kept_begun["snapshot"].encode(), 1)
 valid(kept, "migration_end")
 check(kept["restore"] is None and kept["outcome"] == "migrated", f"{kept}")
+_, g = snap.call(snap.lib.snap_gc, repo, req({"dry_run": True}))
+valid(g, "gc")
+check(g["dry_run"] is True, f"{g}")
+_, g = snap.call(snap.lib.snap_gc, repo, req({"keep_last": 1}))
+valid(g, "gc")
+check(g["snapshots_removed"], f"gc removed the older snapshots: {g}")
 snap.lib.snap_close(repo)
 print("ok")
