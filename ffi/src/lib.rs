@@ -157,6 +157,21 @@ fn snapshot_json(s: &snap::Snapshot) -> Value {
     v
 }
 
+/// The repository and the sources a request names (snap_create and the
+/// migration calls), the call started on the repository.
+///
+/// SAFETY: as for [`repo_arg`] and [`json_arg`].
+unsafe fn sources_request<'a>(
+    repo: *mut SnapRepo,
+    request_json: *const c_char,
+) -> Result<(&'a SnapRepo, snap::CreateOptions), Failure> {
+    // SAFETY: forwarded from the caller.
+    let (r, req): (&SnapRepo, CreateRequest) =
+        unsafe { (repo_arg(repo)?, json_arg(request_json, "request_json")?) };
+    r.start();
+    Ok((r, req.to_options()?))
+}
+
 /// A C string argument as UTF-8.
 ///
 /// SAFETY: `p` is NULL or a NUL-terminated string valid for this call.
@@ -333,10 +348,7 @@ pub unsafe extern "C" fn snap_create(
 ) -> i32 {
     call(result_json, || {
         // SAFETY: forwarded from the caller.
-        let (r, req): (&SnapRepo, CreateRequest) =
-            unsafe { (repo_arg(repo)?, json_arg(request_json, "request_json")?) };
-        r.start();
-        let opts = req.to_options()?;
+        let (r, opts) = unsafe { sources_request(repo, request_json)? };
         let sink = EventSink::new(on_event, user_data, &r.cancel);
         let repo = r.open(LockMode::Exclusive)?;
         let snap = snap::create(&repo, &opts, &sink);
@@ -490,10 +502,7 @@ pub unsafe extern "C" fn snap_migration_begin(
 ) -> i32 {
     call(result_json, || {
         // SAFETY: forwarded from the caller.
-        let (r, req): (&SnapRepo, CreateRequest) =
-            unsafe { (repo_arg(repo)?, json_arg(request_json, "request_json")?) };
-        r.start();
-        let opts = req.to_options()?;
+        let (r, opts) = unsafe { sources_request(repo, request_json)? };
         let repo = r.open(LockMode::Exclusive)?;
         let sink = EventSink::new(None, std::ptr::null_mut(), &r.cancel);
         let snap = begin_migration(&repo, &opts, &sink)?;
@@ -519,10 +528,7 @@ pub unsafe extern "C" fn snap_migration_unfinished(
 ) -> i32 {
     call(result_json, || {
         // SAFETY: forwarded from the caller.
-        let (r, req): (&SnapRepo, CreateRequest) =
-            unsafe { (repo_arg(repo)?, json_arg(request_json, "request_json")?) };
-        r.start();
-        let opts = req.to_options()?;
+        let (r, opts) = unsafe { sources_request(repo, request_json)? };
         let repo = r.open(LockMode::Shared)?;
         Ok(match unfinished_session(&repo, &opts)? {
             Some(s) => done(snapshot_json(&s)),

@@ -1,7 +1,7 @@
 //! `snap restore`: plan, or plan and execute, and report.
 
 use crate::*;
-use snap::ops::restore::{Plan, RestoreStats};
+use snap::ops::restore::{Plan, RestoreStats, execute_restore, plan_restore};
 
 pub fn run(ctx: &mut Ctx, args: cli::RestoreArgs) -> anyhow::Result<u8> {
     let mode = if args.dry_run {
@@ -43,11 +43,18 @@ pub fn run(ctx: &mut Ctx, args: cli::RestoreArgs) -> anyhow::Result<u8> {
         known_sources: known,
         safety_labels: Default::default(),
     };
-    if !args.dry_run && !args.yes && !confirmed(&repo, &snap, &opts, &ctx.progress)? {
-        eprintln!("snap: nothing was changed");
-        return Ok(exit::NOTHING_TO_DO);
-    }
-    let (plan, stats) = restore(&repo, &snap, &opts, &ctx.progress)?;
+    let (plan, stats) = if asks_first(&args) {
+        // The plan that is shown is the plan that runs.
+        let plan = plan_restore(&repo, &snap, &opts)?;
+        if !confirmed(&snap, &plan, &opts)? {
+            eprintln!("snap: nothing was changed");
+            return Ok(exit::NOTHING_TO_DO);
+        }
+        let stats = execute_restore(&repo, &snap, &plan, &opts, &ctx.progress)?;
+        (plan, Some(stats))
+    } else {
+        restore(&repo, &snap, &opts, &ctx.progress)?
+    };
     ctx.progress.finish();
     match stats {
         None => report_plan(ctx, &plan, args.json),
@@ -55,33 +62,26 @@ pub fn run(ctx: &mut Ctx, args: cli::RestoreArgs) -> anyhow::Result<u8> {
     }
 }
 
-/// A restore into a `--target` that deletes what the snapshot lacks asks
-/// first, when a person is at a terminal (stdin and stderr): the summary
-/// of the plan, then `y` to go on. Anything else (no terminal, an
-/// in-place restore, nothing to delete) goes on without asking.
-fn confirmed(
-    repo: &Repository,
-    snap: &Snapshot,
-    opts: &RestoreOptions,
-    progress: &TermProgress,
-) -> anyhow::Result<bool> {
+/// A restore into a `--target` asks before it deletes what the snapshot
+/// lacks when a person is at a terminal (stdin and stderr), unless
+/// `--yes`: the summary of the plan, then `y` to go on. Without a terminal,
+/// in place, or for a dry run it goes on without asking.
+fn asks_first(args: &cli::RestoreArgs) -> bool {
     use std::io::IsTerminal;
-    let Some(target) = &opts.target else {
-        return Ok(true);
-    };
-    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-        return Ok(true);
-    }
-    let dry = RestoreOptions {
-        dry_run: true,
-        ..opts.clone()
-    };
-    let (plan, _) = restore(repo, snap, &dry, progress)?;
-    progress.finish();
+    args.target.is_some()
+        && !args.dry_run
+        && !args.yes
+        && std::io::stdin().is_terminal()
+        && std::io::stderr().is_terminal()
+}
+
+/// Whether to carry out `plan`: yes when it deletes nothing, else the
+/// answer to the question.
+fn confirmed(snap: &Snapshot, plan: &Plan, opts: &RestoreOptions) -> anyhow::Result<bool> {
     let deletes = plan.summary.delete_entries;
-    if deletes == 0 {
+    let Some(target) = opts.target.as_deref().filter(|_| deletes > 0) else {
         return Ok(true);
-    }
+    };
     eprint!(
         "restore {} into {} deletes {} the snapshot lacks (a safety snapshot of it is taken first: the undo); go on? [y/N] ",
         snap.id.short(),

@@ -474,26 +474,10 @@ impl Index {
     /// write the same pack twice, to the same name.
     pub fn insert_pack(&self, pack: &FinishedPack) -> Result<i64> {
         let f = || -> rusqlite::Result<i64> {
-            let inserted = self
-                .conn
-                .prepare_cached(
-                    "INSERT INTO packs(hash, size, chunk_count, kind, bases) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(hash) DO NOTHING",
-                )?
-                .execute(params![
-                    pack.id.as_bytes(),
-                    pack.size as i64,
-                    pack.entries.len() as i64,
-                    pack.kind as u8,
-                    pack.bases() as i64
-                ])?;
-            if inserted == 0 {
-                return self
-                    .conn
-                    .prepare_cached("SELECT id FROM packs WHERE hash = ?1")?
-                    .query_row([pack.id.as_bytes()], |r| r.get(0));
+            let (rowid, new) = self.pack_row(pack)?;
+            if !new {
+                return Ok(rowid);
             }
-            let rowid = self.conn.last_insert_rowid();
             let mut st = self.conn.prepare_cached(
                 "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored_len, raw_len, codec, base, inner_offset)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -520,24 +504,35 @@ impl Index {
     /// interrupted gc uploaded, which a sync may have indexed since: that
     /// row is the same pack, and is reused.
     pub fn insert_pack_row(&self, pack: &FinishedPack) -> Result<i64> {
-        let f = || -> rusqlite::Result<i64> {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO packs(hash, size, chunk_count, kind, bases) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(hash) DO NOTHING",
-                )?
-                .execute(params![
-                    pack.id.as_bytes(),
-                    pack.size as i64,
-                    pack.entries.len() as i64,
-                    pack.kind as u8,
-                    pack.bases() as i64
-                ])?;
-            self.conn
-                .prepare_cached("SELECT id FROM packs WHERE hash = ?1")?
-                .query_row([pack.id.as_bytes()], |r| r.get(0))
-        };
-        f().map_err(|e| self.err(e))
+        self.pack_row(pack)
+            .map(|(rowid, _)| rowid)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The row of `pack`: inserted (`true`), or the one already there
+    /// (the same pack, as its id is its content's hash).
+    fn pack_row(&self, pack: &FinishedPack) -> rusqlite::Result<(i64, bool)> {
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO packs(hash, size, chunk_count, kind, bases) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(hash) DO NOTHING",
+            )?
+            .execute(params![
+                pack.id.as_bytes(),
+                pack.size as i64,
+                pack.entries.len() as i64,
+                pack.kind as u8,
+                pack.bases() as i64
+            ])?;
+        if inserted == 1 {
+            return Ok((self.conn.last_insert_rowid(), true));
+        }
+        let rowid = self
+            .conn
+            .prepare_cached("SELECT id FROM packs WHERE hash = ?1")?
+            .query_row([pack.id.as_bytes()], |r| r.get(0))?;
+        Ok((rowid, false))
     }
 
     // ---- liveness (gc) ----
