@@ -156,6 +156,8 @@ pub enum Command {
     },
     /// Add or remove tags of a snapshot
     Tag(TagArgs),
+    /// Copy snapshots to another repository (local or s3://, plain or encrypted), sending only what it lacks
+    Copy(CopyArgs),
     /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
     /// Print snap's man page (roff) to stdout, or the page of one command
@@ -214,6 +216,30 @@ pub struct TagArgs {
     /// Remove this tag (repeatable)
     #[arg(long, value_name = "TAG")]
     pub remove: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct CopyArgs {
+    /// Snapshots to copy
+    #[arg(help = ID_HELP, required_unless_present = "all", conflicts_with = "all")]
+    pub ids: Vec<String>,
+    /// Copy every snapshot
+    #[arg(long)]
+    pub all: bool,
+    /// The repository to copy to (a directory or s3://BUCKET/PREFIX; create it first with `snap init`)
+    #[arg(long, value_name = "REPO", required = true)]
+    pub to: PathBuf,
+    /// Read the destination's password from FILE, when it is encrypted [default: SNAP_TO_PASSWORD, else a prompt on a terminal]
+    #[arg(
+        long,
+        env = "SNAP_TO_PASSWORD_FILE",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
+    pub to_password_file: Option<PathBuf>,
+    /// Print what was copied as one JSON object
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Subcommand)]

@@ -221,9 +221,17 @@ pub(crate) struct Remote {
 impl Remote {
     /// The same, opened with the repository's key when it is encrypted.
     pub fn unlocked(self) -> snap::Result<Remote> {
+        self.unlocked_with(cmd::password::current)
+    }
+
+    /// `unlocked`, the password (asked only when needed) from `password`.
+    pub fn unlocked_with(
+        self,
+        password: impl FnOnce(&str) -> snap::Result<zeroize::Zeroizing<String>>,
+    ) -> snap::Result<Remote> {
         let repo = self.storage.describe("").trim_end_matches('/').to_string();
         Ok(Remote {
-            storage: snap::keys::unlocked(self.storage, || cmd::password::current(&repo))?,
+            storage: snap::keys::unlocked(self.storage, || password(&repo))?,
             cache_base: self.cache_base,
         })
     }
@@ -287,7 +295,15 @@ pub(crate) fn remote_of(path: &Path) -> anyhow::Result<Option<Remote>> {
 
 /// Open a remote repository, its cache brought up to date first.
 fn open_remote(r: Remote, mode: Option<LockMode>, read_only: bool) -> anyhow::Result<Repository> {
-    let r = r.unlocked()?;
+    open_unlocked_remote(r.unlocked()?, mode, read_only)
+}
+
+/// `open_remote` of a repository already unlocked.
+pub(crate) fn open_unlocked_remote(
+    r: Remote,
+    mode: Option<LockMode>,
+    read_only: bool,
+) -> anyhow::Result<Repository> {
     let (repo, st) =
         Repository::open_remote(r.storage, &r.cache_base, mode, read_only, &snap::NoProgress)?;
     if let Some(rebuilt) = &st.rebuilt {
@@ -457,6 +473,7 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Stats { id, json } => cmd::stats::run(&ctx.repo, id, json, &mut ctx.out),
         Command::Dump { id, path } => cmd::dump::run(&ctx.repo, &id, &path, &mut ctx.out),
         Command::Tag(args) => cmd::tag::run(&ctx.repo, args, &mut ctx.out),
+        Command::Copy(args) => cmd::copy::run(&ctx.repo, args, &ctx.progress, &mut ctx.out),
         Command::Completions { shell } => cmd::docs::completions(shell, &mut ctx.out),
         Command::Man { command, dir } => {
             cmd::docs::man(command.as_deref(), dir.as_deref(), &mut ctx.out)

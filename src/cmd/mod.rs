@@ -2,6 +2,7 @@
 //! calls the library, and renders the result (text or `--json`) on stdout.
 
 pub mod check;
+pub mod copy;
 pub mod create;
 pub mod diff;
 pub mod docs;

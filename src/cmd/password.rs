@@ -83,6 +83,11 @@ pub fn current(repo: &str) -> snap::Result<Zeroizing<String>> {
     from_sources(repo, "SNAP_PASSWORD", file.as_deref(), "password", false)
 }
 
+/// The password of the repository `snap copy` copies to.
+pub fn destination(repo: &str, file: Option<&Path>) -> snap::Result<Zeroizing<String>> {
+    from_sources(repo, "SNAP_TO_PASSWORD", file, "password", false)
+}
+
 /// The password of a new repository (`snap init`).
 pub fn for_new_repository(repo: &str) -> snap::Result<Zeroizing<String>> {
     let file = FILE.get().cloned().flatten();

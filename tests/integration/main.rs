@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod commands;
 mod config;
+mod copy;
 mod crash;
 mod damage;
 mod dedup;

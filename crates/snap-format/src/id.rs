@@ -78,7 +78,9 @@ define_id!(
 /// secret of an encrypted repository, so that an id reveals nothing about
 /// the content to someone without the key (they cannot confirm a guess).
 /// Chunk and tree ids use the same function: a tree's blob is a chunk.
-#[derive(Clone, Copy, Default)]
+/// Equal `Ids` name every content alike (a copy between two repositories
+/// whose `Ids` are equal keeps every id).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ids(Option<[u8; 32]>);
 
 impl Ids {

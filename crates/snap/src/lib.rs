@@ -76,6 +76,7 @@ pub use held::HeldFiles;
 pub use id::{ChunkId, PackId, SnapshotId, TreeId};
 pub use lock::{LockMode, set_default_wait as set_lock_wait};
 pub use ops::check::{CheckOptions, CheckReport, check};
+pub use ops::copy::{CopiedSnapshot, CopyReport, CopyStats, copy};
 pub use ops::create::{CreateOptions, SourceSpec, create};
 pub use ops::gc::{GcOptions, GcStats, forget, gc, set_pinned};
 pub use ops::migration::{

@@ -194,6 +194,12 @@ pub fn encode_snapshot(s: &Snapshot, nonce: u64) -> Vec<u8> {
 
 /// Decode a snapshot object and check its id against its fields.
 pub fn decode_snapshot(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
+    decode_snapshot_with_nonce(bytes).map(|(s, _)| s)
+}
+
+/// [`decode_snapshot`], with the nonce that went into the id (what a copy
+/// of the snapshot needs to keep its id).
+pub fn decode_snapshot_with_nonce(bytes: &[u8]) -> std::result::Result<(Snapshot, u64), String> {
     let o: SnapshotObject = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if o.format != 2 {
         return Err(format!("unknown snapshot object format {}", o.format));
@@ -209,22 +215,47 @@ pub fn decode_snapshot(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
     if want != id {
         return Err("the id does not match the record (altered?)".into());
     }
-    Ok(Snapshot {
-        id,
-        time_ns: o.time_ns,
-        host: o.host,
-        source: PathBuf::from(std::ffi::OsString::from_vec(source)),
-        root,
-        parent,
-        tags: o.tags,
-        labels: o.labels,
-        complete: o.complete,
-        pinned: o.pinned,
-        unreadable: o.unreadable,
-        stats: o.stats,
-        root_meta: o.root_meta,
-        sources: o.sources,
-    })
+    let nonce = o.nonce;
+    Ok((
+        Snapshot {
+            id,
+            time_ns: o.time_ns,
+            host: o.host,
+            source: PathBuf::from(std::ffi::OsString::from_vec(source)),
+            root,
+            parent,
+            tags: o.tags,
+            labels: o.labels,
+            complete: o.complete,
+            pinned: o.pinned,
+            unreadable: o.unreadable,
+            stats: o.stats,
+            root_meta: o.root_meta,
+            sources: o.sources,
+        },
+        nonce,
+    ))
+}
+
+/// The nonce in the id of snapshot `id`, from its object.
+pub fn read_snapshot_nonce(storage: &dyn Storage, id: &SnapshotId) -> Result<u64> {
+    let key = snapshot_key(id);
+    let bytes = storage.read(&key)?;
+    let (s, nonce) = decode_snapshot_with_nonce(&bytes).map_err(|reason| Error::Damaged {
+        path: storage.describe(&key).into(),
+        reason,
+    })?;
+    if s.id != *id {
+        return Err(Error::Damaged {
+            path: storage.describe(&key).into(),
+            reason: format!(
+                "the object holds snapshot {}, not {}",
+                s.id.short(),
+                id.short()
+            ),
+        });
+    }
+    Ok(nonce)
 }
 
 /// Write a new snapshot's object (before the index commit).

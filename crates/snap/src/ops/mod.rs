@@ -2,6 +2,7 @@
 
 pub mod bounds;
 pub mod check;
+pub mod copy;
 pub mod create;
 pub mod diff;
 pub mod dump;
