@@ -79,6 +79,14 @@ const ENVIRONMENT: &[(&str, &str)] = &[
         "the new password, for snap key passwd and snap key add",
     ),
     (
+        "SNAP_TO_PASSWORD",
+        "the password of the repository snap copy copies to, when it is encrypted",
+    ),
+    (
+        "SNAP_TO_PASSWORD_FILE",
+        "a file holding it, as snap copy --to-password-file",
+    ),
+    (
         "SNAP_LOCK_WAIT",
         "seconds to wait for a repository another process holds",
     ),

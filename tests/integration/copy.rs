@@ -26,6 +26,12 @@ fn app_dir(root: &Path) {
     assert_eq!(mode, "wal");
     drop(c);
     write(&root.join("media/clip.bin"), noise(7, 3 << 20));
+    for i in 0..200 {
+        write(
+            &root.join(format!("prefs/p{i}.json")),
+            format!("{{\"key\": {i}, \"pad\": \"{}\"}}", "x".repeat(i)),
+        );
+    }
 }
 
 /// Two snapshots of `app`: the first pinned, the second tagged and
@@ -34,6 +40,14 @@ fn two_snapshots(env: &Env, app: &Path) -> (String, String) {
     let first = env.create_id(app);
     env.snap().args(["pin", &first]).assert().success();
     write(&app.join("media/new.bin"), noise(8, 1 << 20));
+    // A migration rewrites some pages: the second snapshot stores them as
+    // deltas of the first's, which a copy reads through their bases.
+    let c = rusqlite::Connection::open(app.join("state/notes.db")).unwrap();
+    c.execute_batch(
+        "UPDATE users SET score = score + 1 WHERE id % 50 = 0; PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .unwrap();
+    drop(c);
     let out = env
         .snap()
         .args([
@@ -48,6 +62,7 @@ fn two_snapshots(env: &Env, app: &Path) -> (String, String) {
         .assert()
         .success();
     let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert!(v["stats"]["new_delta_chunks"].as_u64().unwrap() > 0, "{v}");
     (first, v["id"].as_str().unwrap().to_string())
 }
 
@@ -134,9 +149,21 @@ fn a_copy_to_a_plain_repository_keeps_ids_and_a_rerun_sends_nothing() {
     let app = env.path("app");
     app_dir(&app);
     let (first, second) = two_snapshots(&env, &app);
+    // The destination has a snapshot of its own holding some of the same
+    // small files: groups of the source that it partly holds are regrouped.
     let dest = Env::new();
+    let some = env.path("some");
+    for i in (0..200).step_by(3) {
+        let name = format!("prefs/p{i}.json");
+        write(&some.join(&name), fs::read(app.join(&name)).unwrap());
+    }
+    let own = dest.create_id(&some);
     let out = copy(&env, &[&first], &dest.repo, &[]);
     assert_eq!(out["stats"]["snapshots_copied"], 1);
+    assert!(
+        out["stats"]["chunks_already_there"].as_u64().unwrap() >= 60,
+        "{out}"
+    );
     assert_eq!(out["stats"]["ids_kept"], true);
     assert_eq!(out["snapshots"][0]["copy"].as_str().unwrap(), first);
     // The second shares most chunks with the first: only what changed is sent.
@@ -148,8 +175,11 @@ fn a_copy_to_a_plain_repository_keeps_ids_and_a_rerun_sends_nothing() {
         "sent {sent}, already there {there}"
     );
     assert_eq!(out["snapshots"][0]["copy"].as_str().unwrap(), second);
-    assert_eq!(ids(&dest.list()), ids(&env.list()));
-    assert_eq!(marks(&dest.list()), marks(&env.list()));
+    let theirs = |l: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        l.into_iter().filter(|s| s["id"] != own.as_str()).collect()
+    };
+    assert_eq!(ids(&theirs(dest.list())), ids(&env.list()));
+    assert_eq!(marks(&theirs(dest.list())), marks(&env.list()));
     // A rerun after a tag change sends nothing and brings the tag over.
     env.snap()
         .args(["tag", &first, "--add", "golden"])
@@ -159,11 +189,12 @@ fn a_copy_to_a_plain_repository_keeps_ids_and_a_rerun_sends_nothing() {
     assert_eq!(out["stats"]["chunks_sent"], 0);
     assert_eq!(out["stats"]["chunks_read"], 0);
     assert_eq!(out["stats"]["snapshots_already_there"], 2);
-    assert_eq!(marks(&dest.list()), marks(&env.list()));
+    assert_eq!(marks(&theirs(dest.list())), marks(&env.list()));
     dest.snap()
         .args(["check", "--read-data"])
         .assert()
         .success();
+    dest.snap().args(["forget", &own]).assert().success();
     same_content(&env, &dest, &env.path("scratch"));
 }
 
@@ -349,4 +380,30 @@ fn a_copy_round_trips_through_an_encrypted_bucket_after_a_kill() {
         .assert()
         .success();
     same_content(&env, &home, &env.path("scratch"));
+}
+
+/// A damaged chunk in the source stops the copy with the pack named, and
+/// the destination gets no snapshot that would need it.
+#[test]
+fn a_copy_never_spreads_damage() {
+    let env = Env::new();
+    let app = env.path("app");
+    fs::create_dir_all(&app).unwrap();
+    write(&app.join("big.bin"), noise(3, 2 << 20));
+    env.create(&app);
+    let pack = data_packs(&env.repo).into_iter().next().unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[1 << 20] ^= 0x40;
+    fs::write(&pack, &bytes).unwrap();
+    let dest = Env::new();
+    let out = env
+        .snap()
+        .args(["copy", "--all", "--to"])
+        .arg(&dest.repo)
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let name = pack.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.contains(&name[..8]), "the pack is named: {err}");
+    assert!(dest.list().is_empty());
 }

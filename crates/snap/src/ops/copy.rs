@@ -33,6 +33,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, unbounded};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::compress::{Codec, compress_with, decompress_group};
@@ -300,11 +301,32 @@ impl Copier<'_> {
             level: self.dst.config().zstd_level,
             done: done_rx,
         };
-        for run in runs(&located) {
+        // Runs are read and verified in parallel, a batch at a time, and
+        // sent in order (the packer writes on its own threads).
+        let all = runs(&located);
+        let mut at = 0;
+        while at < all.len() {
             if self.progress.cancelled() {
                 return Err(Error::Interrupted);
             }
-            self.copy_run(run, &mut out)?;
+            let mut end = at;
+            let mut bytes = 0u64;
+            while end < all.len() && (end == at || bytes < BATCH_BYTES) {
+                bytes += run_bytes(all[end]);
+                end += 1;
+            }
+            let (src_ids, dst_ids) = (self.src.ids(), self.dst_ids);
+            let decoded: Vec<Vec<Piece>> = all[at..end]
+                .par_iter()
+                .map_init(
+                    || self.reader.clone(),
+                    |reader, run| decode_run(reader, src_ids, dst_ids, run),
+                )
+                .collect::<Result<_>>()?;
+            for piece in decoded.into_iter().flatten() {
+                self.send(piece, &mut out)?;
+            }
+            at = end;
         }
         out.flush_group(&mut self.stats)?;
         out.packer.take().expect("open").finish()?;
@@ -315,104 +337,97 @@ impl Copier<'_> {
         Ok(())
     }
 
-    /// Read one run of chunks close together in a source pack (one read),
-    /// verify each and send those the destination lacks.
-    fn copy_run(&mut self, run: &[(ChunkId, ChunkLocation)], out: &mut Outgoing) -> Result<()> {
-        let first = run[0].1;
-        let start = first.offset as u64;
-        let end = run
-            .iter()
-            .map(|(_, l)| l.offset as u64 + l.stored_len as u64)
-            .max()
-            .expect("a run is not empty");
-        let pack = self.reader.pack(&first.pack)?;
-        let bytes = pack.read_run(start, (end - start) as u32)?;
-        // Group frames decoded once for all their members.
-        let mut frames: HashMap<u32, Vec<u8>> = HashMap::new();
-        for (id, loc) in run {
-            let at = (loc.offset as u64 - start) as usize;
-            let stored = &bytes[at..at + loc.stored_len as usize];
-            let raw = match loc.codec {
-                Codec::Grouped => {
-                    let frame = match frames.entry(loc.offset) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(decompress_group(stored).map_err(|e| {
-                                crate::pack::damaged(
-                                    pack.id(),
-                                    format!(
-                                        "group of chunk {} does not decompress: {e}",
-                                        id.short()
-                                    ),
-                                )
-                            })?)
-                        }
-                    };
-                    group_member(self.src.ids(), pack.id(), id, loc, frame)?
+    /// Send what the destination lacks of one verified piece.
+    fn send(&mut self, piece: Piece, out: &mut Outgoing) -> Result<()> {
+        match piece {
+            Piece::Whole {
+                src,
+                dst,
+                codec,
+                raw_len,
+                stored,
+            } => {
+                self.note_read(raw_len);
+                if self.is_there(&src, &dst)? {
+                    return Ok(());
                 }
-                Codec::Delta => self.reader.read(id, loc, self.src)?,
-                _ => decode_chunk(pack.ids(), pack.id(), &loc.entry(id), stored, None)?,
-            };
-            self.stats.chunks_read += 1;
-            self.progress.bytes(raw.len() as u64);
-            let whole =
-                matches!(loc.codec, Codec::Raw | Codec::Zstd).then_some((loc.codec, stored));
-            self.send(id, &raw, whole, out)?;
-        }
-        Ok(())
-    }
-
-    /// Send one verified chunk unless the destination holds it.
-    fn send(
-        &mut self,
-        src_id: &ChunkId,
-        raw: &[u8],
-        whole: Option<(Codec, &[u8])>,
-        out: &mut Outgoing,
-    ) -> Result<()> {
-        let id = if self.same_ids {
-            *src_id
-        } else {
-            self.dst_ids.chunk(raw)
-        };
-        // Named alike, presence was asked before reading.
-        if !self.same_ids && self.dst.chunk_location(&id)?.is_some() {
-            self.chunks.insert(*src_id, id);
-            self.stats.chunks_already_there += 1;
-            return Ok(());
-        }
-        self.chunks.insert(*src_id, id);
-        self.stats.chunks_sent += 1;
-        self.stats.raw_bytes_sent += raw.len() as u64;
-        match whole {
-            Some((codec, stored)) => {
-                self.stats.stored_bytes_sent += stored.len() as u64;
-                out.add(Frame::single(
-                    Blob::whole(id, codec, raw.len() as u32),
-                    stored.to_vec(),
-                ))?;
+                self.note_sent(raw_len, stored.len());
+                out.add(Frame::single(Blob::whole(dst, codec, raw_len), stored))?;
             }
-            None if groupable(raw) => {
-                out.group.push(id, raw);
-                if out.group.is_full() {
-                    out.flush_group(&mut self.stats)?;
+            Piece::Group {
+                stored,
+                content,
+                members,
+            } => {
+                let mut needed = Vec::with_capacity(members.len());
+                for m in &members {
+                    self.note_read(m.raw_len);
+                    if !self.is_there(&m.src, &m.dst)? {
+                        needed.push(m);
+                    }
+                }
+                let needed_bytes: usize = needed.iter().map(|m| m.raw_len as usize).sum();
+                if needed.len() == members.len() && needed_bytes == content.len() {
+                    // The whole frame is wanted: sent as it is stored.
+                    let blobs: Vec<Blob> = needed
+                        .iter()
+                        .map(|m| Blob::grouped(m.dst, m.raw_len, m.inner))
+                        .collect();
+                    needed.iter().for_each(|m| self.note_sent(m.raw_len, 0));
+                    self.stats.stored_bytes_sent += stored.len() as u64;
+                    out.add(Frame {
+                        blobs,
+                        data: stored,
+                    })?;
+                } else {
+                    for m in needed {
+                        let raw = &content[m.inner as usize..(m.inner + m.raw_len) as usize];
+                        self.note_sent(m.raw_len, 0);
+                        out.push_raw(m.dst, raw, &mut self.stats)?;
+                    }
                 }
             }
-            None => {
-                let (codec, stored) = compress_with(out.level, raw).map_err(|e| {
-                    Error::internal("copy", format!("compressing chunk {}: {e}", id.short()))
-                })?;
-                self.stats.stored_bytes_sent += stored.len() as u64;
-                out.add(Frame::single(
-                    Blob::whole(id, codec, raw.len() as u32),
-                    stored,
-                ))?;
+            Piece::Delta(id, loc) => {
+                let raw = self.reader.read(&id, &loc, self.src)?;
+                self.note_read(loc.raw_len);
+                let dst = if self.same_ids {
+                    id
+                } else {
+                    self.dst_ids.chunk(&raw)
+                };
+                if !self.is_there(&id, &dst)? {
+                    self.note_sent(loc.raw_len, 0);
+                    out.push_raw(dst, &raw, &mut self.stats)?;
+                }
             }
         }
         while let Ok(pack) = out.done.try_recv() {
             self.commit_pack(pack?)?;
         }
         Ok(())
+    }
+
+    /// Whether the destination holds chunk `dst` (the copy of `src`);
+    /// either way `src` is mapped to it. Named alike, presence was asked
+    /// before reading.
+    fn is_there(&mut self, src: &ChunkId, dst: &ChunkId) -> Result<bool> {
+        self.chunks.insert(*src, *dst);
+        if !self.same_ids && self.dst.chunk_location(dst)?.is_some() {
+            self.stats.chunks_already_there += 1;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn note_read(&mut self, raw_len: u32) {
+        self.stats.chunks_read += 1;
+        self.progress.bytes(raw_len as u64);
+    }
+
+    fn note_sent(&mut self, raw_len: u32, stored_len: usize) {
+        self.stats.chunks_sent += 1;
+        self.stats.raw_bytes_sent += raw_len as u64;
+        self.stats.stored_bytes_sent += stored_len as u64;
     }
 
     /// Index one durable pack in the destination, in a commit of its own:
@@ -507,6 +522,26 @@ impl Outgoing {
             .try_for_each(|(blobs, data)| packer.add_frame(blobs, data))
     }
 
+    /// A chunk that is not sent as stored: grouped when small, else
+    /// compressed alone.
+    fn push_raw(&mut self, id: ChunkId, raw: &[u8], stats: &mut CopyStats) -> Result<()> {
+        if groupable(raw) {
+            self.group.push(id, raw);
+            if self.group.is_full() {
+                self.flush_group(stats)?;
+            }
+            return Ok(());
+        }
+        let (codec, stored) = compress_with(self.level, raw).map_err(|e| {
+            Error::internal("copy", format!("compressing chunk {}: {e}", id.short()))
+        })?;
+        stats.stored_bytes_sent += stored.len() as u64;
+        self.add(Frame::single(
+            Blob::whole(id, codec, raw.len() as u32),
+            stored,
+        ))
+    }
+
     fn flush_group(&mut self, stats: &mut CopyStats) -> Result<()> {
         if self.group.is_empty() {
             return Ok(());
@@ -520,25 +555,139 @@ impl Outgoing {
     }
 }
 
-/// A grouped chunk's bytes in its decoded frame, verified against its id.
-fn group_member(
+/// Stored bytes read and verified per batch of runs (each thread reads its own).
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// A source frame, read and verified.
+enum Piece {
+    /// A chunk stored alone (raw or zstd): its stored bytes, sent as they are.
+    Whole {
+        src: ChunkId,
+        dst: ChunkId,
+        codec: Codec,
+        raw_len: u32,
+        stored: Vec<u8>,
+    },
+    /// A group frame: as stored, decoded, and the wanted members in it.
+    Group {
+        stored: Vec<u8>,
+        content: Vec<u8>,
+        members: Vec<Member>,
+    },
+    /// A page delta, read in order (its base is found through the index).
+    Delta(ChunkId, ChunkLocation),
+}
+
+struct Member {
+    src: ChunkId,
+    dst: ChunkId,
+    raw_len: u32,
+    inner: u32,
+}
+
+/// Read one run of chunks close together in a source pack (one read) and
+/// verify each against its id; name each for the destination.
+fn decode_run(
+    reader: &mut ChunkReader,
+    src_ids: Ids,
+    dst_ids: Ids,
+    run: &[(ChunkId, ChunkLocation)],
+) -> Result<Vec<Piece>> {
+    let first = run[0].1;
+    let start = first.offset as u64;
+    let pack = reader.pack(&first.pack)?;
+    let bytes = pack.read_run(start, run_bytes(run) as u32)?;
+    let name = |raw: &[u8], id: &ChunkId| {
+        if src_ids == dst_ids {
+            *id
+        } else {
+            dst_ids.chunk(raw)
+        }
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < run.len() {
+        let (id, loc) = &run[i];
+        let at = (loc.offset as u64 - start) as usize;
+        let stored = &bytes[at..at + loc.stored_len as usize];
+        match loc.codec {
+            Codec::Delta => out.push(Piece::Delta(*id, *loc)),
+            Codec::Grouped => {
+                // Members of one frame share its offset, so they are adjacent.
+                let same_frame = run[i..]
+                    .iter()
+                    .take_while(|(_, l)| l.codec == Codec::Grouped && l.offset == loc.offset);
+                let members: Vec<&(ChunkId, ChunkLocation)> = same_frame.collect();
+                i += members.len() - 1;
+                out.push(decode_group(src_ids, pack.id(), stored, &members, &name)?);
+            }
+            _ => {
+                let raw = decode_chunk(src_ids, pack.id(), &loc.entry(id), stored, None)?;
+                out.push(Piece::Whole {
+                    src: *id,
+                    dst: name(&raw, id),
+                    codec: loc.codec,
+                    raw_len: loc.raw_len,
+                    stored: stored.to_vec(),
+                });
+            }
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// A group frame decoded once, each wanted member verified in it.
+fn decode_group(
     ids: Ids,
     pack: &crate::id::PackId,
-    id: &ChunkId,
-    loc: &ChunkLocation,
-    frame: &[u8],
-) -> Result<Vec<u8>> {
-    let (at, len) = (loc.inner as usize, loc.raw_len as usize);
-    let data = frame.get(at..at + len).ok_or_else(|| {
-        crate::pack::damaged(pack, format!("chunk {} lies outside its group", id.short()))
-    })?;
-    if ids.chunk(data) != *id {
-        return Err(crate::pack::damaged(
+    stored: &[u8],
+    members: &[&(ChunkId, ChunkLocation)],
+    name: &dyn Fn(&[u8], &ChunkId) -> ChunkId,
+) -> Result<Piece> {
+    let content = decompress_group(stored).map_err(|e| {
+        crate::pack::damaged(
             pack,
-            format!("chunk {} does not match its id", id.short()),
-        ));
+            format!(
+                "group of chunk {} does not decompress: {e}",
+                members[0].0.short()
+            ),
+        )
+    })?;
+    let mut out = Vec::with_capacity(members.len());
+    for (id, loc) in members {
+        let (at, len) = (loc.inner as usize, loc.raw_len as usize);
+        let data = content.get(at..at + len).ok_or_else(|| {
+            crate::pack::damaged(pack, format!("chunk {} lies outside its group", id.short()))
+        })?;
+        if ids.chunk(data) != *id {
+            return Err(crate::pack::damaged(
+                pack,
+                format!("chunk {} does not match its id", id.short()),
+            ));
+        }
+        out.push(Member {
+            src: *id,
+            dst: name(data, id),
+            raw_len: loc.raw_len,
+            inner: loc.inner,
+        });
     }
-    Ok(data.to_vec())
+    Ok(Piece::Group {
+        stored: stored.to_vec(),
+        content,
+        members: out,
+    })
+}
+
+/// The stored bytes from a run's first chunk to the end of its last.
+fn run_bytes(run: &[(ChunkId, ChunkLocation)]) -> u64 {
+    let start = run[0].1.offset as u64;
+    run.iter()
+        .map(|(_, l)| l.offset as u64 + l.stored_len as u64)
+        .max()
+        .expect("a run is not empty")
+        - start
 }
 
 /// Chunks sorted by location, cut into runs that one read fetches: in one
