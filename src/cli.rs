@@ -188,7 +188,13 @@ pub struct DiffArgs {
     /// Against the source: also read files whose size and mtime match
     #[arg(long)]
     pub verify: bool,
-    /// One JSON array of {path, change, kind, size_before, size_after}
+    /// For each modified SQLite database: what changed inside it (schema, user_version, journal mode, rows inserted, deleted and updated per table, matched by primary key). Not the default: it makes a private copy of both images of each modified database
+    #[arg(long)]
+    pub db: bool,
+    /// With --db, list up to N changed rows per table and change (the changed columns' old and new values); implies --db
+    #[arg(long, value_name = "N")]
+    pub rows: Option<usize>,
+    /// One JSON array of {path, change, kind, size_before, size_after, database?} (docs/schemas/diff.json)
     #[arg(long)]
     pub json: bool,
 }

@@ -9,6 +9,7 @@ mod config;
 mod copy;
 mod crash;
 mod damage;
+mod dbdiff;
 mod dedup;
 mod deltas;
 mod encryption;

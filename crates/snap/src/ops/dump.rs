@@ -31,6 +31,19 @@ pub fn dump_file(repo: &Repository, e: &Entry, out: &mut dyn Write) -> Result<u6
     Ok(n)
 }
 
+/// The first `n` bytes of file entry `e` (fewer when it is shorter): its
+/// first chunks only.
+pub fn read_head(repo: &Repository, e: &Entry, n: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut r = FileReader::new(repo, e.chunks());
+    let mut buf = Vec::with_capacity(n);
+    (&mut r)
+        .take(n as u64)
+        .read_to_end(&mut buf)
+        .map_err(|err| r.take_error().unwrap_or_else(|| pipe(err)))?;
+    Ok(buf)
+}
+
 fn pipe(e: io::Error) -> Error {
     Error::io("stdout", e)
 }

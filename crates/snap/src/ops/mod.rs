@@ -4,6 +4,7 @@ pub mod bounds;
 pub mod check;
 pub mod copy;
 pub mod create;
+pub mod dbdiff;
 pub mod diff;
 pub mod dump;
 pub mod find;

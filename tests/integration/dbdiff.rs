@@ -1,0 +1,245 @@
+//! `snap diff --db`: what a migration changed inside a SQLite database,
+//! between two snapshots or against the live database, through the binary.
+
+use std::fs;
+use std::path::Path;
+
+use crate::common::*;
+
+fn exec(db: &Path, sql: &str) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch(sql).unwrap();
+}
+
+/// The database of a notes app before its migration: a rowid table with
+/// an integer key, a WITHOUT ROWID table, a table with no key, an index,
+/// awkward names and NULLs.
+fn notes_app(app: &Path) -> std::path::PathBuf {
+    fs::create_dir_all(app).unwrap();
+    write(&app.join("prefs.json"), "{}");
+    let db = app.join("notes.db");
+    exec(
+        &db,
+        r#"PRAGMA journal_mode=WAL;
+        CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT);
+        CREATE TABLE tags(name TEXT PRIMARY KEY, color TEXT) WITHOUT ROWID;
+        CREATE TABLE log(msg TEXT);
+        CREATE TABLE "we""ird ta ble"(k INTEGER PRIMARY KEY, v);
+        CREATE INDEX notes_title ON notes(title);
+        WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000)
+          INSERT INTO notes SELECT i, 't' || i, CASE WHEN i % 10 = 0 THEN NULL ELSE 'b' || i END FROM c;
+        WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 20)
+          INSERT INTO tags SELECT 'tag' || i, 'red' FROM c;
+        WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 50)
+          INSERT INTO log SELECT 'm' || i FROM c;
+        INSERT INTO "we""ird ta ble" VALUES (1, NULL), (2, x'00ff');"#,
+    );
+    db
+}
+
+/// The migration: schema changes, and rows inserted, deleted and updated.
+const MIGRATION: &str = r#"
+    ALTER TABLE notes ADD COLUMN archived INTEGER DEFAULT 0;
+    UPDATE notes SET body = body || ' (edited)' WHERE id % 500 = 1;
+    DELETE FROM notes WHERE id > 2990;
+    INSERT INTO notes(id, title, body) VALUES (5000, 'new', NULL);
+    UPDATE tags SET color = 'blue' WHERE name = 'tag3';
+    DELETE FROM log WHERE rowid <= 5;
+    UPDATE "we""ird ta ble" SET v = NULL WHERE k = 1;
+    UPDATE "we""ird ta ble" SET v = 'x' WHERE k = 2;
+    CREATE TABLE attachments(id INTEGER PRIMARY KEY, note INTEGER, data BLOB);
+    INSERT INTO attachments(note, data) VALUES (1, x'deadbeef');
+    DROP INDEX notes_title;
+    PRAGMA user_version = 7;"#;
+
+fn diff_json(env: &Env, args: &[&str]) -> serde_json::Value {
+    let out = env
+        .snap()
+        .arg("diff")
+        .args(args)
+        .arg("--json")
+        .assert()
+        .success();
+    serde_json::from_slice(&out.get_output().stdout).unwrap()
+}
+
+fn database<'v>(diff: &'v serde_json::Value, path: &str) -> &'v serde_json::Value {
+    let entry = diff
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == path)
+        .unwrap_or_else(|| panic!("{path} is in the diff: {diff}"));
+    &entry["database"]
+}
+
+fn table<'v>(db: &'v serde_json::Value, name: &str) -> &'v serde_json::Value {
+    db["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == name)
+        .unwrap_or_else(|| panic!("table {name} changed: {db}"))
+}
+
+#[test]
+fn diff_db_between_snapshots_gives_schema_and_rows_by_key() {
+    let env = Env::new();
+    let app = env.path("app");
+    let db = notes_app(&app);
+    let before = env.create_id(&app);
+    exec(&db, MIGRATION);
+    write(&app.join("prefs.json"), r#"{"v": 2}"#);
+    let after = env.create_id(&app);
+
+    let v = diff_json(&env, &[&before, &after, "--rows", "2"]);
+    let d = database(&v, "notes.db");
+    assert_eq!(d["before"]["user_version"], 0);
+    assert_eq!(d["after"]["user_version"], 7);
+    assert_eq!(d["before"]["journal_mode"], "wal");
+    let schema: Vec<(String, String, String)> = d["schema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().into(),
+                c["kind"].as_str().unwrap().into(),
+                c["name"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for want in [
+        ("removed", "index", "notes_title"),
+        ("altered", "table", "notes"),
+        ("added", "table", "attachments"),
+    ] {
+        let want = (want.0.to_string(), want.1.to_string(), want.2.to_string());
+        assert!(schema.contains(&want), "{want:?} in {schema:?}");
+    }
+    assert_eq!(schema.len(), 3, "{schema:?}");
+    let altered = d["schema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "notes")
+        .unwrap();
+    assert_eq!(altered["columns_added"], serde_json::json!(["archived"]));
+
+    // notes: ids 2991..3000 deleted (10), 5000 inserted, bodies of ids
+    // 1, 501, ..., 2501 edited (6; NULL || text stays NULL for none of
+    // them: none is a multiple of 10).
+    let notes = table(d, "notes");
+    assert_eq!(notes["key"], "primary key (id)");
+    assert_eq!(
+        (&notes["inserted"], &notes["deleted"], &notes["updated"]),
+        (&1.into(), &10.into(), &6.into()),
+        "{notes}"
+    );
+    assert_eq!(notes["rows_before"], 3000);
+    assert_eq!(notes["rows_after"], 2991);
+    let rows = notes["changed_rows"].as_array().unwrap();
+    let updated: Vec<_> = rows.iter().filter(|r| r["change"] == "updated").collect();
+    assert_eq!(updated.len(), 2, "--rows 2 lists two of each change");
+    assert_eq!(updated[0]["key"], serde_json::json!([1]));
+    assert_eq!(
+        updated[0]["columns"]["body"],
+        serde_json::json!(["b1", "b1 (edited)"]),
+        "only the changed column, before and after"
+    );
+    assert!(updated[0]["columns"].get("title").is_none());
+    let inserted: Vec<_> = rows.iter().filter(|r| r["change"] == "inserted").collect();
+    assert_eq!(inserted[0]["key"], serde_json::json!([5000]));
+    assert_eq!(inserted[0]["columns"]["body"], serde_json::Value::Null);
+
+    let tags = table(d, "tags");
+    assert_eq!(tags["key"], "primary key (name)");
+    assert_eq!(
+        (tags["updated"].as_i64(), tags["inserted"].as_i64()),
+        (Some(1), Some(0))
+    );
+    let log = table(d, "log");
+    assert_eq!(log["key"], "rowid");
+    assert_eq!(log["deleted"], 5);
+    // NULL to NULL is no change; a blob to text is one.
+    let weird = table(d, "we\"ird ta ble");
+    assert_eq!(weird["updated"], 1, "{weird}");
+    // prefs.json changed too, and is no database.
+    let prefs = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "prefs.json")
+        .unwrap();
+    assert!(prefs.get("database").is_none());
+
+    // The text form says the same, under the file's line.
+    let out = env
+        .snap()
+        .args(["diff", &before, &after, "--db"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains("user_version 0 -> 7"), "{text}");
+    assert!(
+        text.contains("table notes: 1 inserted, 10 deleted, 6 updated"),
+        "{text}"
+    );
+    assert!(text.contains("+ table attachments (1 rows)"), "{text}");
+    // Without --db, no database is opened and the output is the files only.
+    let out = env
+        .snap()
+        .args(["diff", &before, &after])
+        .assert()
+        .success();
+    let plain = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(!plain.contains("SQLite"), "{plain}");
+}
+
+/// Against the live database with writes still in its `-wal` (not
+/// checkpointed, the app's connection open): the change is seen, and the
+/// source's files are not touched (its shared memory aside).
+#[test]
+fn diff_db_against_the_live_source_reads_the_wal_and_touches_nothing() {
+    let env = Env::new();
+    let app = env.path("app");
+    let db = notes_app(&app);
+    let snapshot = env.create_id(&app);
+    let app_conn = rusqlite::Connection::open(&db).unwrap();
+    app_conn
+        .execute_batch(
+            "PRAGMA wal_autocheckpoint = 0;
+             INSERT INTO log VALUES ('live 1'), ('live 2');
+             UPDATE notes SET title = 'renamed' WHERE id = 7;",
+        )
+        .unwrap();
+    let wal = app.join("notes.db-wal");
+    assert!(
+        fs::metadata(&wal).unwrap().len() > 0,
+        "the writes are in the -wal"
+    );
+    // The -shm is SQLite's shared memory, which every reader of a live
+    // WAL database writes its read mark in (create does too): not data.
+    let files = || {
+        let mut l = listing(&app);
+        l.remove(Path::new("notes.db-shm"));
+        l
+    };
+    let before = files();
+    let bytes = |p: &Path| fs::read(p).unwrap();
+    let (main, wal_bytes) = (bytes(&db), bytes(&wal));
+
+    let v = diff_json(&env, &[&snapshot, "--db", "--rows", "5"]);
+    let d = database(&v, "notes.db");
+    assert_eq!(table(d, "log")["inserted"], 2);
+    let notes = table(d, "notes");
+    assert_eq!(notes["updated"], 1);
+    assert_eq!(
+        notes["changed_rows"][0]["columns"]["title"],
+        serde_json::json!(["t7", "renamed"])
+    );
+    assert_eq!(files(), before, "the source's files and metadata unchanged");
+    assert_eq!(bytes(&db), main);
+    assert_eq!(bytes(&wal), wal_bytes);
+    drop(app_conn);
+}
