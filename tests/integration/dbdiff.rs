@@ -243,3 +243,56 @@ fn diff_db_against_the_live_source_reads_the_wal_and_touches_nothing() {
     assert_eq!(bytes(&wal), wal_bytes);
     drop(app_conn);
 }
+
+/// `diff --json` (with --db and --rows) fits docs/schemas/diff.schema.json,
+/// checked by the same small validator the C ABI's schemas use.
+#[test]
+fn diff_json_fits_its_documented_schema() {
+    let env = Env::new();
+    let app = env.path("app");
+    let db = notes_app(&app);
+    let before = env.create_id(&app);
+    exec(&db, MIGRATION);
+    fs::remove_file(app.join("prefs.json")).unwrap();
+    fs::create_dir_all(app.join("cache")).unwrap();
+    let after = env.create_id(&app);
+    let v = diff_json(&env, &[&before, &after, "--rows", "3"]);
+    assert!(v.as_array().unwrap().len() >= 3, "{v}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let json = env.path("diff.json");
+    fs::write(&json, v.to_string()).unwrap();
+    let check = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import json, sys; sys.path.insert(0, sys.argv[1]); import schema_check\n\
+             errs = schema_check.errors(json.load(open(sys.argv[3])), json.load(open(sys.argv[2])))\n\
+             print('\\n'.join(errs)); sys.exit(1 if errs else 0)",
+        )
+        .arg(root.join("ffi/tests/python"))
+        .arg(root.join("docs/schemas/diff.schema.json"))
+        .arg(&json)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        check.status.success(),
+        "diff --json breaks its schema: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // The check can fail: a result with a wrong type does.
+    let mut broken = v.clone();
+    broken[0]["change"] = "changed".into();
+    fs::write(&json, broken.to_string()).unwrap();
+    let bad = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import json, sys; sys.path.insert(0, sys.argv[1]); import schema_check\n\
+             sys.exit(1 if schema_check.errors(json.load(open(sys.argv[3])), json.load(open(sys.argv[2]))) else 0)",
+        )
+        .arg(root.join("ffi/tests/python"))
+        .arg(root.join("docs/schemas/diff.schema.json"))
+        .arg(&json)
+        .status()
+        .unwrap();
+    assert!(!bad.success(), "a wrong change kind is caught");
+}
