@@ -158,6 +158,8 @@ pub enum Command {
     Tag(TagArgs),
     /// Copy snapshots to another repository (local or s3://, plain or encrypted), sending only what it lacks
     Copy(CopyArgs),
+    /// A local web page to look at the repository: timeline, trees, diffs, statistics
+    Ui(UiArgs),
     /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
     /// Print snap's man page (roff) to stdout, or the page of one command
@@ -222,6 +224,19 @@ pub struct TagArgs {
     /// Remove this tag (repeatable)
     #[arg(long, value_name = "TAG")]
     pub remove: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct UiArgs {
+    /// Port to listen on [default: one the system chooses]
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Address to listen on; anything but loopback is warned about
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+    /// Offer restores (each shows its plan first and takes a safety snapshot); read-only otherwise
+    #[arg(long)]
+    pub allow_restore: bool,
 }
 
 #[derive(Args)]

@@ -4,6 +4,7 @@
 mod cli;
 mod cmd;
 mod known_sources;
+mod ui;
 mod user_config;
 
 use std::io::Write;
@@ -473,6 +474,7 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Stats { id, json } => cmd::stats::run(&ctx.repo, id, json, &mut ctx.out),
         Command::Dump { id, path } => cmd::dump::run(&ctx.repo, &id, &path, &mut ctx.out),
         Command::Tag(args) => cmd::tag::run(&ctx.repo, args, &mut ctx.out),
+        Command::Ui(args) => ui::run(ctx, args),
         Command::Copy(args) => cmd::copy::run(&ctx.repo, args, &ctx.progress, &mut ctx.out),
         Command::Completions { shell } => cmd::docs::completions(shell, &mut ctx.out),
         Command::Man { command, dir } => {

@@ -77,10 +77,21 @@ fn from_sources(
     Ok(pw)
 }
 
-/// The password of an existing repository.
+/// The password of an existing repository. Remembered once given, for a
+/// process that opens the repository again (`snap ui`, for each request).
 pub fn current(repo: &str) -> snap::Result<Zeroizing<String>> {
+    static REMEMBERED: std::sync::Mutex<Option<(String, Zeroizing<String>)>> =
+        std::sync::Mutex::new(None);
+    let mut remembered = REMEMBERED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((r, pw)) = remembered.as_ref()
+        && r == repo
+    {
+        return Ok(pw.clone());
+    }
     let file = FILE.get().cloned().flatten();
-    from_sources(repo, "SNAP_PASSWORD", file.as_deref(), "password", false)
+    let pw = from_sources(repo, "SNAP_PASSWORD", file.as_deref(), "password", false)?;
+    *remembered = Some((repo.to_string(), pw.clone()));
+    Ok(pw)
 }
 
 /// The password of the repository `snap copy` copies to.

@@ -109,7 +109,7 @@ fn is_id_prefix(spec: &str) -> bool {
 
 /// The directories an in-place restore may write: the config file's
 /// sources and those this client recorded snapshotting into `repo`.
-fn known_sources(ctx: &Ctx, repo: &Repository) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn known_sources(ctx: &Ctx, repo: &Repository) -> anyhow::Result<Vec<PathBuf>> {
     let mut known: Vec<PathBuf> = crate::known_sources::KnownSources::load(&state_dir()?, repo)?
         .paths()
         .cloned()

@@ -35,4 +35,5 @@ mod s3server;
 mod sqlite;
 mod storage;
 mod trust;
+mod ui;
 mod xattrs;
