@@ -27,11 +27,22 @@ pub fn run(
         None => diff_source(&repo, &a, args.verify)?,
     };
     let mut databases: HashMap<PathBuf, DbDiff> = HashMap::new();
+    let mut failed: Vec<(PathBuf, String)> = Vec::new();
     if args.db || args.rows.is_some() {
         let after = b.as_ref().map_or(After::Source, After::Snapshot);
         for path in database_candidates(&diffs) {
             let rows = args.rows.unwrap_or(0);
-            if let Some(db) = diff_database_at(&repo, &path, &a, after, rows)? {
+            let db = match diff_database_at(&repo, &path, &a, after, rows) {
+                Ok(db) => db,
+                // A damaged database is reported; the other files still are.
+                Err(e @ snap::Error::Damaged { .. }) => {
+                    eprintln!("snap: warning: cannot compare as a database: {e}");
+                    failed.push((path.clone(), e.to_string()));
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(db) = db {
                 if !diffs.iter().any(|d| d.path == path) {
                     // Only its -wal or -journal changed: the database did.
                     diffs.push(Difference {
@@ -60,6 +71,9 @@ pub fn run(
                 });
                 if let Some(db) = databases.get(&d.path) {
                     v["database"] = json!(db);
+                }
+                if let Some((_, why)) = failed.iter().find(|(p, _)| *p == d.path) {
+                    v["database_error"] = json!(why);
                 }
                 crate::with_raw_path(v, &d.path)
             })

@@ -161,7 +161,7 @@ async fn guard(State(ui): State<Shared>, req: Request, next: Next) -> Response {
     });
     if let Some(t) = query_token {
         if !equal_tokens(&t, &ui.token) {
-            return refuse(StatusCode::UNAUTHORIZED, "wrong token");
+            return refuse(StatusCode::FORBIDDEN, "wrong token");
         }
         // The token moves into a cookie, and out of the address bar.
         let rest: Vec<&str> = req
@@ -183,7 +183,7 @@ async fn guard(State(ui): State<Shared>, req: Request, next: Next) -> Response {
     }
     if !cookie_token(headers).is_some_and(|t| equal_tokens(&t, &ui.token)) {
         return refuse(
-            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
             "open the address snap ui printed (it holds the token)",
         );
     }

@@ -252,7 +252,7 @@ fn the_ui_refuses_requests_without_the_token_from_other_hosts_and_writes_nothing
     let (app, first, _) = app_with_history(&env);
     let srv = serve(&env, &[]);
     let cookie = format!("snap_token={}", srv.token);
-    assert_eq!(http(&srv, "GET", "/", &[], "").0, 401, "no token");
+    assert_eq!(http(&srv, "GET", "/", &[], "").0, 403, "no token");
     assert_eq!(
         http(
             &srv,
@@ -262,9 +262,9 @@ fn the_ui_refuses_requests_without_the_token_from_other_hosts_and_writes_nothing
             ""
         )
         .0,
-        401
+        403
     );
-    assert_eq!(http(&srv, "GET", "/?token=nope", &[], "").0, 401);
+    assert_eq!(http(&srv, "GET", "/?token=nope", &[], "").0, 403);
     let (status, _) = http(
         &srv,
         "GET",

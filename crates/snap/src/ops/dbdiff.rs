@@ -82,7 +82,17 @@ pub fn diff_database_at(
     if !is_db {
         return Ok(None);
     }
-    diff_databases(&a, &b, rows).map(Some)
+    // The images' scratch names mean nothing to the user: name the file.
+    diff_databases(&a, &b, rows).map(Some).map_err(|e| match e {
+        Error::Damaged { path, reason } => Error::Damaged {
+            path: rel.to_path_buf(),
+            reason: format!(
+                "{} image: {reason}",
+                if path == a { "the older" } else { "the newer" }
+            ),
+        },
+        e => e,
+    })
 }
 
 /// Write the database at `rel` in `s` to `image` (with its `-wal` when
