@@ -21,7 +21,9 @@
 //!   `.ci/run` builds it into.
 //! - `SNAP_BENCH_TOOLS` (default all found): e.g. `snap,cp,tar,restic,borg`.
 //!
-//! Every restore, copy and archive is followed by `sync` inside the timed
+//! Every backup by restic and borg (which leave dirty pages that snap,
+//! fsyncing its packs and index, has already flushed), and every restore,
+//! copy and archive is followed by `sync` inside the timed
 //! region, so that snap (which syncs) and `cp -a` and `tar | zstd` make data
 //! durable the same way.
 
@@ -411,13 +413,13 @@ fn main() {
                         format!("{w}/snap-repo"),
                     ),
                     "restic" => (
-                        format!("restic -q backup {src_s}"),
-                        format!("restic -q backup {src_s}"),
+                        format!("restic -q backup {src_s} && sync"),
+                        format!("restic -q backup {src_s} && sync"),
                         format!("{w}/restic-repo"),
                     ),
                     "borg" => (
-                        format!("borg create --compression zstd,3 ::first {src_s}"),
-                        format!("borg create --compression zstd,3 ::rerun {src_s}"),
+                        format!("borg create --compression zstd,3 ::first {src_s} && sync"),
+                        format!("borg create --compression zstd,3 ::rerun {src_s} && sync"),
                         format!("{w}/borg-repo"),
                     ),
                     "tar" => (
@@ -483,14 +485,14 @@ fn main() {
                         vec![("SNAP_REPO".into(), format!("{w}/snap-repo"))],
                     ),
                     "restic" => (
-                        format!("restic -q backup {src_s}"),
+                        format!("restic -q backup {src_s} && sync"),
                         vec![
                             ("RESTIC_REPOSITORY".into(), format!("{w}/restic-repo")),
                             ("RESTIC_PASSWORD".into(), "bench".into()),
                         ],
                     ),
                     "borg" => (
-                        format!("borg create --compression zstd,3 ::migrated {src_s}"),
+                        format!("borg create --compression zstd,3 ::migrated {src_s} && sync"),
                         vec![
                             ("BORG_REPO".into(), format!("{w}/borg-repo")),
                             ("BORG_PASSPHRASE".into(), "".into()),
