@@ -609,7 +609,10 @@ pub async fn restore_plan(
             body,
             "</ul><form method=post action=/restore/{id}><input type=hidden name=token value={token}>\
              <input type=hidden name=target value=\"{target}\">\
-             <button type=submit id=confirm>Restore (a safety snapshot is taken first)</button></form>",
+             <button type=submit id=confirm>Restore (a safety snapshot is taken first)</button></form>\
+             <form method=get action=/restore/{id}><label>Or into another directory: \
+             <input name=target id=target size=60 value=\"{target}\"></label> \
+             <button type=submit id=replan>Show that plan</button></form>",
             id = s.id,
             token = ui.token,
             target = esc(&t.target),

@@ -479,3 +479,42 @@ pub fn data_packs(repo: &Path) -> Vec<PathBuf> {
         .filter(|p| fs::read(p).unwrap()[12..16] == [0, 0, 0, 0])
         .collect()
 }
+
+/// A Python venv `name` in the tools folder (`$XDG_CACHE_HOME/snap-tools`)
+/// with `packages` from PyPI, made on first use; its python. The test
+/// fails, saying why, when it cannot be made.
+pub fn tools_python(name: &str, packages: &[&str], import: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+    let venv = base.join("snap-tools").join(name);
+    let python = venv.join("bin/python");
+    let ready = || {
+        std::process::Command::new(&python)
+            .args(["-c", import])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready() {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap();
+        assert!(
+            made.success(),
+            "python3 -m venv failed (apt-get install python3-venv)"
+        );
+        let pip = std::process::Command::new(&python)
+            .args(["-m", "pip", "install", "-q"])
+            .args(packages)
+            .status()
+            .unwrap();
+        assert!(
+            pip.success(),
+            "pip could not install {packages:?} from PyPI"
+        );
+    }
+    assert!(ready(), "{import} fails in {}", venv.display());
+    python
+}

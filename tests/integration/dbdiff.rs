@@ -344,47 +344,13 @@ fn diff_db_names_a_damaged_database_and_goes_on() {
     assert_eq!(table(database(&v, "other.db"), "t")["inserted"], 1);
 }
 
-/// A Python with Alembic and SQLAlchemy from PyPI, in a venv in the tools
-/// folder (made on first use; the test fails, saying why, when it cannot be).
+/// A Python with Alembic and SQLAlchemy from PyPI.
 fn alembic_python() -> std::path::PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")
-        });
-    let venv = base.join("snap-tools/py-alembic");
-    let python = venv.join("bin/python");
-    let ready = || {
-        std::process::Command::new(&python)
-            .args(["-c", "import alembic, sqlalchemy"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ready() {
-        let made = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .unwrap();
-        assert!(
-            made.success(),
-            "python3 -m venv failed (apt-get install python3-venv)"
-        );
-        let pip = std::process::Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "alembic==1.14.1",
-                "sqlalchemy==2.0.36",
-            ])
-            .status()
-            .unwrap();
-        assert!(pip.success(), "pip could not install alembic from PyPI");
-    }
-    assert!(ready());
-    python
+    tools_python(
+        "py-alembic",
+        &["alembic==1.14.1", "sqlalchemy==2.0.36"],
+        "import alembic, sqlalchemy",
+    )
 }
 
 /// Rows of `sql` (key first, then the values) from `db`, by key.

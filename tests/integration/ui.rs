@@ -1,6 +1,7 @@
 //! `snap ui`, served by the real binary and loaded in a real browser
 //! (headless Chromium: `chromium` on PATH, or `$SNAP_CHROMIUM`; the test
-//! fails and says so when there is none). The browser runs the pages as a
+//! fails and says so when there is none), and driven through WebDriver
+//! (Debian's chromedriver, Selenium from PyPI) for a restore. The browser runs the pages as a
 //! user would see them; its screenshots are copied into docs/ when
 //! `SNAP_BLESS=1`. What a browser does not check (refusals, the restore's
 //! POST) is checked over raw HTTP.
@@ -366,4 +367,102 @@ fn a_restore_from_the_ui_shows_its_plan_first_and_its_undo_after() {
     env.restore_to(&first, &expected);
     assert_same_tree(&expected, &target);
     let _ = app;
+}
+
+/// What the Selenium test does in the browser: open the page the
+/// server printed, follow the snapshot's restore link from the timeline,
+/// ask for the plan into another directory, confirm, and print the undo.
+const RESTORE_IN_BROWSER: &str = r#"
+import sys
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+url, snapshot, target, chromium, driver = sys.argv[1:6]
+options = Options()
+for a in ("--headless", "--no-sandbox", "--disable-gpu"):
+    options.add_argument(a)
+options.binary_location = chromium
+d = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+try:
+    d.get(url)
+    d.find_element(By.CSS_SELECTOR, 'a[href="/restore/%s"]' % snapshot).click()
+    box = d.find_element(By.ID, "target")
+    box.clear()
+    box.send_keys(target)
+    d.find_element(By.ID, "replan").click()
+    plan = d.find_element(By.CSS_SELECTOR, "ul.plan").text
+    assert "stray.txt" in plan, plan
+    d.find_element(By.ID, "confirm").click()
+    print(d.find_element(By.ID, "done").text)
+    print(d.find_element(By.ID, "undo").text)
+finally:
+    d.quit()
+"#;
+
+fn chromedriver() -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", "command -v chromedriver"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "no chromedriver: install chromium-driver (apt-get install chromium-driver)"
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A restore clicked through in the browser: the plan lists what it will
+/// delete, the confirmation restores, and the directory is what the CLI's
+/// restore gives, with the safety snapshot named as the undo.
+#[test]
+fn a_restore_clicked_through_in_the_browser_equals_the_clis() {
+    let python = tools_python("py-selenium", &["selenium==4.51.0"], "import selenium");
+    let env = Env::new();
+    let (_, first, _) = app_with_history(&env);
+    let target = env.path("restored");
+    fs::create_dir_all(&target).unwrap();
+    write(&target.join("stray.txt"), "not in the snapshot");
+    let srv = serve(&env, &["--allow-restore"]);
+    let script = env.path("restore.py");
+    write(&script, RESTORE_IN_BROWSER);
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(format!("{}/?token={}", srv.base, srv.token))
+        .arg(&first)
+        .arg(&target)
+        .arg(chromium())
+        .arg(chromedriver())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("Restored {}", &first[..8])),
+        "{said}"
+    );
+    assert!(said.contains("Undo: restore the safety snapshot"), "{said}");
+    drop(srv);
+    let expected = env.path("expected");
+    env.restore_to(&first, &expected);
+    assert_same_tree(&expected, &target);
+    // The undo it named holds the stray file: the restore can be undone.
+    let safety = env
+        .list()
+        .into_iter()
+        .rfind(|s| {
+            s["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == "pre-restore")
+        })
+        .unwrap();
+    let undone = env.path("undone");
+    env.restore_to(safety["id"].as_str().unwrap(), &undone);
+    assert!(undone.join("stray.txt").is_file());
 }
