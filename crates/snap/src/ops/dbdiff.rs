@@ -12,7 +12,7 @@
 //! image runs no code of its own: views and triggers are never queried,
 //! virtual tables are skipped, and `trusted_schema` is off.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::ValueRef;
@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::error::{Error, IoContext, Result};
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
-use crate::tree::flags;
+use crate::tree::{Entry, flags};
 
 /// Files that may be databases whose content changed: modified files,
 /// and the main file of every changed `-wal` or `-journal`.
@@ -72,40 +72,55 @@ pub fn diff_database_at(
         .map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let a = scratch.path().join("before.db");
     let b = scratch.path().join("after.db");
-    if !image_from_snapshot(repo, before, rel, &a)? {
+    let Some(entry_a) = image_from_snapshot(repo, before, rel, &a)? else {
         return Ok(None);
-    }
-    let is_db = match after {
-        After::Snapshot(s) => image_from_snapshot(repo, s, rel, &b)?,
-        After::Source => image_from_source(before, rel, &b)?,
     };
-    if !is_db {
-        return Ok(None);
-    }
-    // The images' scratch names mean nothing to the user: name the file.
-    diff_databases(&a, &b, rows).map(Some).map_err(|e| match e {
-        Error::Damaged { path, reason } => Error::Damaged {
-            path: rel.to_path_buf(),
-            reason: format!(
-                "{} image: {reason}",
-                if path == a { "the older" } else { "the newer" }
-            ),
+    let changed = match after {
+        After::Snapshot(s) => match image_from_snapshot(repo, s, rel, &b)? {
+            None => return Ok(None),
+            Some(entry_b) => {
+                let header = crate::sqlite::read_header(&a, None).unwrap_or([0; 100]);
+                let page = crate::sqlite::page_size(&header).unwrap_or(0);
+                match changed_pages(&entry_a, &entry_b, page) {
+                    Some(candidates) => Some(differing_pages(&a, &b, page, candidates)?),
+                    None => None,
+                }
+            }
         },
-        e => e,
-    })
+        After::Source if image_from_source(before, rel, &b)? => None,
+        After::Source => return Ok(None),
+    };
+    // The images' scratch names mean nothing to the user: name the file.
+    compare_images(&a, &b, rows, changed.as_ref())
+        .map(Some)
+        .map_err(|e| match e {
+            Error::Damaged { path, reason } => Error::Damaged {
+                path: rel.to_path_buf(),
+                reason: format!(
+                    "{} image: {reason}",
+                    if path == a { "the older" } else { "the newer" }
+                ),
+            },
+            e => e,
+        })
 }
 
 /// Write the database at `rel` in `s` to `image` (with its `-wal` when
-/// the snapshot holds the file as plain bytes beside one); false when the
-/// entry is not a SQLite database.
-fn image_from_snapshot(repo: &Repository, s: &Snapshot, rel: &Path, image: &Path) -> Result<bool> {
+/// the snapshot holds the file as plain bytes beside one); its entry, or
+/// `None` when it is not a SQLite database.
+fn image_from_snapshot(
+    repo: &Repository,
+    s: &Snapshot,
+    rel: &Path,
+    image: &Path,
+) -> Result<Option<Entry>> {
     let Some((e, _)) = crate::ops::ls::lookup(repo, s, rel)? else {
-        return Ok(false);
+        return Ok(None);
     };
     if e.kind != crate::tree::Kind::File
         || !crate::sqlite::is_database_header(&crate::ops::dump::read_head(repo, &e, 100)?)
     {
-        return Ok(false);
+        return Ok(None);
     }
     let write = |e: &crate::tree::Entry, to: &Path| -> Result<()> {
         let mut f = std::fs::File::create(to).at(to)?;
@@ -124,7 +139,54 @@ fn image_from_snapshot(repo: &Repository, s: &Snapshot, rel: &Path, image: &Path
             write(&w, Path::new(&to))?;
         }
     }
-    Ok(true)
+    Ok(Some(e))
+}
+
+/// The pages (numbered from 1) that may differ between two images of a
+/// database stored as SQLite images (in fixed chunks of
+/// [`crate::sqlite::IMAGE_CHUNK`] bytes, whole pages each): those in chunks
+/// whose ids differ. `None` when either is not stored that way.
+fn changed_pages(a: &Entry, b: &Entry, page_size: usize) -> Option<HashSet<u32>> {
+    let image = |e: &Entry| e.has_flag(flags::SQLITE_IMAGE);
+    let chunk = crate::sqlite::IMAGE_CHUNK;
+    if !image(a) || !image(b) || page_size == 0 || !chunk.is_multiple_of(page_size) {
+        return None;
+    }
+    let per_chunk = (chunk / page_size) as u32;
+    let (ca, cb) = (a.chunks(), b.chunks());
+    let mut out = HashSet::new();
+    for i in 0..ca.len().max(cb.len()) {
+        if ca.get(i) != cb.get(i) {
+            let first = i as u32 * per_chunk + 1;
+            out.extend(first..first + per_chunk);
+        }
+    }
+    Some(out)
+}
+
+/// Of the `candidates` (pages in chunks that differ), those whose bytes
+/// differ between the two images: a chunk holds 16 pages of 4 KiB, and
+/// the first always changes (page 1 counts every commit).
+fn differing_pages(
+    a: &Path,
+    b: &Path,
+    page_size: usize,
+    candidates: HashSet<u32>,
+) -> Result<HashSet<u32>> {
+    use std::os::unix::fs::FileExt;
+    let open = |p: &Path| std::fs::File::open(p).at(p);
+    let (fa, fb) = (open(a)?, open(b)?);
+    let (mut pa, mut pb) = (vec![0u8; page_size], vec![0u8; page_size]);
+    let mut out = HashSet::new();
+    for page in candidates {
+        let at = (page as u64 - 1) * page_size as u64;
+        let ra = fa.read_exact_at(&mut pa, at).is_ok();
+        let rb = fb.read_exact_at(&mut pb, at).is_ok();
+        if ra != rb || (ra && pa != pb) {
+            out.insert(page);
+        }
+    }
+    Ok(out)
 }
 
 /// Capture the live database at `rel` under `s`'s sources into `image`;
@@ -166,6 +228,10 @@ pub struct DbDiff {
     /// Tables in both images whose rows differ (tables added or removed
     /// are in `schema`, with their row counts there).
     pub tables: Vec<TableChanges>,
+    /// Tables not compared row by row because their pages
+    /// are the same pages, unchanged (known between two snapshots of a
+    /// database stored as SQLite images).
+    pub tables_proven_unchanged: u64,
 }
 
 impl DbDiff {
@@ -239,6 +305,19 @@ pub struct RowChange {
 /// Compare the database images `before` and `after` (private copies the
 /// caller owns); list up to `rows` changed rows per table and change.
 pub fn diff_databases(before: &Path, after: &Path, rows: usize) -> Result<DbDiff> {
+    compare_images(before, after, rows, None)
+}
+
+/// `diff_databases`, skipping the tables `changed` (the pages that may
+/// differ, when known) proves unchanged: a table whose b-tree (interior,
+/// leaf and overflow pages, as `dbstat` lists them) is the same set of
+/// pages in both images, none of them changed, holds the same rows.
+fn compare_images(
+    before: &Path,
+    after: &Path,
+    rows: usize,
+    changed: Option<&HashSet<u32>>,
+) -> Result<DbDiff> {
     let conn = Connection::open_in_memory_with_flags(
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
@@ -270,6 +349,7 @@ pub fn diff_databases(before: &Path, after: &Path, rows: usize) -> Result<DbDiff
         after: facts("b", after)?,
         schema: Vec::new(),
         tables: Vec::new(),
+        tables_proven_unchanged: 0,
     };
     let db = Attached {
         conn: &conn,
@@ -303,8 +383,21 @@ pub fn diff_databases(before: &Path, after: &Path, rows: usize) -> Result<DbDiff
             });
         }
     }
+    let pages = match changed {
+        Some(ch) => Some((db.table_pages("a")?, db.table_pages("b")?, ch)),
+        None => None,
+    };
     for ((kind, name), sql) in &old {
         let in_both = new.get(&(kind.clone(), name.clone()));
+        if kind == "table"
+            && let Some((pa, pb, ch)) = &pages
+            && let (Some(x), Some(y)) = (pa.get(name), pb.get(name))
+            && x == y
+            && !x.iter().any(|p| ch.contains(p))
+        {
+            diff.tables_proven_unchanged += 1;
+            continue;
+        }
         if kind == "table" && !is_virtual(sql) && in_both.is_some_and(|s| !is_virtual(s)) {
             let t = db.table_changes(name, sql, in_both.expect("in both"), rows)?;
             if t.inserted + t.deleted + t.updated > 0 {
@@ -420,6 +513,27 @@ impl Attached<'_> {
 
     fn columns(&self, alias: &str, table: &str) -> Result<Vec<String>> {
         Ok(self.columns_and_key(alias, table)?.0)
+    }
+
+    /// The pages of each b-tree (table or index), sorted: one pass of
+    /// `dbstat` over the image.
+    fn table_pages(&self, alias: &str) -> Result<BTreeMap<String, Vec<u32>>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name, pageno FROM dbstat(?1)")
+            .map_err(self.err(alias))?;
+        let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        let rows = st
+            .query_map([alias], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+            })
+            .map_err(self.err(alias))?;
+        for r in rows {
+            let (name, page) = r.map_err(self.err(alias))?;
+            out.entry(name).or_default().push(page);
+        }
+        out.values_mut().for_each(|v| v.sort_unstable());
+        Ok(out)
     }
 
     fn count(&self, alias: &str, table: &str) -> Result<i64> {
