@@ -72,11 +72,11 @@ pub fn diff_database_at(
         .map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let a = scratch.path().join("before.db");
     let b = scratch.path().join("after.db");
-    let Some(entry_a) = image_from_snapshot(repo, before, rel, &a)? else {
+    let Some(entry_a) = image_from_snapshot(repo, before, rel, &a, None)? else {
         return Ok(None);
     };
     let changed = match after {
-        After::Snapshot(s) => match image_from_snapshot(repo, s, rel, &b)? {
+        After::Snapshot(s) => match image_from_snapshot(repo, s, rel, &b, Some((&entry_a, &a)))? {
             None => return Ok(None),
             Some(entry_b) => {
                 let header = crate::sqlite::read_header(&a, None).unwrap_or([0; 100]);
@@ -113,6 +113,7 @@ fn image_from_snapshot(
     s: &Snapshot,
     rel: &Path,
     image: &Path,
+    like: Option<(&Entry, &Path)>,
 ) -> Result<Option<Entry>> {
     let Some((e, _)) = crate::ops::ls::lookup(repo, s, rel)? else {
         return Ok(None);
@@ -127,7 +128,18 @@ fn image_from_snapshot(
         crate::ops::dump::dump_file(repo, e, &mut f)?;
         Ok(())
     };
-    write(&e, image)?;
+    match like {
+        // Worth it when most chunks are shared (a copy of the other image
+        // costs a pass of its own).
+        Some((other, other_image))
+            if e.has_flag(flags::SQLITE_IMAGE)
+                && other.has_flag(flags::SQLITE_IMAGE)
+                && shared_chunks(other, &e) * 2 > e.chunks().len() =>
+        {
+            patch_image(repo, other, other_image, &e, image)?
+        }
+        _ => write(&e, image)?,
+    }
     if !e.has_flag(flags::SQLITE_IMAGE) {
         let mut wal = rel.as_os_str().to_owned();
         wal.push("-wal");
@@ -140,6 +152,51 @@ fn image_from_snapshot(
         }
     }
     Ok(Some(e))
+}
+
+/// How many chunks of `e` are `other`'s at the same place.
+fn shared_chunks(other: &Entry, e: &Entry) -> usize {
+    e.chunks()
+        .iter()
+        .zip(other.chunks())
+        .filter(|(x, y)| x == y)
+        .count()
+}
+
+/// Write the image of `e` as a copy of `other`'s image with the chunks
+/// that differ replaced: both are stored in fixed chunks of
+/// [`crate::sqlite::IMAGE_CHUNK`] bytes, so a migration that changed a
+/// few pages of a large database reads those chunks only.
+fn patch_image(
+    repo: &Repository,
+    other: &Entry,
+    other_image: &Path,
+    e: &Entry,
+    image: &Path,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    std::fs::copy(other_image, image).at(image)?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .at(image)?;
+    let mut reader = crate::repo::ChunkReader::new(repo.storage().clone());
+    for (i, id) in e.chunks().iter().enumerate() {
+        if other.chunks().get(i) == Some(id) {
+            continue;
+        }
+        let loc = repo
+            .chunk_location(id)?
+            .ok_or_else(|| Error::MissingChunk {
+                id: id.short(),
+                context: "missing from the index".into(),
+            })?;
+        let data = reader.read(id, &loc, repo)?;
+        f.write_all_at(&data, (i * crate::sqlite::IMAGE_CHUNK) as u64)
+            .at(image)?;
+    }
+    f.set_len(e.size).at(image)?;
+    Ok(())
 }
 
 /// The pages (numbered from 1) that may differ between two images of a
