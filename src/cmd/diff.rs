@@ -62,20 +62,8 @@ pub fn run(
         let v: Vec<_> = diffs
             .iter()
             .map(|d| {
-                let mut v = json!({
-                    "path": super::lossy(&d.path),
-                    "change": d.change,
-                    "kind": format!("{:?}", d.kind).to_lowercase(),
-                    "size_before": d.size_before,
-                    "size_after": d.size_after,
-                });
-                if let Some(db) = databases.get(&d.path) {
-                    v["database"] = json!(db);
-                }
-                if let Some((_, why)) = failed.iter().find(|(p, _)| *p == d.path) {
-                    v["database_error"] = json!(why);
-                }
-                crate::with_raw_path(v, &d.path)
+                let why = failed.iter().find(|(p, _)| *p == d.path);
+                entry_json(d, databases.get(&d.path), why.map(|(_, w)| w.as_str()))
             })
             .collect();
         serde_json::to_writer(&mut *out, &v)?;
@@ -111,6 +99,29 @@ pub fn run(
         human_bytes(s.bytes_removed)
     );
     Ok(0)
+}
+
+/// One changed path as `diff --json` prints it (docs/schemas/diff.schema.json),
+/// with its database's changes, or why they could not be computed.
+pub(crate) fn entry_json(
+    d: &Difference,
+    db: Option<&DbDiff>,
+    db_error: Option<&str>,
+) -> serde_json::Value {
+    let mut v = json!({
+        "path": super::lossy(&d.path),
+        "change": d.change,
+        "kind": format!("{:?}", d.kind).to_lowercase(),
+        "size_before": d.size_before,
+        "size_after": d.size_after,
+    });
+    if let Some(db) = db {
+        v["database"] = json!(db);
+    }
+    if let Some(why) = db_error {
+        v["database_error"] = json!(why);
+    }
+    crate::with_raw_path(v, &d.path)
 }
 
 /// A database's changes, indented under its path.

@@ -669,19 +669,7 @@ pub async fn api_diff(State(ui): State<Shared>, Query(d): Query<DiffQuery>) -> R
         let (_, _, diffs, dbs) = compute_diff(repo, &d.from, &d.to)?;
         let v: Vec<serde_json::Value> = diffs
             .iter()
-            .map(|x| {
-                let mut v = json!({
-                    "path": cmd::lossy(&x.path),
-                    "change": x.change,
-                    "kind": format!("{:?}", x.kind).to_lowercase(),
-                    "size_before": x.size_before,
-                    "size_after": x.size_after,
-                });
-                if let Some(db) = dbs.get(&x.path) {
-                    v["database"] = json!(db);
-                }
-                with_raw_path(v, &x.path)
-            })
+            .map(|x| cmd::diff::entry_json(x, dbs.get(&x.path), None))
             .collect();
         Ok(axum::Json(v).into_response())
     })
