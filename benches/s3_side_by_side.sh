@@ -15,17 +15,8 @@ B=${BENCH_DIR:-/tmp/snap-s3-bench}
 RUNS=${RUNS:-3}
 mkdir -p "$B"
 
-if [ ! -d "$B/app" ]; then
-    mkdir -p "$B/app/media"
-    cp -r "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/ "$B/app/src"
-    for mode in wal delete; do
-        sqlite3 "$B/app/$mode.db" "PRAGMA journal_mode=$mode;
-            CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, body TEXT, n INTEGER);
-            WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 300000)
-            INSERT INTO items SELECT i, 'item ' || i, hex(randomblob(40)), i * 7 FROM c;" >/dev/null
-    done
-    for i in $(seq 1 20); do head -c 2000000 /dev/urandom >"$B/app/media/m$i.bin"; done
-fi
+. "$(dirname "$0")/app_set.sh"
+make_app_set "$B/app"
 
 D=$B/s3data
 # ext4 scans past recently deleted inodes when it creates files (a

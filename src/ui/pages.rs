@@ -260,17 +260,29 @@ pub struct PathQuery {
     path: String,
 }
 
+/// The snapshot `id` names, the path asked for in it, and its entry
+/// (`None` for the root).
+fn entry_at(
+    repo: &Repository,
+    id: &str,
+    path: &str,
+) -> anyhow::Result<(Snapshot, PathBuf, Option<snap::tree::Entry>)> {
+    let s = repo.find_snapshot(id)?;
+    let rel = PathBuf::from(path);
+    let entry = snap::ops::ls::lookup(repo, &s, &rel)?.map(|(e, _)| e);
+    Ok((s, rel, entry))
+}
+
 pub async fn snapshot(
     State(ui): State<Shared>,
     UrlPath(id): UrlPath<String>,
     Query(p): Query<PathQuery>,
 ) -> Response {
     blocking(ui, move |_, repo| {
-        let s = repo.find_snapshot(&id)?;
-        let rel = PathBuf::from(&p.path);
-        let tree_id = match snap::ops::ls::lookup(repo, &s, &rel)? {
+        let (s, rel, entry) = entry_at(repo, &id, &p.path)?;
+        let tree_id = match entry {
             None => s.root,
-            Some((e, _)) => e.subtree().ok_or_else(|| {
+            Some(e) => e.subtree().ok_or_else(|| {
                 snap::Error::usage(format!("{}: not a directory", rel.display()))
             })?,
         };
@@ -352,9 +364,8 @@ pub async fn download(
     Query(p): Query<PathQuery>,
 ) -> Response {
     blocking(ui, move |_, repo| {
-        let s = repo.find_snapshot(&id)?;
-        let rel = PathBuf::from(&p.path);
-        let Some((e, _)) = snap::ops::ls::lookup(repo, &s, &rel)? else {
+        let (_, rel, entry) = entry_at(repo, &id, &p.path)?;
+        let Some(e) = entry else {
             anyhow::bail!(snap::Error::usage("the root is a directory"));
         };
         if e.kind != snap::tree::Kind::File {

@@ -559,6 +559,14 @@ impl Repository {
     pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
         self.index.chunk_location(id)
     }
+
+    /// Where a chunk a tree names is; its absence from the index is an error.
+    pub fn require_chunk_location(&self, id: &ChunkId) -> Result<ChunkLocation> {
+        self.chunk_location(id)?.ok_or_else(|| Error::MissingChunk {
+            id: id.short(),
+            context: "missing from the index".into(),
+        })
+    }
 }
 
 /// An encrypted repository is opened only through its key (a

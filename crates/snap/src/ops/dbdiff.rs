@@ -185,12 +185,7 @@ fn patch_image(
         if other.chunks().get(i) == Some(id) {
             continue;
         }
-        let loc = repo
-            .chunk_location(id)?
-            .ok_or_else(|| Error::MissingChunk {
-                id: id.short(),
-                context: "missing from the index".into(),
-            })?;
+        let loc = repo.require_chunk_location(id)?;
         let data = reader.read(id, &loc, repo)?;
         f.write_all_at(&data, (i * crate::sqlite::IMAGE_CHUNK) as u64)
             .at(image)?;

@@ -224,13 +224,7 @@ impl<'a> FileReader<'a> {
 
     fn fill(&mut self) -> Result<()> {
         let id = self.chunks[self.next];
-        let loc = self
-            .repo
-            .chunk_location(&id)?
-            .ok_or_else(|| Error::MissingChunk {
-                id: id.short(),
-                context: "missing from the index".into(),
-            })?;
+        let loc = self.repo.require_chunk_location(&id)?;
         self.buf = self.reader.read(&id, &loc, self.repo)?;
         self.at = 0;
         self.next += 1;

@@ -680,12 +680,7 @@ fn locate_chunks(repo: &Repository, meta: &Meta) -> Result<Vec<(ChunkId, ChunkLo
     let mut locs = Vec::with_capacity(meta.chunks().len());
     let mut total: u64 = 0;
     for id in meta.chunks() {
-        let loc = repo
-            .chunk_location(id)?
-            .ok_or_else(|| Error::MissingChunk {
-                id: id.short(),
-                context: "missing from the index".into(),
-            })?;
+        let loc = repo.require_chunk_location(id)?;
         let bad = |why: &str| Error::PackDamaged {
             pack: loc.pack,
             reason: format!("index row of chunk {}: {why}", id.short()),
